@@ -1,0 +1,11 @@
+//! websam: Segment Anything (SAM, MobileSAM) in the browser, in Rust.
+//!
+//! The model is split the way clicks flow: [`model::sam::Sam::embed`] once per image,
+//! [`model::sam::Sam::decode`] per prompt. Weights load from the official PyTorch
+//! checkpoints or from safetensors ([`model::weights`]).
+
+pub mod error;
+pub mod image;
+pub mod model;
+
+pub use error::{Error, Result};

@@ -1,0 +1,380 @@
+//! Weight loading: official PyTorch checkpoints (`.pth`/`.pt`: a zip holding a pickle and raw
+//! storages) and safetensors, in f32, f16 or bf16, from bytes or a file. Every tensor is
+//! converted to f32 on load; the model asks for tensors by their official key with the shape
+//! it expects, and a missing or mis-shaped key is an error naming the key and both shapes.
+//!
+//! The pickle is read by candle's pickle reader, a stack machine that only builds data: no
+//! code from the checkpoint is ever executed.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Cursor, Read};
+use std::path::Path;
+
+use candle_core::pickle::{Object, Stack};
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// The tensors of a checkpoint, by official key, as f32 on the CPU.
+#[derive(Debug, Clone, Default)]
+pub struct Weights {
+    tensors: HashMap<String, Tensor>,
+}
+
+/// Which container a weight file uses, told from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// PyTorch's zip checkpoint (`torch.save` since 1.6).
+    PyTorchZip,
+    /// safetensors: an 8-byte header length, a JSON header, raw data.
+    Safetensors,
+}
+
+impl WeightFormat {
+    /// Sniffs the container from the first bytes; an error when it is neither.
+    pub fn detect(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() < 8 {
+            return Err(Error::format(format!(
+                "file is {} bytes long, too short for a checkpoint",
+                bytes.len()
+            )));
+        }
+        if bytes.starts_with(b"PK\x03\x04") {
+            return Ok(WeightFormat::PyTorchZip);
+        }
+        // Legacy (pre-1.6) torch.save files start with a pickle protocol marker.
+        if bytes[0] == 0x80 && bytes.get(1).is_some_and(|p| (2..=5).contains(p)) {
+            return Err(Error::format(
+                "legacy (non-zip) PyTorch checkpoint; re-save it with torch.save in PyTorch >= 1.6 or convert it to safetensors",
+            ));
+        }
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        if header_len > 0 && header_len < bytes.len() as u64 && bytes.get(8) == Some(&b'{') {
+            return Ok(WeightFormat::Safetensors);
+        }
+        Err(Error::format(
+            "not a PyTorch checkpoint (.pth/.pt zip) nor a safetensors file",
+        ))
+    }
+}
+
+impl Weights {
+    /// Reads a checkpoint from memory, telling its format from its first bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        match WeightFormat::detect(bytes)? {
+            WeightFormat::PyTorchZip => Self::from_pth_bytes(bytes),
+            WeightFormat::Safetensors => Self::from_safetensors_bytes(bytes),
+        }
+    }
+
+    /// Reads a checkpoint file (`.pth`, `.pt` or `.safetensors`).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Builds weights from named tensors (converted to f32 on the CPU).
+    pub fn from_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>) -> Result<Self> {
+        let mut map = HashMap::new();
+        for (k, t) in tensors {
+            let t = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+            map.insert(k, t);
+        }
+        Ok(Self { tensors: map })
+    }
+
+    /// Reads a safetensors file held in memory.
+    pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<Self> {
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::format(format!("safetensors: {e}")))?;
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F32 => DType::F32,
+                safetensors::Dtype::F16 => DType::F16,
+                safetensors::Dtype::BF16 => DType::BF16,
+                safetensors::Dtype::F64 => DType::F64,
+                // Integer tensors (counters such as `num_batches_tracked`) are never model weights.
+                _ => continue,
+            };
+            let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?
+                .to_dtype(DType::F32)?;
+            tensors.insert(name, t);
+        }
+        Ok(Self { tensors })
+    }
+
+    /// Reads a PyTorch zip checkpoint held in memory: a state dict at the top level, or under
+    /// `model` / `state_dict` as training scripts often save it.
+    pub fn from_pth_bytes(bytes: &[u8]) -> Result<Self> {
+        let zerr = |e: zip::result::ZipError| Error::format(format!("PyTorch zip: {e}"));
+        let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(zerr)?;
+        let pkl_name = zip
+            .file_names()
+            .filter_map(|n| n.ok())
+            .find(|n| n.ends_with("data.pkl"))
+            .map(|n| n.into_owned())
+            .ok_or_else(|| {
+                Error::format("zip archive holds no data.pkl: not a PyTorch checkpoint")
+            })?;
+        let dir = pkl_name
+            .strip_suffix(".pkl")
+            .expect("suffix checked")
+            .to_owned();
+
+        let obj = {
+            let entry = zip.by_name(&pkl_name).map_err(zerr)?;
+            let mut reader = BufReader::new(entry);
+            let mut stack = Stack::empty();
+            stack
+                .read_loop(&mut reader)
+                .map_err(|e| Error::format(format!("pickle in {pkl_name}: {e}")))?;
+            stack
+                .finalize()
+                .map_err(|e| Error::format(format!("pickle in {pkl_name}: {e}")))?
+        };
+        let entries = state_dict_entries(obj)?;
+
+        let mut tensors = HashMap::new();
+        for (name, value) in entries {
+            let Object::Unicode(key) = &name else {
+                continue;
+            };
+            let key = key.clone();
+            let info = match value.into_tensor_info(name, Path::new(&dir)) {
+                Ok(Some(info)) => info,
+                // Non-tensor entries (e.g. nested metadata) are not weights.
+                Ok(None) => continue,
+                Err(e) => return Err(Error::format(format!("tensor `{key}`: {e}"))),
+            };
+            if !matches!(
+                info.dtype,
+                DType::F32 | DType::F16 | DType::BF16 | DType::F64
+            ) {
+                // Integer buffers such as `num_batches_tracked`.
+                continue;
+            }
+            let mut storage = Vec::new();
+            zip.by_name(&info.path)
+                .map_err(|e| Error::format(format!("tensor `{key}` storage {}: {e}", info.path)))?
+                .read_to_end(&mut storage)
+                .map_err(|e| Error::format(format!("tensor `{key}` storage {}: {e}", info.path)))?;
+            let t = strided_tensor(&key, &storage, info.dtype, &info.layout)?;
+            tensors.insert(key, t.to_dtype(DType::F32)?);
+        }
+        if tensors.is_empty() {
+            return Err(Error::format("checkpoint holds no floating-point tensors"));
+        }
+        Ok(Self { tensors })
+    }
+
+    /// The tensor under `key`, checked against the shape the model expects.
+    pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.tensors.get(key).ok_or_else(|| Error::MissingWeight {
+            key: key.to_owned(),
+            expected: shape.to_vec(),
+        })?;
+        if t.dims() != shape {
+            return Err(Error::WeightShape {
+                key: key.to_owned(),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            });
+        }
+        Ok(t.clone())
+    }
+
+    /// Whether a tensor is stored under `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+
+    /// Whether any key starts with `prefix` (e.g. `"image_encoder."`).
+    pub fn has_prefix(&self, prefix: &str) -> bool {
+        self.tensors.keys().any(|k| k.starts_with(prefix))
+    }
+
+    /// All keys, sorted.
+    pub fn keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Number of tensors held.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether no tensor is held.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Adds or replaces a tensor (converted to f32).
+    pub fn insert(&mut self, key: impl Into<String>, t: Tensor) -> Result<()> {
+        self.tensors.insert(key.into(), t.to_dtype(DType::F32)?);
+        Ok(())
+    }
+
+    /// Removes a tensor, returning it.
+    pub fn remove(&mut self, key: &str) -> Option<Tensor> {
+        self.tensors.remove(key)
+    }
+
+    /// A view that prefixes every key with `prefix.`.
+    pub fn pp(&self, prefix: impl AsRef<str>) -> WeightPath<'_> {
+        WeightPath {
+            weights: self,
+            prefix: prefix.as_ref().to_owned(),
+        }
+    }
+
+    /// Serializes to safetensors (f32), e.g. to convert a `.pth` checkpoint.
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(self.tensors.len());
+        for key in self.keys() {
+            let t = &self.tensors[key];
+            let values = t.flatten_all()?.to_vec1::<f32>()?;
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            data.push((key.to_owned(), t.dims().to_vec(), bytes));
+        }
+        let views = data
+            .iter()
+            .map(|(k, shape, bytes)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .map(|v| (k.clone(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::format(format!("safetensors: {e}")))?;
+        safetensors::serialize(views, None).map_err(|e| Error::format(format!("safetensors: {e}")))
+    }
+}
+
+/// A prefix into [`Weights`], as the reference's module nesting (`mask_decoder.transformer`).
+#[derive(Debug, Clone)]
+pub struct WeightPath<'a> {
+    weights: &'a Weights,
+    prefix: String,
+}
+
+impl<'a> WeightPath<'a> {
+    /// The view one level down: `pp("layers").pp(0)` reads `<prefix>.layers.0.*`.
+    pub fn pp(&self, name: impl ToString) -> WeightPath<'a> {
+        let name = name.to_string();
+        let prefix = if self.prefix.is_empty() {
+            name
+        } else {
+            format!("{}.{}", self.prefix, name)
+        };
+        WeightPath {
+            weights: self.weights,
+            prefix,
+        }
+    }
+
+    /// The full key of `name` under this prefix.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
+    }
+
+    /// The tensor `<prefix>.<name>`, checked against `shape`.
+    pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        self.weights.get(&self.key(name), shape)
+    }
+
+    /// Whether `<prefix>.<name>` exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.contains(&self.key(name))
+    }
+
+    /// The weights this view reads from.
+    pub fn weights(&self) -> &'a Weights {
+        self.weights
+    }
+}
+
+/// Finds the state dict in the unpickled object.
+fn state_dict_entries(obj: Object) -> Result<Vec<(Object, Object)>> {
+    // An OrderedDict pickles as a Reduce/Build around a dict; unwrap to the dict itself.
+    let obj = match obj {
+        Object::Build { callable, args } => match *callable {
+            Object::Reduce { .. } => *args,
+            other => other,
+        },
+        other => other,
+    };
+    let Object::Dict(entries) = obj else {
+        return Err(Error::format("the pickle does not hold a dict of tensors"));
+    };
+    let holds_tensors = entries
+        .iter()
+        .any(|(_, v)| matches!(v, Object::Reduce { .. } | Object::Build { .. }));
+    if !holds_tensors {
+        for wrapper in ["model", "state_dict"] {
+            if let Some((_, inner)) = entries
+                .iter()
+                .find(|(k, _)| matches!(k, Object::Unicode(s) if s == wrapper))
+            {
+                return state_dict_entries(inner.clone());
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Builds a contiguous tensor from a raw storage and the (shape, strides, offset) that
+/// PyTorch recorded for it: general strides, so views saved from transposes load right.
+fn strided_tensor(
+    key: &str,
+    storage: &[u8],
+    dtype: DType,
+    layout: &candle_core::Layout,
+) -> Result<Tensor> {
+    let elem = dtype.size_in_bytes();
+    let dims = layout.dims().to_vec();
+    let strides = layout.stride().to_vec();
+    let start = layout.start_offset() / elem;
+    let numel: usize = dims.iter().product();
+    let max_index = start
+        + dims
+            .iter()
+            .zip(&strides)
+            .map(|(d, s)| d.saturating_sub(1) * s)
+            .sum::<usize>();
+    if numel > 0 && (max_index + 1) * elem > storage.len() {
+        return Err(Error::format(format!(
+            "tensor `{key}` needs {} bytes of storage but the file holds {} (truncated?)",
+            (max_index + 1) * elem,
+            storage.len()
+        )));
+    }
+    let contiguous = layout.is_contiguous();
+    let bytes: Vec<u8> = if contiguous {
+        storage[start * elem..(start + numel) * elem].to_vec()
+    } else {
+        let mut out = Vec::with_capacity(numel * elem);
+        let mut idx = vec![0usize; dims.len()];
+        for _ in 0..numel {
+            let off = start + idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>();
+            out.extend_from_slice(&storage[off * elem..(off + 1) * elem]);
+            for d in (0..dims.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < dims[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        out
+    };
+    Ok(Tensor::from_raw_buffer(&bytes, dtype, &dims, &Device::Cpu)?)
+}
