@@ -1,1 +1,428 @@
-//! Pre- and post-processing.
+//! Pre- and post-processing, exactly as the reference predictor does it.
+//!
+//! Preprocessing follows `SamPredictor.set_image`: `ResizeLongestSide.apply_image` (torchvision's
+//! resize of a PIL image, i.e. PIL's bilinear filter, which antialiases when shrinking), then
+//! `Sam.preprocess` (normalize, zero-pad bottom/right to 1024). Coordinates are transformed as
+//! `ResizeLongestSide.apply_coords` does. Postprocessing follows `Sam.postprocess_masks`.
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::config::{
+    IMAGE_SIZE, LOW_RES_SIDE, MASK_THRESHOLD, PIXEL_MEAN, PIXEL_STD, STABILITY_SCORE_OFFSET,
+};
+
+/// An 8-bit RGB image, row-major, 3 bytes per pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    /// Wraps RGB bytes, checking their length.
+    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
+        if width == 0 || height == 0 {
+            return Err(Error::invalid(format!(
+                "image is {width}x{height}; both sides must be at least 1 pixel"
+            )));
+        }
+        if data.len() != width * height * 3 {
+            return Err(Error::invalid(format!(
+                "RGB image {width}x{height} needs {} bytes, got {}",
+                width * height * 3,
+                data.len()
+            )));
+        }
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
+    }
+
+    /// Drops the alpha channel of RGBA bytes (as canvases and `ImageData` hold them).
+    pub fn from_rgba(width: usize, height: usize, rgba: &[u8]) -> Result<Self> {
+        if rgba.len() != width * height * 4 {
+            return Err(Error::invalid(format!(
+                "RGBA image {width}x{height} needs {} bytes, got {}",
+                width * height * 4,
+                rgba.len()
+            )));
+        }
+        let data = rgba
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect();
+        Self::new(width, height, data)
+    }
+
+    /// Decodes a PNG or JPEG file held in memory.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let img = image::load_from_memory(bytes).map_err(|e| Error::Image(e.to_string()))?;
+        let rgb = img.to_rgb8();
+        let (w, h) = rgb.dimensions();
+        Self::new(w as usize, h as usize, rgb.into_raw())
+    }
+
+    /// Reads and decodes an image file.
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::decode(&bytes).map_err(|e| Error::Image(format!("{}: {e}", path.display())))
+    }
+}
+
+/// `ResizeLongestSide.get_preprocess_shape`: the (height, width) after scaling the longest side
+/// to `long_side`, rounded as the reference does (`int(x + 0.5)` in float64).
+pub fn preprocess_shape(height: usize, width: usize, long_side: usize) -> (usize, usize) {
+    let scale = long_side as f64 / height.max(width) as f64;
+    let new_h = (height as f64 * scale + 0.5) as usize;
+    let new_w = (width as f64 * scale + 0.5) as usize;
+    (new_h, new_w)
+}
+
+/// The size of an image and the size it has inside the encoder's 1024 frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageFrame {
+    /// Original (height, width).
+    pub original: (usize, usize),
+    /// (height, width) after resizing the longest side to 1024, before padding.
+    pub input: (usize, usize),
+}
+
+impl ImageFrame {
+    /// The frame of an image of the given original size.
+    pub fn new(height: usize, width: usize) -> Result<Self> {
+        if height == 0 || width == 0 {
+            return Err(Error::invalid(format!(
+                "image size {height}x{width}: both sides must be at least 1 pixel"
+            )));
+        }
+        Ok(Self {
+            original: (height, width),
+            input: preprocess_shape(height, width, IMAGE_SIZE),
+        })
+    }
+
+    /// `ResizeLongestSide.apply_coords`: a point from the original frame to the 1024 frame
+    /// (float64 arithmetic, as numpy does it, then f32 as the predictor's tensor).
+    pub fn apply_coords(&self, x: f64, y: f64) -> (f32, f32) {
+        let (old_h, old_w) = self.original;
+        let (new_h, new_w) = self.input;
+        let x = x * (new_w as f64 / old_w as f64);
+        let y = y * (new_h as f64 / old_h as f64);
+        (x as f32, y as f32)
+    }
+}
+
+/// Pillow's fixed-point precision for 8-bit resampling (`PRECISION_BITS` in `Resample.c`).
+const PIL_PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Per-output-pixel source window and fixed-point weights of PIL's bilinear filter, as
+/// `precompute_coeffs` + `normalize_coeffs_8bpc` compute them.
+struct PilCoeffs {
+    /// (first source index, number of taps) per output index.
+    bounds: Vec<(usize, usize)>,
+    /// `ksize` weights per output index.
+    weights: Vec<i32>,
+    ksize: usize,
+}
+
+fn pil_bilinear_coeffs(in_size: usize, out_size: usize) -> PilCoeffs {
+    // The triangle filter of support 1, widened by the scale when shrinking (antialiasing).
+    let filter = |x: f64| {
+        let x = x.abs();
+        if x < 1.0 {
+            1.0 - x
+        } else {
+            0.0
+        }
+    };
+    let support_base = 1.0;
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = support_base * filterscale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut bounds = Vec::with_capacity(out_size);
+    let mut weights = vec![0i32; out_size * ksize];
+    let mut k = vec![0f64; ksize];
+    for xx in 0..out_size {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        // C casts truncate toward zero; the values are clamped right after.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize - xmin;
+        let mut ww = 0.0;
+        for (x, kx) in k.iter_mut().enumerate().take(xmax) {
+            let w = filter((x as f64 + xmin as f64 - center + 0.5) * ss);
+            *kx = w;
+            ww += w;
+        }
+        for (x, kx) in k.iter().enumerate().take(xmax) {
+            let w = if ww != 0.0 { kx / ww } else { *kx };
+            let scaled = w * (1u32 << PIL_PRECISION_BITS) as f64;
+            weights[xx * ksize + x] = if w < 0.0 {
+                (-0.5 + scaled) as i32
+            } else {
+                (0.5 + scaled) as i32
+            };
+        }
+        bounds.push((xmin, xmax));
+    }
+    PilCoeffs {
+        bounds,
+        weights,
+        ksize,
+    }
+}
+
+/// Pillow's `clip8`: fixed-point sum back to a byte.
+fn pil_clip8(v: i32) -> u8 {
+    if v >= (1 << PIL_PRECISION_BITS << 8) {
+        255
+    } else if v <= 0 {
+        0
+    } else {
+        (v >> PIL_PRECISION_BITS) as u8
+    }
+}
+
+/// Resizes like `PIL.Image.resize(size, Image.BILINEAR)` on an RGB image, bit for bit: a
+/// horizontal pass over the rows the vertical pass needs, then a vertical pass, each with
+/// Pillow's fixed-point arithmetic. This is what torchvision's resize does to a PIL image, and
+/// so what the reference predictor feeds the encoder; image crates' resizers round differently.
+pub fn resize_bilinear_pil(img: &RgbImage, out_w: usize, out_h: usize) -> Result<RgbImage> {
+    if out_w == 0 || out_h == 0 {
+        return Err(Error::invalid(format!(
+            "resize target {out_w}x{out_h}: both sides must be at least 1 pixel"
+        )));
+    }
+    if out_w == img.width && out_h == img.height {
+        return Ok(img.clone());
+    }
+    let half = 1i32 << (PIL_PRECISION_BITS - 1);
+    let horiz = pil_bilinear_coeffs(img.width, out_w);
+    let vert = pil_bilinear_coeffs(img.height, out_h);
+
+    // Horizontal pass, only over the source rows the vertical pass reads.
+    let (row_first, row_count) = if out_h != img.height {
+        let first = vert.bounds[0].0;
+        let (last_min, last_n) = vert.bounds[out_h - 1];
+        (first, last_min + last_n - first)
+    } else {
+        (0, img.height)
+    };
+    let temp = if out_w != img.width {
+        let mut temp = vec![0u8; out_w * row_count * 3];
+        for y in 0..row_count {
+            let src_row = &img.data[(y + row_first) * img.width * 3..][..img.width * 3];
+            let dst_row = &mut temp[y * out_w * 3..][..out_w * 3];
+            for (xx, &(xmin, n)) in horiz.bounds.iter().enumerate() {
+                let k = &horiz.weights[xx * horiz.ksize..][..n];
+                let mut ss = [half; 3];
+                for (x, &w) in k.iter().enumerate() {
+                    let p = &src_row[(xmin + x) * 3..][..3];
+                    for c in 0..3 {
+                        ss[c] += p[c] as i32 * w;
+                    }
+                }
+                for c in 0..3 {
+                    dst_row[xx * 3 + c] = pil_clip8(ss[c]);
+                }
+            }
+        }
+        RgbImage {
+            width: out_w,
+            height: row_count,
+            data: temp,
+        }
+    } else {
+        RgbImage {
+            width: img.width,
+            height: row_count,
+            data: img.data[row_first * img.width * 3..][..row_count * img.width * 3].to_vec(),
+        }
+    };
+    if out_h == img.height {
+        return Ok(temp);
+    }
+
+    // Vertical pass, with the bounds shifted to the rows kept above.
+    let mut out = vec![0u8; out_w * out_h * 3];
+    let mut acc = vec![0i32; out_w * 3];
+    for (yy, &(ymin, n)) in vert.bounds.iter().enumerate() {
+        let k = &vert.weights[yy * vert.ksize..][..n];
+        acc.fill(half);
+        for (y, &w) in k.iter().enumerate() {
+            let src = &temp.data[(ymin - row_first + y) * out_w * 3..][..out_w * 3];
+            for (a, &p) in acc.iter_mut().zip(src) {
+                *a += p as i32 * w;
+            }
+        }
+        for (o, &a) in out[yy * out_w * 3..][..out_w * 3].iter_mut().zip(&acc) {
+            *o = pil_clip8(a);
+        }
+    }
+    RgbImage::new(out_w, out_h, out)
+}
+
+/// `SamPredictor.set_image` + `Sam.preprocess`: resize the longest side to 1024 (PIL bilinear),
+/// normalize with the pixel mean and std, zero-pad bottom/right. Returns `[1, 3, 1024, 1024]`
+/// and the frame of the image.
+pub fn preprocess(img: &RgbImage) -> Result<(Tensor, ImageFrame)> {
+    let frame = ImageFrame::new(img.height, img.width)?;
+    let (h, w) = frame.input;
+    let resized = resize_bilinear_pil(img, w, h)?;
+    let mut data = vec![0f32; 3 * IMAGE_SIZE * IMAGE_SIZE];
+    for (c, (mean, std)) in PIXEL_MEAN.iter().zip(PIXEL_STD).enumerate() {
+        let plane = &mut data[c * IMAGE_SIZE * IMAGE_SIZE..][..IMAGE_SIZE * IMAGE_SIZE];
+        for y in 0..h {
+            for x in 0..w {
+                let v = resized.data[(y * w + x) * 3 + c] as f32;
+                // Same f32 operations as `(x - pixel_mean) / pixel_std` in the reference.
+                plane[y * IMAGE_SIZE + x] = (v - mean) / std;
+            }
+        }
+    }
+    let t = Tensor::from_vec(data, (1, 3, IMAGE_SIZE, IMAGE_SIZE), &Device::Cpu)?;
+    Ok((t, frame))
+}
+
+/// Source index and weight pairs of PyTorch's bilinear interpolation with
+/// `align_corners=False` (`area_pixel_compute_source_index`, f32 arithmetic).
+fn linear_taps(in_size: usize, out_size: usize) -> Vec<(usize, usize, f32, f32)> {
+    let scale = in_size as f32 / out_size as f32;
+    (0..out_size)
+        .map(|i| {
+            let src = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+            let i0 = (src as usize).min(in_size - 1);
+            let i1 = if i0 < in_size - 1 { i0 + 1 } else { i0 };
+            let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+            (i0, i1, 1.0 - l1, l1)
+        })
+        .collect()
+}
+
+/// Bilinear resize of one `[in_h, in_w]` plane to `[out_h, out_w]` as
+/// `F.interpolate(mode="bilinear", align_corners=False)`, but only producing the top-left
+/// `keep_h x keep_w` block of the output (the crop that follows in `postprocess_masks`).
+fn interpolate_plane(
+    src: &[f32],
+    in_h: usize,
+    in_w: usize,
+    out_h: usize,
+    out_w: usize,
+    keep_h: usize,
+    keep_w: usize,
+) -> Vec<f32> {
+    let ty = linear_taps(in_h, out_h);
+    let tx = linear_taps(in_w, out_w);
+    let mut out = vec![0f32; keep_h * keep_w];
+    for (y, &(y0, y1, ly0, ly1)) in ty.iter().take(keep_h).enumerate() {
+        let r0 = &src[y0 * in_w..][..in_w];
+        let r1 = &src[y1 * in_w..][..in_w];
+        let row = &mut out[y * keep_w..][..keep_w];
+        for (o, &(x0, x1, lx0, lx1)) in row.iter_mut().zip(tx.iter()) {
+            *o = ly0 * (lx0 * r0[x0] + lx1 * r0[x1]) + ly1 * (lx0 * r1[x0] + lx1 * r1[x1]);
+        }
+    }
+    out
+}
+
+/// `Sam.postprocess_masks` for one low-res logit plane (`256 x 256`): upsample to 1024, crop to
+/// the resized image, resize to the original size. Returns `height * width` logits.
+pub fn postprocess_logits(low_res: &[f32], frame: &ImageFrame) -> Result<Vec<f32>> {
+    if low_res.len() != LOW_RES_SIDE * LOW_RES_SIDE {
+        return Err(Error::invalid(format!(
+            "low-res logits must hold {}x{} values, got {}",
+            LOW_RES_SIDE,
+            LOW_RES_SIDE,
+            low_res.len()
+        )));
+    }
+    let (in_h, in_w) = frame.input;
+    let (orig_h, orig_w) = frame.original;
+    let up = interpolate_plane(
+        low_res,
+        LOW_RES_SIDE,
+        LOW_RES_SIDE,
+        IMAGE_SIZE,
+        IMAGE_SIZE,
+        in_h,
+        in_w,
+    );
+    if (orig_h, orig_w) == (in_h, in_w) {
+        return Ok(up);
+    }
+    Ok(interpolate_plane(
+        &up, in_h, in_w, orig_h, orig_w, orig_h, orig_w,
+    ))
+}
+
+/// Binary mask (0/1) of logits above the mask threshold.
+pub fn threshold(logits: &[f32]) -> Vec<u8> {
+    logits.iter().map(|&v| u8::from(v > MASK_THRESHOLD)).collect()
+}
+
+/// `calculate_stability_score`: the IoU between the masks thresholded at `t + 1` and `t - 1`.
+/// An empty union gives 0.
+pub fn stability_score(logits: &[f32]) -> f32 {
+    let hi = MASK_THRESHOLD + STABILITY_SCORE_OFFSET;
+    let lo = MASK_THRESHOLD - STABILITY_SCORE_OFFSET;
+    let inter = logits.iter().filter(|&&v| v > hi).count();
+    let union = logits.iter().filter(|&&v| v > lo).count();
+    if union == 0 {
+        0.0
+    } else {
+        inter as f32 / union as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preprocess_shape_matches_reference_rounding() {
+        assert_eq!(preprocess_shape(480, 640, 1024), (768, 1024));
+        assert_eq!(preprocess_shape(333, 517, 1024), (660, 1024));
+        assert_eq!(preprocess_shape(1024, 1024, 1024), (1024, 1024));
+        assert_eq!(preprocess_shape(1, 3000, 1024), (0, 1024));
+    }
+
+    #[test]
+    fn interpolate_identity_when_sizes_match() {
+        let src: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        assert_eq!(interpolate_plane(&src, 3, 4, 3, 4, 3, 4), src);
+    }
+
+    #[test]
+    fn interpolate_upsample_2x_matches_torch() {
+        // torch.nn.functional.interpolate(torch.tensor([[[[0., 1.], [2., 3.]]]]), (4, 4),
+        // mode="bilinear", align_corners=False)[0, 0, 0] == [0.0, 0.25, 0.75, 1.0]
+        let src = [0.0, 1.0, 2.0, 3.0];
+        let out = interpolate_plane(&src, 2, 2, 4, 4, 4, 4);
+        assert_eq!(&out[..4], &[0.0, 0.25, 0.75, 1.0]);
+        assert_eq!(&out[12..], &[2.0, 2.25, 2.75, 3.0]);
+    }
+
+    #[test]
+    fn stability_score_counts_bands() {
+        let logits = [2.0, 0.5, -0.5, -2.0];
+        // > 1: one pixel; > -1: three pixels.
+        assert!((stability_score(&logits) - 1.0 / 3.0).abs() < 1e-7);
+        assert_eq!(stability_score(&[-5.0; 4]), 0.0);
+    }
+
+    #[test]
+    fn rgba_drops_alpha_and_checks_length() {
+        let img = RgbImage::from_rgba(2, 1, &[1, 2, 3, 255, 4, 5, 6, 0]).unwrap();
+        assert_eq!(img.data, vec![1, 2, 3, 4, 5, 6]);
+        assert!(RgbImage::from_rgba(2, 2, &[0; 8]).is_err());
+    }
+}
