@@ -4,7 +4,7 @@ use candle_core::{Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::model::config::{MaskDecoderConfig, LAYER_NORM_2D_EPS};
-use crate::model::ops::{self, LayerNorm2d, Linear};
+use crate::model::ops::{self, LayerNorm, Linear};
 use crate::model::transformer::TwoWayTransformer;
 use crate::model::weights::WeightPath;
 
@@ -58,10 +58,11 @@ impl MLP {
     }
 }
 
-/// `nn.ConvTranspose2d` with bias, no padding, stride = kernel size (the 2x2/s2 upscaling).
+/// `nn.ConvTranspose2d` with bias, no padding, stride = kernel size (the 2x2/s2 upscaling),
+/// on channel-last images.
 ///
 /// With stride equal to the kernel size the output patches do not overlap: each input pixel
-/// writes its own `k x k` patch, `x[:, :, i, j] @ W.reshape(in, out * k * k)`. So the layer is
+/// writes its own `k x k` patch, `x[:, i, j, :] @ W.reshape(in, out * k * k)`. So the layer is
 /// one GEMM plus a pixel shuffle, about 5x faster on the CPU than candle's direct
 /// `conv_transpose2d`, which the tests use as the reference.
 #[derive(Debug, Clone)]
@@ -78,34 +79,38 @@ impl ConvTranspose2d {
         let weight = vb.get(&[c_in, c_out, kernel, kernel], "weight")?;
         Ok(Self {
             weight: weight.reshape((c_in, c_out * kernel * kernel))?,
-            bias: vb.get(&[c_out], "bias")?.reshape((1, c_out, 1, 1))?,
+            bias: vb.get(&[c_out], "bias")?,
             c_out,
             kernel,
         })
     }
 
-    /// `[B, in, H, W]` -> `[B, out, H * k, W * k]`.
+    /// Channel-last `[B, H, W, in]` -> `[B, H * k, W * k, out]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c_in, h, w) = x.dims4()?;
+        let (b, h, w, c_in) = x.dims4()?;
         let (c_out, k) = (self.c_out, self.kernel);
-        // [B, in, HW] viewed as [B, HW, in]: the GEMM reads the transposed view as is.
-        let x = x.reshape((b, c_in, h * w))?.transpose(1, 2)?;
-        let y = x.broadcast_matmul(&self.weight)?; // B x HW x (out * k * k)
-                                                   // Pixel shuffle: [B, H, W, out, k, k] -> [B, out, H, k, W, k].
+        let y = x
+            .reshape((b, h * w, c_in))?
+            .broadcast_matmul(&self.weight)?; // B x HW x (out * k * k)
+                                              // Pixel shuffle: [B, H, W, out, k, k] -> [B, H, k, W, k, out].
         let y = y
             .reshape((b, h, w, c_out, k, k))?
-            .permute([0, 3, 1, 4, 2, 5])?
+            .permute([0, 1, 4, 2, 5, 3])?
             .contiguous()?
-            .reshape((b, c_out, h * k, w * k))?;
+            .reshape((b, h * k, w * k, c_out))?;
         Ok(y.broadcast_add(&self.bias)?)
     }
 }
 
 /// `output_upscaling`: ConvT(C->C/4, k2, s2), LN2d, GELU, ConvT(C/4->C/8, k2, s2), GELU.
+///
+/// Runs channel-last: the transformer hands the image back as `[B, HW, C]`, and there
+/// `LayerNorm2d` (a norm over channels) is a plain layer norm over the last dim, with the same
+/// weights and eps.
 #[derive(Debug, Clone)]
 struct OutputUpscaling {
     conv0: ConvTranspose2d,
-    norm1: LayerNorm2d,
+    norm1: LayerNorm,
     conv3: ConvTranspose2d,
 }
 
@@ -114,11 +119,12 @@ impl OutputUpscaling {
         let (c4, c8) = (transformer_dim / 4, transformer_dim / 8);
         Ok(Self {
             conv0: ConvTranspose2d::new(&vb.pp(0), transformer_dim, c4, /* kernel */ 2)?,
-            norm1: LayerNorm2d::new(&vb.pp(1), c4, LAYER_NORM_2D_EPS)?,
+            norm1: LayerNorm::new(&vb.pp(1), c4, LAYER_NORM_2D_EPS)?,
             conv3: ConvTranspose2d::new(&vb.pp(3), c4, c8, /* kernel */ 2)?,
         })
     }
 
+    /// Channel-last `[B, H, W, C]` -> `[B, 4H, 4W, C/8]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = ops::gelu(&self.norm1.forward(&self.conv0.forward(x)?)?)?;
         ops::gelu(&self.conv3.forward(&x)?)
@@ -247,16 +253,19 @@ impl MaskDecoder {
         let mask_tokens_out = hs.narrow(1, 1, self.num_mask_tokens)?;
 
         // Upscale mask embeddings and predict masks using the mask tokens
-        let src = src.transpose(1, 2)?.reshape((b, c, h, w))?;
-        let upscaled_embedding = self.output_upscaling.forward(&src)?;
+        // `src` stays channel-last, [B, HW, C] -> [B, H, W, C], where the reference
+        // transposes it back to [B, C, H, W].
+        let src = src.reshape((b, h, w, c))?;
+        let upscaled_embedding = self.output_upscaling.forward(&src)?; // B x 4H x 4W x C/8
         let hyper_in_list = mask_slice
             .clone()
             .map(|i| self.output_hypernetworks_mlps[i].forward(&mask_tokens_out.narrow(1, i, 1)?))
             .collect::<Result<Vec<_>>>()?;
         let hyper_in = Tensor::cat(&hyper_in_list, 1)?; // B x M x C/8
-        let (b, c, h, w) = upscaled_embedding.dims4()?;
+        let (b, h, w, c) = upscaled_embedding.dims4()?;
+        // hyper_in @ upscaled_embedding.view(b, c, h * w), the transpose read by the GEMM.
         let masks = hyper_in
-            .matmul(&upscaled_embedding.reshape((b, c, h * w))?)?
+            .matmul(&upscaled_embedding.reshape((b, h * w, c))?.t()?)?
             .reshape((b, (), h, w))?;
 
         // Generate mask quality predictions
@@ -296,7 +305,11 @@ mod tests {
             .unwrap();
             let conv = ConvTranspose2d::new(&weights.pp("t"), c_in, c_out, k).unwrap();
             let x = Tensor::randn(0f32, 1.0, (b, c_in, h, w), &dev).unwrap();
-            let ours = conv.forward(&x).unwrap();
+            let ours = conv
+                .forward(&x.permute((0, 2, 3, 1)).unwrap())
+                .unwrap()
+                .permute((0, 3, 1, 2))
+                .unwrap();
             let reference = x
                 .conv_transpose2d(&weight, 0, 0, k, 1)
                 .unwrap()
