@@ -345,3 +345,93 @@ impl PromptEncoder {
         Ok((sparse_embeddings, dense_embeddings))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::SamConfig;
+    use crate::model::weights::Weights;
+    use candle_core::Device;
+
+    /// A prompt encoder with random weights under the official keys.
+    fn random_prompt_encoder() -> (PromptEncoder, PromptEncoderConfig) {
+        let cfg = SamConfig::mobile_sam().prompt_encoder;
+        let (d, m) = (cfg.embed_dim, cfg.mask_in_chans);
+        let shapes: Vec<(String, Vec<usize>)> = vec![
+            (
+                "pe_layer.positional_encoding_gaussian_matrix".into(),
+                vec![2, d / 2],
+            ),
+            ("point_embeddings.0.weight".into(), vec![1, d]),
+            ("point_embeddings.1.weight".into(), vec![1, d]),
+            ("point_embeddings.2.weight".into(), vec![1, d]),
+            ("point_embeddings.3.weight".into(), vec![1, d]),
+            ("not_a_point_embed.weight".into(), vec![1, d]),
+            ("no_mask_embed.weight".into(), vec![1, d]),
+            ("mask_downscaling.0.weight".into(), vec![m / 4, 1, 2, 2]),
+            ("mask_downscaling.0.bias".into(), vec![m / 4]),
+            ("mask_downscaling.1.weight".into(), vec![m / 4]),
+            ("mask_downscaling.1.bias".into(), vec![m / 4]),
+            ("mask_downscaling.3.weight".into(), vec![m, m / 4, 2, 2]),
+            ("mask_downscaling.3.bias".into(), vec![m]),
+            ("mask_downscaling.4.weight".into(), vec![m]),
+            ("mask_downscaling.4.bias".into(), vec![m]),
+            ("mask_downscaling.6.weight".into(), vec![d, m, 1, 1]),
+            ("mask_downscaling.6.bias".into(), vec![d]),
+        ];
+        let weights = Weights::from_tensors(shapes.into_iter().map(|(k, s)| {
+            let t = Tensor::randn(0f32, 1.0, s, &Device::Cpu).expect("randn");
+            (format!("prompt_encoder.{k}"), t)
+        }))
+        .expect("weights");
+        let pe = PromptEncoder::new(&cfg, &weights.pp("prompt_encoder")).expect("prompt encoder");
+        (pe, cfg)
+    }
+
+    #[test]
+    fn padding_point_only_without_box() {
+        let (pe, cfg) = random_prompt_encoder();
+        let dev = Device::Cpu;
+        let coords = Tensor::new(&[[[10f32, 20.0], [30.0, 40.0]]], &dev).unwrap();
+        let labels = Tensor::new(&[[1f32, 0.0]], &dev).unwrap();
+        let boxes = Tensor::new(&[[1f32, 2.0, 300.0, 400.0]], &dev).unwrap();
+        let side = cfg.embedding_side;
+
+        let (sparse, dense) = pe.forward(Some((&coords, &labels)), None, None).unwrap();
+        assert_eq!(sparse.dims(), [1, 3, cfg.embed_dim]); // 2 points + padding point
+        assert_eq!(dense.dims(), [1, cfg.embed_dim, side, side]);
+        // The padding token is exactly `not_a_point_embed`.
+        let pad = sparse.narrow(1, 2, 1).unwrap().squeeze(1).unwrap();
+        let diff = (pad - &pe.not_a_point_embed).unwrap().abs().unwrap();
+        assert_eq!(diff.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+
+        let (sparse, _) = pe
+            .forward(Some((&coords, &labels)), Some(&boxes), None)
+            .unwrap();
+        assert_eq!(sparse.dims(), [1, 4, cfg.embed_dim]); // 2 points + 2 box corners
+        let (sparse, _) = pe.forward(None, Some(&boxes), None).unwrap();
+        assert_eq!(sparse.dims(), [1, 2, cfg.embed_dim]);
+        let (sparse, dense) = pe.forward(None, None, None).unwrap();
+        assert_eq!(sparse.dims(), [1, 0, cfg.embed_dim]);
+        assert_eq!(dense.dims(), [1, cfg.embed_dim, side, side]);
+        assert_eq!(
+            pe.get_dense_pe().unwrap().dims(),
+            [1, cfg.embed_dim, side, side]
+        );
+    }
+
+    #[test]
+    fn wrong_prompt_shapes_are_named() {
+        let (pe, _) = random_prompt_encoder();
+        let dev = Device::Cpu;
+        let coords = Tensor::zeros((1, 2, 3), DType::F32, &dev).unwrap();
+        let labels = Tensor::zeros((1, 2), DType::F32, &dev).unwrap();
+        let err = pe
+            .forward(Some((&coords, &labels)), None, None)
+            .unwrap_err();
+        assert!(err.to_string().contains("[1, 2, 3]"), "{err}");
+        let mask = Tensor::zeros((1, 1, 64, 64), DType::F32, &dev).unwrap();
+        let err = pe.forward(None, None, Some(&mask)).unwrap_err();
+        assert!(err.to_string().contains("[1, 1, 64, 64]"), "{err}");
+    }
+}

@@ -68,7 +68,8 @@ impl Attention {
         })
     }
 
-    /// `[B, N, C]` -> `[B * heads, N, C / heads]`: heads become a batch dim of the matmuls.
+    /// `[B, N, C]` -> `[B * heads, N, C / heads]`: heads become a batch dim of the matmuls, so
+    /// each attention product is one batched GEMM rather than a loop of small ones per head.
     fn separate_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let c_per_head = c / self.num_heads;
