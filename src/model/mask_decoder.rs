@@ -1,1 +1,332 @@
-//! (in progress)
+//! Follows `segment_anything/modeling/mask_decoder.py` (MaskDecoder, MLP).
+
+use candle_core::{Tensor, D};
+
+use crate::error::{Error, Result};
+use crate::model::config::{MaskDecoderConfig, LAYER_NORM_2D_EPS};
+use crate::model::ops::{self, LayerNorm, Linear};
+use crate::model::transformer::TwoWayTransformer;
+use crate::model::weights::WeightPath;
+
+/// A plain MLP: `num_layers` linears with ReLU between them (from MaskFormer).
+#[derive(Debug, Clone)]
+pub struct MLP {
+    layers: Vec<Linear>,
+    sigmoid_output: bool,
+}
+
+impl MLP {
+    /// Reads `<vb>.layers.{0..num_layers}`.
+    pub fn new(
+        vb: &WeightPath,
+        input_dim: usize,
+        hidden_dim: usize,
+        output_dim: usize,
+        num_layers: usize,
+        sigmoid_output: bool,
+    ) -> Result<Self> {
+        let layers = (0..num_layers)
+            .map(|i| {
+                let n = if i == 0 { input_dim } else { hidden_dim };
+                let k = if i + 1 == num_layers {
+                    output_dim
+                } else {
+                    hidden_dim
+                };
+                Linear::new(&vb.pp("layers").pp(i), n, k, true)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            sigmoid_output,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let last = self.layers.len() - 1;
+        let mut x = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x)?;
+            if i < last {
+                x = ops::relu(&x)?;
+            }
+        }
+        if self.sigmoid_output {
+            x = candle_nn::ops::sigmoid(&x)?;
+        }
+        Ok(x)
+    }
+}
+
+/// `nn.ConvTranspose2d` with bias, no padding, stride = kernel size (the 2x2/s2 upscaling),
+/// on channel-last images.
+///
+/// With stride equal to the kernel size the output patches do not overlap: each input pixel
+/// writes its own `k x k` patch, `x[:, i, j, :] @ W.reshape(in, out * k * k)`. So the layer is
+/// one GEMM plus a pixel shuffle, about 5x faster on the CPU than candle's direct
+/// `conv_transpose2d`, which the tests use as the reference.
+#[derive(Debug, Clone)]
+struct ConvTranspose2d {
+    /// `[in, out * k * k]`: PyTorch's `[in, out, k, k]` with the trailing dims merged.
+    weight: Tensor,
+    bias: Tensor,
+    c_out: usize,
+    kernel: usize,
+}
+
+impl ConvTranspose2d {
+    fn new(vb: &WeightPath, c_in: usize, c_out: usize, kernel: usize) -> Result<Self> {
+        let weight = vb.get(&[c_in, c_out, kernel, kernel], "weight")?;
+        Ok(Self {
+            weight: weight.reshape((c_in, c_out * kernel * kernel))?,
+            bias: vb.get(&[c_out], "bias")?,
+            c_out,
+            kernel,
+        })
+    }
+
+    /// Channel-last `[B, H, W, in]` -> `[B, H * k, W * k, out]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c_in) = x.dims4()?;
+        let (c_out, k) = (self.c_out, self.kernel);
+        let y = x
+            .reshape((b, h * w, c_in))?
+            .broadcast_matmul(&self.weight)?; // B x HW x (out * k * k)
+                                              // Pixel shuffle: [B, H, W, out, k, k] -> [B, H, k, W, k, out].
+        let y = y
+            .reshape((b, h, w, c_out, k, k))?
+            .permute([0, 1, 4, 2, 5, 3])?
+            .contiguous()?
+            .reshape((b, h * k, w * k, c_out))?;
+        Ok(y.broadcast_add(&self.bias)?)
+    }
+}
+
+/// `output_upscaling`: ConvT(C->C/4, k2, s2), LN2d, GELU, ConvT(C/4->C/8, k2, s2), GELU.
+///
+/// Runs channel-last: the transformer hands the image back as `[B, HW, C]`, and there
+/// `LayerNorm2d` (a norm over channels) is a plain layer norm over the last dim, with the same
+/// weights and eps.
+#[derive(Debug, Clone)]
+struct OutputUpscaling {
+    conv0: ConvTranspose2d,
+    norm1: LayerNorm,
+    conv3: ConvTranspose2d,
+}
+
+impl OutputUpscaling {
+    fn new(vb: &WeightPath, transformer_dim: usize) -> Result<Self> {
+        let (c4, c8) = (transformer_dim / 4, transformer_dim / 8);
+        Ok(Self {
+            conv0: ConvTranspose2d::new(&vb.pp(0), transformer_dim, c4, /* kernel */ 2)?,
+            norm1: LayerNorm::new(&vb.pp(1), c4, LAYER_NORM_2D_EPS)?,
+            conv3: ConvTranspose2d::new(&vb.pp(3), c4, c8, /* kernel */ 2)?,
+        })
+    }
+
+    /// Channel-last `[B, H, W, C]` -> `[B, 4H, 4W, C/8]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = ops::gelu(&self.norm1.forward(&self.conv0.forward(x)?)?)?;
+        ops::gelu(&self.conv3.forward(&x)?)
+    }
+}
+
+/// Predicts masks given an image and prompt embeddings, using a transformer architecture.
+#[derive(Debug, Clone)]
+pub struct MaskDecoder {
+    transformer: TwoWayTransformer,
+    num_multimask_outputs: usize,
+    /// `iou_token.weight` `[1, C]` and `mask_tokens.weight` `[num_mask_tokens, C]`,
+    /// concatenated once at load.
+    output_tokens: Tensor,
+    num_mask_tokens: usize,
+    output_upscaling: OutputUpscaling,
+    output_hypernetworks_mlps: Vec<MLP>,
+    iou_prediction_head: MLP,
+}
+
+impl MaskDecoder {
+    /// `vb` is `weights.pp("mask_decoder")`.
+    pub fn new(cfg: &MaskDecoderConfig, vb: &WeightPath) -> Result<Self> {
+        let dim = cfg.transformer_dim;
+        let num_mask_tokens = cfg.num_mask_tokens();
+        let transformer = TwoWayTransformer::new(&cfg.transformer, &vb.pp("transformer"))?;
+        let iou_token = vb.pp("iou_token").get(&[1, dim], "weight")?;
+        let mask_tokens = vb
+            .pp("mask_tokens")
+            .get(&[num_mask_tokens, dim], "weight")?;
+        let output_tokens = Tensor::cat(&[iou_token, mask_tokens], 0)?;
+        let output_upscaling = OutputUpscaling::new(&vb.pp("output_upscaling"), dim)?;
+        let output_hypernetworks_mlps = (0..num_mask_tokens)
+            .map(|i| {
+                MLP::new(
+                    &vb.pp("output_hypernetworks_mlps").pp(i),
+                    dim,
+                    dim,
+                    dim / 8,
+                    /* num_layers */ 3,
+                    /* sigmoid_output */ false,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let iou_prediction_head = MLP::new(
+            &vb.pp("iou_prediction_head"),
+            dim,
+            cfg.iou_head_hidden_dim,
+            num_mask_tokens,
+            cfg.iou_head_depth,
+            /* sigmoid_output */ false,
+        )?;
+        Ok(Self {
+            transformer,
+            num_multimask_outputs: cfg.num_multimask_outputs,
+            output_tokens,
+            num_mask_tokens,
+            output_upscaling,
+            output_hypernetworks_mlps,
+            iou_prediction_head,
+        })
+    }
+
+    /// Predicts masks given image and prompt embeddings.
+    ///
+    /// `image_embeddings` `[1, C, 64, 64]`, `image_pe` `[1, C, 64, 64]`, `sparse` `[B, N, C]`,
+    /// `dense` `[B or 1, C, 64, 64]`. Returns the low-res mask logits `[B, M, 256, 256]` and
+    /// the IoU predictions `[B, M]`, with `M = 3` when `multimask_output`, else 1.
+    pub fn forward(
+        &self,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+        multimask_output: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        // Select the correct mask or masks for output. Only the selected mask tokens go
+        // through their hypernetwork and the final product: each mask depends on its own
+        // token alone, so this equals slicing the masks afterwards, without the unused work.
+        let mask_slice = if multimask_output {
+            1..self.num_mask_tokens
+        } else {
+            0..1
+        };
+        self.predict_masks(image_embeddings, image_pe, sparse, dense, mask_slice)
+    }
+
+    /// Predicts the masks of the mask tokens in `mask_slice`, and their IoU. See `forward`.
+    fn predict_masks(
+        &self,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        sparse_prompt_embeddings: &Tensor,
+        dense_prompt_embeddings: &Tensor,
+        mask_slice: std::ops::Range<usize>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, _, dim) = sparse_prompt_embeddings.dims3()?;
+        let (img_b, c, h, w) = image_embeddings.dims4()?;
+        if img_b != 1 || image_pe.dims4()? != (1, c, h, w) {
+            return Err(Error::invalid(format!(
+                "the mask decoder takes one image embedding [1, C, H, W] and its positional \
+                 encoding of the same shape, got {:?} and {:?}",
+                image_embeddings.dims(),
+                image_pe.dims()
+            )));
+        }
+
+        // Concatenate output tokens
+        let output_tokens =
+            self.output_tokens
+                .unsqueeze(0)?
+                .broadcast_as((b, 1 + self.num_mask_tokens, dim))?;
+        let tokens = Tensor::cat(&[&output_tokens, sparse_prompt_embeddings], 1)?;
+
+        // Expand per-image data in batch direction to be per-mask
+        // (`repeat_interleave` of the one image embedding is a broadcast; the positional
+        // encoding stays at batch 1 and is broadcast inside the transformer).
+        let src = image_embeddings
+            .broadcast_add(dense_prompt_embeddings)?
+            .broadcast_as((b, c, h, w))?;
+        let pos_src = image_pe;
+
+        // Run the transformer
+        let (hs, src) = self.transformer.forward(&src, pos_src, &tokens)?;
+        let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?;
+        let mask_tokens_out = hs.narrow(1, 1, self.num_mask_tokens)?;
+
+        // Upscale mask embeddings and predict masks using the mask tokens
+        // `src` stays channel-last, [B, HW, C] -> [B, H, W, C], where the reference
+        // transposes it back to [B, C, H, W].
+        let src = src.reshape((b, h, w, c))?;
+        let upscaled_embedding = self.output_upscaling.forward(&src)?; // B x 4H x 4W x C/8
+        let hyper_in_list = mask_slice
+            .clone()
+            .map(|i| self.output_hypernetworks_mlps[i].forward(&mask_tokens_out.narrow(1, i, 1)?))
+            .collect::<Result<Vec<_>>>()?;
+        let hyper_in = Tensor::cat(&hyper_in_list, 1)?; // B x M x C/8
+        let (b, h, w, c) = upscaled_embedding.dims4()?;
+        // hyper_in @ upscaled_embedding.view(b, c, h * w), the transpose read by the GEMM.
+        let masks = hyper_in
+            .matmul(&upscaled_embedding.reshape((b, h * w, c))?.t()?)?
+            .reshape((b, (), h, w))?;
+
+        // Generate mask quality predictions
+        let iou_pred = self.iou_prediction_head.forward(&iou_token_out)?;
+        let iou_pred = iou_pred
+            .narrow(D::Minus1, mask_slice.start, mask_slice.len())?
+            .contiguous()?;
+
+        Ok((masks, iou_pred))
+    }
+
+    /// Number of candidate masks in multimask mode.
+    pub fn num_multimask_outputs(&self) -> usize {
+        self.num_multimask_outputs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::weights::Weights;
+    use candle_core::Device;
+
+    /// The GEMM + pixel-shuffle form equals candle's direct transposed convolution.
+    #[test]
+    fn conv_transpose_matches_candle() {
+        let dev = Device::Cpu;
+        for (b, c_in, c_out, k, h, w) in
+            [(1, 8, 4, 2, 5, 7), (2, 3, 5, 2, 4, 3), (1, 4, 2, 3, 3, 2)]
+        {
+            let weight = Tensor::randn(0f32, 1.0, (c_in, c_out, k, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, c_out, &dev).unwrap();
+            let weights = Weights::from_tensors([
+                ("t.weight".to_owned(), weight.clone()),
+                ("t.bias".to_owned(), bias.clone()),
+            ])
+            .unwrap();
+            let conv = ConvTranspose2d::new(&weights.pp("t"), c_in, c_out, k).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (b, c_in, h, w), &dev).unwrap();
+            let ours = conv
+                .forward(&x.permute((0, 2, 3, 1)).unwrap())
+                .unwrap()
+                .permute((0, 3, 1, 2))
+                .unwrap();
+            let reference = x
+                .conv_transpose2d(&weight, 0, 0, k, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(ours.dims(), reference.dims());
+            let diff = (ours - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "b={b} c_in={c_in} c_out={c_out} k={k}: {diff}");
+        }
+    }
+}
