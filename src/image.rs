@@ -103,9 +103,15 @@ impl ImageFrame {
                 "image size {height}x{width}: both sides must be at least 1 pixel"
             )));
         }
+        let input = preprocess_shape(height, width, IMAGE_SIZE);
+        if input.0 == 0 || input.1 == 0 {
+            return Err(Error::invalid(format!(
+                "image size {height}x{width} is too elongated: its short side rounds to 0 pixels at 1024"
+            )));
+        }
         Ok(Self {
             original: (height, width),
-            input: preprocess_shape(height, width, IMAGE_SIZE),
+            input,
         })
     }
 
@@ -192,83 +198,111 @@ fn pil_clip8(v: i32) -> u8 {
     }
 }
 
-/// Resizes like `PIL.Image.resize(size, Image.BILINEAR)` on an RGB image, bit for bit: a
-/// horizontal pass over the rows the vertical pass needs, then a vertical pass, each with
-/// Pillow's fixed-point arithmetic. This is what torchvision's resize does to a PIL image, and
-/// so what the reference predictor feeds the encoder; image crates' resizers round differently.
+/// Pillow's horizontal pass: `rows` rows of `img` from `row_first` on, each resampled to `out_w`.
+fn pil_pass_horizontal(img: &RgbImage, out_w: usize, row_first: usize, rows: usize) -> RgbImage {
+    let half = 1i32 << (PIL_PRECISION_BITS - 1);
+    let coeffs = pil_bilinear_coeffs(img.width, out_w);
+    let mut data = vec![0u8; out_w * rows * 3];
+    for (y, dst_row) in data.chunks_exact_mut(out_w * 3).enumerate() {
+        let src_row = &img.data[(y + row_first) * img.width * 3..][..img.width * 3];
+        for (xx, &(xmin, n)) in coeffs.bounds.iter().enumerate() {
+            let k = &coeffs.weights[xx * coeffs.ksize..][..n];
+            let mut ss = [half; 3];
+            for (x, &w) in k.iter().enumerate() {
+                let p = &src_row[(xmin + x) * 3..][..3];
+                for c in 0..3 {
+                    ss[c] += p[c] as i32 * w;
+                }
+            }
+            for c in 0..3 {
+                dst_row[xx * 3 + c] = pil_clip8(ss[c]);
+            }
+        }
+    }
+    RgbImage {
+        width: out_w,
+        height: rows,
+        data,
+    }
+}
+
+/// Pillow's vertical pass: `img` resampled to `out_h` rows, with source row indices
+/// (`coeffs.bounds`) shifted down by `row_shift` (the rows a previous pass skipped).
+fn pil_pass_vertical(img: &RgbImage, coeffs: &PilCoeffs, row_shift: usize) -> RgbImage {
+    let half = 1i32 << (PIL_PRECISION_BITS - 1);
+    let stride = img.width * 3;
+    let out_h = coeffs.bounds.len();
+    let mut data = vec![0u8; stride * out_h];
+    let mut acc = vec![0i32; stride];
+    for (yy, &(ymin, n)) in coeffs.bounds.iter().enumerate() {
+        let k = &coeffs.weights[yy * coeffs.ksize..][..n];
+        acc.fill(half);
+        for (y, &w) in k.iter().enumerate() {
+            let src = &img.data[(ymin - row_shift + y) * stride..][..stride];
+            for (a, &p) in acc.iter_mut().zip(src) {
+                *a += p as i32 * w;
+            }
+        }
+        for (o, &a) in data[yy * stride..][..stride].iter_mut().zip(&acc) {
+            *o = pil_clip8(a);
+        }
+    }
+    RgbImage {
+        width: img.width,
+        height: out_h,
+        data,
+    }
+}
+
+/// Resizes like `PIL.Image.resize(size, Image.BILINEAR)` (Pillow 13) on an RGB image, bit for
+/// bit. This is what torchvision's resize does to a PIL image, and so what the reference
+/// predictor feeds the encoder; image crates' resizers round differently, so we follow
+/// Pillow's `ImagingResampleInner`: two separable passes with 22-bit fixed-point weights and
+/// a byte between the passes. The order of the passes changes the bytes: Pillow runs the
+/// vertical pass first when the height shrinks by more than twice as many pixels as the
+/// width does, else the horizontal pass first over only the rows the vertical pass reads.
 pub fn resize_bilinear_pil(img: &RgbImage, out_w: usize, out_h: usize) -> Result<RgbImage> {
     if out_w == 0 || out_h == 0 {
         return Err(Error::invalid(format!(
             "resize target {out_w}x{out_h}: both sides must be at least 1 pixel"
         )));
     }
-    if out_w == img.width && out_h == img.height {
-        return Ok(img.clone());
-    }
-    let half = 1i32 << (PIL_PRECISION_BITS - 1);
-    let horiz = pil_bilinear_coeffs(img.width, out_w);
+    let need_horizontal = out_w != img.width;
+    let need_vertical = out_h != img.height;
+    let shrink_h = img.height as i64 - out_h as i64;
+    let shrink_w = img.width as i64 - out_w as i64;
+    let horizontal_first = !(shrink_h > 0 && shrink_h > shrink_w * 2);
     let vert = pil_bilinear_coeffs(img.height, out_h);
 
-    // Horizontal pass, only over the source rows the vertical pass reads.
-    let (row_first, row_count) = if out_h != img.height {
-        let first = vert.bounds[0].0;
-        let (last_min, last_n) = vert.bounds[out_h - 1];
-        (first, last_min + last_n - first)
-    } else {
-        (0, img.height)
-    };
-    let temp = if out_w != img.width {
-        let mut temp = vec![0u8; out_w * row_count * 3];
-        for y in 0..row_count {
-            let src_row = &img.data[(y + row_first) * img.width * 3..][..img.width * 3];
-            let dst_row = &mut temp[y * out_w * 3..][..out_w * 3];
-            for (xx, &(xmin, n)) in horiz.bounds.iter().enumerate() {
-                let k = &horiz.weights[xx * horiz.ksize..][..n];
-                let mut ss = [half; 3];
-                for (x, &w) in k.iter().enumerate() {
-                    let p = &src_row[(xmin + x) * 3..][..3];
-                    for c in 0..3 {
-                        ss[c] += p[c] as i32 * w;
-                    }
-                }
-                for c in 0..3 {
-                    dst_row[xx * 3 + c] = pil_clip8(ss[c]);
-                }
-            }
-        }
-        RgbImage {
-            width: out_w,
-            height: row_count,
-            data: temp,
+    let out = if horizontal_first {
+        let (row_first, row_shift, rows) = if need_vertical {
+            let first = vert.bounds[0].0;
+            let (last_min, last_n) = vert.bounds[out_h - 1];
+            (first, first, last_min + last_n - first)
+        } else {
+            (0, 0, img.height)
+        };
+        let temp = if need_horizontal {
+            pil_pass_horizontal(img, out_w, row_first, rows)
+        } else {
+            img.clone()
+        };
+        // Without a horizontal pass the vertical one reads the original rows.
+        let shift = if need_horizontal { row_shift } else { 0 };
+        if need_vertical {
+            pil_pass_vertical(&temp, &vert, shift)
+        } else {
+            temp
         }
     } else {
-        RgbImage {
-            width: img.width,
-            height: row_count,
-            data: img.data[row_first * img.width * 3..][..row_count * img.width * 3].to_vec(),
+        let temp = pil_pass_vertical(img, &vert, 0);
+        if need_horizontal {
+            pil_pass_horizontal(&temp, out_w, 0, out_h)
+        } else {
+            temp
         }
     };
-    if out_h == img.height {
-        return Ok(temp);
-    }
-
-    // Vertical pass, with the bounds shifted to the rows kept above.
-    let mut out = vec![0u8; out_w * out_h * 3];
-    let mut acc = vec![0i32; out_w * 3];
-    for (yy, &(ymin, n)) in vert.bounds.iter().enumerate() {
-        let k = &vert.weights[yy * vert.ksize..][..n];
-        acc.fill(half);
-        for (y, &w) in k.iter().enumerate() {
-            let src = &temp.data[(ymin - row_first + y) * out_w * 3..][..out_w * 3];
-            for (a, &p) in acc.iter_mut().zip(src) {
-                *a += p as i32 * w;
-            }
-        }
-        for (o, &a) in out[yy * out_w * 3..][..out_w * 3].iter_mut().zip(&acc) {
-            *o = pil_clip8(a);
-        }
-    }
-    RgbImage::new(out_w, out_h, out)
+    Ok(out)
 }
 
 /// `SamPredictor.set_image` + `Sam.preprocess`: resize the longest side to 1024 (PIL bilinear),

@@ -1,1 +1,373 @@
-//! (in progress)
+//! The predictor flow of `segment_anything/predictor.py` (`SamPredictor`): embed an image once,
+//! then decode prompts given in the original image's pixel coordinates.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::image::{postprocess_logits, preprocess, stability_score, threshold, ImageFrame, RgbImage};
+use crate::model::config::{SamConfig, EMBED_DIM, EMBEDDING_SIDE, LOW_RES_SIDE};
+use crate::model::mask_decoder::MaskDecoder;
+use crate::model::prompt_encoder::PromptEncoder;
+use crate::model::tiny_vit::TinyViT;
+use crate::model::weights::Weights;
+
+/// Key that only MobileSAM's TinyViT encoder has (its first Conv2d_BN).
+const TINY_VIT_PROBE_KEY: &str = "image_encoder.patch_embed.seq.0.c.weight";
+/// Key that only SAM's ViT encoders (ViT-B/L/H) have.
+const VIT_PROBE_KEY: &str = "image_encoder.pos_embed";
+
+/// Which image encoder a checkpoint carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderKind {
+    /// MobileSAM's TinyViT-5M: supported.
+    TinyVit,
+    /// SAM's ViT-B/L/H: the decoder runs; encoding an image is not supported yet.
+    Vit,
+    /// A decoder-only checkpoint (`prompt_encoder.*` and `mask_decoder.*`).
+    None,
+}
+
+impl EncoderKind {
+    /// Tells the encoder from the checkpoint's keys.
+    pub fn detect(weights: &Weights) -> Self {
+        if weights.contains(TINY_VIT_PROBE_KEY) {
+            EncoderKind::TinyVit
+        } else if weights.contains(VIT_PROBE_KEY) {
+            EncoderKind::Vit
+        } else {
+            EncoderKind::None
+        }
+    }
+}
+
+/// A point prompt's label, as `SamPredictor` takes them (1, 0) plus the padding label (-1)
+/// that the ONNX-style decoder uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointLabel {
+    /// 1: part of the object.
+    Positive,
+    /// 0: not part of the object.
+    Negative,
+    /// -1: an ignored (padding) point.
+    NotAPoint,
+}
+
+impl PointLabel {
+    /// Reads the reference's integer labels.
+    pub fn from_i32(label: i32) -> Result<Self> {
+        match label {
+            1 => Ok(PointLabel::Positive),
+            0 => Ok(PointLabel::Negative),
+            -1 => Ok(PointLabel::NotAPoint),
+            other => Err(Error::invalid(format!(
+                "point label {other}: use 1 (positive), 0 (negative) or -1 (ignored)"
+            ))),
+        }
+    }
+
+    /// The label value the prompt encoder expects.
+    pub fn value(self) -> f32 {
+        match self {
+            PointLabel::Positive => 1.0,
+            PointLabel::Negative => 0.0,
+            PointLabel::NotAPoint => -1.0,
+        }
+    }
+}
+
+/// A click, in the original image's pixel coordinates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub x: f64,
+    pub y: f64,
+    pub label: PointLabel,
+}
+
+/// Everything one decode takes, in the original image's pixel coordinates.
+#[derive(Debug, Clone, Default)]
+pub struct Prompt {
+    pub points: Vec<Point>,
+    /// `[x0, y0, x1, y1]`.
+    pub bbox: Option<[f64; 4]>,
+    /// Low-res logits of a previous prediction (`256 * 256`), fed back to refine it.
+    pub mask_input: Option<Vec<f32>>,
+    /// Three candidate masks (true) or the single-mask output (false).
+    pub multimask: bool,
+}
+
+/// The image embedding and the frame of the image it was computed from.
+#[derive(Debug, Clone)]
+pub struct ImageEmbedding {
+    /// `[1, 256, 64, 64]`, f32.
+    pub features: Tensor,
+    pub frame: ImageFrame,
+}
+
+impl ImageEmbedding {
+    /// Wraps features computed elsewhere (e.g. read from `.npy`), checking their shape.
+    /// `[256, 64, 64]` is accepted and given its batch dim.
+    pub fn new(features: Tensor, frame: ImageFrame) -> Result<Self> {
+        let expected = [1, EMBED_DIM, EMBEDDING_SIDE, EMBEDDING_SIDE];
+        let features = if features.dims() == &expected[1..] {
+            features.unsqueeze(0)?
+        } else {
+            features
+        };
+        if features.dims() != expected {
+            return Err(Error::invalid(format!(
+                "image embedding has shape {:?}, expected {expected:?}",
+                features.dims()
+            )));
+        }
+        let features = features.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        Ok(Self { features, frame })
+    }
+
+    /// Features as a flat `Vec` (C-order `[1, 256, 64, 64]`).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        Ok(self.features.flatten_all()?.to_vec1()?)
+    }
+}
+
+/// One output mask at the original image size.
+#[derive(Debug, Clone)]
+pub struct Mask {
+    /// `height * width` values, 1 inside the mask, 0 outside.
+    pub data: Vec<u8>,
+    pub width: usize,
+    pub height: usize,
+    /// The predicted IoU.
+    pub score: f32,
+    /// `calculate_stability_score` with offset 1.0.
+    pub stability_score: f32,
+}
+
+/// The decoder's output for one prompt.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// `num_masks * 256 * 256` low-res logits.
+    pub low_res_logits: Vec<f32>,
+    /// Predicted IoU per mask.
+    pub iou: Vec<f32>,
+    /// The frame the prompt was given in.
+    pub frame: ImageFrame,
+}
+
+impl Prediction {
+    /// Number of masks: 3 for multimask, else 1.
+    pub fn num_masks(&self) -> usize {
+        self.iou.len()
+    }
+
+    /// Index of the mask with the highest predicted IoU.
+    pub fn best(&self) -> usize {
+        self.iou
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            })
+            .0
+    }
+
+    /// Low-res logits of mask `i` (`256 * 256`).
+    pub fn low_res(&self, i: usize) -> &[f32] {
+        let n = LOW_RES_SIDE * LOW_RES_SIDE;
+        &self.low_res_logits[i * n..(i + 1) * n]
+    }
+
+    /// Logits of mask `i` at the original image size (`Sam.postprocess_masks`).
+    pub fn logits(&self, i: usize) -> Result<Vec<f32>> {
+        if i >= self.num_masks() {
+            return Err(Error::invalid(format!(
+                "mask index {i} out of range ({} masks)",
+                self.num_masks()
+            )));
+        }
+        postprocess_logits(self.low_res(i), &self.frame)
+    }
+
+    /// Every mask at the original image size, thresholded at 0, with its scores.
+    pub fn masks(&self) -> Result<Vec<Mask>> {
+        let (height, width) = self.frame.original;
+        (0..self.num_masks())
+            .map(|i| {
+                let logits = self.logits(i)?;
+                Ok(Mask {
+                    data: threshold(&logits),
+                    width,
+                    height,
+                    score: self.iou[i],
+                    stability_score: stability_score(&logits),
+                })
+            })
+            .collect()
+    }
+}
+
+/// SAM with MobileSAM's encoder (when the checkpoint has it), prompt encoder and mask decoder.
+pub struct Sam {
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoder,
+    image_encoder: Option<TinyViT>,
+    encoder_kind: EncoderKind,
+    /// The dense positional encoding, the same for every image.
+    image_pe: Tensor,
+}
+
+impl Sam {
+    /// Builds the model from loaded weights. The prompt encoder and mask decoder are required;
+    /// the TinyViT encoder is built when the checkpoint has it.
+    pub fn new(weights: &Weights) -> Result<Self> {
+        let cfg = SamConfig::mobile_sam();
+        if !weights.has_prefix("mask_decoder.") && !weights.has_prefix("prompt_encoder.") {
+            return Err(Error::format(
+                "no `prompt_encoder.*` or `mask_decoder.*` tensors: not a SAM checkpoint",
+            ));
+        }
+        let prompt_encoder = PromptEncoder::new(&cfg.prompt_encoder, &weights.pp("prompt_encoder"))?;
+        let mask_decoder = MaskDecoder::new(&cfg.mask_decoder, &weights.pp("mask_decoder"))?;
+        let encoder_kind = EncoderKind::detect(weights);
+        let image_encoder = match encoder_kind {
+            EncoderKind::TinyVit => Some(TinyViT::new(&cfg.tiny_vit, &weights.pp("image_encoder"))?),
+            EncoderKind::Vit | EncoderKind::None => None,
+        };
+        let image_pe = prompt_encoder.get_dense_pe()?;
+        Ok(Self {
+            prompt_encoder,
+            mask_decoder,
+            image_encoder,
+            encoder_kind,
+            image_pe,
+        })
+    }
+
+    /// Reads a checkpoint file (`.pth`, `.pt`, `.safetensors`) and builds the model.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Self::new(&Weights::from_file(path)?)
+    }
+
+    /// Builds the model from checkpoint bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::new(&Weights::from_bytes(bytes)?)
+    }
+
+    /// Which image encoder the checkpoint carries.
+    pub fn encoder_kind(&self) -> EncoderKind {
+        self.encoder_kind
+    }
+
+    /// `SamPredictor.set_image`: the embedding of an RGB image, computed once per image.
+    pub fn embed(&self, image: &RgbImage) -> Result<ImageEmbedding> {
+        let encoder = self.image_encoder.as_ref().ok_or_else(|| match self.encoder_kind {
+            EncoderKind::Vit => Error::UnsupportedModel(
+                "this checkpoint's image encoder is SAM's ViT, which websam does not run yet; \
+                 decode works from an embedding made elsewhere"
+                    .into(),
+            ),
+            _ => Error::UnsupportedModel(
+                "this checkpoint has no image encoder (decoder only); decode from an embedding"
+                    .into(),
+            ),
+        })?;
+        let (input, frame) = preprocess(image)?;
+        let features = encoder.forward(&input)?;
+        ImageEmbedding::new(features, frame)
+    }
+
+    /// `SamPredictor.predict`: masks for a prompt given in the original image's coordinates.
+    pub fn decode(&self, embedding: &ImageEmbedding, prompt: &Prompt) -> Result<Prediction> {
+        let frame = embedding.frame;
+        let (height, width) = frame.original;
+        let dev = Device::Cpu;
+
+        // Transform input prompts (`ResizeLongestSide.apply_coords` / `apply_boxes`).
+        let points = if prompt.points.is_empty() {
+            None
+        } else {
+            let mut coords = Vec::with_capacity(prompt.points.len() * 2);
+            let mut labels = Vec::with_capacity(prompt.points.len());
+            for (i, p) in prompt.points.iter().enumerate() {
+                check_inside(p.x, p.y, width, height, &format!("point {i}"))?;
+                let (x, y) = frame.apply_coords(p.x, p.y);
+                coords.extend([x, y]);
+                labels.push(p.label.value());
+            }
+            let n = labels.len();
+            Some((
+                Tensor::from_vec(coords, (1, n, 2), &dev)?,
+                Tensor::from_vec(labels, (1, n), &dev)?,
+            ))
+        };
+        let boxes = match prompt.bbox {
+            None => None,
+            Some([x0, y0, x1, y1]) => {
+                check_inside(x0, y0, width, height, "box corner (x0, y0)")?;
+                check_inside(x1, y1, width, height, "box corner (x1, y1)")?;
+                if !(x1 > x0 && y1 > y0) {
+                    return Err(Error::invalid(format!(
+                        "box [{x0}, {y0}, {x1}, {y1}] is empty: it needs x1 > x0 and y1 > y0"
+                    )));
+                }
+                let (ax, ay) = frame.apply_coords(x0, y0);
+                let (bx, by) = frame.apply_coords(x1, y1);
+                Some(Tensor::from_vec(vec![ax, ay, bx, by], (1, 4), &dev)?)
+            }
+        };
+        let mask_input = match &prompt.mask_input {
+            None => None,
+            Some(m) => {
+                let n = LOW_RES_SIDE * LOW_RES_SIDE;
+                if m.len() != n {
+                    return Err(Error::invalid(format!(
+                        "mask input must hold {LOW_RES_SIDE}x{LOW_RES_SIDE} = {n} low-res logits, got {}",
+                        m.len()
+                    )));
+                }
+                if m.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::invalid("mask input holds NaN or infinite values"));
+                }
+                Some(Tensor::from_slice(m, (1, 1, LOW_RES_SIDE, LOW_RES_SIDE), &dev)?)
+            }
+        };
+
+        // Embed prompts
+        let (sparse, dense) = self.prompt_encoder.forward(
+            points.as_ref().map(|(c, l)| (c, l)),
+            boxes.as_ref(),
+            mask_input.as_ref(),
+        )?;
+        // Predict masks
+        let (low_res, iou) = self.mask_decoder.forward(
+            &embedding.features,
+            &self.image_pe,
+            &sparse,
+            &dense,
+            prompt.multimask,
+        )?;
+        Ok(Prediction {
+            low_res_logits: low_res.flatten_all()?.to_vec1()?,
+            iou: iou.flatten_all()?.to_vec1()?,
+            frame,
+        })
+    }
+}
+
+/// Errors unless `(x, y)` lies on the image (edges included).
+fn check_inside(x: f64, y: f64, width: usize, height: usize, what: &str) -> Result<()> {
+    let inside = x.is_finite()
+        && y.is_finite()
+        && (0.0..=width as f64).contains(&x)
+        && (0.0..=height as f64).contains(&y);
+    if inside {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{what} ({x}, {y}) is outside the {width}x{height} image"
+        )))
+    }
+}
