@@ -8,14 +8,16 @@
 //!   load, as the reference does in `train(False)` (`self.ab`);
 //! - depthwise convs run on [`DepthwiseConv2d`], a direct kernel, instead of candle's grouped
 //!   conv2d (one small conv per channel);
+//! - the GELU after a conv (and the residual of `MBConv`) is fused into the conv's output pass
+//!   ([`Epilogue`]), the same erf GELU computed with a vectorizable erf;
 //! - the classifier (`head`, `norm_head`) is not loaded: `forward` never used it.
 
 use candle_core::{Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::model::config::{TinyVitConfig, LAYER_NORM_2D_EPS};
-use crate::model::conv::{conv_out_size, DepthwiseConv2d};
-use crate::model::ops::{gelu, softmax_last, LayerNorm, LayerNorm2d, Linear};
+use crate::model::conv::{conv_out_size, Activation, DepthwiseConv2d, Epilogue};
+use crate::model::ops::{softmax_last, LayerNorm, LayerNorm2d, Linear};
 use crate::model::weights::WeightPath;
 
 /// `PatchEmbed`: two 3x3 convs of stride 2 (padding 1), so the grid is a quarter of the image.
@@ -74,13 +76,14 @@ impl Conv2dBnArgs {
     }
 }
 
-/// A conv with folded batch norm: dense on candle, depthwise on the direct kernel.
+/// A conv with folded batch norm: dense on candle (its bias added by the [`Epilogue`]),
+/// depthwise on the direct kernel.
 #[derive(Debug, Clone)]
 enum FoldedConv {
     Dense {
         weight: Tensor,
-        /// `[out, 1, 1]`, to broadcast over NCHW.
-        bias: Tensor,
+        /// `[out]`.
+        bias: Vec<f32>,
         stride: usize,
         padding: usize,
     },
@@ -130,7 +133,7 @@ impl Conv2dBN {
         } else {
             FoldedConv::Dense {
                 weight,
-                bias: bias.reshape((out_chans, 1, 1))?,
+                bias: bias.to_vec1::<f32>()?,
                 stride,
                 padding,
             }
@@ -138,20 +141,50 @@ impl Conv2dBN {
         Ok(Self { conv })
     }
 
-    /// `x`: `[B, C, H, W]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x`: `[B, C, H, W]` -> `act(conv(x))`.
+    fn forward(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         match &self.conv {
             FoldedConv::Dense {
                 weight,
                 bias,
                 stride,
                 padding,
-            } => Ok(x
-                .conv2d(
+            } => {
+                let y = x.conv2d(
                     weight, *padding, *stride, /* dilation */ 1, /* groups */ 1,
-                )?
-                .broadcast_add(bias)?),
-            FoldedConv::Depthwise(conv) => conv.forward(&x.contiguous()?),
+                )?;
+                Epilogue {
+                    bias: Some(bias),
+                    act,
+                }
+                .apply(y)
+            }
+            FoldedConv::Depthwise(conv) => conv.forward(x, act),
+        }
+    }
+
+    /// `act(conv(x) + residual)`.
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor, act: Activation) -> Result<Tensor> {
+        match &self.conv {
+            FoldedConv::Dense {
+                weight,
+                bias,
+                stride,
+                padding,
+            } => {
+                let y = x.conv2d(
+                    weight, *padding, *stride, /* dilation */ 1, /* groups */ 1,
+                )?;
+                Epilogue {
+                    bias: Some(bias),
+                    act,
+                }
+                .apply_with_residual(y, residual)
+            }
+            FoldedConv::Depthwise(conv) => {
+                let y = conv.forward(x, Activation::Identity)?;
+                Epilogue { bias: None, act }.apply_with_residual(y, residual)
+            }
         }
     }
 }
@@ -191,9 +224,9 @@ impl PatchEmbed {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.seq_0.forward(x)?;
-        let x = gelu(&x)?;
-        self.seq_2.forward(&x)
+        // seq.0, seq.1 (GELU)
+        let x = self.seq_0.forward(x, Activation::Gelu)?;
+        self.seq_2.forward(&x, Activation::Identity)
     }
 }
 
@@ -240,16 +273,14 @@ impl MBConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let shortcut = x;
 
-        let x = self.conv1.forward(x)?;
-        let x = gelu(&x)?;
+        // conv1, act1
+        let x = self.conv1.forward(x, Activation::Gelu)?;
 
-        let x = self.conv2.forward(&x)?;
-        let x = gelu(&x)?;
+        // conv2, act2
+        let x = self.conv2.forward(&x, Activation::Gelu)?;
 
-        let x = self.conv3.forward(&x)?;
-
-        let x = (x + shortcut)?;
-        gelu(&x)
+        // conv3, x += shortcut, act3
+        self.conv3.forward_residual(&x, shortcut, Activation::Gelu)
     }
 }
 
@@ -312,12 +343,12 @@ impl PatchMerging {
             x.clone()
         };
 
-        let x = self.conv1.forward(&x)?;
-        let x = gelu(&x)?;
+        // conv1, act
+        let x = self.conv1.forward(&x, Activation::Gelu)?;
 
-        let x = self.conv2.forward(&x)?;
-        let x = gelu(&x)?;
-        let x = self.conv3.forward(&x)?;
+        // conv2, act
+        let x = self.conv2.forward(&x, Activation::Gelu)?;
+        let x = self.conv3.forward(&x, Activation::Identity)?;
         Ok(x.flatten_from(2)?.transpose(1, 2)?.contiguous()?)
     }
 }
@@ -406,7 +437,11 @@ impl Mlp {
         let x = self.norm.forward(x)?;
 
         let x = self.fc1.forward(&x)?;
-        let x = gelu(&x)?;
+        let x = Epilogue {
+            bias: None,
+            act: Activation::Gelu,
+        }
+        .apply(x)?;
         self.fc2.forward(&x)
     }
 }
@@ -646,7 +681,7 @@ impl TinyViTBlock {
         let x = (res_x + x)?;
 
         let x = x.transpose(1, 2)?.reshape((b, c, h, w))?;
-        let x = self.local_conv.forward(&x)?;
+        let x = self.local_conv.forward(&x, Activation::Identity)?;
         let x = x.reshape((b, c, l))?.transpose(1, 2)?.contiguous()?;
 
         let mlp = self.mlp.forward(&x)?;
