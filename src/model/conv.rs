@@ -20,6 +20,34 @@ pub fn conv_out_size(input: usize, kernel: usize, stride: usize, padding: usize)
     (input + 2 * padding - kernel) / stride + 1
 }
 
+/// A dense conv2d without bias (groups 1, dilation 1) over NCHW: `weight` `[out, in, k, k]`.
+///
+/// A 1x1 conv of stride 1 is one matmul `[out, in] @ [in, H*W]` on the input as it lies;
+/// candle's own 1x1 path first copies the input element by element and the result once more.
+/// Other sizes go to candle's conv2d.
+pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let (c_out, c_in, kh, kw) = weight.dims4()?;
+    if (kh, kw, stride, padding) != (1, 1, 1, 0) {
+        return Ok(x.conv2d(
+            weight, padding, stride, /* dilation */ 1, /* groups */ 1,
+        )?);
+    }
+    let (b, c, h, w) = x.dims4()?;
+    if c != c_in {
+        return Err(Error::invalid(format!(
+            "conv2d: input has {c} channels, the weight {c_in}"
+        )));
+    }
+    let weight = weight.reshape((c_out, c_in))?;
+    let x = x.contiguous()?.reshape((b, c_in, h * w))?;
+    let y = if b == 1 {
+        weight.matmul(&x.squeeze(0)?)?
+    } else {
+        weight.broadcast_matmul(&x)?
+    };
+    Ok(y.reshape((b, c_out, h, w))?)
+}
+
 /// An activation fused into a kernel's output pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -425,6 +453,20 @@ mod tests {
                     check(2, 5, hw, k, stride, padding);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn pointwise_conv2d_matches_candle() {
+        let dev = Device::Cpu;
+        for &(b, c_in, c_out, h, w) in &[(1, 5, 7, 3, 11), (2, 3, 4, 5, 5)] {
+            let x = Tensor::randn(0f32, 1.0, (b, c_in, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1.0, (c_out, c_in, 1, 1), &dev).unwrap();
+            let expected = x.conv2d(&wt, 0, 1, 1, 1).unwrap();
+            let got = conv2d(&x, &wt, 1, 0).unwrap();
+            assert_eq!(got.dims(), expected.dims());
+            let diff = max_abs_diff(&got, &expected);
+            assert!(diff <= 1e-5, "b{b} {c_in}->{c_out} {h}x{w}: {diff}");
         }
     }
 

@@ -16,7 +16,7 @@ use candle_core::{Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::model::config::{TinyVitConfig, LAYER_NORM_2D_EPS};
-use crate::model::conv::{conv_out_size, Activation, DepthwiseConv2d, Epilogue};
+use crate::model::conv::{conv2d, conv_out_size, Activation, DepthwiseConv2d, Epilogue};
 use crate::model::ops::{softmax_last, LayerNorm, LayerNorm2d, Linear};
 use crate::model::weights::WeightPath;
 
@@ -149,16 +149,11 @@ impl Conv2dBN {
                 bias,
                 stride,
                 padding,
-            } => {
-                let y = x.conv2d(
-                    weight, *padding, *stride, /* dilation */ 1, /* groups */ 1,
-                )?;
-                Epilogue {
-                    bias: Some(bias),
-                    act,
-                }
-                .apply(y)
+            } => Epilogue {
+                bias: Some(bias),
+                act,
             }
+            .apply(conv2d(x, weight, *stride, *padding)?),
             FoldedConv::Depthwise(conv) => conv.forward(x, act),
         }
     }
@@ -171,16 +166,11 @@ impl Conv2dBN {
                 bias,
                 stride,
                 padding,
-            } => {
-                let y = x.conv2d(
-                    weight, *padding, *stride, /* dilation */ 1, /* groups */ 1,
-                )?;
-                Epilogue {
-                    bias: Some(bias),
-                    act,
-                }
-                .apply_with_residual(y, residual)
+            } => Epilogue {
+                bias: Some(bias),
+                act,
             }
+            .apply_with_residual(conv2d(x, weight, *stride, *padding)?, residual),
             FoldedConv::Depthwise(conv) => {
                 let y = conv.forward(x, Activation::Identity)?;
                 Epilogue { bias: None, act }.apply_with_residual(y, residual)
@@ -865,20 +855,13 @@ impl TinyViT {
 
     /// `neck`: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d.
     fn neck(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.conv2d(
-            &self.neck_0,
-            /* padding */ 0,
-            /* stride */ 1,
-            1,
-            1,
-        )?;
+        let x = conv2d(x, &self.neck_0, /* stride */ 1, /* padding */ 0)?;
         let x = self.neck_1.forward(&x)?;
-        let x = x.conv2d(
+        let x = conv2d(
+            &x,
             &self.neck_2,
-            same_padding(NECK_KERNEL),
             /* stride */ 1,
-            /* dilation */ 1,
-            /* groups */ 1,
+            same_padding(NECK_KERNEL),
         )?;
         self.neck_3.forward(&x)
     }
