@@ -400,7 +400,10 @@ pub fn postprocess_logits(low_res: &[f32], frame: &ImageFrame) -> Result<Vec<f32
 
 /// Binary mask (0/1) of logits above the mask threshold.
 pub fn threshold(logits: &[f32]) -> Vec<u8> {
-    logits.iter().map(|&v| u8::from(v > MASK_THRESHOLD)).collect()
+    logits
+        .iter()
+        .map(|&v| u8::from(v > MASK_THRESHOLD))
+        .collect()
 }
 
 /// `calculate_stability_score`: the IoU between the masks thresholded at `t + 1` and `t - 1`.

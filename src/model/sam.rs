@@ -4,8 +4,10 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::image::{postprocess_logits, preprocess, stability_score, threshold, ImageFrame, RgbImage};
-use crate::model::config::{SamConfig, EMBED_DIM, EMBEDDING_SIDE, LOW_RES_SIDE};
+use crate::image::{
+    postprocess_logits, preprocess, stability_score, threshold, ImageFrame, RgbImage,
+};
+use crate::model::config::{SamConfig, EMBEDDING_SIDE, EMBED_DIM, LOW_RES_SIDE};
 use crate::model::mask_decoder::MaskDecoder;
 use crate::model::prompt_encoder::PromptEncoder;
 use crate::model::tiny_vit::TinyViT;
@@ -229,11 +231,14 @@ impl Sam {
                 "no `prompt_encoder.*` or `mask_decoder.*` tensors: not a SAM checkpoint",
             ));
         }
-        let prompt_encoder = PromptEncoder::new(&cfg.prompt_encoder, &weights.pp("prompt_encoder"))?;
+        let prompt_encoder =
+            PromptEncoder::new(&cfg.prompt_encoder, &weights.pp("prompt_encoder"))?;
         let mask_decoder = MaskDecoder::new(&cfg.mask_decoder, &weights.pp("mask_decoder"))?;
         let encoder_kind = EncoderKind::detect(weights);
         let image_encoder = match encoder_kind {
-            EncoderKind::TinyVit => Some(TinyViT::new(&cfg.tiny_vit, &weights.pp("image_encoder"))?),
+            EncoderKind::TinyVit => {
+                Some(TinyViT::new(&cfg.tiny_vit, &weights.pp("image_encoder"))?)
+            }
             EncoderKind::Vit | EncoderKind::None => None,
         };
         let image_pe = prompt_encoder.get_dense_pe()?;
@@ -263,17 +268,20 @@ impl Sam {
 
     /// `SamPredictor.set_image`: the embedding of an RGB image, computed once per image.
     pub fn embed(&self, image: &RgbImage) -> Result<ImageEmbedding> {
-        let encoder = self.image_encoder.as_ref().ok_or_else(|| match self.encoder_kind {
-            EncoderKind::Vit => Error::UnsupportedModel(
-                "this checkpoint's image encoder is SAM's ViT, which websam does not run yet; \
+        let encoder = self
+            .image_encoder
+            .as_ref()
+            .ok_or_else(|| match self.encoder_kind {
+                EncoderKind::Vit => Error::UnsupportedModel(
+                    "this checkpoint's image encoder is SAM's ViT, which websam does not run yet; \
                  decode works from an embedding made elsewhere"
-                    .into(),
-            ),
-            _ => Error::UnsupportedModel(
-                "this checkpoint has no image encoder (decoder only); decode from an embedding"
-                    .into(),
-            ),
-        })?;
+                        .into(),
+                ),
+                _ => Error::UnsupportedModel(
+                    "this checkpoint has no image encoder (decoder only); decode from an embedding"
+                        .into(),
+                ),
+            })?;
         let (input, frame) = preprocess(image)?;
         let features = encoder.forward(&input)?;
         ImageEmbedding::new(features, frame)
@@ -331,7 +339,11 @@ impl Sam {
                 if m.iter().any(|v| !v.is_finite()) {
                     return Err(Error::invalid("mask input holds NaN or infinite values"));
                 }
-                Some(Tensor::from_slice(m, (1, 1, LOW_RES_SIDE, LOW_RES_SIDE), &dev)?)
+                Some(Tensor::from_slice(
+                    m,
+                    (1, 1, LOW_RES_SIDE, LOW_RES_SIDE),
+                    &dev,
+                )?)
             }
         };
 

@@ -188,6 +188,11 @@ impl Weights {
         Ok(t.clone())
     }
 
+    /// The shape of the tensor under `key`, if any.
+    pub fn shape_of(&self, key: &str) -> Option<Vec<usize>> {
+        self.tensors.get(key).map(|t| t.dims().to_vec())
+    }
+
     /// Whether a tensor is stored under `key`.
     pub fn contains(&self, key: &str) -> bool {
         self.tensors.contains_key(key)
