@@ -1,1 +1,333 @@
-fn main() {}
+//! `websam`: the native command line. Embeds images, decodes prompts and segments an image in
+//! one go, reading official SAM / MobileSAM checkpoints (`.pth`, `.pt`, `.safetensors`).
+//! It is also the contract for checking the model from outside: its `.npy` outputs are what
+//! the reference's `SamPredictor` produces.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use clap::{Parser, Subcommand, ValueEnum};
+use websam::image::{ImageFrame, RgbImage};
+use websam::model::config::{IMAGE_SIZE, LOW_RES_SIDE};
+use websam::model::sam::{ImageEmbedding, Point, PointLabel, Prediction, Prompt, Sam};
+use websam::{Error, Result};
+
+#[derive(Parser)]
+#[command(name = "websam", version, about = "Segment Anything (SAM, MobileSAM) on the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Backend {
+    /// candle on the CPU.
+    Cpu,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the image embedding (1x256x64x64 f32 .npy) of an image.
+    Embed {
+        /// Checkpoint with an image encoder (.pth, .pt or .safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// PNG or JPEG image.
+        #[arg(long)]
+        image: PathBuf,
+        /// Output .npy file.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+    },
+    /// Decode a prompt against an image embedding; writes low_res_logits.npy, iou.npy and,
+    /// with --orig-size, masks.npy and mask.png (the best mask).
+    Decode {
+        /// Checkpoint (a decoder-only one is enough).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Image embedding, 1x256x64x64 (or 256x64x64) .npy.
+        #[arg(long)]
+        embedding: PathBuf,
+        #[command(flatten)]
+        prompt: PromptArgs,
+        /// Original image size "H,W"; prompts are in its pixel coordinates.
+        /// Without it the frame is the encoder's 1024x1024.
+        #[arg(long, value_parser = parse_size)]
+        orig_size: Option<(usize, usize)>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+        /// Output folder (created if missing).
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Embed an image, decode a prompt, and write the best mask as PNG.
+    Segment {
+        /// Checkpoint with an image encoder (.pth, .pt or .safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// PNG or JPEG image.
+        #[arg(long)]
+        image: PathBuf,
+        #[command(flatten)]
+        prompt: PromptArgs,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+        /// Output PNG (white = mask).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct PromptArgs {
+    /// Points "x,y,label;x,y,label" with label 1 (positive), 0 (negative) or -1 (ignored).
+    #[arg(long, value_parser = parse_points)]
+    points: Option<Vec<Point>>,
+    /// Box "x0,y0,x1,y1".
+    #[arg(long = "box", value_parser = parse_box)]
+    bbox: Option<[f64; 4]>,
+    /// Low-res logits of a previous prediction, [1,256,256] or [256,256] f32 .npy.
+    #[arg(long)]
+    mask_input: Option<PathBuf>,
+    /// Three candidate masks instead of one.
+    #[arg(long)]
+    multimask: bool,
+}
+
+impl PromptArgs {
+    fn to_prompt(&self) -> Result<Prompt> {
+        let mask_input = match &self.mask_input {
+            None => None,
+            Some(path) => {
+                let t = read_npy(path)?;
+                let side = LOW_RES_SIDE;
+                if t.dims() != [1, side, side] && t.dims() != [side, side] {
+                    return Err(Error::invalid(format!(
+                        "{}: mask input has shape {:?}, expected [1, {side}, {side}] or [{side}, {side}]",
+                        path.display(),
+                        t.dims()
+                    )));
+                }
+                Some(t.flatten_all()?.to_vec1()?)
+            }
+        };
+        Ok(Prompt {
+            points: self.points.clone().unwrap_or_default(),
+            bbox: self.bbox,
+            mask_input,
+            multimask: self.multimask,
+        })
+    }
+}
+
+fn numbers(s: &str, n: usize, what: &str) -> std::result::Result<Vec<f64>, String> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{what} \"{s}\": {e}"))?;
+    if v.len() != n {
+        return Err(format!("{what} \"{s}\": expected {n} comma-separated numbers"));
+    }
+    Ok(v)
+}
+
+fn parse_points(s: &str) -> std::result::Result<Vec<Point>, String> {
+    s.split(';')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let v = numbers(p, 3, "point")?;
+            if v[2].fract() != 0.0 {
+                return Err(format!("point \"{p}\": the label must be 1, 0 or -1"));
+            }
+            let label = PointLabel::from_i32(v[2] as i32).map_err(|e| e.to_string())?;
+            Ok(Point {
+                x: v[0],
+                y: v[1],
+                label,
+            })
+        })
+        .collect()
+}
+
+fn parse_box(s: &str) -> std::result::Result<[f64; 4], String> {
+    let v = numbers(s, 4, "box")?;
+    Ok([v[0], v[1], v[2], v[3]])
+}
+
+fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("size \"{s}\": {e}"))?;
+    match v[..] {
+        [h, w] if h > 0 && w > 0 => Ok((h, w)),
+        _ => Err(format!("size \"{s}\": expected \"H,W\" with both > 0")),
+    }
+}
+
+fn read_npy(path: &Path) -> Result<Tensor> {
+    if !path.exists() {
+        return Err(Error::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    Tensor::read_npy(path)
+        .and_then(|t| t.to_dtype(DType::F32))
+        .map_err(|e| {
+            Error::invalid(format!(
+                "{}: not a readable .npy array ({})",
+                path.display(),
+                e.to_string().lines().next().unwrap_or("")
+            ))
+        })
+}
+
+fn write_npy(t: &Tensor, path: &Path) -> Result<()> {
+    t.write_npy(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn write_mask_png(data: &[u8], width: usize, height: usize, path: &Path) -> Result<()> {
+    let pixels: Vec<u8> = data.iter().map(|&v| v * 255).collect();
+    let img = image::GrayImage::from_raw(width as u32, height as u32, pixels)
+        .ok_or_else(|| Error::Image("mask buffer does not match its size".into()))?;
+    img.save(path)
+        .map_err(|e| Error::Image(format!("{}: {e}", path.display())))
+}
+
+fn load(weights: &Path) -> Result<Sam> {
+    let t = Instant::now();
+    let sam = Sam::from_file(weights)
+        .map_err(|e| Error::format(format!("{}: {e}", weights.display())))?;
+    eprintln!(
+        "loaded {} in {:.0} ms (backend: cpu)",
+        weights.display(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(sam)
+}
+
+fn report(pred: &Prediction) {
+    let best = pred.best();
+    for (i, iou) in pred.iou.iter().enumerate() {
+        let mark = if i == best { " (best)" } else { "" };
+        eprintln!("mask {i}: predicted IoU {iou:.4}{mark}");
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Embed {
+            weights,
+            image,
+            out,
+            backend: Backend::Cpu,
+        } => {
+            let sam = load(&weights)?;
+            let img = RgbImage::open(&image)?;
+            let t = Instant::now();
+            let emb = sam.embed(&img)?;
+            eprintln!(
+                "embedded {}x{} image in {:.0} ms",
+                img.width,
+                img.height,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            write_npy(&emb.features, &out)
+        }
+        Command::Decode {
+            weights,
+            embedding,
+            prompt,
+            orig_size,
+            backend: Backend::Cpu,
+            out_dir,
+        } => {
+            let sam = load(&weights)?;
+            let prompt = prompt.to_prompt()?;
+            let (h, w) = orig_size.unwrap_or((IMAGE_SIZE, IMAGE_SIZE));
+            let emb = ImageEmbedding::new(read_npy(&embedding)?, ImageFrame::new(h, w)?)
+                .map_err(|e| Error::invalid(format!("{}: {e}", embedding.display())))?;
+            let t = Instant::now();
+            let pred = sam.decode(&emb, &prompt)?;
+            eprintln!("decoded in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+            report(&pred);
+            std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
+            let c = pred.num_masks();
+            let dev = Device::Cpu;
+            let low_res =
+                Tensor::from_slice(&pred.low_res_logits, (c, LOW_RES_SIDE, LOW_RES_SIDE), &dev)?;
+            write_npy(&low_res, &out_dir.join("low_res_logits.npy"))?;
+            write_npy(&Tensor::from_slice(&pred.iou, c, &dev)?, &out_dir.join("iou.npy"))?;
+            if orig_size.is_some() {
+                let masks = pred.masks()?;
+                let data: Vec<u8> = masks.iter().flat_map(|m| m.data.iter().copied()).collect();
+                write_npy(
+                    &Tensor::from_vec(data, (c, h, w), &dev)?,
+                    &out_dir.join("masks.npy"),
+                )?;
+                let best = &masks[pred.best()];
+                write_mask_png(&best.data, w, h, &out_dir.join("mask.png"))?;
+            }
+            Ok(())
+        }
+        Command::Segment {
+            weights,
+            image,
+            prompt,
+            backend: Backend::Cpu,
+            out,
+        } => {
+            let sam = load(&weights)?;
+            let prompt = prompt.to_prompt()?;
+            let img = RgbImage::open(&image)?;
+            let t = Instant::now();
+            let emb = sam.embed(&img)?;
+            eprintln!("embedded in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let pred = sam.decode(&emb, &prompt)?;
+            eprintln!("decoded in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+            report(&pred);
+            let masks = pred.masks()?;
+            let best = &masks[pred.best()];
+            write_mask_png(&best.data, best.width, best.height, &out)?;
+            let on: usize = best.data.iter().map(|&v| v as usize).sum();
+            eprintln!(
+                "wrote {} ({}x{}, {on} pixels in the mask, stability {:.3})",
+                out.display(),
+                best.width,
+                best.height,
+                best.stability_score
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
