@@ -22,30 +22,102 @@ pub fn conv_out_size(input: usize, kernel: usize, stride: usize, padding: usize)
 
 /// A dense conv2d without bias (groups 1, dilation 1) over NCHW: `weight` `[out, in, k, k]`.
 ///
-/// A 1x1 conv of stride 1 is one matmul `[out, in] @ [in, H*W]` on the input as it lies;
-/// candle's own 1x1 path first copies the input element by element and the result once more.
-/// Other sizes go to candle's conv2d.
+/// A 1x1 conv of stride 1 is one matmul `[out, in] @ [in, H*W]` on the input as it lies
+/// (candle's own 1x1 path first copies the input element by element, and the result once
+/// more). Larger kernels run as im2col + matmul over bands of output rows ([`IM2COL_TILE`]
+/// values of patch matrix at a time), the patch rows copied a row span at a time; candle's
+/// tiled conv gathers them one value at a time.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let (c_out, c_in, kh, kw) = weight.dims4()?;
-    if (kh, kw, stride, padding) != (1, 1, 1, 0) {
-        return Ok(x.conv2d(
-            weight, padding, stride, /* dilation */ 1, /* groups */ 1,
-        )?);
-    }
     let (b, c, h, w) = x.dims4()?;
-    if c != c_in {
+    if c != c_in || kh != kw || stride == 0 || h + 2 * padding < kh || w + 2 * padding < kw {
         return Err(Error::invalid(format!(
-            "conv2d: input has {c} channels, the weight {c_in}"
+            "conv2d: input {:?} does not fit weight {:?} with stride {stride}, padding {padding}",
+            x.dims(),
+            weight.dims()
         )));
     }
-    let weight = weight.reshape((c_out, c_in))?;
-    let x = x.contiguous()?.reshape((b, c_in, h * w))?;
-    let y = if b == 1 {
-        weight.matmul(&x.squeeze(0)?)?
+    if (kh, stride, padding) == (1, 1, 0) {
+        let weight = weight.reshape((c_out, c_in))?;
+        let x = x.contiguous()?.reshape((b, c_in, h * w))?;
+        let y = if b == 1 {
+            weight.matmul(&x.squeeze(0)?)?
+        } else {
+            weight.broadcast_matmul(&x)?
+        };
+        return Ok(y.reshape((b, c_out, h, w))?);
+    }
+    conv2d_im2col(x, weight, stride, padding)
+}
+
+/// Values of the im2col patch matrix built at once (8 MiB of f32): bounds the extra memory
+/// of a conv whatever the image size.
+pub const IM2COL_TILE: usize = 1 << 21;
+
+fn conv2d_im2col(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let (c_out, c_in, k, _) = weight.dims4()?;
+    let (b, _, h, w) = x.dims4()?;
+    let (s, p) = (stride, padding);
+    let out_h = conv_out_size(h, k, s, p);
+    let out_w = conv_out_size(w, k, s, p);
+    let patch = c_in * k * k;
+    // [out, in * k * k], rows in the order the patch matrix is built: (c, ky, kx).
+    let weight = weight.reshape((c_out, patch))?;
+    let input = x
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let rows_per_tile = (IM2COL_TILE / (patch * out_w)).clamp(1, out_h);
+    let mut out = vec![0f32; b * c_out * out_h * out_w];
+    let mut col = Vec::new();
+    for bi in 0..b {
+        let image = &input[bi * c_in * h * w..(bi + 1) * c_in * h * w];
+        let out_image = &mut out[bi * c_out * out_h * out_w..(bi + 1) * c_out * out_h * out_w];
+        for oy0 in (0..out_h).step_by(rows_per_tile) {
+            let oy1 = (oy0 + rows_per_tile).min(out_h);
+            let n = (oy1 - oy0) * out_w;
+            col.clear();
+            col.resize(patch * n, 0f32);
+            for (r, col_row) in col.chunks_exact_mut(n).enumerate() {
+                let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                let plane = &image[ci * h * w..(ci + 1) * h * w];
+                let (lo, hi) = valid_columns(kx, w, out_w, s, p);
+                if lo == hi {
+                    continue;
+                }
+                for (oy, dst) in (oy0..oy1).zip(col_row.chunks_exact_mut(out_w)) {
+                    let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&iy| iy < h) else {
+                        continue;
+                    };
+                    let in_row = &plane[iy * w..(iy + 1) * w];
+                    let ix0 = lo * s + kx - p;
+                    let src = in_row[ix0..].iter().step_by(s);
+                    for (d, &v) in dst[lo..hi].iter_mut().zip(src) {
+                        *d = v;
+                    }
+                }
+            }
+            let col_t = Tensor::from_slice(&col, (patch, n), x.device())?;
+            let y = weight.matmul(&col_t)?.flatten_all()?.to_vec1::<f32>()?;
+            for (o, y_row) in y.chunks_exact(n).enumerate() {
+                let start = o * out_h * out_w + oy0 * out_w;
+                out_image[start..start + n].copy_from_slice(y_row);
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (b, c_out, out_h, out_w), x.device())?)
+}
+
+/// For tap column `kx`, the output columns `[lo, hi)` whose input column `ox*s + kx - p`
+/// lies in `[0, w)`: a contiguous range, so inner loops need no bounds tests.
+fn valid_columns(kx: usize, w: usize, out_w: usize, s: usize, p: usize) -> (usize, usize) {
+    let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) };
+    let hi = if w + p > kx {
+        ((w - 1 + p - kx) / s + 1).min(out_w)
     } else {
-        weight.broadcast_matmul(&x)?
+        0
     };
-    Ok(y.reshape((b, c_out, h, w))?)
+    (lo.min(out_w), hi.max(lo.min(out_w)))
 }
 
 /// An activation fused into a kernel's output pass.
@@ -312,17 +384,6 @@ impl DepthwiseConv2d {
         let (k, s, p) = (self.kernel, self.stride, self.padding);
         let out_w = conv_out_size(w, k, s, p);
         let filter = &self.weight[c * k * k..(c + 1) * k * k];
-        // For each tap column kx, the output columns whose input column ox*s + kx - p lies in
-        // [0, w): a contiguous range, so the inner loop has no bounds tests.
-        let col_range = |kx: usize| -> (usize, usize) {
-            let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) };
-            let hi = if w + p > kx {
-                ((w - 1 + p - kx) / s + 1).min(out_w)
-            } else {
-                0
-            };
-            (lo, hi.max(lo))
-        };
         for (oy, out_row) in out.chunks_exact_mut(out_w).enumerate() {
             out_row.fill(self.bias[c]);
             for ky in 0..k {
@@ -332,7 +393,7 @@ impl DepthwiseConv2d {
                 let in_row = &input[iy * w..(iy + 1) * w];
                 for kx in 0..k {
                     let wv = filter[ky * k + kx];
-                    let (lo, hi) = col_range(kx);
+                    let (lo, hi) = valid_columns(kx, w, out_w, s, p);
                     if lo == hi {
                         continue;
                     }
@@ -452,6 +513,35 @@ mod tests {
                     }
                     check(2, 5, hw, k, stride, padding);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn im2col_conv2d_matches_candle_odd_sizes() {
+        let dev = Device::Cpu;
+        // The last case spans several bands of IM2COL_TILE values.
+        let cases = [
+            (1, 3, 4, 9, 13),
+            (2, 2, 3, 5, 4),
+            (1, 1, 2, 1, 1),
+            (1, 32, 3, 40, 512),
+        ];
+        for &(b, c_in, c_out, h, w) in &cases {
+            for &(k, stride, padding) in &[(3, 1, 1), (3, 2, 1), (3, 2, 0), (5, 3, 2), (1, 2, 0)] {
+                if h + 2 * padding < k || w + 2 * padding < k {
+                    continue;
+                }
+                let x = Tensor::randn(0f32, 1.0, (b, c_in, h, w), &dev).unwrap();
+                // Unit-variance outputs, so 1e-5 is a relative tolerance too.
+                let std = 1.0 / ((c_in * k * k) as f32).sqrt();
+                let wt = Tensor::randn(0f32, std, (c_out, c_in, k, k), &dev).unwrap();
+                let expected = x.conv2d(&wt, padding, stride, 1, 1).unwrap();
+                let got = conv2d(&x, &wt, stride, padding).unwrap();
+                let what = format!("b{b} {c_in}->{c_out} {h}x{w} k{k} s{stride} p{padding}");
+                assert_eq!(got.dims(), expected.dims(), "{what}");
+                let diff = max_abs_diff(&got, &expected);
+                assert!(diff <= 1e-5, "{what}: {diff}");
             }
         }
     }
