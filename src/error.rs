@@ -82,6 +82,17 @@ impl Error {
         Error::InvalidInput(msg.into())
     }
 
+    /// The same error with `context` (a file name, an argument) in front of its message.
+    pub fn context(self, context: impl std::fmt::Display) -> Self {
+        match self {
+            Error::WeightFormat(m) => Error::WeightFormat(format!("{context}: {m}")),
+            Error::UnsupportedModel(m) => Error::UnsupportedModel(format!("{context}: {m}")),
+            Error::InvalidInput(m) => Error::InvalidInput(format!("{context}: {m}")),
+            Error::Image(m) => Error::Image(format!("{context}: {m}")),
+            other => other,
+        }
+    }
+
     /// Shorthand for [`Error::WeightFormat`].
     pub fn format(msg: impl Into<String>) -> Self {
         Error::WeightFormat(msg.into())

@@ -73,7 +73,7 @@ impl RgbImage {
             path: path.display().to_string(),
             source,
         })?;
-        Self::decode(&bytes).map_err(|e| Error::Image(format!("{}: {e}", path.display())))
+        Self::decode(&bytes).map_err(|e| e.context(path.display()))
     }
 }
 

@@ -81,13 +81,50 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Time the encoder, the first decode after an image and further decodes (one point,
+    /// multimask): median and spread over N runs.
+    Bench {
+        /// Checkpoint with an image encoder.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Image to embed (PNG or JPEG).
+        #[arg(long)]
+        image: PathBuf,
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+    },
+}
+
+/// Median, min and max of durations in milliseconds.
+fn summary(ms: &mut [f64]) -> String {
+    ms.sort_by(f64::total_cmp);
+    let median = if ms.len() % 2 == 1 {
+        ms[ms.len() / 2]
+    } else {
+        (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0
+    };
+    format!(
+        "median {median:8.1} ms  min {:8.1}  max {:8.1}  (n={})",
+        ms[0],
+        ms[ms.len() - 1],
+        ms.len()
+    )
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((v, t.elapsed().as_secs_f64() * 1e3))
 }
 
 #[derive(clap::Args)]
 struct PromptArgs {
     /// Points "x,y,label;x,y,label" with label 1 (positive), 0 (negative) or -1 (ignored).
     #[arg(long, value_parser = parse_points)]
-    points: Option<Vec<Point>>,
+    points: Option<Points>,
     /// Box "x0,y0,x1,y1".
     #[arg(long = "box", value_parser = parse_box)]
     bbox: Option<[f64; 4]>,
@@ -117,7 +154,7 @@ impl PromptArgs {
             }
         };
         Ok(Prompt {
-            points: self.points.clone().unwrap_or_default(),
+            points: self.points.clone().map(|p| p.0).unwrap_or_default(),
             bbox: self.bbox,
             mask_input,
             multimask: self.multimask,
@@ -137,7 +174,11 @@ fn numbers(s: &str, n: usize, what: &str) -> std::result::Result<Vec<f64>, Strin
     Ok(v)
 }
 
-fn parse_points(s: &str) -> std::result::Result<Vec<Point>, String> {
+/// The points of `--points` (a newtype, so clap takes the list as one value).
+#[derive(Clone, Debug)]
+struct Points(Vec<Point>);
+
+fn parse_points(s: &str) -> std::result::Result<Points, String> {
     s.split(';')
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
@@ -152,7 +193,8 @@ fn parse_points(s: &str) -> std::result::Result<Vec<Point>, String> {
                 label,
             })
         })
-        .collect()
+        .collect::<std::result::Result<_, _>>()
+        .map(Points)
 }
 
 fn parse_box(s: &str) -> std::result::Result<[f64; 4], String> {
@@ -214,8 +256,7 @@ fn write_mask_png(data: &[u8], width: usize, height: usize, path: &Path) -> Resu
 
 fn load(weights: &Path) -> Result<Sam> {
     let t = Instant::now();
-    let sam = Sam::from_file(weights)
-        .map_err(|e| Error::format(format!("{}: {e}", weights.display())))?;
+    let sam = Sam::from_file(weights)?;
     eprintln!(
         "loaded {} in {:.0} ms (backend: cpu)",
         weights.display(),
@@ -264,7 +305,7 @@ fn run(cli: Cli) -> Result<()> {
             let prompt = prompt.to_prompt()?;
             let (h, w) = orig_size.unwrap_or((IMAGE_SIZE, IMAGE_SIZE));
             let emb = ImageEmbedding::new(read_npy(&embedding)?, ImageFrame::new(h, w)?)
-                .map_err(|e| Error::invalid(format!("{}: {e}", embedding.display())))?;
+                .map_err(|e| e.context(embedding.display()))?;
             let t = Instant::now();
             let pred = sam.decode(&emb, &prompt)?;
             eprintln!("decoded in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
@@ -318,7 +359,49 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Bench {
+            weights,
+            image,
+            runs,
+            backend: Backend::Cpu,
+        } => bench(&weights, &image, runs),
     }
+}
+
+fn bench(weights: &Path, image: &Path, runs: usize) -> Result<()> {
+    if runs == 0 {
+        return Err(Error::invalid("--runs must be at least 1"));
+    }
+    let sam = load(weights)?;
+    let img = RgbImage::open(image)?;
+    let (h, w) = (img.height as f64, img.width as f64);
+    // One positive click near the centre, multimask, as a first click in a page.
+    let prompt = Prompt {
+        points: vec![Point {
+            x: w / 2.0,
+            y: h / 2.0,
+            label: PointLabel::Positive,
+        }],
+        multimask: true,
+        ..Prompt::default()
+    };
+    // Warm-up: allocator, thread pool, page faults.
+    let emb = sam.embed(&img)?;
+    sam.decode(&emb, &prompt)?;
+    let (mut encode, mut first, mut further) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (emb, t) = timed(|| sam.embed(&img))?;
+        encode.push(t);
+        first.push(timed(|| sam.decode(&emb, &prompt))?.1);
+        further.push(timed(|| sam.decode(&emb, &prompt))?.1);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("backend cpu: candle, {threads} hardware threads");
+    println!("image {}x{}", img.width, img.height);
+    println!("encoder         {}", summary(&mut encode));
+    println!("first decode    {}", summary(&mut first));
+    println!("further decodes {}", summary(&mut further));
+    Ok(())
 }
 
 fn main() -> ExitCode {

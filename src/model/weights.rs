@@ -74,7 +74,7 @@ impl Weights {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_bytes(&bytes)
+        Self::from_bytes(&bytes).map_err(|e| e.context(path.display()))
     }
 
     /// Builds weights from named tensors (converted to f32 on the CPU).

@@ -1,0 +1,342 @@
+//! The `websam` command line as a contract: its `.npy` outputs match the reference, and every
+//! bad input gives a one-line error and a non-zero exit.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use common::{cases, fixture, mask_mismatches, max_abs_diff, npy, npy_vec, Case};
+use websam::model::weights::Weights;
+
+fn websam(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_websam"))
+        .args(args)
+        .output()
+        .expect("run websam")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs websam expecting failure; returns the error line.
+fn expect_error(args: &[&str]) -> String {
+    let out = websam(args);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "expected failure for {args:?}, stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    lines[0].to_owned()
+}
+
+fn case(name: &str) -> Case {
+    cases().cases.into_iter().find(|c| c.name == name).expect("case")
+}
+
+fn points_arg(c: &Case) -> String {
+    let (p, l) = (c.points.as_ref().unwrap(), c.labels.as_ref().unwrap());
+    p.iter()
+        .zip(l)
+        .map(|([x, y], l)| format!("{x},{y},{l}"))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn decode_writes_the_reference_low_res_logits_and_iou() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = case("point_multimask");
+    let out = websam(&[
+        "decode",
+        "--weights",
+        path(&fixture("sam_decoder.safetensors")),
+        "--embedding",
+        path(&fixture("embedding.npy")),
+        "--points",
+        &points_arg(&c),
+        "--multimask",
+        "--out-dir",
+        path(dir.path()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let logits = Tensor::read_npy(dir.path().join("low_res_logits.npy")).unwrap();
+    assert_eq!(logits.dims(), [3, 256, 256]);
+    let d = max_abs_diff(
+        &logits.flatten_all().unwrap().to_vec1().unwrap(),
+        &npy_vec(&c.low_res_logits),
+    );
+    assert!(d <= 1e-4, "low-res logits differ by {d}");
+    let iou = Tensor::read_npy(dir.path().join("iou.npy")).unwrap();
+    assert!(max_abs_diff(&iou.to_vec1().unwrap(), &npy_vec(&c.iou)) <= 1e-4);
+    // Without --orig-size there is no image frame, hence no masks.
+    assert!(!dir.path().join("masks.npy").exists());
+}
+
+#[test]
+fn decode_with_orig_size_writes_masks_and_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = case("predictor_box");
+    let b = c.bbox.unwrap();
+    let out = websam(&[
+        "decode",
+        "--weights",
+        path(&fixture("mobile_sam.pth")),
+        "--embedding",
+        path(&fixture("embedding.npy")),
+        "--box",
+        &format!("{},{},{},{}", b[0], b[1], b[2], b[3]),
+        "--orig-size",
+        "480,640",
+        "--out-dir",
+        path(dir.path()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let masks = Tensor::read_npy(dir.path().join("masks.npy")).unwrap();
+    assert_eq!(masks.dims(), [1, 480, 640]);
+    assert_eq!(masks.dtype(), candle_core::DType::U8);
+    let masks: Vec<u8> = masks.flatten_all().unwrap().to_vec1().unwrap();
+    let ours: Vec<f32> = masks.iter().map(|&m| if m == 1 { 1.0 } else { -1.0 }).collect();
+    let reference = npy_vec(c.logits.as_ref().unwrap());
+    assert_eq!(mask_mismatches(&ours, &reference, 1e-3), 0);
+    let png = image::open(dir.path().join("mask.png")).unwrap().to_luma8();
+    assert_eq!(png.dimensions(), (640, 480));
+    let png_on = png.pixels().filter(|p| p.0[0] == 255).count();
+    assert_eq!(png_on, masks.iter().filter(|&&m| m == 1).count());
+}
+
+#[test]
+fn decode_with_mask_input_matches_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = case("point_mask_input");
+    let out = websam(&[
+        "decode",
+        "--weights",
+        path(&fixture("sam_decoder.safetensors")),
+        "--embedding",
+        path(&fixture("embedding.npy")),
+        "--points",
+        &points_arg(&c),
+        "--mask-input",
+        path(&fixture(c.mask_input.as_ref().unwrap())),
+        "--out-dir",
+        path(dir.path()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let logits = Tensor::read_npy(dir.path().join("low_res_logits.npy")).unwrap();
+    let d = max_abs_diff(
+        &logits.flatten_all().unwrap().to_vec1().unwrap(),
+        &npy_vec(&c.low_res_logits),
+    );
+    assert!(d <= 1e-4, "{d}");
+}
+
+#[test]
+fn embed_writes_the_reference_embedding_and_segment_writes_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = cases();
+    let e = dir.path().join("e.npy");
+    let out = websam(&[
+        "embed",
+        "--weights",
+        path(&fixture("mobile_sam.pth")),
+        "--image",
+        path(&fixture(&all.image)),
+        "--out",
+        path(&e),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ours = Tensor::read_npy(&e).unwrap();
+    assert_eq!(ours.dims(), [1, 256, 64, 64]);
+    let d = max_abs_diff(
+        &ours.flatten_all().unwrap().to_vec1().unwrap(),
+        &npy_vec(&all.embedding),
+    );
+    assert!(d <= 1e-3, "embedding differs by {d}");
+
+    let png = dir.path().join("mask.png");
+    let out = websam(&[
+        "segment",
+        "--weights",
+        path(&fixture("mobile_sam.pth")),
+        "--image",
+        path(&fixture(&all.image)),
+        "--points",
+        "160,150,1",
+        "--out",
+        path(&png),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mask = image::open(&png).unwrap().to_luma8();
+    assert_eq!(mask.dimensions(), (640, 480));
+    let on = mask.pixels().filter(|p| p.0[0] == 255).count();
+    assert!(on > 0 && on < 640 * 480, "{on} pixels on");
+}
+
+/// Writes `w` as safetensors into `dir` and returns its path.
+fn write_weights(w: &Weights, dir: &Path, name: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, w.to_safetensors_bytes().unwrap()).unwrap();
+    path(&p).to_owned()
+}
+
+fn decode_args(weights: &str) -> Vec<String> {
+    [
+        "decode",
+        "--weights",
+        weights,
+        "--embedding",
+        path(&fixture("embedding.npy")),
+        "--points",
+        "100,100,1",
+        "--out-dir",
+        path(&std::env::temp_dir().join("websam-cli-unused")),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn expect_decode_error(weights: &str) -> String {
+    let args = decode_args(weights);
+    expect_error(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn missing_key_is_named_with_its_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Weights::from_file(fixture("sam_decoder.safetensors")).unwrap();
+    w.remove("mask_decoder.iou_token.weight").unwrap();
+    let err = expect_decode_error(&write_weights(&w, dir.path(), "missing.safetensors"));
+    assert!(
+        err.contains("`mask_decoder.iou_token.weight` is missing") && err.contains("[1, 256]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_shape_names_the_key_and_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Weights::from_file(fixture("sam_decoder.safetensors")).unwrap();
+    let wrong = Tensor::zeros((2, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
+    w.insert("mask_decoder.iou_token.weight", wrong).unwrap();
+    let err = expect_decode_error(&write_weights(&w, dir.path(), "shape.safetensors"));
+    assert!(
+        err.contains("mask_decoder.iou_token.weight")
+            && err.contains("[2, 256]")
+            && err.contains("[1, 256]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_checkpoints_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["mobile_sam.pth", "sam_decoder.safetensors"] {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        for keep in [bytes.len() / 2, bytes.len() - 1, 100] {
+            let p = dir.path().join(format!("cut_{keep}_{name}"));
+            std::fs::write(&p, &bytes[..keep]).unwrap();
+            let err = expect_decode_error(path(&p));
+            assert!(err.contains("unreadable weights"), "{name} cut at {keep}: {err}");
+        }
+    }
+}
+
+#[test]
+fn non_checkpoint_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.pth");
+    std::fs::write(&text, "these are not weights, just a text file\n").unwrap();
+    let err = expect_decode_error(path(&text));
+    assert!(err.contains("not a PyTorch checkpoint"), "{err}");
+    let err = expect_decode_error(path(&fixture("image.png")));
+    assert!(err.contains("not a PyTorch checkpoint"), "{err}");
+    let err = expect_decode_error(path(&dir.path().join("absent.pth")));
+    assert!(err.contains("absent.pth"), "{err}");
+    // A zip that is not a PyTorch checkpoint.
+    let zip_path = dir.path().join("other.pt");
+    {
+        let f = std::fs::File::create(&zip_path).unwrap();
+        let mut z = zip::ZipWriter::new(f);
+        z.start_file("readme.txt", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        std::io::Write::write_all(&mut z, b"hello").unwrap();
+        z.finish().unwrap();
+    }
+    let err = expect_decode_error(path(&zip_path));
+    assert!(err.contains("no data.pkl"), "{err}");
+}
+
+#[test]
+fn bad_prompts_and_embeddings_are_errors() {
+    let weights = fixture("sam_decoder.safetensors");
+    let emb = fixture("embedding.npy");
+    let run = |extra: &[&str], embedding: &Path| {
+        let mut args = vec![
+            "decode",
+            "--weights",
+            path(&weights),
+            "--embedding",
+            path(embedding),
+            "--orig-size",
+            "480,640",
+            "--out-dir",
+            "/nonexistent-websam-dir",
+        ];
+        args.extend_from_slice(extra);
+        expect_error(&args)
+    };
+    let err = run(&["--points", "700,10,1"], &emb);
+    assert!(err.contains("outside the 640x480 image"), "{err}");
+    let err = run(&["--box", "100,100,50,200"], &emb);
+    assert!(err.contains("empty"), "{err}");
+    let err = run(&["--points", "10,10,2"], &emb);
+    assert!(err.contains("label"), "{err}");
+    let wrong = fixture(&case("point_mask_input").low_res_logits);
+    let err = run(&["--points", "10,10,1"], &wrong);
+    assert!(err.contains("[1, 256, 64, 64]"), "{err}");
+    let err = run(&["--points", "10,10,1", "--mask-input", path(&emb)], &emb);
+    assert!(err.contains("mask input has shape"), "{err}");
+}
+
+#[test]
+fn embed_needs_an_image_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = expect_error(&[
+        "embed",
+        "--weights",
+        path(&fixture("sam_decoder.safetensors")),
+        "--image",
+        path(&fixture("image.png")),
+        "--out",
+        path(&dir.path().join("e.npy")),
+    ]);
+    assert!(err.contains("no image encoder"), "{err}");
+    let err = expect_error(&[
+        "embed",
+        "--weights",
+        path(&fixture("mobile_sam.pth")),
+        "--image",
+        path(&fixture("cases.json")),
+        "--out",
+        path(&dir.path().join("e.npy")),
+    ]);
+    assert!(err.contains("cases.json"), "{err}");
+}
+
+#[test]
+fn reference_mask_has_both_signs() {
+    // Guards the fixtures themselves: a golden mask that is all on or all off would make the
+    // mask checks above vacuous.
+    let c = case("predictor_box");
+    let r = npy(c.logits.as_ref().unwrap());
+    let v: Vec<f32> = r.flatten_all().unwrap().to_vec1().unwrap();
+    let on = v.iter().filter(|&&x| x > 0.0).count();
+    assert!(on > v.len() / 20 && on < v.len() * 19 / 20);
+}
