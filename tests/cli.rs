@@ -25,7 +25,10 @@ fn stderr(out: &Output) -> String {
 fn expect_error(args: &[&str]) -> String {
     let out = websam(args);
     let err = stderr(&out);
-    assert!(!out.status.success(), "expected failure for {args:?}, stderr: {err}");
+    assert!(
+        !out.status.success(),
+        "expected failure for {args:?}, stderr: {err}"
+    );
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
@@ -33,7 +36,11 @@ fn expect_error(args: &[&str]) -> String {
 }
 
 fn case(name: &str) -> Case {
-    cases().cases.into_iter().find(|c| c.name == name).expect("case")
+    cases()
+        .cases
+        .into_iter()
+        .find(|c| c.name == name)
+        .expect("case")
 }
 
 fn points_arg(c: &Case) -> String {
@@ -102,7 +109,10 @@ fn decode_with_orig_size_writes_masks_and_png() {
     assert_eq!(masks.dims(), [1, 480, 640]);
     assert_eq!(masks.dtype(), candle_core::DType::U8);
     let masks: Vec<u8> = masks.flatten_all().unwrap().to_vec1().unwrap();
-    let ours: Vec<f32> = masks.iter().map(|&m| if m == 1 { 1.0 } else { -1.0 }).collect();
+    let ours: Vec<f32> = masks
+        .iter()
+        .map(|&m| if m == 1 { 1.0 } else { -1.0 })
+        .collect();
     let reference = npy_vec(c.logits.as_ref().unwrap());
     assert_eq!(mask_mismatches(&ours, &reference, 1e-3), 0);
     let png = image::open(dir.path().join("mask.png")).unwrap().to_luma8();
@@ -243,7 +253,10 @@ fn truncated_checkpoints_are_errors() {
             let p = dir.path().join(format!("cut_{keep}_{name}"));
             std::fs::write(&p, &bytes[..keep]).unwrap();
             let err = expect_decode_error(path(&p));
-            assert!(err.contains("unreadable weights"), "{name} cut at {keep}: {err}");
+            assert!(
+                err.contains("unreadable weights"),
+                "{name} cut at {keep}: {err}"
+            );
         }
     }
 }

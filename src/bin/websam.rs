@@ -15,7 +15,11 @@ use websam::model::sam::{ImageEmbedding, Point, PointLabel, Prediction, Prompt, 
 use websam::{Error, Result};
 
 #[derive(Parser)]
-#[command(name = "websam", version, about = "Segment Anything (SAM, MobileSAM) on the CPU")]
+#[command(
+    name = "websam",
+    version,
+    about = "Segment Anything (SAM, MobileSAM) on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -169,7 +173,9 @@ fn numbers(s: &str, n: usize, what: &str) -> std::result::Result<Vec<f64>, Strin
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| format!("{what} \"{s}\": {e}"))?;
     if v.len() != n {
-        return Err(format!("{what} \"{s}\": expected {n} comma-separated numbers"));
+        return Err(format!(
+            "{what} \"{s}\": expected {n} comma-separated numbers"
+        ));
     }
     Ok(v)
 }
@@ -316,7 +322,10 @@ fn run(cli: Cli) -> Result<()> {
             let low_res =
                 Tensor::from_slice(&pred.low_res_logits, (c, LOW_RES_SIDE, LOW_RES_SIDE), &dev)?;
             write_npy(&low_res, &out_dir.join("low_res_logits.npy"))?;
-            write_npy(&Tensor::from_slice(&pred.iou, c, &dev)?, &out_dir.join("iou.npy"))?;
+            write_npy(
+                &Tensor::from_slice(&pred.iou, c, &dev)?,
+                &out_dir.join("iou.npy"),
+            )?;
             if orig_size.is_some() {
                 let masks = pred.masks()?;
                 let data: Vec<u8> = masks.iter().flat_map(|m| m.data.iter().copied()).collect();
