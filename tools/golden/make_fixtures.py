@@ -317,6 +317,36 @@ def stats(name, a):
             f"mean={a.mean():.4g} std={a.std():.4g}")
 
 
+def make_loader_fixtures(out: str) -> None:
+    """Small checkpoints for the loader: every float dtype, views (transposed, offset, shared
+    storage), a 0-d tensor, an nn.Parameter, an int64 buffer (skipped by the loader), and a
+    state dict wrapped under "model" as training scripts save it. `expected.safetensors`
+    holds the same float tensors, contiguous f32."""
+    g = torch.Generator().manual_seed(SEED + 1)
+    base = torch.randn(3, 5, generator=g)
+    long_vec = torch.randn(10, generator=g)
+    sd = {
+        "a.f32": base,
+        "b.f16": torch.randn(4, 2, generator=g).to(torch.float16),
+        "c.bf16": torch.randn(2, 3, 2, generator=g).to(torch.bfloat16),
+        "d.f64": torch.randn(3, generator=g, dtype=torch.float64),
+        "e.transposed": torch.randn(4, 6, generator=g).t(),
+        "f.offset": long_vec[3:8],
+        "g.shared": base.view(15)[5:],
+        "h.count": torch.tensor(7, dtype=torch.int64),
+        "i.scalar": torch.tensor(2.5),
+        "j.param": nn.Parameter(torch.randn(2, 2, generator=g), requires_grad=False),
+    }
+    assert not sd["e.transposed"].is_contiguous() and sd["f.offset"].storage_offset() == 3
+    d = os.path.join(out, "loader")
+    os.makedirs(d, exist_ok=True)
+    torch.save(sd, os.path.join(d, "dtypes.pth"))
+    torch.save({"model": sd, "epoch": 3}, os.path.join(d, "wrapped.pt"))
+    expected = {k: v.detach().to(torch.float32).contiguous().clone()
+                for k, v in sd.items() if v.is_floating_point()}
+    save_file(expected, os.path.join(d, "expected.safetensors"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures"))
@@ -347,6 +377,8 @@ def main():
               if k.startswith("prompt_encoder.") or k.startswith("mask_decoder.")}
     assert all(torch.is_floating_point(v) for v in dec_sd.values())
     save_file(dec_sd, os.path.join(out, "sam_decoder.safetensors"))
+
+    make_loader_fixtures(out)
 
     # ---- images ---------------------------------------------------------
     rng = np.random.default_rng(SEED)
