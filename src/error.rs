@@ -30,6 +30,8 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// The GPU engine failed: no adapter, a lost device, a shader or validation error.
+    Gpu(String),
     /// An error from the tensor library, with what we were doing.
     Tensor(candle_core::Error),
 }
@@ -59,6 +61,7 @@ impl fmt::Display for Error {
             Error::InvalidInput(msg) => write!(f, "invalid input: {msg}"),
             Error::Image(msg) => write!(f, "image error: {msg}"),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
+            Error::Gpu(msg) => write!(f, "GPU: {msg}"),
             // candle's messages can span lines (backtraces); keep the first.
             Error::Tensor(e) => {
                 let msg = e.to_string();
@@ -89,8 +92,14 @@ impl Error {
             Error::UnsupportedModel(m) => Error::UnsupportedModel(format!("{context}: {m}")),
             Error::InvalidInput(m) => Error::InvalidInput(format!("{context}: {m}")),
             Error::Image(m) => Error::Image(format!("{context}: {m}")),
+            Error::Gpu(m) => Error::Gpu(format!("{context}: {m}")),
             other => other,
         }
+    }
+
+    /// Shorthand for [`Error::Gpu`].
+    pub fn gpu(msg: impl Into<String>) -> Self {
+        Error::Gpu(msg.into())
     }
 
     /// Shorthand for [`Error::WeightFormat`].

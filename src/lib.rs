@@ -5,6 +5,7 @@
 //! checkpoints or from safetensors ([`model::weights`]).
 
 pub mod error;
+pub mod gpu;
 pub mod image;
 pub mod model;
 

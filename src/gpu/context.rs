@@ -1,0 +1,177 @@
+//! The GPU context: adapter, device and queue, asked for the adapter's real limits, with the
+//! buffer pool and the pipeline cache. wgpu's default error handler panics; here validation
+//! errors and device loss are recorded and surface as [`Error::Gpu`] from the next operation.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::pipeline::PipelineCache;
+use crate::gpu::pool::BufferPool;
+
+/// What went wrong on the device since the last check.
+#[derive(Debug, Default)]
+struct Faults {
+    /// First uncaptured error (validation, out of memory, internal).
+    error: Option<String>,
+    /// Set when the device is lost.
+    lost: Option<String>,
+}
+
+/// A WebGPU device ready for compute, shared by every tensor and recording made from it.
+#[derive(Debug, Clone)]
+pub struct GpuContext {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    pool: BufferPool,
+    pipelines: PipelineCache,
+    faults: Arc<Mutex<Faults>>,
+}
+
+impl GpuContext {
+    /// Finds an adapter and opens a device. Natively the backend comes from `WGPU_BACKEND` when
+    /// set (vulkan, metal, dx12, gl), else every backend is tried; in the browser it is WebGPU.
+    pub async fn new() -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::gpu(format!(
+                    "no GPU adapter found ({e}); natively install a Vulkan driver (Mesa's lavapipe runs on the CPU), in a browser enable WebGPU"
+                ))
+            })?;
+        let info = adapter.get_info();
+        // Ask for what the adapter really offers: storage buffer sizes and workgroup limits
+        // well beyond the defaults matter for the encoder's activations.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("websam"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::default(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::gpu(format!("could not open a device on {}: {e}", info.name)))?;
+
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        {
+            let faults = Arc::clone(&faults);
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut f) = faults.lock() {
+                    f.error.get_or_insert_with(|| e.to_string());
+                }
+            }));
+        }
+        {
+            let faults = Arc::clone(&faults);
+            device.set_device_lost_callback(move |reason, msg| {
+                if let Ok(mut f) = faults.lock() {
+                    f.lost.get_or_insert_with(|| format!("{reason:?}: {msg}"));
+                }
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                limits,
+                pool: BufferPool::default(),
+                pipelines: PipelineCache::default(),
+                faults,
+            }),
+        })
+    }
+
+    /// [`GpuContext::new`], blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking() -> Result<Self> {
+        pollster::block_on(Self::new())
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    pub fn pool(&self) -> &BufferPool {
+        &self.inner.pool
+    }
+
+    pub fn pipelines(&self) -> &PipelineCache {
+        &self.inner.pipelines
+    }
+
+    /// The adapter, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".
+    pub fn adapter_name(&self) -> String {
+        let i = &self.inner.info;
+        format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+    }
+
+    /// Whether the adapter runs shaders on the CPU (lavapipe, SwiftShader, WARP).
+    pub fn is_cpu_adapter(&self) -> bool {
+        self.inner.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// An error if the device was lost or an uncaptured error happened since the last check.
+    pub fn check(&self) -> Result<()> {
+        let mut f = self
+            .inner
+            .faults
+            .lock()
+            .map_err(|_| Error::gpu("fault record poisoned"))?;
+        if let Some(lost) = &f.lost {
+            return Err(Error::gpu(format!("the GPU device was lost ({lost})")));
+        }
+        match f.error.take() {
+            Some(e) => Err(Error::gpu(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the device was lost (a new context is needed).
+    pub fn is_lost(&self) -> bool {
+        self.inner
+            .faults
+            .lock()
+            .map(|f| f.lost.is_some())
+            .unwrap_or(true)
+    }
+
+    /// Workgroup counts for `groups` workgroups, split over x and y when x would exceed the
+    /// device's per-dimension limit. Shaders rebuild the linear index as `x + y * num_x`.
+    pub fn grid(&self, groups: u32) -> Result<[u32; 3]> {
+        let max = self.inner.limits.max_compute_workgroups_per_dimension;
+        if groups <= max {
+            return Ok([groups.max(1), 1, 1]);
+        }
+        let y = groups.div_ceil(max);
+        if y > max {
+            return Err(Error::gpu(format!(
+                "{groups} workgroups exceed the device's grid"
+            )));
+        }
+        Ok([groups.div_ceil(y), y, 1])
+    }
+}

@@ -1,0 +1,212 @@
+//! A recording: every op of a forward pass in one command encoder and one compute pass, every
+//! op's parameters in one uniform buffer (dynamic offsets), one submit, and readback of only
+//! the tensors asked for.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipeline::Kernel;
+use crate::gpu::pool::PooledBuffer;
+use crate::gpu::tensor::GpuTensor;
+
+/// One dispatch, kept until the recording is submitted (bind groups need the final
+/// parameter buffer).
+struct Op {
+    kernel: Arc<Kernel>,
+    buffers: Vec<Arc<PooledBuffer>>,
+    param_offset: u32,
+    param_size: u64,
+    grid: [u32; 3],
+}
+
+/// Records ops; [`Recorder::finish`] submits them once.
+pub struct Recorder {
+    ctx: GpuContext,
+    params: Vec<u8>,
+    ops: Vec<Op>,
+    reads: Vec<GpuTensor>,
+    align: usize,
+}
+
+impl Recorder {
+    pub fn new(ctx: &GpuContext) -> Self {
+        Self {
+            ctx: ctx.clone(),
+            params: Vec::new(),
+            ops: Vec::new(),
+            reads: Vec::new(),
+            align: ctx.limits().min_uniform_buffer_offset_alignment as usize,
+        }
+    }
+
+    pub fn ctx(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Dispatches recorded so far.
+    pub fn dispatch_count(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Records one dispatch of `kernel` with `params` (a `#[repr(C)]` struct matching the
+    /// WGSL uniform, a multiple of 16 bytes), reading `inputs` and writing `outputs`.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Arc<Kernel>,
+        params: &P,
+        inputs: &[&GpuTensor],
+        outputs: &[&GpuTensor],
+        grid: [u32; 3],
+    ) -> Result<()> {
+        if inputs.len() != kernel.inputs || outputs.len() != kernel.outputs {
+            return Err(Error::gpu(format!(
+                "kernel `{}` takes {} inputs and {} outputs, given {} and {}",
+                kernel.key,
+                kernel.inputs,
+                kernel.outputs,
+                inputs.len(),
+                outputs.len()
+            )));
+        }
+        let bytes = bytemuck::bytes_of(params);
+        debug_assert_eq!(bytes.len() % 16, 0, "uniform structs are 16-byte multiples");
+        let offset = self.params.len().div_ceil(self.align) * self.align;
+        self.params.resize(offset, 0);
+        self.params.extend_from_slice(bytes);
+        if grid.contains(&0) {
+            // Nothing to compute (an empty tensor).
+            return Ok(());
+        }
+        self.ops.push(Op {
+            kernel: Arc::clone(kernel),
+            buffers: inputs
+                .iter()
+                .chain(outputs)
+                .map(|t| Arc::clone(t.pooled()))
+                .collect(),
+            param_offset: offset as u32,
+            param_size: bytes.len() as u64,
+            grid,
+        });
+        Ok(())
+    }
+
+    /// Asks for `t` to be read back; its values come out of [`Recorder::finish`] at the
+    /// returned index.
+    pub fn read(&mut self, t: &GpuTensor) -> usize {
+        self.reads.push(t.clone());
+        self.reads.len() - 1
+    }
+
+    /// Submits everything recorded, once, and returns the tensors asked for by [`Self::read`].
+    pub async fn finish(self) -> Result<Vec<Vec<f32>>> {
+        let ctx = self.ctx;
+        ctx.check()?;
+        let device = ctx.device();
+        let param_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("websam.params"),
+            size: (self.params.len().max(16)) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if !self.params.is_empty() {
+            ctx.queue().write_buffer(&param_buffer, 0, &self.params);
+        }
+        let bind_groups: Vec<wgpu::BindGroup> =
+            self.ops
+                .iter()
+                .map(|op| {
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &param_buffer,
+                            offset: 0,
+                            size: wgpu::BufferSize::new(op.param_size),
+                        }),
+                    }];
+                    entries.extend(op.buffers.iter().enumerate().map(|(i, b)| {
+                        wgpu::BindGroupEntry {
+                            binding: 1 + i as u32,
+                            resource: b.buffer().as_entire_binding(),
+                        }
+                    }));
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(&op.kernel.key),
+                        layout: &op.kernel.layout,
+                        entries: &entries,
+                    })
+                })
+                .collect();
+
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("websam.forward"),
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("websam.forward"),
+                timestamp_writes: None,
+            });
+            for (op, bg) in self.ops.iter().zip(&bind_groups) {
+                pass.set_pipeline(&op.kernel.pipeline);
+                pass.set_bind_group(0, bg, &[op.param_offset]);
+                pass.dispatch_workgroups(op.grid[0], op.grid[1], op.grid[2]);
+            }
+        }
+        let staging: Vec<(wgpu::Buffer, usize)> = self
+            .reads
+            .iter()
+            .map(|t| {
+                let bytes = (t.numel() * 4) as u64;
+                let buf = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("websam.readback"),
+                    size: bytes.max(4),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                if bytes > 0 {
+                    encoder.copy_buffer_to_buffer(t.buffer(), 0, &buf, 0, bytes);
+                }
+                (buf, t.numel())
+            })
+            .collect();
+        ctx.queue().submit([encoder.finish()]);
+
+        let mut receivers = Vec::with_capacity(staging.len());
+        for (buf, _) in &staging {
+            let (tx, rx) = futures_channel::oneshot::channel();
+            buf.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+            receivers.push(rx);
+        }
+        // Natively the callbacks run during a poll; in the browser the event loop runs them
+        // while we await (a blocking wait is impossible there).
+        #[cfg(not(target_arch = "wasm32"))]
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::gpu(format!("waiting for the GPU: {e}")))?;
+        let mut out = Vec::with_capacity(staging.len());
+        for ((buf, numel), rx) in staging.iter().zip(receivers) {
+            rx.await
+                .map_err(|_| Error::gpu("readback cancelled (device lost?)"))?
+                .map_err(|e| Error::gpu(format!("mapping a readback buffer: {e}")))?;
+            let data = {
+                let view = buf
+                    .get_mapped_range(..)
+                    .map_err(|e| Error::gpu(format!("reading back: {e}")))?;
+                bytemuck::cast_slice::<u8, f32>(&view)[..*numel].to_vec()
+            };
+            buf.unmap();
+            out.push(data);
+        }
+        ctx.check()?;
+        Ok(out)
+    }
+
+    /// [`Recorder::finish`], blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn finish_blocking(self) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.finish())
+    }
+}
