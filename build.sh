@@ -12,6 +12,16 @@ cd "$(dirname "$0")"
 
 WASM_TARGET=wasm32-unknown-unknown
 FIXTURES=tests/fixtures
+# wasm-bindgen-cli must equal the wasm-bindgen crate version (pinned with = in Cargo.toml).
+WASM_BINDGEN_VERSION=0.2.130
+# Debian packages: lavapipe (Vulkan on the CPU) for native GPU tests; Chromium and its driver
+# for the WebGPU tests in a real browser.
+APT_PACKAGES=(mesa-vulkan-drivers libvulkan1 chromium chromium-driver)
+
+# Scratch folders for Mesa's shader cache, the Vulkan loader and Chromium, out of HOME.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$PWD/target/xdg-runtime}"
+export XDG_CACHE_HOME="${XDG_CACHE_HOME:-$PWD/target/xdg-cache}"
+mkdir -p "$XDG_RUNTIME_DIR" "$XDG_CACHE_HOME" && chmod 700 "$XDG_RUNTIME_DIR"
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -21,12 +31,45 @@ setup() {
     log "adding the $WASM_TARGET target"
     rustup target add "$WASM_TARGET"
   fi
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+  if ! wasm-bindgen --version 2>/dev/null | grep -q " $WASM_BINDGEN_VERSION\b"; then
+    install_wasm_bindgen
+  fi
   for component in rustfmt clippy; do
     if ! rustup component list --installed | grep -q "^$component"; then
       log "adding $component"
       rustup component add "$component"
     fi
   done
+}
+
+# `cargo install wasm-bindgen-cli --locked` fails here: its lock file names webpki-roots
+# 1.0.11, which the registry does not serve. Install from the crate's own source with that one
+# dependency moved back to 1.0.10.
+install_wasm_bindgen() {
+  log "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+  local src
+  src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/wasm-bindgen-cli-"$WASM_BINDGEN_VERSION" 2>/dev/null | head -n1 || true)
+  if [ -z "$src" ]; then
+    # A failing `cargo install` still downloads and unpacks the source into the registry.
+    cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --locked >/dev/null 2>&1 || true
+    src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/wasm-bindgen-cli-"$WASM_BINDGEN_VERSION" | head -n1)
+  fi
+  local work
+  work=$(mktemp -d)
+  cp -r "$src/." "$work"
+  (cd "$work" && cargo update -p webpki-roots@1.0.11 --precise 1.0.10 && cargo install --path . --locked)
+  rm -rf "$work"
 }
 
 build() {
@@ -61,8 +104,11 @@ test_all() {
   cargo clippy --all-targets -- -D warnings
   log "clippy ($WASM_TARGET)"
   cargo clippy --all-targets --target "$WASM_TARGET" -- -D warnings
-  log "cargo test"
+  log "cargo test (native; GPU tests on the first adapter found, lavapipe without a GPU)"
   cargo test
+  log "WebGPU tests in headless Chromium"
+  CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-300}" \
+    cargo test --target "$WASM_TARGET" --test web
   log "wasm32 build"
   cargo build --release --lib --target "$WASM_TARGET"
 }

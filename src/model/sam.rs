@@ -289,11 +289,52 @@ impl Sam {
 
     /// `SamPredictor.predict`: masks for a prompt given in the original image's coordinates.
     pub fn decode(&self, embedding: &ImageEmbedding, prompt: &Prompt) -> Result<Prediction> {
-        let frame = embedding.frame;
+        let p = PromptTensors::new(prompt, &embedding.frame)?;
+        // Embed prompts
+        let (sparse, dense) = self.prompt_encoder.forward(
+            p.points.as_ref().map(|(c, l)| (c, l)),
+            p.boxes.as_ref(),
+            p.mask_input.as_ref(),
+        )?;
+        // Predict masks
+        let (low_res, iou) = self.mask_decoder.forward(
+            &embedding.features,
+            &self.image_pe,
+            &sparse,
+            &dense,
+            prompt.multimask,
+        )?;
+        Ok(Prediction {
+            low_res_logits: low_res.flatten_all()?.to_vec1()?,
+            iou: iou.flatten_all()?.to_vec1()?,
+            frame: embedding.frame,
+        })
+    }
+
+    /// The prompt encoder (the GPU path uses its sparse embeddings).
+    pub fn prompt_encoder(&self) -> &PromptEncoder {
+        &self.prompt_encoder
+    }
+}
+
+/// A prompt checked against its image and transformed to the encoder's 1024 frame, as the
+/// tensors the prompt encoder takes (batch 1).
+#[derive(Debug, Clone)]
+pub struct PromptTensors {
+    /// Coordinates `[1, N, 2]` and labels `[1, N]`.
+    pub points: Option<(Tensor, Tensor)>,
+    /// `[1, 4]`.
+    pub boxes: Option<Tensor>,
+    /// `[1, 1, 256, 256]`.
+    pub mask_input: Option<Tensor>,
+}
+
+impl PromptTensors {
+    /// Checks `prompt` (points and box on the image, box not empty, mask input 256x256 and
+    /// finite) and transforms it (`ResizeLongestSide.apply_coords` / `apply_boxes`).
+    pub fn new(prompt: &Prompt, frame: &ImageFrame) -> Result<Self> {
         let (height, width) = frame.original;
         let dev = Device::Cpu;
-
-        // Transform input prompts (`ResizeLongestSide.apply_coords` / `apply_boxes`).
         let points = if prompt.points.is_empty() {
             None
         } else {
@@ -346,25 +387,10 @@ impl Sam {
                 )?)
             }
         };
-
-        // Embed prompts
-        let (sparse, dense) = self.prompt_encoder.forward(
-            points.as_ref().map(|(c, l)| (c, l)),
-            boxes.as_ref(),
-            mask_input.as_ref(),
-        )?;
-        // Predict masks
-        let (low_res, iou) = self.mask_decoder.forward(
-            &embedding.features,
-            &self.image_pe,
-            &sparse,
-            &dense,
-            prompt.multimask,
-        )?;
-        Ok(Prediction {
-            low_res_logits: low_res.flatten_all()?.to_vec1()?,
-            iou: iou.flatten_all()?.to_vec1()?,
-            frame,
+        Ok(Self {
+            points,
+            boxes,
+            mask_input,
         })
     }
 }

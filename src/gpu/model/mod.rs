@@ -1,0 +1,162 @@
+//! SAM on the GPU engine: the mask decoder (with the prompt encoder's dense path) on WebGPU.
+//! The sparse prompt embeddings (a few 256-wide tokens from sin/cos of the clicks) are computed
+//! by the CPU prompt encoder and uploaded with the output tokens: that is less work than one
+//! dispatch.
+
+mod decoder;
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::gpu::kernels::elementwise::{binary, Binary};
+use crate::gpu::kernels::layout::permute;
+use crate::gpu::{GpuContext, GpuTensor, Recorder};
+use crate::image::ImageFrame;
+use crate::model::config::{SamConfig, EMBED_DIM, EMBEDDING_SIDE, LOW_RES_SIDE};
+use crate::model::prompt_encoder::PromptEncoder;
+use crate::model::sam::{ImageEmbedding, Prediction, Prompt, PromptTensors};
+use crate::model::weights::Weights;
+
+/// An image embedding on the GPU, as the decoder consumes it: tokens `[1, 64*64, 256]`.
+#[derive(Debug, Clone)]
+pub struct GpuEmbedding {
+    tokens: GpuTensor,
+    pub frame: ImageFrame,
+}
+
+/// Prompt encoder and mask decoder with weights uploaded once.
+pub struct GpuSam {
+    ctx: GpuContext,
+    /// CPU prompt encoder, for the sparse embeddings.
+    prompt_encoder: PromptEncoder,
+    mask_downscaling: decoder::MaskDownscaling,
+    mask_decoder: decoder::MaskDecoder,
+    /// `iou_token` and `mask_tokens`, `[5, 256]`, on the CPU (they join the sparse tokens).
+    output_tokens: Tensor,
+    /// `no_mask_embed.weight` `[256]`: the dense prompt without a mask input.
+    no_mask_embed: GpuTensor,
+    /// The dense positional encoding as tokens `[1, 64*64, 256]`, the same for every image.
+    image_pe_tokens: GpuTensor,
+}
+
+impl GpuSam {
+    /// Uploads the prompt encoder and mask decoder weights.
+    pub async fn new(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
+        let cfg = SamConfig::mobile_sam();
+        let pe_vb = weights.pp("prompt_encoder");
+        let md_vb = weights.pp("mask_decoder");
+        let prompt_encoder = PromptEncoder::new(&cfg.prompt_encoder, &pe_vb)?;
+        let dim = cfg.mask_decoder.transformer_dim;
+        let output_tokens = Tensor::cat(
+            &[
+                md_vb.pp("iou_token").get(&[1, dim], "weight")?,
+                md_vb
+                    .pp("mask_tokens")
+                    .get(&[cfg.mask_decoder.num_mask_tokens(), dim], "weight")?,
+            ],
+            0,
+        )?;
+        let no_mask_embed = GpuTensor::from_candle(
+            ctx,
+            &pe_vb.pp("no_mask_embed").get(&[1, EMBED_DIM], "weight")?.reshape(EMBED_DIM)?,
+        )?;
+        // [1, C, H, W] -> [1, HW, C]
+        let pe = prompt_encoder.get_dense_pe()?;
+        let pe_tokens = pe
+            .flatten_from(2)?
+            .permute((0, 2, 1))?
+            .contiguous()?;
+        let image_pe_tokens = GpuTensor::from_candle(ctx, &pe_tokens)?;
+        let sam = Self {
+            ctx: ctx.clone(),
+            mask_downscaling: decoder::MaskDownscaling::new(
+                ctx,
+                &cfg.prompt_encoder,
+                &pe_vb.pp("mask_downscaling"),
+            )?,
+            mask_decoder: decoder::MaskDecoder::new(ctx, &cfg.mask_decoder, EMBEDDING_SIDE, &md_vb)?,
+            prompt_encoder,
+            output_tokens,
+            no_mask_embed,
+            image_pe_tokens,
+        };
+        // Surface upload errors (out of memory, lost device) here rather than at first decode.
+        Recorder::new(ctx).finish().await?;
+        Ok(sam)
+    }
+
+    pub fn ctx(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Uploads an image embedding once per image and lays it out as the decoder's tokens.
+    pub async fn upload_embedding(&self, embedding: &ImageEmbedding) -> Result<GpuEmbedding> {
+        let features = GpuTensor::from_candle(&self.ctx, &embedding.features)?;
+        let mut rec = Recorder::new(&self.ctx);
+        let hw = EMBEDDING_SIDE * EMBEDDING_SIDE;
+        let tokens = permute(&mut rec, &features.reshape(&[1, EMBED_DIM, hw])?, &[0, 2, 1])?;
+        rec.finish().await?;
+        Ok(GpuEmbedding {
+            tokens,
+            frame: embedding.frame,
+        })
+    }
+
+    /// `SamPredictor.predict` on the GPU: one recording, one submit, and a readback of only the
+    /// low-res logits and the IoU predictions.
+    pub async fn decode(&self, embedding: &GpuEmbedding, prompt: &Prompt) -> Result<Prediction> {
+        let (prediction, _) = self.decode_counted(embedding, prompt).await?;
+        Ok(prediction)
+    }
+
+    /// [`GpuSam::decode`], also returning the number of kernel dispatches it recorded.
+    pub async fn decode_counted(
+        &self,
+        embedding: &GpuEmbedding,
+        prompt: &Prompt,
+    ) -> Result<(Prediction, usize)> {
+        let p = PromptTensors::new(prompt, &embedding.frame)?;
+        // Embed prompts: sparse on the CPU, joined to the output tokens.
+        let (sparse, _) = self.prompt_encoder.forward(
+            p.points.as_ref().map(|(c, l)| (c, l)),
+            p.boxes.as_ref(),
+            None,
+        )?;
+        let tokens = Tensor::cat(&[self.output_tokens.unsqueeze(0)?, sparse], 1)?;
+        let tokens = GpuTensor::from_candle(&self.ctx, &tokens)?;
+
+        let mut rec = Recorder::new(&self.ctx);
+        // src = image embedding + dense prompt
+        let src = match &p.mask_input {
+            None => binary(&mut rec, &embedding.tokens, &self.no_mask_embed, Binary::Add)?,
+            Some(mask) => {
+                let mask = GpuTensor::from_candle(&self.ctx, mask)?;
+                let dense = self.mask_downscaling.forward(&mut rec, &mask)?;
+                let hw = EMBEDDING_SIDE * EMBEDDING_SIDE;
+                let dense = permute(&mut rec, &dense.reshape(&[1, EMBED_DIM, hw])?, &[0, 2, 1])?;
+                binary(&mut rec, &embedding.tokens, &dense, Binary::Add)?
+            }
+        };
+        // Predict masks
+        let (masks, iou) =
+            self.mask_decoder
+                .forward(&mut rec, &src, &self.image_pe_tokens, &tokens, prompt.multimask)?;
+        let dispatches = rec.dispatch_count();
+        rec.read(&masks);
+        rec.read(&iou);
+        let mut out = rec.finish().await?.into_iter();
+        let (low_res_logits, iou) = match (out.next(), out.next()) {
+            (Some(m), Some(i)) => (m, i),
+            _ => return Err(Error::gpu("decode read back fewer tensors than recorded")),
+        };
+        debug_assert_eq!(low_res_logits.len(), iou.len() * LOW_RES_SIDE * LOW_RES_SIDE);
+        Ok((
+            Prediction {
+                low_res_logits,
+                iou,
+                frame: embedding.frame,
+            },
+            dispatches,
+        ))
+    }
+}

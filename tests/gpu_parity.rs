@@ -1,0 +1,45 @@
+//! The GPU model against the CPU model and the PyTorch goldens, natively (lavapipe on machines
+//! without a GPU): every decoder case of the fixtures.
+
+mod common;
+#[path = "common/gpu.rs"]
+mod gpu;
+
+use common::{cases, fixture, max_abs_diff, npy, npy_vec};
+use websam::gpu::model::GpuSam;
+use websam::model::sam::{ImageEmbedding, Sam};
+use websam::model::weights::Weights;
+
+/// GPU vs CPU and GPU vs PyTorch, low-res logits and IoU.
+const GPU_TOLERANCE: f32 = 1e-3;
+
+#[test]
+fn gpu_decoder_matches_cpu_and_pytorch_on_every_case() {
+    let weights = Weights::from_file(fixture("mobile_sam.pth")).unwrap();
+    let cpu = Sam::new(&weights).unwrap();
+    let gpu = pollster::block_on(GpuSam::new(gpu::ctx(), &weights)).expect("GPU model");
+    let mut failures = Vec::new();
+    for case in &cases().cases {
+        let emb = ImageEmbedding::new(npy("embedding.npy"), case.frame()).unwrap();
+        let gemb = pollster::block_on(gpu.upload_embedding(&emb)).unwrap();
+        let prompt = case.prompt();
+        let (g, dispatches) = pollster::block_on(gpu.decode_counted(&gemb, &prompt))
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let c = cpu.decode(&emb, &prompt).unwrap();
+        let vs_cpu = max_abs_diff(&g.low_res_logits, &c.low_res_logits);
+        let vs_cpu_iou = max_abs_diff(&g.iou, &c.iou);
+        let vs_ref = max_abs_diff(&g.low_res_logits, &npy_vec(&case.low_res_logits));
+        let vs_ref_iou = max_abs_diff(&g.iou, &npy_vec(&case.iou));
+        println!(
+            "{:>22}: vs CPU logits {vs_cpu:.2e} iou {vs_cpu_iou:.2e}; vs PyTorch logits {vs_ref:.2e} iou {vs_ref_iou:.2e}; {dispatches} dispatches, 1 submit",
+            case.name
+        );
+        if [vs_cpu, vs_cpu_iou, vs_ref, vs_ref_iou]
+            .iter()
+            .any(|d| *d > GPU_TOLERANCE || d.is_nan())
+        {
+            failures.push(case.name.clone());
+        }
+    }
+    assert!(failures.is_empty(), "over {GPU_TOLERANCE:e}: {failures:?}");
+}
