@@ -654,3 +654,64 @@ fn attention_shape_errors() {
     });
     assert!(e.contains("head dim"), "{e}");
 }
+
+// ---------------------------------------------------------------- timing
+
+/// Rough timings of SAM-sized ops on whatever adapter runs the tests:
+/// `cargo test --test gpu_kernels_linalg -- --ignored --nocapture time_`.
+#[test]
+#[ignore = "timing, not a check"]
+fn time_sam_sized_ops() {
+    const REPS: usize = 10;
+    let time = |what: &str, f: &dyn Fn(&mut Recorder) -> websam::Result<GpuTensor>| {
+        // Once to build the pipeline and fill the pool, then REPS in one submit.
+        run(|rec| Ok(vec![f(rec)?]));
+        let start = std::time::Instant::now();
+        run(|rec| {
+            let mut last = f(rec)?;
+            for _ in 1..REPS {
+                last = f(rec)?;
+            }
+            Ok(vec![last])
+        });
+        let ms = start.elapsed().as_secs_f64() * 1e3 / REPS as f64;
+        eprintln!("{what:<50} {ms:9.3} ms");
+    };
+    let x = up(&randn(&[4096, 256]));
+    let w = up(&randn(&[256, 256]));
+    time("linear [4096, 256] x [256, 256]^T", &|rec| {
+        linear(rec, &x, &w, None, Activation::None)
+    });
+    let t = up(&randn(&[10, 256]));
+    let w2 = up(&randn(&[2048, 256]));
+    time("linear [10, 256] x [2048, 256]^T", &|rec| {
+        linear(rec, &t, &w2, None, Activation::Relu)
+    });
+    let a = up(&randn(&[1024, 1024]));
+    time("matmul [1024, 1024] x [1024, 1024]", &|rec| {
+        matmul(rec, &a, &a, &MatmulOpts::default())
+    });
+    let (qs, ks) = (up(&randn(&[1, 8, 10, 16])), up(&randn(&[1, 8, 4096, 16])));
+    time("attention token->image 8x10x4096 D16", &|rec| {
+        attention(rec, &qs, &ks, &ks, None, 0.25)
+    });
+    time("attention image->token 8x4096x10 D16", &|rec| {
+        attention(rec, &ks, &qs, &qs, None, 0.25)
+    });
+    let qw = up(&randn(&[1444, 1, 49, 32]));
+    let bw = up(&randn(&[1, 49, 49]));
+    time("attention TinyViT 1444 windows 49x49 D32 bias", &|rec| {
+        attention(rec, &qw, &qw, &qw, Some(&bw), 0.18)
+    });
+    let s = up(&randn(&[80, 4096]));
+    time("softmax [80, 4096]", &|rec| softmax_last(rec, &s));
+    let (g, b) = (up(&randn(&[256])), up(&randn(&[256])));
+    time("layer_norm [4096, 256]", &|rec| {
+        layer_norm(rec, &x, &g, &b, 1e-5)
+    });
+    let img = up(&randn(&[1, 64, 128, 128]));
+    let (g64, b64) = (up(&randn(&[64])), up(&randn(&[64])));
+    time("layer_norm_2d [1, 64, 128, 128] GELU", &|rec| {
+        layer_norm_2d(rec, &img, &g64, &b64, 1e-6, Activation::Gelu)
+    });
+}

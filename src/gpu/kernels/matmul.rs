@@ -50,25 +50,35 @@ struct MatmulParams {
 /// Batch dims the kernel walks (more are an error).
 const MAX_BATCH_DIMS: usize = 4;
 
-/// Threads per side of the 16x16 workgroup (as in `matmul.wgsl`).
-const WG_SIDE: usize = 16;
-
-/// Outputs per thread: `rm` rows by `rn` columns, so a workgroup covers `16 rm x 16 rn`.
+/// The workgroup's shape in threads, each thread computing 8x8 outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tile {
-    rm: usize,
-    rn: usize,
+    /// Threads along N.
+    wg_x: usize,
+    /// Threads along M.
+    wg_y: usize,
 }
 
+/// Outputs per thread along each axis (as in `matmul.wgsl`).
+const PER_THREAD: usize = 8;
+
 impl Tile {
-    /// 64x64 tiles for large products; a 16-row tile when M is a handful of tokens (SAM's
-    /// decoder), so a workgroup does not compute 48 rows of padding.
+    /// 64x64 tiles for large products; 16x128 when M is a handful of tokens (SAM's
+    /// decoder), so a workgroup does not compute mostly padding.
     fn for_rows(m: usize) -> Self {
-        match m {
-            0..=16 => Tile { rm: 1, rn: 4 },
-            17..=32 => Tile { rm: 2, rn: 4 },
-            _ => Tile { rm: 4, rn: 4 },
+        if m <= 16 {
+            Tile { wg_x: 16, wg_y: 2 }
+        } else {
+            Tile { wg_x: 8, wg_y: 8 }
         }
+    }
+
+    fn rows(self) -> usize {
+        PER_THREAD * self.wg_y
+    }
+
+    fn cols(self) -> usize {
+        PER_THREAD * self.wg_x
     }
 }
 
@@ -179,7 +189,7 @@ pub fn matmul(
     }
 
     let tile = Tile::for_rows(m);
-    let key = format!("matmul_t{}x{}", WG_SIDE * tile.rm, WG_SIDE * tile.rn);
+    let key = format!("matmul_t{}x{}", tile.rows(), tile.cols());
     let kernel = ctx.pipelines().get(
         &ctx,
         KernelSpec {
@@ -190,9 +200,9 @@ pub fn matmul(
         },
         || {
             format!(
-                "{COMMON_WGSL}\nconst RM: u32 = {}u;\nconst RN: u32 = {}u;\n{}",
-                tile.rm,
-                tile.rn,
+                "{COMMON_WGSL}\nconst WG_X: u32 = {}u;\nconst WG_Y: u32 = {}u;\n{}",
+                tile.wg_x,
+                tile.wg_y,
                 include_str!("matmul.wgsl")
             )
         },
@@ -212,8 +222,8 @@ pub fn matmul(
     };
     u32_of(out.numel(), "output elements")?;
     let grid = [
-        n.div_ceil(WG_SIDE * tile.rn),
-        m.div_ceil(WG_SIDE * tile.rm),
+        n.div_ceil(tile.cols()),
+        m.div_ceil(tile.rows()),
         batch.shape.iter().product(),
     ];
     let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
