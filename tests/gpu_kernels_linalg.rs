@@ -609,7 +609,7 @@ fn attention_sam_decoder_shapes() {
 
 #[test]
 fn attention_tiny_vit_windows_with_bias() {
-    // 7x7 windows: 361 windows of stage 1 at 1024 pixels, 4 heads... a 256-window slice.
+    // 7x7 windows with a learned bias per head (256 windows, more than a grid row of 255).
     check_attention(256, 2, 49, 49, 32, true);
     // 14x14 windows of stage 2.
     check_attention(25, 5, 196, 196, 32, true);

@@ -220,7 +220,13 @@ pub fn matmul(
         a_bstride: u32x4(batch.a_stride, "batch stride")?,
         b_bstride: u32x4(batch.b_stride, "batch stride")?,
     };
-    u32_of(out.numel(), "output elements")?;
+    for (t, what) in [
+        (a, "elements of a"),
+        (b, "elements of b"),
+        (&out, "output elements"),
+    ] {
+        u32_of(t.numel(), what)?;
+    }
     let grid = [
         n.div_ceil(tile.cols()),
         m.div_ceil(tile.rows()),
