@@ -2,7 +2,11 @@
 //! fill a `#[repr(C)]` parameter struct that mirrors the WGSL uniform, pick the workgroup grid
 //! and record the dispatch. Shapes travel as uniforms, so one pipeline serves every size.
 
+pub mod attention;
 pub mod elementwise;
+pub mod matmul;
+pub mod norm;
+pub mod softmax;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;

@@ -1,0 +1,142 @@
+//! Fused multi-head attention, `softmax(scale * q @ k^T + bias) @ v`, one dispatch: scores
+//! live in registers, never in memory (online softmax). SAM's decoder attends a few tokens
+//! to 4096 image positions and back; TinyViT attends within 7x7 or 14x14 windows with a
+//! learned bias per head.
+
+use crate::error::{Error, Result};
+use crate::gpu::kernels::u32_of;
+use crate::gpu::pipeline::KernelSpec;
+use crate::gpu::recorder::Recorder;
+use crate::gpu::tensor::GpuTensor;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AttentionParams {
+    bh: u32,
+    h: u32,
+    nq: u32,
+    nk: u32,
+    scale: f32,
+    has_bias: u32,
+    q_tiles: u32,
+    _pad: u32,
+}
+
+/// Threads per workgroup, both entry points.
+const WG: usize = 64;
+/// Largest head dim (q and o are held in registers).
+pub const MAX_HEAD_DIM: usize = 128;
+/// Floats of keys (and as many of values) per workgroup-memory tile of `attn_rows`: 4 KiB
+/// each.
+const TILE_FLOATS: usize = 1024;
+/// `attn_split` merges WG partial rows of D floats in workgroup memory: 8 KiB at D = 32.
+const SPLIT_MAX_HEAD_DIM: usize = 32;
+
+/// The kernel for a shape: a workgroup per query row when there are few queries and many
+/// keys, else a thread per query row.
+fn use_split(nq: usize, nk: usize, d: usize) -> bool {
+    d <= SPLIT_MAX_HEAD_DIM && nk >= 4 * WG && nq <= WG
+}
+
+/// `softmax(scale * q @ k^T + bias) @ v` with q `[B, H, Nq, D]`, k and v `[B, H, Nk, D]`,
+/// bias `[H, Nq, Nk]` (shared over B, added to the scaled scores); the result is
+/// `[B, H, Nq, D]`. D is at most [`MAX_HEAD_DIM`].
+pub fn attention(
+    rec: &mut Recorder,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    scale: f32,
+) -> Result<GpuTensor> {
+    let bad = |why: String| {
+        Error::invalid(format!(
+            "attention of q {:?}, k {:?}, v {:?}{}: {why}",
+            q.shape(),
+            k.shape(),
+            v.shape(),
+            bias.map(|b| format!(", bias {:?}", b.shape()))
+                .unwrap_or_default()
+        ))
+    };
+    let &[b, h, nq, d] = q.shape() else {
+        return Err(bad("q must be [B, H, Nq, D]".into()));
+    };
+    let &[kb, kh, nk, kd] = k.shape() else {
+        return Err(bad("k must be [B, H, Nk, D]".into()));
+    };
+    if [kb, kh, kd] != [b, h, d] {
+        return Err(bad("k must be [B, H, Nk, D] with q's B, H and D".into()));
+    }
+    if v.shape() != k.shape() {
+        return Err(bad("v must have k's shape".into()));
+    }
+    if let Some(bias) = bias {
+        if bias.shape() != [h, nq, nk] {
+            return Err(bad(format!("bias must be [H, Nq, Nk] = [{h}, {nq}, {nk}]")));
+        }
+    }
+    if d > MAX_HEAD_DIM {
+        return Err(bad(format!("head dim over {MAX_HEAD_DIM}")));
+    }
+    let ctx = rec.ctx().clone();
+    let out = GpuTensor::empty(&ctx, q.shape())?;
+    if out.numel() == 0 {
+        return Ok(out);
+    }
+    if nk == 0 {
+        return Err(bad("no keys to attend to".into()));
+    }
+    for t in [q, k] {
+        u32_of(t.numel(), "elements")?;
+    }
+    if let Some(bias) = bias {
+        u32_of(bias.numel(), "bias elements")?;
+    }
+
+    let split = use_split(nq, nk, d);
+    let d4 = d.div_ceil(4);
+    let (entry, bk, red_d4) = if split {
+        ("attn_split", 1, d4)
+    } else {
+        ("attn_rows", (TILE_FLOATS / (4 * d4)).max(1), 1)
+    };
+    let key = format!("attention_{}_d{d}", if split { "split" } else { "rows" });
+    let kernel = ctx.pipelines().get(
+        &ctx,
+        KernelSpec {
+            key: &key,
+            entry,
+            inputs: 4,
+            outputs: 1,
+        },
+        || {
+            format!(
+                "const D: u32 = {d}u;\nconst WG: u32 = {WG}u;\nconst BK: u32 = {bk}u;\nconst RED_D4: u32 = {red_d4}u;\n{}",
+                include_str!("attention.wgsl")
+            )
+        },
+    )?;
+    let q_tiles = nq.div_ceil(WG);
+    let groups = if split { b * h * nq } else { b * h * q_tiles };
+    let params = AttentionParams {
+        bh: u32_of(b * h, "B * H")?,
+        h: u32_of(h, "heads")?,
+        nq: u32_of(nq, "queries")?,
+        nk: u32_of(nk, "keys")?,
+        scale,
+        has_bias: bias.is_some() as u32,
+        q_tiles: u32_of(q_tiles, "query tiles")?,
+        _pad: 0,
+    };
+    let grid = ctx.grid(u32_of(groups, "workgroups")?)?;
+    // Without a bias, `q` stands in for the unused binding.
+    rec.dispatch(
+        &kernel,
+        &params,
+        &[q, k, v, bias.unwrap_or(q)],
+        &[&out],
+        grid,
+    )?;
+    Ok(out)
+}

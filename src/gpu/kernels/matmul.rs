@@ -1,0 +1,309 @@
+//! Matrix multiply with numpy batch broadcasting and a fused epilogue
+//! (`act(alpha * a @ b + bias)`), and `linear` (PyTorch's `nn.Linear`) on top of it.
+
+use crate::error::{Error, Result};
+use crate::gpu::kernels::{u32_of, Activation, COMMON_WGSL};
+use crate::gpu::pipeline::KernelSpec;
+use crate::gpu::recorder::Recorder;
+use crate::gpu::tensor::GpuTensor;
+
+/// What [`matmul`] does besides `a @ b`.
+#[derive(Debug, Clone, Copy)]
+pub struct MatmulOpts<'a> {
+    /// `b` is `[.., N, K]` (a PyTorch Linear weight) instead of `[.., K, N]`.
+    pub trans_b: bool,
+    /// `[N]`, added after scaling.
+    pub bias: Option<&'a GpuTensor>,
+    /// Applied last.
+    pub act: Activation,
+    /// Scales `a @ b` (before the bias).
+    pub alpha: f32,
+}
+
+impl Default for MatmulOpts<'_> {
+    fn default() -> Self {
+        Self {
+            trans_b: false,
+            bias: None,
+            act: Activation::None,
+            alpha: 1.0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    trans_b: u32,
+    has_bias: u32,
+    act: u32,
+    alpha: f32,
+    _pad: u32,
+    batch_shape: [u32; 4],
+    a_bstride: [u32; 4],
+    b_bstride: [u32; 4],
+}
+
+/// Batch dims the kernel walks (more are an error).
+const MAX_BATCH_DIMS: usize = 4;
+
+/// The workgroup's shape in threads, each thread computing 8x8 outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tile {
+    /// Threads along N.
+    wg_x: usize,
+    /// Threads along M.
+    wg_y: usize,
+}
+
+/// Outputs per thread along each axis (as in `matmul.wgsl`).
+const PER_THREAD: usize = 8;
+
+impl Tile {
+    /// 64x64 tiles for large products; 16x128 when M is a handful of tokens (SAM's
+    /// decoder), so a workgroup does not compute mostly padding.
+    fn for_rows(m: usize) -> Self {
+        if m <= 16 {
+            Tile { wg_x: 16, wg_y: 2 }
+        } else {
+            Tile { wg_x: 8, wg_y: 8 }
+        }
+    }
+
+    fn rows(self) -> usize {
+        PER_THREAD * self.wg_y
+    }
+
+    fn cols(self) -> usize {
+        PER_THREAD * self.wg_x
+    }
+}
+
+/// Broadcast batch dims: the output's, and each operand's stride (in elements, 0 where it
+/// repeats) per output dim, padded in front to [`MAX_BATCH_DIMS`].
+struct Batch {
+    out: Vec<usize>,
+    shape: [usize; MAX_BATCH_DIMS],
+    a_stride: [usize; MAX_BATCH_DIMS],
+    b_stride: [usize; MAX_BATCH_DIMS],
+}
+
+fn broadcast_batch(a: &[usize], b: &[usize], a_mat: usize, b_mat: usize) -> Option<Batch> {
+    let rank = a.len().max(b.len());
+    if rank > MAX_BATCH_DIMS {
+        return None;
+    }
+    let pad = |s: &[usize]| {
+        let mut p = [1usize; MAX_BATCH_DIMS];
+        p[MAX_BATCH_DIMS - s.len()..].copy_from_slice(s);
+        p
+    };
+    let (pa, pb) = (pad(a), pad(b));
+    let mut shape = [1usize; MAX_BATCH_DIMS];
+    for d in 0..MAX_BATCH_DIMS {
+        shape[d] = match (pa[d], pb[d]) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    let strides = |p: [usize; MAX_BATCH_DIMS], mat: usize| {
+        let mut s = [0usize; MAX_BATCH_DIMS];
+        let mut acc = mat;
+        for d in (0..MAX_BATCH_DIMS).rev() {
+            s[d] = if p[d] == 1 { 0 } else { acc };
+            acc *= p[d];
+        }
+        s
+    };
+    Some(Batch {
+        out: shape[MAX_BATCH_DIMS - rank..].to_vec(),
+        shape,
+        a_stride: strides(pa, a_mat),
+        b_stride: strides(pb, b_mat),
+    })
+}
+
+fn u32x4(v: [usize; 4], what: &str) -> Result<[u32; 4]> {
+    Ok([
+        u32_of(v[0], what)?,
+        u32_of(v[1], what)?,
+        u32_of(v[2], what)?,
+        u32_of(v[3], what)?,
+    ])
+}
+
+/// `act(alpha * a @ b + bias)`: `a` is `[..batch, M, K]`, `b` is `[..batch, K, N]` (or
+/// `[..batch, N, K]` with `trans_b`), batch dims broadcast as numpy does (up to four), `bias`
+/// is `[N]`. The result is `[..batch, M, N]`.
+pub fn matmul(
+    rec: &mut Recorder,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    opts: &MatmulOpts,
+) -> Result<GpuTensor> {
+    let (sa, sb) = (a.shape(), b.shape());
+    let bad = |why: &str| {
+        Error::invalid(format!(
+            "matmul of a {sa:?} and b {sb:?}{}: {why}",
+            if opts.trans_b { " (b transposed)" } else { "" }
+        ))
+    };
+    if sa.len() < 2 || sb.len() < 2 {
+        return Err(bad("both need at least 2 dims"));
+    }
+    let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (kb, n) = if opts.trans_b {
+        (sb[sb.len() - 1], sb[sb.len() - 2])
+    } else {
+        (sb[sb.len() - 2], sb[sb.len() - 1])
+    };
+    if k != kb {
+        return Err(bad(&format!("inner dims differ ({k} vs {kb})")));
+    }
+    let batch = broadcast_batch(&sa[..sa.len() - 2], &sb[..sb.len() - 2], m * k, k * n)
+        .ok_or_else(|| {
+            bad(&format!(
+                "batch dims do not broadcast (at most {MAX_BATCH_DIMS})"
+            ))
+        })?;
+    if let Some(bias) = opts.bias {
+        if bias.shape() != [n] {
+            return Err(bad(&format!(
+                "bias has shape {:?}, expected [{n}]",
+                bias.shape()
+            )));
+        }
+    }
+
+    let ctx = rec.ctx().clone();
+    let mut out_shape = batch.out.clone();
+    out_shape.extend([m, n]);
+    let out = GpuTensor::empty(&ctx, &out_shape)?;
+    if out.numel() == 0 {
+        return Ok(out);
+    }
+
+    let tile = Tile::for_rows(m);
+    let key = format!("matmul_t{}x{}", tile.rows(), tile.cols());
+    let kernel = ctx.pipelines().get(
+        &ctx,
+        KernelSpec {
+            key: &key,
+            entry: "main",
+            inputs: 3,
+            outputs: 1,
+        },
+        || {
+            format!(
+                "{COMMON_WGSL}\nconst WG_X: u32 = {}u;\nconst WG_Y: u32 = {}u;\n{}",
+                tile.wg_x,
+                tile.wg_y,
+                include_str!("matmul.wgsl")
+            )
+        },
+    )?;
+    let params = MatmulParams {
+        m: u32_of(m, "M")?,
+        n: u32_of(n, "N")?,
+        k: u32_of(k, "K")?,
+        trans_b: opts.trans_b as u32,
+        has_bias: opts.bias.is_some() as u32,
+        act: opts.act.code(),
+        alpha: opts.alpha,
+        _pad: 0,
+        batch_shape: u32x4(batch.shape, "batch dim")?,
+        a_bstride: u32x4(batch.a_stride, "batch stride")?,
+        b_bstride: u32x4(batch.b_stride, "batch stride")?,
+    };
+    for (t, what) in [
+        (a, "elements of a"),
+        (b, "elements of b"),
+        (&out, "output elements"),
+    ] {
+        u32_of(t.numel(), what)?;
+    }
+    let grid = [
+        n.div_ceil(tile.cols()),
+        m.div_ceil(tile.rows()),
+        batch.shape.iter().product(),
+    ];
+    let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+    if grid.iter().any(|&g| g > max) {
+        return Err(Error::gpu(format!(
+            "matmul {out_shape:?} needs a grid of {grid:?} workgroups, over the device's {max} per dimension"
+        )));
+    }
+    // Without a bias, `a` stands in for the unused binding.
+    let bias = opts.bias.unwrap_or(a);
+    rec.dispatch(
+        &kernel,
+        &params,
+        &[a, b, bias],
+        &[&out],
+        grid.map(|g| g as u32),
+    )?;
+    Ok(out)
+}
+
+/// PyTorch's `nn.Linear`: `act(x @ weight^T + bias)` with `x` `[.., K]`, `weight` `[N, K]`
+/// and `bias` `[N]`; the result is `[.., N]`.
+pub fn linear(
+    rec: &mut Recorder,
+    x: &GpuTensor,
+    weight: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    act: Activation,
+) -> Result<GpuTensor> {
+    let (sx, sw) = (x.shape(), weight.shape());
+    let k = sx.last().copied().unwrap_or(0);
+    if sx.is_empty() || sw.len() != 2 || sw[1] != k {
+        return Err(Error::invalid(format!(
+            "linear of x {sx:?} with weight {sw:?}: the weight must be [N, K] with K = x's last dim"
+        )));
+    }
+    let rows = x.numel() / k.max(1);
+    let x2 = x.reshape(&[rows, k])?;
+    let y = matmul(
+        rec,
+        &x2,
+        weight,
+        &MatmulOpts {
+            trans_b: true,
+            bias,
+            act,
+            alpha: 1.0,
+        },
+    )?;
+    let mut shape = sx.to_vec();
+    *shape.last_mut().expect("rank >= 1") = sw[0];
+    y.reshape(&shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::broadcast_batch;
+
+    #[test]
+    fn batch_dims_broadcast_with_strides() {
+        let b = broadcast_batch(&[2, 3], &[], 10, 20).unwrap();
+        assert_eq!(b.out, vec![2, 3]);
+        assert_eq!(b.shape, [1, 1, 2, 3]);
+        assert_eq!(b.a_stride, [0, 0, 30, 10]);
+        assert_eq!(b.b_stride, [0, 0, 0, 0]);
+        let b = broadcast_batch(&[1], &[5], 10, 20).unwrap();
+        assert_eq!(b.out, vec![5]);
+        assert_eq!(b.a_stride, [0, 0, 0, 0]);
+        assert_eq!(b.b_stride, [0, 0, 0, 20]);
+        let b = broadcast_batch(&[4, 1], &[3], 6, 7).unwrap();
+        assert_eq!(b.out, vec![4, 3]);
+        assert_eq!(b.a_stride, [0, 0, 6, 0]);
+        assert_eq!(b.b_stride, [0, 0, 0, 7]);
+        assert!(broadcast_batch(&[2], &[3], 1, 1).is_none());
+        assert!(broadcast_batch(&[1, 1, 1, 1, 1], &[], 1, 1).is_none());
+    }
+}
