@@ -2,6 +2,7 @@
 //! fill a `#[repr(C)]` parameter struct that mirrors the WGSL uniform, pick the workgroup grid
 //! and record the dispatch. Shapes travel as uniforms, so one pipeline serves every size.
 
+pub mod conv;
 pub mod elementwise;
 
 use crate::error::{Error, Result};

@@ -1,0 +1,375 @@
+//! The conv, resize and layout kernels against candle on the CPU (and against
+//! `websam::image`'s interpolation), on random shapes including odd sizes, sizes that are not
+//! multiples of a workgroup, stride 1 and 2, padding 0, 1 and 2, the real SAM / TinyViT shapes
+//! where lavapipe can afford them, and one hand-checkable case each.
+
+#[path = "common/gpu.rs"]
+mod gpu;
+
+use candle_core::{DType, Device, Tensor};
+use gpu::{assert_close, randn, run, up, values};
+use websam::gpu::kernels::conv::{conv2d, conv2d_residual, conv_transpose2x2, Conv2dOpts};
+use websam::gpu::kernels::Activation;
+use websam::gpu::Recorder;
+
+/// Dense convs sum up to a few thousand products of unit-variance values scaled to unit
+/// output: f32 rounding differs between the GPU's tile order and candle's gemm by ~1e-6.
+const CONV_ATOL: f32 = 2e-5;
+const CONV_RTOL: f32 = 1e-5;
+
+/// A weight with unit-variance outputs for `fan_in` inputs.
+fn weight(shape: &[usize], fan_in: usize) -> Tensor {
+    randn(shape)
+        .affine(1.0 / (fan_in as f64).sqrt(), 0.0)
+        .unwrap()
+}
+
+fn with_bias(y: &Tensor, bias: &Tensor) -> Tensor {
+    let c = bias.dim(0).unwrap();
+    y.broadcast_add(&bias.reshape((1, c, 1, 1)).unwrap())
+        .unwrap()
+}
+
+/// One conv2d case against candle: plain, + bias + GELU, + bias + residual + GELU.
+fn check_conv(
+    (b, c_in, h, w): (usize, usize, usize, usize),
+    c_out: usize,
+    (kh, kw): (usize, usize),
+    opts: Conv2dOpts,
+) {
+    let x = randn(&[b, c_in, h, w]);
+    let fan_in = c_in / opts.groups * kh * kw;
+    let wt = weight(&[c_out, c_in / opts.groups, kh, kw], fan_in);
+    let bias = randn(&[c_out]);
+    let plain = x
+        .conv2d(&wt, opts.padding, opts.stride, 1, opts.groups)
+        .unwrap();
+    let residual = randn(plain.dims());
+    let out = run(|rec| {
+        let (gx, gw, gb, gr) = (up(&x), up(&wt), up(&bias), up(&residual));
+        Ok(vec![
+            conv2d(rec, &gx, &gw, None, &opts, Activation::None)?,
+            conv2d(rec, &gx, &gw, Some(&gb), &opts, Activation::Gelu)?,
+            conv2d_residual(rec, &gx, &gw, Some(&gb), &gr, &opts, Activation::Gelu)?,
+            conv2d(rec, &gx, &gw, Some(&gb), &opts, Activation::Relu)?,
+        ])
+    });
+    let what = format!(
+        "x [{b}, {c_in}, {h}, {w}] -> {c_out}, k {kh}x{kw}, {opts:?}, out {:?}",
+        plain.dims()
+    );
+    let biased = with_bias(&plain, &bias);
+    let wants = [
+        plain.clone(),
+        biased.gelu_erf().unwrap(),
+        (&biased + &residual).unwrap().gelu_erf().unwrap(),
+        biased.relu().unwrap(),
+    ];
+    for (i, (got, want)) in out.iter().zip(&wants).enumerate() {
+        assert_close(
+            got,
+            &values(want),
+            CONV_ATOL,
+            CONV_RTOL,
+            &format!("{what} variant {i}"),
+        );
+    }
+}
+
+fn opts(stride: usize, padding: usize, groups: usize) -> Conv2dOpts {
+    Conv2dOpts {
+        stride,
+        padding,
+        groups,
+    }
+}
+
+#[test]
+fn dense_conv_matches_candle_on_odd_shapes() {
+    for (x, c_out, k) in [
+        ((1, 3, 9, 13), 5, (3, 3)),
+        ((2, 4, 17, 7), 67, (3, 3)),
+        ((1, 19, 11, 12), 3, (3, 1)),
+        ((2, 2, 5, 5), 1, (5, 5)),
+        ((1, 33, 8, 9), 70, (2, 2)),
+    ] {
+        for stride in [1, 2] {
+            for padding in [0, 1, 2] {
+                if x.2 + 2 * padding < k.0 || x.3 + 2 * padding < k.1 {
+                    continue;
+                }
+                check_conv(x, c_out, k, opts(stride, padding, 1));
+            }
+        }
+    }
+}
+
+#[test]
+fn grouped_conv_matches_candle() {
+    // Neither dense nor depthwise: the GEMM kernel, one group per grid layer.
+    check_conv((2, 6, 9, 10), 9, (3, 3), opts(1, 1, 3));
+    check_conv((1, 8, 7, 7), 4, (1, 1), opts(2, 0, 2));
+    // groups == Cin but Cout a multiple: a channel multiplier, still the GEMM.
+    check_conv((1, 4, 6, 5), 8, (3, 3), opts(1, 1, 4));
+}
+
+#[test]
+fn depthwise_conv_matches_candle() {
+    for (x, k) in [
+        ((1, 5, 7, 5), (3, 3)),
+        ((2, 3, 33, 17), (3, 3)),
+        ((1, 4, 16, 16), (5, 5)),
+        ((1, 2, 1, 1), (3, 3)),
+    ] {
+        for stride in [1, 2] {
+            for padding in [0, 1, 2] {
+                if x.2 + 2 * padding < k.0 || x.3 + 2 * padding < k.1 {
+                    continue;
+                }
+                check_conv(x, x.1, k, opts(stride, padding, x.1));
+            }
+        }
+    }
+}
+
+#[test]
+fn pointwise_conv_matches_candle() {
+    for (x, c_out) in [
+        ((1, 5, 3, 11), 7),
+        ((2, 3, 5, 5), 4),
+        ((1, 17, 9, 15), 65),
+        ((3, 64, 1, 1), 1),
+    ] {
+        check_conv(x, c_out, (1, 1), opts(1, 0, 1));
+    }
+}
+
+#[test]
+fn sam_and_tiny_vit_shapes_match_candle() {
+    // TinyViT's 1x1 expansion (64 -> 256; 64x64 instead of 256x256 to keep lavapipe fast).
+    check_conv((1, 64, 64, 64), 256, (1, 1), opts(1, 0, 1));
+    // PatchEmbed's first conv, 3 -> 32, 3x3 s2 p1 (on a 128x128 crop of the 1024 image).
+    check_conv((1, 3, 128, 128), 32, (3, 3), opts(2, 1, 1));
+    // MBConv's depthwise 3x3 on 128 channels, stride 1; PatchMerging's at stride 2.
+    check_conv((1, 128, 32, 32), 128, (3, 3), opts(1, 1, 128));
+    check_conv((1, 160, 32, 32), 160, (3, 3), opts(2, 1, 160));
+    // SAM's mask downscaling: 2x2 stride-2 convs, 1 -> 4 on 256x256, 4 -> 16 on 128x128.
+    check_conv((1, 1, 256, 256), 4, (2, 2), opts(2, 0, 1));
+    check_conv((1, 4, 128, 128), 16, (2, 2), opts(2, 0, 1));
+}
+
+#[test]
+fn neck_conv_matches_candle() {
+    // The neck's 3x3 conv 256 -> 256 (K = 2304 products a value); 16x16 instead of 64x64,
+    // which takes about 12 s on lavapipe.
+    check_conv((1, 256, 16, 16), 256, (3, 3), opts(1, 1, 1));
+}
+
+#[test]
+fn conv_fixed_small_case() {
+    // One 3x3 input of ones, two 3x3 filters (ones and twos), padding 1, bias (0.5, -1):
+    // each output is bias + filter value x the number of in-bounds taps (4 at corners,
+    // 6 at edges, 9 in the centre). Depthwise on two channels gives the same per channel.
+    let dev = Device::Cpu;
+    let x = Tensor::ones((1, 1, 3, 3), DType::F32, &dev).unwrap();
+    let wt = Tensor::from_vec([vec![1f32; 9], vec![2f32; 9]].concat(), (2, 1, 3, 3), &dev).unwrap();
+    let bias = Tensor::new(&[0.5f32, -1.0], &dev).unwrap();
+    let x2 = Tensor::ones((1, 2, 3, 3), DType::F32, &dev).unwrap();
+    let out = run(|rec| {
+        Ok(vec![
+            conv2d(
+                rec,
+                &up(&x),
+                &up(&wt),
+                Some(&up(&bias)),
+                &opts(1, 1, 1),
+                Activation::None,
+            )?,
+            conv2d(
+                rec,
+                &up(&x2),
+                &up(&wt),
+                Some(&up(&bias)),
+                &opts(1, 1, 2),
+                Activation::None,
+            )?,
+        ])
+    });
+    let want = [
+        4.5, 6.5, 4.5, 6.5, 9.5, 6.5, 4.5, 6.5, 4.5, //
+        7.0, 11.0, 7.0, 11.0, 17.0, 11.0, 7.0, 11.0, 7.0,
+    ];
+    assert_eq!(out[0], want);
+    assert_eq!(out[1], want);
+}
+
+#[test]
+fn conv_transpose2x2_matches_candle() {
+    for (b, c_in, c_out, h, w) in [
+        (1, 3, 2, 5, 7),
+        (2, 17, 9, 3, 11),
+        (1, 70, 33, 9, 8),
+        // SAM's output_upscaling: 256 -> 64 on 16x16 (64x64 in the model), 64 -> 32.
+        (1, 256, 64, 16, 16),
+        (1, 64, 32, 32, 32),
+    ] {
+        let x = randn(&[b, c_in, h, w]);
+        let wt = weight(&[c_in, c_out, 2, 2], c_in);
+        let bias = randn(&[c_out]);
+        let plain = x.conv_transpose2d(&wt, 0, 0, 2, 1).unwrap();
+        let out = run(|rec| {
+            let (gx, gw, gb) = (up(&x), up(&wt), up(&bias));
+            Ok(vec![
+                conv_transpose2x2(rec, &gx, &gw, None, Activation::None)?,
+                conv_transpose2x2(rec, &gx, &gw, Some(&gb), Activation::Gelu)?,
+            ])
+        });
+        let what = format!("[{b}, {c_in}, {h}, {w}] -> {c_out}");
+        assert_close(&out[0], &values(&plain), CONV_ATOL, CONV_RTOL, &what);
+        let want = with_bias(&plain, &bias).gelu_erf().unwrap();
+        assert_close(&out[1], &values(&want), CONV_ATOL, CONV_RTOL, &what);
+    }
+}
+
+#[test]
+fn conv_transpose2x2_fixed_small_case() {
+    // One input pixel of value 2, weight [1, 1, 2, 2] = (1, 2, 3, 4), bias 1:
+    // output 2x2 = 2 * weight + 1.
+    let dev = Device::Cpu;
+    let x = Tensor::new(&[2f32], &dev)
+        .unwrap()
+        .reshape((1, 1, 1, 1))
+        .unwrap();
+    let wt = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &dev)
+        .unwrap()
+        .reshape((1, 1, 2, 2))
+        .unwrap();
+    let bias = Tensor::new(&[1f32], &dev).unwrap();
+    let out = run(|rec| {
+        Ok(vec![conv_transpose2x2(
+            rec,
+            &up(&x),
+            &up(&wt),
+            Some(&up(&bias)),
+            Activation::None,
+        )?])
+    });
+    assert_eq!(out[0], [3.0, 5.0, 7.0, 9.0]);
+}
+
+fn zeros(shape: &[usize]) -> websam::gpu::GpuTensor {
+    up(&Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap())
+}
+
+#[test]
+fn conv_shape_errors() {
+    let mut rec = Recorder::new(gpu::ctx());
+    let x = zeros(&[1, 4, 8, 8]);
+    let o = opts(1, 1, 1);
+    let err = |r: websam::Result<websam::gpu::GpuTensor>| r.unwrap_err().to_string();
+    // Not 4-d.
+    let e = err(conv2d(
+        &mut rec,
+        &zeros(&[4, 8, 8]),
+        &zeros(&[2, 4, 3, 3]),
+        None,
+        &o,
+        Activation::None,
+    ));
+    assert!(e.contains("4-d"), "{e}");
+    // Channels do not match the weight.
+    let e = err(conv2d(
+        &mut rec,
+        &x,
+        &zeros(&[2, 3, 3, 3]),
+        None,
+        &o,
+        Activation::None,
+    ));
+    assert!(e.contains("groups"), "{e}");
+    // Groups do not divide the channels.
+    let e = err(conv2d(
+        &mut rec,
+        &x,
+        &zeros(&[3, 4, 3, 3]),
+        None,
+        &opts(1, 1, 3),
+        Activation::None,
+    ));
+    assert!(e.contains("groups"), "{e}");
+    let e = err(conv2d(
+        &mut rec,
+        &x,
+        &zeros(&[2, 4, 3, 3]),
+        None,
+        &opts(1, 1, 0),
+        Activation::None,
+    ));
+    assert!(e.contains("groups"), "{e}");
+    // Kernel larger than the padded input; stride 0.
+    let e = err(conv2d(
+        &mut rec,
+        &x,
+        &zeros(&[2, 4, 11, 11]),
+        None,
+        &o,
+        Activation::None,
+    ));
+    assert!(e.contains("does not fit"), "{e}");
+    let e = err(conv2d(
+        &mut rec,
+        &x,
+        &zeros(&[2, 4, 3, 3]),
+        None,
+        &opts(0, 1, 1),
+        Activation::None,
+    ));
+    assert!(e.contains("stride 0"), "{e}");
+    // Bias and residual shapes.
+    let w = zeros(&[2, 4, 3, 3]);
+    let e = err(conv2d(
+        &mut rec,
+        &x,
+        &w,
+        Some(&zeros(&[3])),
+        &o,
+        Activation::None,
+    ));
+    assert!(e.contains("bias"), "{e}");
+    let e = err(conv2d_residual(
+        &mut rec,
+        &x,
+        &w,
+        None,
+        &zeros(&[1, 2, 8, 7]),
+        &o,
+        Activation::None,
+    ));
+    assert!(e.contains("residual"), "{e}");
+    // Transposed conv: weight [Cin, Cout, 2, 2] only.
+    let e = err(conv_transpose2x2(
+        &mut rec,
+        &x,
+        &zeros(&[4, 2, 3, 3]),
+        None,
+        Activation::None,
+    ));
+    assert!(e.contains("[4, Cout, 2, 2]"), "{e}");
+    let e = err(conv_transpose2x2(
+        &mut rec,
+        &x,
+        &zeros(&[3, 2, 2, 2]),
+        None,
+        Activation::None,
+    ));
+    assert!(e.contains("[4, Cout, 2, 2]"), "{e}");
+    let e = err(conv_transpose2x2(
+        &mut rec,
+        &x,
+        &zeros(&[4, 2, 2, 2]),
+        Some(&zeros(&[4])),
+        Activation::None,
+    ));
+    assert!(e.contains("bias"), "{e}");
+    assert_eq!(rec.dispatch_count(), 0);
+}
