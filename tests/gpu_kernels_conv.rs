@@ -373,3 +373,147 @@ fn conv_shape_errors() {
     assert!(e.contains("bias"), "{e}");
     assert_eq!(rec.dispatch_count(), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Bilinear resize
+
+/// Tolerance of the resize: the same f32 formula on both sides; only a fused multiply-add
+/// the GPU compiler may form differs (~1 ulp of the values, which are ~N(0, 1)).
+const RESIZE_ATOL: f32 = 1e-6;
+const RESIZE_RTOL: f32 = 1e-6;
+
+/// `websam::image`'s bilinear interpolation (PyTorch, align_corners=False) written out
+/// directly: every plane of `x` to `out_h x out_w`, top-left `keep_h x keep_w` kept.
+fn resize_reference(x: &Tensor, out: (usize, usize), keep: (usize, usize)) -> Vec<f32> {
+    let (b, c, in_h, in_w) = x.dims4().unwrap();
+    let taps = |n_in: usize, n_out: usize, i: usize| {
+        let scale = n_in as f32 / n_out as f32;
+        let src = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+        let i0 = (src as usize).min(n_in - 1);
+        let i1 = if i0 < n_in - 1 { i0 + 1 } else { i0 };
+        let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+        (i0, i1, 1.0 - l1, l1)
+    };
+    let v = values(x);
+    let mut y = Vec::new();
+    for plane in v.chunks_exact(in_h * in_w).take(b * c) {
+        for oy in 0..keep.0 {
+            let (y0, y1, ly0, ly1) = taps(in_h, out.0, oy);
+            for ox in 0..keep.1 {
+                let (x0, x1, lx0, lx1) = taps(in_w, out.1, ox);
+                let at = |yy: usize, xx: usize| plane[yy * in_w + xx];
+                y.push(
+                    ly0 * (lx0 * at(y0, x0) + lx1 * at(y0, x1))
+                        + ly1 * (lx0 * at(y1, x0) + lx1 * at(y1, x1)),
+                );
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn resize_matches_the_reference_formula() {
+    type Case = ([usize; 4], (usize, usize), (usize, usize));
+    let cases: [Case; 6] = [
+        ([1, 1, 5, 7], (13, 9), (13, 9)),     // up, odd ratios
+        ([2, 3, 17, 33], (7, 5), (7, 5)),     // down
+        ([1, 2, 16, 16], (64, 64), (40, 29)), // up 4x, cropped
+        ([1, 1, 9, 9], (9, 9), (9, 9)),       // identity
+        ([1, 1, 1, 6], (4, 11), (3, 11)),     // a single input row
+        ([3, 1, 20, 21], (37, 18), (1, 1)),   // one pixel kept
+    ];
+    for (shape, out, keep) in cases {
+        let x = randn(&shape);
+        let got = run(|rec| {
+            Ok(vec![websam::gpu::kernels::resize::resize_bilinear(
+                rec,
+                &up(&x),
+                out.0,
+                out.1,
+                keep.0,
+                keep.1,
+            )?])
+        });
+        let want = resize_reference(&x, out, keep);
+        assert_close(
+            &got[0],
+            &want,
+            RESIZE_ATOL,
+            RESIZE_RTOL,
+            &format!("{shape:?} -> {out:?} keep {keep:?}"),
+        );
+    }
+}
+
+#[test]
+fn resize_fixed_small_case() {
+    // torch.nn.functional.interpolate(torch.tensor([[[[0., 1.], [2., 3.]]]]), (4, 4),
+    // mode="bilinear", align_corners=False): rows [0, .25, .75, 1] + 2 * (0, .5, 1.5, 2) / 2.
+    let x = Tensor::new(&[0f32, 1.0, 2.0, 3.0], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 2, 2))
+        .unwrap();
+    let got = run(|rec| {
+        Ok(vec![websam::gpu::kernels::resize::resize_bilinear(
+            rec,
+            &up(&x),
+            4,
+            4,
+            4,
+            4,
+        )?])
+    });
+    #[rustfmt::skip]
+    let want = [
+        0.0, 0.25, 0.75, 1.0,
+        0.5, 0.75, 1.25, 1.5,
+        1.5, 1.75, 2.25, 2.5,
+        2.0, 2.25, 2.75, 3.0,
+    ];
+    assert_eq!(got[0], want);
+}
+
+#[test]
+fn resize_matches_sam_postprocess() {
+    // SAM's postprocess_masks for a 480x640 image: 256 -> 1024, crop to 768x1024, -> 480x640;
+    // two GPU dispatches against websam::image::postprocess_logits on three planes.
+    use websam::gpu::kernels::resize::resize_bilinear;
+    use websam::image::{postprocess_logits, ImageFrame};
+    let frame = ImageFrame::new(480, 640).unwrap();
+    let x = randn(&[1, 3, 256, 256]).affine(8.0, 0.0).unwrap();
+    let got = run(|rec| {
+        let gx = up(&x);
+        let (in_h, in_w) = frame.input;
+        let up1024 = resize_bilinear(rec, &gx, 1024, 1024, in_h, in_w)?;
+        let (h, w) = frame.original;
+        Ok(vec![resize_bilinear(rec, &up1024, h, w, h, w)?])
+    });
+    let planes = values(&x);
+    let want: Vec<f32> = planes
+        .chunks_exact(256 * 256)
+        .flat_map(|p| postprocess_logits(p, &frame).unwrap())
+        .collect();
+    // Logits of scale 8: the same tolerance relative to the values.
+    assert_close(
+        &got[0],
+        &want,
+        8.0 * RESIZE_ATOL,
+        RESIZE_RTOL,
+        "postprocess",
+    );
+}
+
+#[test]
+fn resize_shape_errors() {
+    use websam::gpu::kernels::resize::resize_bilinear;
+    let mut rec = Recorder::new(gpu::ctx());
+    let err = |r: websam::Result<websam::gpu::GpuTensor>| r.unwrap_err().to_string();
+    let e = err(resize_bilinear(&mut rec, &zeros(&[4, 4]), 8, 8, 8, 8));
+    assert!(e.contains("4-d"), "{e}");
+    let e = err(resize_bilinear(&mut rec, &zeros(&[1, 1, 4, 4]), 0, 8, 0, 8));
+    assert!(e.contains("cannot resize"), "{e}");
+    let e = err(resize_bilinear(&mut rec, &zeros(&[1, 1, 4, 4]), 8, 8, 9, 8));
+    assert!(e.contains("cannot keep"), "{e}");
+    assert_eq!(rec.dispatch_count(), 0);
+}
