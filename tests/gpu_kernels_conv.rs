@@ -517,3 +517,253 @@ fn resize_shape_errors() {
     assert!(e.contains("cannot keep"), "{e}");
     assert_eq!(rec.dispatch_count(), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Layout: copies, so the results must be exact.
+
+use websam::gpu::kernels::layout::{concat, pad, permute, slice, window_partition, window_reverse};
+
+#[test]
+fn permute_matches_candle() {
+    let cases: [(&[usize], &[usize]); 9] = [
+        (&[2, 4099, 17], &[0, 2, 1]), // tokens -> channels-first (tiled transpose)
+        (&[1, 33, 31, 20], &[0, 3, 1, 2]), // NHWC -> NCHW, merges to a 2-D transpose
+        (&[2, 20, 9, 7], &[0, 2, 3, 1]), // NCHW -> NHWC
+        (&[37, 5], &[1, 0]),
+        (&[3, 4, 5], &[0, 1, 2]),       // identity
+        (&[2, 3, 4, 5], &[2, 0, 3, 1]), // general gather
+        (&[2, 1, 3, 1, 4, 5], &[5, 3, 1, 0, 2, 4]),
+        (&[2, 3, 2, 4, 3, 2], &[0, 1, 3, 2, 4, 5]), // rank 6, window-style
+        (&[7], &[0]),
+    ];
+    for (shape, perm) in cases {
+        let x = randn(shape);
+        let got = run(|rec| Ok(vec![permute(rec, &up(&x), perm)?]));
+        let want = x.permute(perm).unwrap().contiguous().unwrap();
+        assert_close(
+            &got[0],
+            &values(&want),
+            0.0,
+            0.0,
+            &format!("{shape:?} {perm:?}"),
+        );
+    }
+}
+
+#[test]
+fn pad_matches_candle() {
+    let cases: [(&[usize], &[(usize, usize)]); 4] = [
+        (&[1, 3, 5, 7], &[(0, 0), (0, 0), (1, 2), (2, 1)]),
+        (&[2, 7, 9, 4], &[(0, 0), (0, 5), (0, 3), (0, 0)]), // TinyViT's bottom/right
+        (&[5], &[(3, 0)]),
+        (
+            &[2, 1, 2, 1, 2, 3],
+            &[(1, 0), (0, 1), (2, 2), (0, 0), (1, 1), (0, 2)],
+        ),
+    ];
+    for (shape, pads) in cases {
+        let x = randn(shape);
+        let got = run(|rec| Ok(vec![pad(rec, &up(&x), pads, 0.0)?]));
+        let mut want = x.clone();
+        for (d, &(a, b)) in pads.iter().enumerate() {
+            want = want.pad_with_zeros(d, a, b).unwrap();
+        }
+        assert_close(
+            &got[0],
+            &values(&want),
+            0.0,
+            0.0,
+            &format!("{shape:?} {pads:?}"),
+        );
+    }
+}
+
+#[test]
+fn pad_slice_concat_fixed_small_case() {
+    // [[1, 2], [3, 4]] padded with -1 by one row on top and one column on the right,
+    // sliced to its last two columns, concatenated with itself along dim 0.
+    let x = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
+    let out = run(|rec| {
+        let p = pad(rec, &up(&x), &[(1, 0), (0, 1)], -1.0)?;
+        let s = slice(rec, &p, 1, 1, 2)?;
+        let c = concat(rec, &[&s, &s], 0)?;
+        Ok(vec![p, s, c])
+    });
+    assert_eq!(out[0], [-1.0, -1.0, -1.0, 1.0, 2.0, -1.0, 3.0, 4.0, -1.0]);
+    assert_eq!(out[1], [-1.0, -1.0, 2.0, -1.0, 4.0, -1.0]);
+    assert_eq!(out[2], [[-1.0, -1.0, 2.0, -1.0, 4.0, -1.0]; 2].concat());
+}
+
+#[test]
+fn slice_matches_candle() {
+    let cases: [(&[usize], usize, usize, usize); 4] = [
+        (&[2, 7, 9, 5], 1, 2, 3),
+        (&[3, 4099], 1, 1000, 3099),
+        (&[6, 3], 0, 5, 1),
+        (&[1, 2, 3, 4, 5, 6], 4, 1, 4),
+    ];
+    for (shape, dim, start, len) in cases {
+        let x = randn(shape);
+        let got = run(|rec| Ok(vec![slice(rec, &up(&x), dim, start, len)?]));
+        let want = x.narrow(dim, start, len).unwrap().contiguous().unwrap();
+        let what = format!("{shape:?} dim {dim} [{start}, +{len})");
+        assert_close(&got[0], &values(&want), 0.0, 0.0, &what);
+    }
+}
+
+#[test]
+fn concat_matches_candle() {
+    let cases: [(&[&[usize]], usize); 4] = [
+        (&[&[2, 3, 4], &[2, 5, 4], &[2, 1, 4]], 1),
+        (&[&[3, 7], &[1, 7]], 0),
+        (&[&[2, 3, 257], &[2, 3, 3]], 2),
+        (&[&[1, 5, 2], &[1, 0, 2], &[1, 3, 2]], 1), // an empty one
+    ];
+    for (shapes, dim) in cases {
+        let xs: Vec<Tensor> = shapes.iter().map(|s| randn(s)).collect();
+        let got = run(|rec| {
+            let gs: Vec<_> = xs.iter().map(up).collect();
+            let refs: Vec<_> = gs.iter().collect();
+            Ok(vec![concat(rec, &refs, dim)?])
+        });
+        let want = Tensor::cat(&xs, dim).unwrap();
+        assert_close(
+            &got[0],
+            &values(&want),
+            0.0,
+            0.0,
+            &format!("{shapes:?} dim {dim}"),
+        );
+    }
+}
+
+/// TinyViTBlock's window partition as candle does it in `websam::model::tiny_vit`.
+fn partition_reference(x: &Tensor, (h, w): (usize, usize), ws: usize) -> Tensor {
+    let (b, _, c) = x.dims3().unwrap();
+    let (pad_b, pad_r) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+    let x = x
+        .reshape((b, h, w, c))
+        .unwrap()
+        .pad_with_zeros(1, 0, pad_b)
+        .unwrap()
+        .pad_with_zeros(2, 0, pad_r)
+        .unwrap();
+    let (n_h, n_w) = ((h + pad_b) / ws, (w + pad_r) / ws);
+    x.reshape((b, n_h, ws, n_w, ws, c))
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap()
+        .reshape((b * n_h * n_w, ws * ws, c))
+        .unwrap()
+}
+
+/// ... and its window reverse with the crop.
+fn reverse_reference(x: &Tensor, b: usize, (h, w): (usize, usize), ws: usize) -> Tensor {
+    let c = x.dim(2).unwrap();
+    let (n_h, n_w) = (h.div_ceil(ws), w.div_ceil(ws));
+    x.reshape((b, n_h, n_w, ws, ws, c))
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap()
+        .reshape((b, n_h * ws, n_w * ws, c))
+        .unwrap()
+        .narrow(1, 0, h)
+        .unwrap()
+        .narrow(2, 0, w)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((b, h * w, c))
+        .unwrap()
+}
+
+#[test]
+fn window_partition_and_reverse_match_candle() {
+    // (b, (h, w), ws, c): padded and not, TinyViT's 64x64 grid in windows of 7 (pads to 70).
+    for (b, hw, ws, c) in [
+        (1, (14, 14), 7, 5),
+        (2, (9, 11), 4, 3),
+        (1, (5, 3), 7, 2),
+        (1, (64, 64), 7, 16),
+    ] {
+        let x = randn(&[b, hw.0 * hw.1, c]);
+        let windows = partition_reference(&x, hw, ws);
+        let attn = randn(windows.dims());
+        let got = run(|rec| {
+            let p = window_partition(rec, &up(&x), hw, ws)?;
+            let r = window_reverse(rec, &up(&attn), hw, ws, None)?;
+            let rr = window_reverse(rec, &up(&attn), hw, ws, Some(&up(&x)))?;
+            // The round trip gives the tokens back.
+            let back = window_reverse(rec, &p, hw, ws, None)?;
+            Ok(vec![p, r, rr, back])
+        });
+        let what = format!("b{b} {hw:?} ws{ws} c{c}");
+        assert_close(&got[0], &values(&windows), 0.0, 0.0, &what);
+        let reversed = reverse_reference(&attn, b, hw, ws);
+        assert_close(&got[1], &values(&reversed), 0.0, 0.0, &what);
+        let with_res = (&reversed + &x).unwrap();
+        assert_close(&got[2], &values(&with_res), 0.0, 0.0, &what);
+        assert_close(&got[3], &values(&x), 0.0, 0.0, &what);
+    }
+}
+
+#[test]
+fn layout_shape_errors() {
+    let mut rec = Recorder::new(gpu::ctx());
+    let err = |r: websam::Result<websam::gpu::GpuTensor>| r.unwrap_err().to_string();
+    let x = zeros(&[2, 3, 4]);
+    for perm in [&[0, 1][..], &[0, 1, 1], &[0, 1, 3]] {
+        let e = err(permute(&mut rec, &x, perm));
+        assert!(e.contains("not a permutation"), "{e}");
+    }
+    let e = err(permute(&mut rec, &zeros(&[1; 7]), &[0, 1, 2, 3, 4, 5, 6]));
+    assert!(e.contains("at most 6"), "{e}");
+    let e = err(pad(&mut rec, &x, &[(0, 0), (1, 1)], 0.0));
+    assert!(e.contains("pairs"), "{e}");
+    let e = err(slice(&mut rec, &x, 2, 3, 2));
+    assert!(e.contains("out of range"), "{e}");
+    let e = err(slice(&mut rec, &x, 3, 0, 1));
+    assert!(e.contains("out of range"), "{e}");
+    let e = err(concat(&mut rec, &[], 0));
+    assert!(e.contains("no tensors"), "{e}");
+    let e = err(concat(&mut rec, &[&x, &zeros(&[2, 4, 4])], 2));
+    assert!(e.contains("does not match"), "{e}");
+    let e = err(concat(&mut rec, &[&x, &zeros(&[2, 3])], 0));
+    assert!(e.contains("does not match"), "{e}");
+    let e = err(concat(&mut rec, &[&x], 3));
+    assert!(e.contains("out of range"), "{e}");
+    let tokens = zeros(&[1, 12, 2]);
+    let e = err(window_partition(&mut rec, &tokens, (3, 5), 2));
+    assert!(e.contains("3x5 grid"), "{e}");
+    let e = err(window_partition(&mut rec, &tokens, (3, 4), 0));
+    assert!(e.contains("windows of 0"), "{e}");
+    let e = err(window_partition(&mut rec, &zeros(&[12, 2]), (3, 4), 2));
+    assert!(e.contains("[B, H*W, C]"), "{e}");
+    // 3x4 in windows of 2: 2 x 2 windows of 4 tokens.
+    let e = err(window_reverse(
+        &mut rec,
+        &zeros(&[3, 4, 2]),
+        (3, 4),
+        2,
+        None,
+    ));
+    assert!(e.contains("windows of 2"), "{e}");
+    let e = err(window_reverse(
+        &mut rec,
+        &zeros(&[4, 3, 2]),
+        (3, 4),
+        2,
+        None,
+    ));
+    assert!(e.contains("windows of 2"), "{e}");
+    let windows = zeros(&[4, 4, 2]);
+    let e = err(window_reverse(
+        &mut rec,
+        &windows,
+        (3, 4),
+        2,
+        Some(&zeros(&[1, 12, 3])),
+    ));
+    assert!(e.contains("residual"), "{e}");
+    assert_eq!(rec.dispatch_count(), 0);
+}

@@ -4,6 +4,7 @@
 
 pub mod conv;
 pub mod elementwise;
+pub mod layout;
 pub mod resize;
 
 use crate::error::{Error, Result};
