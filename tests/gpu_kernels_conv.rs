@@ -552,7 +552,8 @@ fn permute_matches_candle() {
 
 #[test]
 fn pad_matches_candle() {
-    let cases: [(&[usize], &[(usize, usize)]); 4] = [
+    type Case<'a> = (&'a [usize], &'a [(usize, usize)]);
+    let cases: [Case; 4] = [
         (&[1, 3, 5, 7], &[(0, 0), (0, 0), (1, 2), (2, 1)]),
         (&[2, 7, 9, 4], &[(0, 0), (0, 5), (0, 3), (0, 0)]), // TinyViT's bottom/right
         (&[5], &[(3, 0)]),
