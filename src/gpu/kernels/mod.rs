@@ -3,9 +3,12 @@
 //! and record the dispatch. Shapes travel as uniforms, so one pipeline serves every size.
 
 pub mod attention;
+pub mod conv;
 pub mod elementwise;
+pub mod layout;
 pub mod matmul;
 pub mod norm;
+pub mod resize;
 pub mod softmax;
 
 use crate::error::{Error, Result};
