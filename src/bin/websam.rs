@@ -9,9 +9,12 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
+use websam::gpu::model::GpuSam;
+use websam::gpu::GpuContext;
 use websam::image::{ImageFrame, RgbImage};
 use websam::model::config::{IMAGE_SIZE, LOW_RES_SIDE};
 use websam::model::sam::{ImageEmbedding, Point, PointLabel, Prediction, Prompt, Sam};
+use websam::model::weights::Weights;
 use websam::{Error, Result};
 
 #[derive(Parser)]
@@ -26,10 +29,72 @@ struct Cli {
 }
 
 /// Where the model runs.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Backend {
     /// candle on the CPU.
     Cpu,
+    /// The WebGPU engine (wgpu: Vulkan, Metal, DX12 or GL natively); an error without an adapter.
+    Gpu,
+    /// The GPU when an adapter exists, else the CPU.
+    Auto,
+}
+
+/// The model on the backend asked for. The decoder runs on the GPU when one is in use; the
+/// TinyViT encoder runs on the CPU in every case until its GPU port lands.
+struct Model {
+    cpu: Sam,
+    gpu: Option<GpuSam>,
+}
+
+impl Model {
+    fn load(weights: &Path, backend: Backend) -> Result<Self> {
+        let t = Instant::now();
+        let w = Weights::from_file(weights)?;
+        let cpu = Sam::new(&w)?;
+        let gpu = match backend {
+            Backend::Cpu => None,
+            Backend::Gpu => Some(Self::open_gpu(&w)?),
+            Backend::Auto => match Self::open_gpu(&w) {
+                Ok(gpu) => Some(gpu),
+                Err(e) => {
+                    eprintln!("backend auto: {e}; using the CPU");
+                    None
+                }
+            },
+        };
+        let used = match &gpu {
+            Some(g) => format!("gpu, {}", g.ctx().adapter_name()),
+            None => "cpu".to_owned(),
+        };
+        eprintln!(
+            "loaded {} in {:.0} ms (backend: {used})",
+            weights.display(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(Self { cpu, gpu })
+    }
+
+    fn open_gpu(w: &Weights) -> Result<GpuSam> {
+        let ctx = GpuContext::new_blocking()?;
+        pollster::block_on(GpuSam::new(&ctx, w))
+    }
+
+    fn embed(&self, img: &RgbImage) -> Result<ImageEmbedding> {
+        if self.gpu.is_some() {
+            eprintln!("encoder: cpu (the TinyViT encoder does not run on the GPU yet)");
+        }
+        self.cpu.embed(img)
+    }
+
+    fn decode(&self, emb: &ImageEmbedding, prompt: &Prompt) -> Result<Prediction> {
+        match &self.gpu {
+            Some(gpu) => {
+                let g = pollster::block_on(gpu.upload_embedding(emb))?;
+                pollster::block_on(gpu.decode(&g, prompt))
+            }
+            None => self.cpu.decode(emb, prompt),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -260,17 +325,6 @@ fn write_mask_png(data: &[u8], width: usize, height: usize, path: &Path) -> Resu
         .map_err(|e| Error::Image(format!("{}: {e}", path.display())))
 }
 
-fn load(weights: &Path) -> Result<Sam> {
-    let t = Instant::now();
-    let sam = Sam::from_file(weights)?;
-    eprintln!(
-        "loaded {} in {:.0} ms (backend: cpu)",
-        weights.display(),
-        t.elapsed().as_secs_f64() * 1e3
-    );
-    Ok(sam)
-}
-
 fn report(pred: &Prediction) {
     let best = pred.best();
     for (i, iou) in pred.iou.iter().enumerate() {
@@ -285,9 +339,9 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             image,
             out,
-            backend: Backend::Cpu,
+            backend,
         } => {
-            let sam = load(&weights)?;
+            let sam = Model::load(&weights, backend)?;
             let img = RgbImage::open(&image)?;
             let t = Instant::now();
             let emb = sam.embed(&img)?;
@@ -304,10 +358,10 @@ fn run(cli: Cli) -> Result<()> {
             embedding,
             prompt,
             orig_size,
-            backend: Backend::Cpu,
+            backend,
             out_dir,
         } => {
-            let sam = load(&weights)?;
+            let sam = Model::load(&weights, backend)?;
             let prompt = prompt.to_prompt()?;
             let (h, w) = orig_size.unwrap_or((IMAGE_SIZE, IMAGE_SIZE));
             let emb = ImageEmbedding::new(read_npy(&embedding)?, ImageFrame::new(h, w)?)
@@ -342,10 +396,10 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             image,
             prompt,
-            backend: Backend::Cpu,
+            backend,
             out,
         } => {
-            let sam = load(&weights)?;
+            let sam = Model::load(&weights, backend)?;
             let prompt = prompt.to_prompt()?;
             let img = RgbImage::open(&image)?;
             let t = Instant::now();
@@ -372,16 +426,16 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             image,
             runs,
-            backend: Backend::Cpu,
-        } => bench(&weights, &image, runs),
+            backend,
+        } => bench(&weights, &image, runs, backend),
     }
 }
 
-fn bench(weights: &Path, image: &Path, runs: usize) -> Result<()> {
+fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<()> {
     if runs == 0 {
         return Err(Error::invalid("--runs must be at least 1"));
     }
-    let sam = load(weights)?;
+    let model = Model::load(weights, backend)?;
     let img = RgbImage::open(image)?;
     let (h, w) = (img.height as f64, img.width as f64);
     // One positive click near the centre, multimask, as a first click in a page.
@@ -394,22 +448,55 @@ fn bench(weights: &Path, image: &Path, runs: usize) -> Result<()> {
         multimask: true,
         ..Prompt::default()
     };
-    // Warm-up: allocator, thread pool, page faults.
-    let emb = sam.embed(&img)?;
-    sam.decode(&emb, &prompt)?;
-    let (mut encode, mut first, mut further) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let (emb, t) = timed(|| sam.embed(&img))?;
-        encode.push(t);
-        first.push(timed(|| sam.decode(&emb, &prompt))?.1);
-        further.push(timed(|| sam.decode(&emb, &prompt))?.1);
-    }
+    println!("image {}x{}, {runs} runs", img.width, img.height);
+
+    // The encoder (CPU on every backend for now).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("backend cpu: candle, {threads} hardware threads");
-    println!("image {}x{}", img.width, img.height);
-    println!("encoder         {}", summary(&mut encode));
-    println!("first decode    {}", summary(&mut first));
-    println!("further decodes {}", summary(&mut further));
+    let emb = model.cpu.embed(&img)?; // warm-up
+    let mut encode = Vec::new();
+    for _ in 0..runs {
+        encode.push(timed(|| model.cpu.embed(&img))?.1);
+    }
+    println!(
+        "cpu (candle, {threads} threads) encoder          {}",
+        summary(&mut encode)
+    );
+
+    // CPU decoder.
+    if backend != Backend::Gpu {
+        model.cpu.decode(&emb, &prompt)?;
+        let (mut first, mut further) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            // The first decode after an image: the CPU path has no per-image step.
+            first.push(timed(|| model.cpu.decode(&emb, &prompt))?.1);
+            further.push(timed(|| model.cpu.decode(&emb, &prompt))?.1);
+        }
+        println!(
+            "cpu (candle, {threads} threads) first decode     {}",
+            summary(&mut first)
+        );
+        println!(
+            "cpu (candle, {threads} threads) further decodes  {}",
+            summary(&mut further)
+        );
+    }
+
+    // GPU decoder: the first decode includes the embedding's upload and layout.
+    if let Some(gpu) = &model.gpu {
+        let name = gpu.ctx().adapter_name();
+        let g = pollster::block_on(gpu.upload_embedding(&emb))?;
+        pollster::block_on(gpu.decode(&g, &prompt))?; // warm-up: pipelines, pool
+        let (mut first, mut further) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let t = Instant::now();
+            let g = pollster::block_on(gpu.upload_embedding(&emb))?;
+            pollster::block_on(gpu.decode(&g, &prompt))?;
+            first.push(t.elapsed().as_secs_f64() * 1e3);
+            further.push(timed(|| pollster::block_on(gpu.decode(&g, &prompt)))?.1);
+        }
+        println!("gpu ({name}) first decode     {}", summary(&mut first));
+        println!("gpu ({name}) further decodes  {}", summary(&mut further));
+    }
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 
 pub mod context;
 pub mod kernels;
+pub mod model;
 pub mod pipeline;
 pub mod pool;
 pub mod recorder;

@@ -1,4 +1,5 @@
 //! GPU test helpers: one context per test binary, fails loudly when no adapter exists.
+#![allow(dead_code)]
 
 use std::sync::OnceLock;
 

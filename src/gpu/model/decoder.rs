@@ -6,17 +6,24 @@
 use crate::error::Result;
 use crate::gpu::kernels::attention::attention;
 use crate::gpu::kernels::conv::{conv2d, conv_transpose2x2, Conv2dOpts};
-use crate::gpu::kernels::elementwise::{binary, unary, Binary, Unary};
+use crate::gpu::kernels::elementwise::{binary, Binary};
 use crate::gpu::kernels::layout::{permute, slice};
 use crate::gpu::kernels::matmul::{linear, matmul, MatmulOpts};
 use crate::gpu::kernels::norm::{layer_norm, layer_norm_2d};
 use crate::gpu::kernels::Activation;
 use crate::gpu::{GpuContext, GpuTensor, Recorder};
-use crate::model::config::{MaskDecoderConfig, PromptEncoderConfig, TransformerConfig, LAYER_NORM_2D_EPS};
+use crate::model::config::{
+    MaskDecoderConfig, PromptEncoderConfig, TransformerConfig, LAYER_NORM_2D_EPS,
+};
 use crate::model::weights::WeightPath;
 
 /// Uploads `<vb>.<name>` checked against `shape`.
-pub(crate) fn upload(ctx: &GpuContext, vb: &WeightPath, shape: &[usize], name: &str) -> Result<GpuTensor> {
+pub(crate) fn upload(
+    ctx: &GpuContext,
+    vb: &WeightPath,
+    shape: &[usize],
+    name: &str,
+) -> Result<GpuTensor> {
     GpuTensor::from_candle(ctx, &vb.get(shape, name)?)
 }
 
@@ -154,14 +161,31 @@ struct TwoWayAttentionBlock {
 }
 
 impl TwoWayAttentionBlock {
-    fn new(ctx: &GpuContext, cfg: &TransformerConfig, vb: &WeightPath, skip_first_layer_pe: bool) -> Result<Self> {
+    fn new(
+        ctx: &GpuContext,
+        cfg: &TransformerConfig,
+        vb: &WeightPath,
+        skip_first_layer_pe: bool,
+    ) -> Result<Self> {
         let dim = cfg.embedding_dim;
         let eps = cfg.layer_norm_eps;
         let rate = cfg.attention_downsample_rate;
         Ok(Self {
-            self_attn: Attention::new(ctx, &vb.pp("self_attn"), dim, cfg.num_heads, /* downsample */ 1)?,
+            self_attn: Attention::new(
+                ctx,
+                &vb.pp("self_attn"),
+                dim,
+                cfg.num_heads,
+                /* downsample */ 1,
+            )?,
             norm1: LayerNorm::new(ctx, &vb.pp("norm1"), dim, eps)?,
-            cross_attn_token_to_image: Attention::new(ctx, &vb.pp("cross_attn_token_to_image"), dim, cfg.num_heads, rate)?,
+            cross_attn_token_to_image: Attention::new(
+                ctx,
+                &vb.pp("cross_attn_token_to_image"),
+                dim,
+                cfg.num_heads,
+                rate,
+            )?,
             norm2: LayerNorm::new(ctx, &vb.pp("norm2"), dim, eps)?,
             mlp: MlpBlock {
                 lin1: Linear::new(ctx, &vb.pp("mlp").pp("lin1"), dim, cfg.mlp_dim)?,
@@ -169,7 +193,13 @@ impl TwoWayAttentionBlock {
             },
             norm3: LayerNorm::new(ctx, &vb.pp("norm3"), dim, eps)?,
             norm4: LayerNorm::new(ctx, &vb.pp("norm4"), dim, eps)?,
-            cross_attn_image_to_token: Attention::new(ctx, &vb.pp("cross_attn_image_to_token"), dim, cfg.num_heads, rate)?,
+            cross_attn_image_to_token: Attention::new(
+                ctx,
+                &vb.pp("cross_attn_image_to_token"),
+                dim,
+                cfg.num_heads,
+                rate,
+            )?,
             skip_first_layer_pe,
         })
     }
@@ -206,7 +236,9 @@ impl TwoWayAttentionBlock {
 
         // Cross attention block, image embedding attending to tokens
         let q = add(rec, &queries, query_pe)?;
-        let attn_out = self.cross_attn_image_to_token.forward(rec, &k, &q, &queries)?;
+        let attn_out = self
+            .cross_attn_image_to_token
+            .forward(rec, &k, &q, &queries)?;
         let keys = add(rec, keys, &attn_out)?;
         let keys = self.norm4.forward(rec, &keys)?;
         Ok((queries, keys))
@@ -234,7 +266,12 @@ impl TwoWayTransformer {
                 cfg.num_heads,
                 cfg.attention_downsample_rate,
             )?,
-            norm_final_attn: LayerNorm::new(ctx, &vb.pp("norm_final_attn"), cfg.embedding_dim, cfg.layer_norm_eps)?,
+            norm_final_attn: LayerNorm::new(
+                ctx,
+                &vb.pp("norm_final_attn"),
+                cfg.embedding_dim,
+                cfg.layer_norm_eps,
+            )?,
         })
     }
 
@@ -282,7 +319,11 @@ impl Mlp {
         let last = self.layers.len() - 1;
         let mut x = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            let act = if i < last { Activation::Relu } else { Activation::None };
+            let act = if i < last {
+                Activation::Relu
+            } else {
+                Activation::None
+            };
             x = layer.forward(rec, &x, act)?;
         }
         Ok(x)
@@ -296,7 +337,12 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(ctx: &GpuContext, vb: &WeightPath, shape: &[usize], out_channels: usize) -> Result<Self> {
+    fn new(
+        ctx: &GpuContext,
+        vb: &WeightPath,
+        shape: &[usize],
+        out_channels: usize,
+    ) -> Result<Self> {
         Ok(Self {
             weight: upload(ctx, vb, shape, "weight")?,
             bias: upload(ctx, vb, &[out_channels], "bias")?,
@@ -320,8 +366,14 @@ impl Norm2d {
 
     /// LayerNorm2d then GELU, as every use in SAM's decoder and prompt encoder does.
     fn forward_gelu(&self, rec: &mut Recorder, x: &GpuTensor) -> Result<GpuTensor> {
-        let y = layer_norm_2d(rec, x, &self.weight, &self.bias, LAYER_NORM_2D_EPS as f32)?;
-        unary(rec, &y, Unary::Gelu)
+        layer_norm_2d(
+            rec,
+            x,
+            &self.weight,
+            &self.bias,
+            LAYER_NORM_2D_EPS as f32,
+            Activation::Gelu,
+        )
     }
 }
 
@@ -336,7 +388,11 @@ pub(crate) struct MaskDownscaling {
 
 impl MaskDownscaling {
     /// `vb` is `weights.pp("prompt_encoder").pp("mask_downscaling")`.
-    pub(crate) fn new(ctx: &GpuContext, cfg: &PromptEncoderConfig, vb: &WeightPath) -> Result<Self> {
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        cfg: &PromptEncoderConfig,
+        vb: &WeightPath,
+    ) -> Result<Self> {
         let c = cfg.mask_in_chans;
         let c4 = c / 4;
         Ok(Self {
@@ -350,13 +406,42 @@ impl MaskDownscaling {
 
     /// `[B, 1, 256, 256]` -> `[B, C, 64, 64]`.
     pub(crate) fn forward(&self, rec: &mut Recorder, masks: &GpuTensor) -> Result<GpuTensor> {
-        let k2s2 = Conv2dOpts { stride: 2, padding: 0, groups: 1 };
-        let k1 = Conv2dOpts { stride: 1, padding: 0, groups: 1 };
-        let x = conv2d(rec, masks, &self.conv0.weight, Some(&self.conv0.bias), &k2s2, Activation::None)?;
+        let k2s2 = Conv2dOpts {
+            stride: 2,
+            padding: 0,
+            groups: 1,
+        };
+        let k1 = Conv2dOpts {
+            stride: 1,
+            padding: 0,
+            groups: 1,
+        };
+        let x = conv2d(
+            rec,
+            masks,
+            &self.conv0.weight,
+            Some(&self.conv0.bias),
+            &k2s2,
+            Activation::None,
+        )?;
         let x = self.norm1.forward_gelu(rec, &x)?;
-        let x = conv2d(rec, &x, &self.conv3.weight, Some(&self.conv3.bias), &k2s2, Activation::None)?;
+        let x = conv2d(
+            rec,
+            &x,
+            &self.conv3.weight,
+            Some(&self.conv3.bias),
+            &k2s2,
+            Activation::None,
+        )?;
         let x = self.norm4.forward_gelu(rec, &x)?;
-        conv2d(rec, &x, &self.conv6.weight, Some(&self.conv6.bias), &k1, Activation::None)
+        conv2d(
+            rec,
+            &x,
+            &self.conv6.weight,
+            Some(&self.conv6.bias),
+            &k1,
+            Activation::None,
+        )
     }
 }
 
@@ -374,7 +459,12 @@ pub(crate) struct MaskDecoder {
 
 impl MaskDecoder {
     /// `vb` is `weights.pp("mask_decoder")`.
-    pub(crate) fn new(ctx: &GpuContext, cfg: &MaskDecoderConfig, embedding_side: usize, vb: &WeightPath) -> Result<Self> {
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        cfg: &MaskDecoderConfig,
+        embedding_side: usize,
+        vb: &WeightPath,
+    ) -> Result<Self> {
         let dim = cfg.transformer_dim;
         let (c4, c8) = (dim / 4, dim / 8);
         let num_mask_tokens = cfg.num_mask_tokens();
@@ -390,7 +480,13 @@ impl MaskDecoder {
             upscale_norm1: Norm2d::new(ctx, &up.pp(1), c4)?,
             upscale_conv3: Conv::new(ctx, &up.pp(3), &[c4, c8, 2, 2], c8)?,
             output_hypernetworks_mlps: (0..num_mask_tokens)
-                .map(|i| Mlp::new(ctx, &vb.pp("output_hypernetworks_mlps").pp(i), &[dim, dim, dim, c8]))
+                .map(|i| {
+                    Mlp::new(
+                        ctx,
+                        &vb.pp("output_hypernetworks_mlps").pp(i),
+                        &[dim, dim, dim, c8],
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?,
             iou_prediction_head: Mlp::new(ctx, &vb.pp("iou_prediction_head"), &iou_dims)?,
             embedding_side,
@@ -417,21 +513,43 @@ impl MaskDecoder {
         let side = self.embedding_side;
         debug_assert_eq!(hw, side * side);
         let src = permute(rec, &src, &[0, 2, 1])?.reshape(&[b, c, side, side])?;
-        let x = conv_transpose2x2(rec, &src, &self.upscale_conv0.weight, Some(&self.upscale_conv0.bias), Activation::None)?;
+        let x = conv_transpose2x2(
+            rec,
+            &src,
+            &self.upscale_conv0.weight,
+            Some(&self.upscale_conv0.bias),
+            Activation::None,
+        )?;
         let x = self.upscale_norm1.forward_gelu(rec, &x)?;
-        let upscaled = conv_transpose2x2(rec, &x, &self.upscale_conv3.weight, Some(&self.upscale_conv3.bias), Activation::Gelu)?;
+        let upscaled = conv_transpose2x2(
+            rec,
+            &x,
+            &self.upscale_conv3.weight,
+            Some(&self.upscale_conv3.bias),
+            Activation::Gelu,
+        )?;
         let (uc, uh, uw) = (upscaled.dim(1), upscaled.dim(2), upscaled.dim(3));
 
         // Select the correct mask or masks for output: only the selected mask tokens go
         // through their hypernetwork (each mask depends on its own token alone).
-        let selected = if multimask_output { 1..self.num_mask_tokens } else { 0..1 };
+        let selected = if multimask_output {
+            1..self.num_mask_tokens
+        } else {
+            0..1
+        };
         let mut hyper_in = Vec::with_capacity(selected.len());
         for i in selected.clone() {
             let token = slice(rec, &hs, 1, 1 + i, 1)?;
             hyper_in.push(self.output_hypernetworks_mlps[i].forward(rec, &token)?);
         }
-        let hyper_in = crate::gpu::kernels::layout::concat(rec, &hyper_in.iter().collect::<Vec<_>>(), 1)?;
-        let masks = matmul(rec, &hyper_in, &upscaled.reshape(&[b, uc, uh * uw])?, &MatmulOpts::default())?;
+        let hyper_in =
+            crate::gpu::kernels::layout::concat(rec, &hyper_in.iter().collect::<Vec<_>>(), 1)?;
+        let masks = matmul(
+            rec,
+            &hyper_in,
+            &upscaled.reshape(&[b, uc, uh * uw])?,
+            &MatmulOpts::default(),
+        )?;
         let masks = masks.reshape(&[b, selected.len(), uh, uw])?;
 
         // Generate mask quality predictions

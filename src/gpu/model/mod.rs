@@ -12,7 +12,7 @@ use crate::gpu::kernels::elementwise::{binary, Binary};
 use crate::gpu::kernels::layout::permute;
 use crate::gpu::{GpuContext, GpuTensor, Recorder};
 use crate::image::ImageFrame;
-use crate::model::config::{SamConfig, EMBED_DIM, EMBEDDING_SIDE, LOW_RES_SIDE};
+use crate::model::config::{SamConfig, EMBEDDING_SIDE, EMBED_DIM, LOW_RES_SIDE};
 use crate::model::prompt_encoder::PromptEncoder;
 use crate::model::sam::{ImageEmbedding, Prediction, Prompt, PromptTensors};
 use crate::model::weights::Weights;
@@ -58,14 +58,14 @@ impl GpuSam {
         )?;
         let no_mask_embed = GpuTensor::from_candle(
             ctx,
-            &pe_vb.pp("no_mask_embed").get(&[1, EMBED_DIM], "weight")?.reshape(EMBED_DIM)?,
+            &pe_vb
+                .pp("no_mask_embed")
+                .get(&[1, EMBED_DIM], "weight")?
+                .reshape(EMBED_DIM)?,
         )?;
         // [1, C, H, W] -> [1, HW, C]
         let pe = prompt_encoder.get_dense_pe()?;
-        let pe_tokens = pe
-            .flatten_from(2)?
-            .permute((0, 2, 1))?
-            .contiguous()?;
+        let pe_tokens = pe.flatten_from(2)?.permute((0, 2, 1))?.contiguous()?;
         let image_pe_tokens = GpuTensor::from_candle(ctx, &pe_tokens)?;
         let sam = Self {
             ctx: ctx.clone(),
@@ -74,7 +74,12 @@ impl GpuSam {
                 &cfg.prompt_encoder,
                 &pe_vb.pp("mask_downscaling"),
             )?,
-            mask_decoder: decoder::MaskDecoder::new(ctx, &cfg.mask_decoder, EMBEDDING_SIDE, &md_vb)?,
+            mask_decoder: decoder::MaskDecoder::new(
+                ctx,
+                &cfg.mask_decoder,
+                EMBEDDING_SIDE,
+                &md_vb,
+            )?,
             prompt_encoder,
             output_tokens,
             no_mask_embed,
@@ -94,7 +99,11 @@ impl GpuSam {
         let features = GpuTensor::from_candle(&self.ctx, &embedding.features)?;
         let mut rec = Recorder::new(&self.ctx);
         let hw = EMBEDDING_SIDE * EMBEDDING_SIDE;
-        let tokens = permute(&mut rec, &features.reshape(&[1, EMBED_DIM, hw])?, &[0, 2, 1])?;
+        let tokens = permute(
+            &mut rec,
+            &features.reshape(&[1, EMBED_DIM, hw])?,
+            &[0, 2, 1],
+        )?;
         rec.finish().await?;
         Ok(GpuEmbedding {
             tokens,
@@ -128,7 +137,12 @@ impl GpuSam {
         let mut rec = Recorder::new(&self.ctx);
         // src = image embedding + dense prompt
         let src = match &p.mask_input {
-            None => binary(&mut rec, &embedding.tokens, &self.no_mask_embed, Binary::Add)?,
+            None => binary(
+                &mut rec,
+                &embedding.tokens,
+                &self.no_mask_embed,
+                Binary::Add,
+            )?,
             Some(mask) => {
                 let mask = GpuTensor::from_candle(&self.ctx, mask)?;
                 let dense = self.mask_downscaling.forward(&mut rec, &mask)?;
@@ -138,9 +152,13 @@ impl GpuSam {
             }
         };
         // Predict masks
-        let (masks, iou) =
-            self.mask_decoder
-                .forward(&mut rec, &src, &self.image_pe_tokens, &tokens, prompt.multimask)?;
+        let (masks, iou) = self.mask_decoder.forward(
+            &mut rec,
+            &src,
+            &self.image_pe_tokens,
+            &tokens,
+            prompt.multimask,
+        )?;
         let dispatches = rec.dispatch_count();
         rec.read(&masks);
         rec.read(&iou);
@@ -149,7 +167,10 @@ impl GpuSam {
             (Some(m), Some(i)) => (m, i),
             _ => return Err(Error::gpu("decode read back fewer tensors than recorded")),
         };
-        debug_assert_eq!(low_res_logits.len(), iou.len() * LOW_RES_SIDE * LOW_RES_SIDE);
+        debug_assert_eq!(
+            low_res_logits.len(),
+            iou.len() * LOW_RES_SIDE * LOW_RES_SIDE
+        );
         Ok((
             Prediction {
                 low_res_logits,
