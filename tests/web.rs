@@ -51,3 +51,78 @@ async fn webgpu_adapter_and_elementwise_kernels() {
         ctx.adapter_name()
     );
 }
+
+macro_rules! fixture {
+    ($name:literal) => {
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/",
+            $name
+        ))
+        .as_slice()
+    };
+}
+
+fn npy(bytes: &[u8]) -> Vec<f32> {
+    websam::model::sam::read_npy_f32(bytes).unwrap().1
+}
+
+/// The GPU decoder on WebGPU against the PyTorch goldens, with and without a mask input.
+#[wasm_bindgen_test]
+async fn webgpu_decoder_matches_pytorch() {
+    use websam::gpu::model::GpuSam;
+    use websam::image::ImageFrame;
+    use websam::model::sam::{ImageEmbedding, Point, PointLabel, Prompt};
+    use websam::model::weights::Weights;
+
+    let ctx = ctx().await;
+    let weights = Weights::from_bytes(fixture!("sam_decoder.safetensors")).unwrap();
+    let sam = GpuSam::new(&ctx, &weights).await.expect("GPU model");
+    let frame = ImageFrame::new(1024, 1024).unwrap();
+    let emb = ImageEmbedding::from_npy_bytes(fixture!("embedding.npy"), frame).unwrap();
+    let gemb = sam.upload_embedding(&emb).await.unwrap();
+    // The cases `point_multimask` and `point_mask_input` of tests/fixtures/cases.json.
+    let click = Point {
+        x: 256.0,
+        y: 240.0,
+        label: PointLabel::Positive,
+    };
+    let cases = [
+        (
+            Prompt {
+                points: vec![click],
+                multimask: true,
+                ..Prompt::default()
+            },
+            npy(fixture!("case_point_multimask_low_res_logits.npy")),
+            npy(fixture!("case_point_multimask_iou.npy")),
+        ),
+        (
+            Prompt {
+                points: vec![click],
+                mask_input: Some(npy(fixture!("case_point_mask_input_mask_input.npy"))),
+                multimask: false,
+                ..Prompt::default()
+            },
+            npy(fixture!("case_point_mask_input_low_res_logits.npy")),
+            npy(fixture!("case_point_mask_input_iou.npy")),
+        ),
+    ];
+    for (i, (prompt, logits, iou)) in cases.iter().enumerate() {
+        let pred = sam.decode(&gemb, prompt).await.expect("decode");
+        let d_logits = max_abs_diff(&pred.low_res_logits, logits);
+        let d_iou = max_abs_diff(&pred.iou, iou);
+        web_sys_log(&format!(
+            "case {i} on {}: low-res logits {d_logits:.2e}, iou {d_iou:.2e}",
+            ctx.adapter_name()
+        ));
+        assert!(
+            d_logits <= 1e-3 && d_iou <= 1e-3,
+            "case {i}: {d_logits} {d_iou}"
+        );
+    }
+}
+
+fn web_sys_log(msg: &str) {
+    wasm_bindgen_test::console_log!("{msg}");
+}

@@ -75,7 +75,7 @@ impl Model {
     }
 
     fn open_gpu(w: &Weights) -> Result<GpuSam> {
-        let ctx = GpuContext::new_blocking()?;
+        let ctx = pollster::block_on(GpuContext::new())?;
         pollster::block_on(GpuSam::new(&ctx, w))
     }
 

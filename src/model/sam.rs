@@ -125,6 +125,13 @@ impl ImageEmbedding {
         Ok(Self { features, frame })
     }
 
+    /// Reads features saved as `.npy` (f32 or f16, C order): what `websam embed` and the
+    /// official web demo's export write.
+    pub fn from_npy_bytes(bytes: &[u8], frame: ImageFrame) -> Result<Self> {
+        let (shape, data) = read_npy_f32(bytes)?;
+        Self::new(Tensor::from_vec(data, shape, &Device::Cpu)?, frame)
+    }
+
     /// Features as a flat `Vec` (C-order `[1, 256, 64, 64]`).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         Ok(self.features.flatten_all()?.to_vec1()?)
@@ -393,6 +400,37 @@ impl PromptTensors {
             mask_input,
         })
     }
+}
+
+/// Reads an `.npy` array held in memory as f32 (f32 or f16 stored, C order).
+pub fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
+    let bad = |e: std::io::Error| Error::invalid(format!("not a readable .npy array: {e}"));
+    let npy = npyz::NpyFile::new(bytes).map_err(bad)?;
+    if npy.order() != npyz::Order::C {
+        return Err(Error::invalid(
+            ".npy array is in Fortran order; save it in C order",
+        ));
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let data: Vec<f32> = match npy.dtype() {
+        npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float && t.size_field() == 4 => {
+            npy.into_vec::<f32>().map_err(bad)?
+        }
+        npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float && t.size_field() == 2 => {
+            npy.into_vec::<half::f16>()
+                .map_err(bad)?
+                .into_iter()
+                .map(f32::from)
+                .collect()
+        }
+        other => {
+            return Err(Error::invalid(format!(
+                ".npy array has dtype {}; expected float32 or float16",
+                other.descr()
+            )))
+        }
+    };
+    Ok((shape, data))
 }
 
 /// Errors unless `(x, y)` lies on the image (edges included).

@@ -15,7 +15,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
 // WGSL has no way to write -inf in a literal; the lowest finite f32 does the same job here.
-const NEG_MAX: f32 = -3.4028235e38;
+// Written in hex: the decimal -3.4028235e38 rounds past f32 in Tint (Chromium) and is refused.
+const NEG_MAX: f32 = -0x1.fffffep+127f;
 
 var<workgroup> red_max: array<f32, WG>;
 var<workgroup> red_sum: array<f32, WG>;
