@@ -4,6 +4,7 @@
 //! dispatch.
 
 mod decoder;
+pub mod tiny_vit;
 
 use candle_core::Tensor;
 
