@@ -1,4 +1,5 @@
-//! SAM on the GPU engine: the mask decoder (with the prompt encoder's dense path) on WebGPU.
+//! SAM on the GPU engine: MobileSAM's TinyViT image encoder ([`tiny_vit`]) and the mask
+//! decoder (with the prompt encoder's dense path) on WebGPU.
 //! The sparse prompt embeddings (a few 256-wide tokens from sin/cos of the clicks) are computed
 //! by the CPU prompt encoder and uploaded with the output tokens: that is less work than one
 //! dispatch.
