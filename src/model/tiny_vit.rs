@@ -90,6 +90,31 @@ enum FoldedConv {
     Depthwise(DepthwiseConv2d),
 }
 
+/// The folded weight `[out, in_per_group, k, k]` and bias `[out]` of the `Conv2d_BN` at `vb`
+/// (also used by the GPU port, so that both fold the same way).
+pub(crate) fn fold_conv2d_bn(
+    vb: &WeightPath,
+    out_chans: usize,
+    in_per_group: usize,
+    k: usize,
+    bn_eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    let c = vb.pp("c");
+    let bn = vb.pp("bn");
+    let w = c.get(&[out_chans, in_per_group, k, k], "weight")?;
+    let gamma = bn.get(&[out_chans], "weight")?;
+    let beta = bn.get(&[out_chans], "bias")?;
+    let mean = bn.get(&[out_chans], "running_mean")?;
+    let var = bn.get(&[out_chans], "running_var")?;
+
+    // w = bn.weight / (bn.running_var + bn.eps)**0.5
+    let scale = (gamma / (var + bn_eps)?.sqrt()?)?;
+    let weight = w.broadcast_mul(&scale.reshape((out_chans, 1, 1, 1))?)?;
+    // b = bn.bias - bn.running_mean * bn.weight / (bn.running_var + bn.eps)**0.5
+    let bias = (beta - (mean * &scale)?)?;
+    Ok((weight, bias))
+}
+
 /// `Conv2d_BN`: `c` (conv, no bias) then `bn` (BatchNorm2d in eval mode), folded at load into
 /// one conv with `w' = w * gamma / sqrt(var + eps)` and `b' = beta - mean * gamma / sqrt(var + eps)`.
 #[derive(Debug, Clone)]
@@ -114,19 +139,7 @@ impl Conv2dBN {
                 vb.key("c")
             )));
         }
-        let c = vb.pp("c");
-        let bn = vb.pp("bn");
-        let w = c.get(&[out_chans, in_chans / groups, k, k], "weight")?;
-        let gamma = bn.get(&[out_chans], "weight")?;
-        let beta = bn.get(&[out_chans], "bias")?;
-        let mean = bn.get(&[out_chans], "running_mean")?;
-        let var = bn.get(&[out_chans], "running_var")?;
-
-        // w = bn.weight / (bn.running_var + bn.eps)**0.5
-        let scale = (gamma / (var + bn_eps)?.sqrt()?)?;
-        let weight = w.broadcast_mul(&scale.reshape((out_chans, 1, 1, 1))?)?;
-        // b = bn.bias - bn.running_mean * bn.weight / (bn.running_var + bn.eps)**0.5
-        let bias = (beta - (mean * &scale)?)?;
+        let (weight, bias) = fold_conv2d_bn(vb, out_chans, in_chans / groups, k, bn_eps)?;
 
         let conv = if depthwise {
             FoldedConv::Depthwise(DepthwiseConv2d::new(&weight, &bias, stride, padding)?)
@@ -450,7 +463,7 @@ struct AttentionArgs {
 /// `attention_bias_idxs` as the reference builds it: for every pair of points of the window
 /// (row-major), the index of their offset `(|dy|, |dx|)`, numbering offsets in the order they
 /// are first met. Returns the table `[N * N]` and the number of offsets.
-fn attention_bias_idxs((h, w): (usize, usize)) -> (Vec<u32>, usize) {
+pub(crate) fn attention_bias_idxs((h, w): (usize, usize)) -> (Vec<u32>, usize) {
     let points: Vec<(usize, usize)> = (0..h).flat_map(|y| (0..w).map(move |x| (y, x))).collect();
     // offsets lie in [0, h) x [0, w): a dense table stands in for the reference's dict.
     let mut attention_offsets: Vec<Option<u32>> = vec![None; h * w];

@@ -1,9 +1,11 @@
-//! SAM on the GPU engine: the mask decoder (with the prompt encoder's dense path) on WebGPU.
+//! SAM on the GPU engine: MobileSAM's TinyViT image encoder ([`tiny_vit`]) and the mask
+//! decoder (with the prompt encoder's dense path) on WebGPU.
 //! The sparse prompt embeddings (a few 256-wide tokens from sin/cos of the clicks) are computed
 //! by the CPU prompt encoder and uploaded with the output tokens: that is less work than one
 //! dispatch.
 
 mod decoder;
+pub mod tiny_vit;
 
 use candle_core::Tensor;
 
@@ -11,11 +13,12 @@ use crate::error::{Error, Result};
 use crate::gpu::kernels::elementwise::{binary, Binary};
 use crate::gpu::kernels::layout::permute;
 use crate::gpu::{GpuContext, GpuTensor, Recorder};
-use crate::image::ImageFrame;
+use crate::image::{preprocess, ImageFrame, RgbImage};
 use crate::model::config::{SamConfig, EMBEDDING_SIDE, EMBED_DIM, LOW_RES_SIDE};
 use crate::model::prompt_encoder::PromptEncoder;
-use crate::model::sam::{ImageEmbedding, Prediction, Prompt, PromptTensors};
+use crate::model::sam::{EncoderKind, ImageEmbedding, Prediction, Prompt, PromptTensors};
 use crate::model::weights::Weights;
+use tiny_vit::GpuTinyViT;
 
 /// An image embedding on the GPU, as the decoder consumes it: tokens `[1, 64*64, 256]`.
 #[derive(Debug, Clone)]
@@ -37,6 +40,8 @@ pub struct GpuSam {
     no_mask_embed: GpuTensor,
     /// The dense positional encoding as tokens `[1, 64*64, 256]`, the same for every image.
     image_pe_tokens: GpuTensor,
+    /// TinyViT, when the checkpoint has it.
+    encoder: Option<GpuTinyViT>,
 }
 
 impl GpuSam {
@@ -84,6 +89,14 @@ impl GpuSam {
             output_tokens,
             no_mask_embed,
             image_pe_tokens,
+            encoder: match EncoderKind::detect(weights) {
+                EncoderKind::TinyVit => Some(GpuTinyViT::new(
+                    ctx,
+                    &cfg.tiny_vit,
+                    &weights.pp("image_encoder"),
+                )?),
+                EncoderKind::Vit | EncoderKind::None => None,
+            },
         };
         // Surface upload errors (out of memory, lost device) here rather than at first decode.
         Recorder::new(ctx).finish().await?;
@@ -92,6 +105,55 @@ impl GpuSam {
 
     pub fn ctx(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// `SamPredictor.set_image` on the GPU: preprocesses on the CPU, encodes with TinyViT and
+    /// lays the result out as the decoder's tokens in one recording (one submit), and reads the
+    /// features back once for the [`ImageEmbedding`].
+    pub async fn embed(&self, image: &RgbImage) -> Result<(ImageEmbedding, GpuEmbedding)> {
+        let (embedding, gpu, _) = self.embed_counted(image).await?;
+        Ok((embedding, gpu))
+    }
+
+    /// [`GpuSam::embed`], also returning the number of kernel dispatches it recorded.
+    pub async fn embed_counted(
+        &self,
+        image: &RgbImage,
+    ) -> Result<(ImageEmbedding, GpuEmbedding, usize)> {
+        let encoder = self.encoder.as_ref().ok_or_else(|| {
+            Error::UnsupportedModel(
+                "the GPU engine encodes images with TinyViT only, and this checkpoint has none"
+                    .into(),
+            )
+        })?;
+        let (input, frame) = preprocess(image)?;
+        let input = GpuTensor::from_candle(&self.ctx, &input)?;
+        let mut rec = Recorder::new(&self.ctx);
+        let features = encoder.forward(&mut rec, &input)?;
+        let hw = EMBEDDING_SIDE * EMBEDDING_SIDE;
+        let tokens = permute(
+            &mut rec,
+            &features.reshape(&[1, EMBED_DIM, hw])?,
+            &[0, 2, 1],
+        )?;
+        let dispatches = rec.dispatch_count();
+        rec.read(&features);
+        let features = rec
+            .finish()
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::gpu("embed read back no tensor"))?;
+        let features = Tensor::from_vec(
+            features,
+            (1, EMBED_DIM, EMBEDDING_SIDE, EMBEDDING_SIDE),
+            &candle_core::Device::Cpu,
+        )?;
+        Ok((
+            ImageEmbedding::new(features, frame)?,
+            GpuEmbedding { tokens, frame },
+            dispatches,
+        ))
     }
 
     /// Uploads an image embedding once per image and lays it out as the decoder's tokens.
