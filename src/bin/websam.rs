@@ -39,8 +39,8 @@ enum Backend {
     Auto,
 }
 
-/// The model on the backend asked for. The decoder runs on the GPU when one is in use; the
-/// TinyViT encoder runs on the CPU in every case until its GPU port lands.
+/// The model on the backend asked for: with a GPU, the TinyViT encoder and the decoder run on
+/// it; the CPU model is kept for the encoders only it runs and for `bench`'s comparison.
 struct Model {
     cpu: Sam,
     gpu: Option<GpuSam>,
@@ -80,10 +80,10 @@ impl Model {
     }
 
     fn embed(&self, img: &RgbImage) -> Result<ImageEmbedding> {
-        if self.gpu.is_some() {
-            eprintln!("encoder: cpu (the TinyViT encoder does not run on the GPU yet)");
+        match &self.gpu {
+            Some(gpu) if gpu.has_encoder() => Ok(pollster::block_on(gpu.embed(img))?.0),
+            _ => self.cpu.embed(img),
         }
-        self.cpu.embed(img)
     }
 
     fn decode(&self, emb: &ImageEmbedding, prompt: &Prompt) -> Result<Prediction> {
@@ -450,7 +450,7 @@ fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<
     };
     println!("image {}x{}, {runs} runs", img.width, img.height);
 
-    // The encoder (CPU on every backend for now).
+    // The CPU encoder (its embedding feeds both decoders).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let emb = model.cpu.embed(&img)?; // warm-up
     let mut encode = Vec::new();
@@ -481,9 +481,17 @@ fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<
         );
     }
 
-    // GPU decoder: the first decode includes the embedding's upload and layout.
+    // GPU encoder and decoder: the first decode includes the embedding's upload and layout.
     if let Some(gpu) = &model.gpu {
         let name = gpu.ctx().adapter_name();
+        if gpu.has_encoder() {
+            pollster::block_on(gpu.embed(&img))?; // warm-up: pipelines, pool
+            let mut encode = Vec::new();
+            for _ in 0..runs {
+                encode.push(timed(|| pollster::block_on(gpu.embed(&img)))?.1);
+            }
+            println!("gpu ({name}) encoder          {}", summary(&mut encode));
+        }
         let g = pollster::block_on(gpu.upload_embedding(&emb))?;
         pollster::block_on(gpu.decode(&g, &prompt))?; // warm-up: pipelines, pool
         let (mut first, mut further) = (Vec::new(), Vec::new());

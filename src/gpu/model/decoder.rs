@@ -114,19 +114,37 @@ impl Attention {
         k: &GpuTensor,
         v: &GpuTensor,
     ) -> Result<GpuTensor> {
-        // Input projections
-        let q = self.q_proj.forward(rec, q, Activation::None)?;
+        let (k, v) = self.project_kv(rec, k, v)?;
+        self.forward_projected(rec, q, &k, &v)
+    }
+
+    /// Input projections of keys and values, separated into heads.
+    fn project_kv(
+        &self,
+        rec: &mut Recorder,
+        k: &GpuTensor,
+        v: &GpuTensor,
+    ) -> Result<(GpuTensor, GpuTensor)> {
         let k = self.k_proj.forward(rec, k, Activation::None)?;
         let v = self.v_proj.forward(rec, v, Activation::None)?;
+        Ok((self.separate_heads(rec, &k)?, self.separate_heads(rec, &v)?))
+    }
+
+    /// The attention given keys and values from [`Attention::project_kv`].
+    fn forward_projected(
+        &self,
+        rec: &mut Recorder,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        // Input projections
+        let q = self.q_proj.forward(rec, q, Activation::None)?;
         // Separate into heads
-        let (q, k, v) = (
-            self.separate_heads(rec, &q)?,
-            self.separate_heads(rec, &k)?,
-            self.separate_heads(rec, &v)?,
-        );
+        let q = self.separate_heads(rec, &q)?;
         // Attention
         let head_dim = self.internal_dim / self.num_heads;
-        let out = attention(rec, &q, &k, &v, None, 1.0 / (head_dim as f32).sqrt())?;
+        let out = attention(rec, &q, k, v, None, 1.0 / (head_dim as f32).sqrt())?;
         // Get output: recombine heads
         let (b, n) = (out.dim(0), out.dim(2));
         let out = permute(rec, &out, &[0, 2, 1, 3])?.reshape(&[b, n, self.internal_dim])?;
@@ -204,6 +222,7 @@ impl TwoWayAttentionBlock {
         })
     }
 
+    /// `image_side`: this block's image-only work done beforehand (first layer, no mask input).
     fn forward(
         &self,
         rec: &mut Recorder,
@@ -211,6 +230,7 @@ impl TwoWayAttentionBlock {
         keys: &GpuTensor,
         query_pe: &GpuTensor,
         key_pe: &GpuTensor,
+        image_side: Option<&ImageSide>,
     ) -> Result<(GpuTensor, GpuTensor)> {
         // Self attention block
         let queries = if self.skip_first_layer_pe {
@@ -224,8 +244,18 @@ impl TwoWayAttentionBlock {
 
         // Cross attention block, tokens attending to image embedding
         let q = add(rec, &queries, query_pe)?;
-        let k = add(rec, keys, key_pe)?;
-        let attn_out = self.cross_attn_token_to_image.forward(rec, &q, &k, keys)?;
+        let (k, attn_out) = match image_side {
+            Some(side) => {
+                let attn = &self.cross_attn_token_to_image;
+                let out = attn.forward_projected(rec, &q, &side.k_heads, &side.v_heads)?;
+                (side.src_pe.clone(), out)
+            }
+            None => {
+                let k = add(rec, keys, key_pe)?;
+                let out = self.cross_attn_token_to_image.forward(rec, &q, &k, keys)?;
+                (k, out)
+            }
+        };
         let queries = add(rec, &queries, &attn_out)?;
         let queries = self.norm2.forward(rec, &queries)?;
 
@@ -275,20 +305,24 @@ impl TwoWayTransformer {
         })
     }
 
-    /// `image_embedding`, `image_pe`: tokens `[B, HW, C]`; `point_embedding` `[B, N, C]`.
+    /// `image_embedding`, `image_pe`: tokens `[B, HW, C]`; `point_embedding` `[B, N, C]`;
+    /// `image_side`: the first layer's image-only work, when done beforehand.
     fn forward(
         &self,
         rec: &mut Recorder,
         image_embedding: &GpuTensor,
         image_pe: &GpuTensor,
         point_embedding: &GpuTensor,
+        image_side: Option<&ImageSide>,
     ) -> Result<(GpuTensor, GpuTensor)> {
         // Prepare queries
         let mut queries = point_embedding.clone();
         let mut keys = image_embedding.clone();
         // Apply transformer blocks and final layernorm
-        for layer in &self.layers {
-            (queries, keys) = layer.forward(rec, &queries, &keys, point_embedding, image_pe)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let side = if i == 0 { image_side } else { None };
+            (queries, keys) =
+                layer.forward(rec, &queries, &keys, point_embedding, image_pe, side)?;
         }
         // Apply the final attention layer from the points to the image
         let q = add(rec, &queries, point_embedding)?;
@@ -298,6 +332,28 @@ impl TwoWayTransformer {
         let queries = self.norm_final_attn.forward(rec, &queries)?;
         Ok((queries, keys))
     }
+}
+
+/// The part of a decode that depends on the image alone when there is no mask input: the image
+/// tokens plus the no-mask embedding, those plus the positional encoding, and the first
+/// layer's token-to-image keys and values. Computed once per image.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageSide {
+    /// `src` = image tokens + no-mask embedding, `[1, HW, C]`.
+    pub src: GpuTensor,
+    /// `src + pos_src`.
+    pub src_pe: GpuTensor,
+    /// First layer's cross-attention keys and values, in heads.
+    pub k_heads: GpuTensor,
+    pub v_heads: GpuTensor,
+}
+
+/// What the decoder's image side starts from.
+pub(crate) enum ImageInput<'a> {
+    /// `src` = image tokens + dense prompt, computed for this decode.
+    Src(&'a GpuTensor),
+    /// The per-image work done beforehand (no mask input).
+    Cached(&'a ImageSide),
 }
 
 /// `MLP` of the mask decoder: linears with ReLU between them.
@@ -493,19 +549,42 @@ impl MaskDecoder {
         })
     }
 
-    /// `src` = image embedding + dense prompt and `pos_src` = dense PE, both tokens
-    /// `[1, HW, C]`; `tokens` = output tokens + sparse prompts `[1, T, C]`. Returns low-res
-    /// logits `[1, M, 256, 256]` and IoU predictions `[1, M]` for the selected masks.
-    pub(crate) fn forward(
+    /// The image-only work of a decode without mask input (see [`ImageSide`]).
+    pub(crate) fn image_side(
         &self,
         rec: &mut Recorder,
         src: &GpuTensor,
         pos_src: &GpuTensor,
+    ) -> Result<ImageSide> {
+        let src_pe = add(rec, src, pos_src)?;
+        let attn = &self.transformer.layers[0].cross_attn_token_to_image;
+        let (k_heads, v_heads) = attn.project_kv(rec, &src_pe, src)?;
+        Ok(ImageSide {
+            src: src.clone(),
+            src_pe,
+            k_heads,
+            v_heads,
+        })
+    }
+
+    /// `image`: image tokens + dense prompt (or the per-image work done beforehand);
+    /// `pos_src` = dense PE tokens `[1, HW, C]`; `tokens` = output tokens + sparse prompts
+    /// `[1, T, C]`. Returns low-res logits `[1, M, 256, 256]` and IoU predictions `[1, M]` for
+    /// the selected masks.
+    pub(crate) fn forward(
+        &self,
+        rec: &mut Recorder,
+        image: ImageInput<'_>,
+        pos_src: &GpuTensor,
         tokens: &GpuTensor,
         multimask_output: bool,
     ) -> Result<(GpuTensor, GpuTensor)> {
+        let (src, side) = match image {
+            ImageInput::Src(src) => (src, None),
+            ImageInput::Cached(side) => (&side.src, Some(side)),
+        };
         // Run the transformer
-        let (hs, src) = self.transformer.forward(rec, src, pos_src, tokens)?;
+        let (hs, src) = self.transformer.forward(rec, src, pos_src, tokens, side)?;
         let iou_token_out = slice(rec, &hs, 1, 0, 1)?;
 
         // Upscale mask embeddings and predict masks using the mask tokens

@@ -24,6 +24,8 @@ use tiny_vit::GpuTinyViT;
 #[derive(Debug, Clone)]
 pub struct GpuEmbedding {
     tokens: GpuTensor,
+    /// The decode's image-only work without mask input, done once per image.
+    image_side: decoder::ImageSide,
     pub frame: ImageFrame,
 }
 
@@ -103,6 +105,11 @@ impl GpuSam {
         Ok(sam)
     }
 
+    /// Whether the checkpoint's image encoder runs here (MobileSAM's TinyViT).
+    pub fn has_encoder(&self) -> bool {
+        self.encoder.is_some()
+    }
+
     pub fn ctx(&self) -> &GpuContext {
         &self.ctx
     }
@@ -130,12 +137,7 @@ impl GpuSam {
         let input = GpuTensor::from_candle(&self.ctx, &input)?;
         let mut rec = Recorder::new(&self.ctx);
         let features = encoder.forward(&mut rec, &input)?;
-        let hw = EMBEDDING_SIDE * EMBEDDING_SIDE;
-        let tokens = permute(
-            &mut rec,
-            &features.reshape(&[1, EMBED_DIM, hw])?,
-            &[0, 2, 1],
-        )?;
+        let gpu_embedding = self.record_embedding(&mut rec, &features, frame)?;
         let dispatches = rec.dispatch_count();
         rec.read(&features);
         let features = rec
@@ -151,7 +153,7 @@ impl GpuSam {
         )?;
         Ok((
             ImageEmbedding::new(features, frame)?,
-            GpuEmbedding { tokens, frame },
+            gpu_embedding,
             dispatches,
         ))
     }
@@ -160,16 +162,30 @@ impl GpuSam {
     pub async fn upload_embedding(&self, embedding: &ImageEmbedding) -> Result<GpuEmbedding> {
         let features = GpuTensor::from_candle(&self.ctx, &embedding.features)?;
         let mut rec = Recorder::new(&self.ctx);
-        let hw = EMBEDDING_SIDE * EMBEDDING_SIDE;
-        let tokens = permute(
-            &mut rec,
-            &features.reshape(&[1, EMBED_DIM, hw])?,
-            &[0, 2, 1],
-        )?;
+        let gpu_embedding = self.record_embedding(&mut rec, &features, embedding.frame)?;
         rec.finish().await?;
+        Ok(gpu_embedding)
+    }
+
+    /// Records the per-image work on features `[1, C, H, W]`: the decoder's tokens and the
+    /// image side of a decode without mask input.
+    fn record_embedding(
+        &self,
+        rec: &mut Recorder,
+        features: &GpuTensor,
+        frame: ImageFrame,
+    ) -> Result<GpuEmbedding> {
+        let hw = EMBEDDING_SIDE * EMBEDDING_SIDE;
+        let tokens = permute(rec, &features.reshape(&[1, EMBED_DIM, hw])?, &[0, 2, 1])?;
+        // src = image embedding + the dense prompt without a mask (no_mask_embed)
+        let src = binary(rec, &tokens, &self.no_mask_embed, Binary::Add)?;
+        let image_side = self
+            .mask_decoder
+            .image_side(rec, &src, &self.image_pe_tokens)?;
         Ok(GpuEmbedding {
             tokens,
-            frame: embedding.frame,
+            image_side,
+            frame,
         })
     }
 
@@ -199,24 +215,23 @@ impl GpuSam {
         let mut rec = Recorder::new(&self.ctx);
         // src = image embedding + dense prompt
         let src = match &p.mask_input {
-            None => binary(
-                &mut rec,
-                &embedding.tokens,
-                &self.no_mask_embed,
-                Binary::Add,
-            )?,
+            None => None,
             Some(mask) => {
                 let mask = GpuTensor::from_candle(&self.ctx, mask)?;
                 let dense = self.mask_downscaling.forward(&mut rec, &mask)?;
                 let hw = EMBEDDING_SIDE * EMBEDDING_SIDE;
                 let dense = permute(&mut rec, &dense.reshape(&[1, EMBED_DIM, hw])?, &[0, 2, 1])?;
-                binary(&mut rec, &embedding.tokens, &dense, Binary::Add)?
+                Some(binary(&mut rec, &embedding.tokens, &dense, Binary::Add)?)
             }
+        };
+        let image = match &src {
+            Some(src) => decoder::ImageInput::Src(src),
+            None => decoder::ImageInput::Cached(&embedding.image_side),
         };
         // Predict masks
         let (masks, iou) = self.mask_decoder.forward(
             &mut rec,
-            &src,
+            image,
             &self.image_pe_tokens,
             &tokens,
             prompt.multimask,
