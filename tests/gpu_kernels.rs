@@ -1,5 +1,7 @@
 //! Every GPU kernel against candle on the CPU, on random shapes including odd sizes and sizes
 //! that are not multiples of the workgroup, natively (lavapipe on machines without a GPU).
+// Native GPU tests (lavapipe without a GPU); the WebGPU ones run in Chromium (tests/web.rs).
+#![cfg(not(target_arch = "wasm32"))]
 
 #[path = "common/gpu.rs"]
 mod gpu;

@@ -2,6 +2,8 @@
 //! `websam::image`'s interpolation), on random shapes including odd sizes, sizes that are not
 //! multiples of a workgroup, stride 1 and 2, padding 0, 1 and 2, the real SAM / TinyViT shapes
 //! where lavapipe can afford them, and one hand-checkable case each.
+// Native GPU tests (lavapipe without a GPU); the WebGPU ones run in Chromium (tests/web.rs).
+#![cfg(not(target_arch = "wasm32"))]
 
 #[path = "common/gpu.rs"]
 mod gpu;

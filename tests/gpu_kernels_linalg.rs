@@ -8,6 +8,8 @@
 //! - softmax: 1e-6 abs + 1e-6 rel;
 //! - layer norms: 1e-5 abs + 1e-5 rel;
 //! - attention: 1e-5 abs + 1e-5 rel, q scaled so scores have unit variance.
+// Native GPU tests (lavapipe without a GPU); the WebGPU ones run in Chromium (tests/web.rs).
+#![cfg(not(target_arch = "wasm32"))]
 
 #[path = "common/gpu.rs"]
 mod gpu;

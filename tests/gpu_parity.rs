@@ -1,5 +1,7 @@
 //! The GPU model against the CPU model and the PyTorch goldens, natively (lavapipe on machines
 //! without a GPU): every decoder case of the fixtures.
+// Native GPU tests (lavapipe without a GPU); the WebGPU ones run in Chromium (tests/web.rs).
+#![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 #[path = "common/gpu.rs"]

@@ -1,6 +1,8 @@
 //! The GPU TinyViT encoder against the CPU port and the PyTorch golden embedding, natively
 //! (lavapipe on machines without a GPU), then image -> GPU embedding -> GPU decode -> masks
 //! against the golden full-resolution logits.
+// Native GPU tests (lavapipe without a GPU); the WebGPU ones run in Chromium (tests/web.rs).
+#![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 #[path = "common/gpu.rs"]

@@ -37,6 +37,9 @@ struct Inner {
 impl GpuContext {
     /// Finds an adapter and opens a device. Natively the backend comes from `WGPU_BACKEND` when
     /// set (vulkan, metal, dx12, gl), else every backend is tried; in the browser it is WebGPU.
+    // In the browser wgpu's handles are JS objects, neither Send nor Sync; the Arc is for the
+    // native side, where contexts are shared across threads.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub async fn new() -> Result<Self> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
