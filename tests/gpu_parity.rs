@@ -45,3 +45,34 @@ fn gpu_decoder_matches_cpu_and_pytorch_on_every_case() {
     }
     assert!(failures.is_empty(), "over {GPU_TOLERANCE:e}: {failures:?}");
 }
+
+/// The postprocessing on the GPU (upsample, crop, resize to 480x640) against the CPU's and
+/// against the reference's full-resolution logits.
+#[test]
+fn gpu_postprocessing_matches_cpu_and_pytorch() {
+    let weights = Weights::from_file(fixture("sam_decoder.safetensors")).unwrap();
+    let gpu = pollster::block_on(GpuSam::new(gpu::ctx(), &weights)).expect("GPU model");
+    let mut checked = 0;
+    for case in cases().cases.iter().filter(|c| !c.in_1024_frame()) {
+        let emb = ImageEmbedding::new(npy("embedding.npy"), case.frame()).unwrap();
+        let gemb = pollster::block_on(gpu.upload_embedding(&emb)).unwrap();
+        let (pred, planes) =
+            pollster::block_on(gpu.decode_with_logits(&gemb, &case.prompt())).unwrap();
+        assert_eq!(planes.len(), pred.num_masks());
+        let reference = npy_vec(case.logits.as_ref().unwrap());
+        let (h, w) = (case.orig_size[0], case.orig_size[1]);
+        for (i, plane) in planes.iter().enumerate() {
+            // Same low-res logits through the CPU postprocessing.
+            let cpu = pred.logits(i).unwrap();
+            let d = max_abs_diff(plane, &cpu);
+            let bad = common::mask_mismatches(plane, &reference[i * h * w..(i + 1) * h * w], 1e-3);
+            println!("{} mask {i}: GPU vs CPU postprocess {d:.2e}; {bad} pixels differ from PyTorch outside the band", case.name);
+            assert!(d <= 1e-4, "{} mask {i}: {d}", case.name);
+            assert_eq!(bad, 0, "{} mask {i}", case.name);
+            let mask = pred.mask_from_logits(i, plane).unwrap();
+            assert_eq!((mask.height, mask.width), (h, w));
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2);
+}

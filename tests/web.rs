@@ -126,3 +126,30 @@ async fn webgpu_decoder_matches_pytorch() {
 fn web_sys_log(msg: &str) {
     wasm_bindgen_test::console_log!("{msg}");
 }
+
+/// TinyViT on WebGPU: the embedding of the fixture image against the PyTorch golden, then a
+/// click decoded from it against the golden masks (SwiftShader: the slowest test here).
+#[wasm_bindgen_test]
+async fn webgpu_tiny_vit_matches_pytorch() {
+    use websam::gpu::model::GpuSam;
+    use websam::image::RgbImage;
+    use websam::model::weights::Weights;
+
+    let ctx = ctx().await;
+    let weights = Weights::from_bytes(fixture!("mobile_sam.pth")).unwrap();
+    let sam = GpuSam::new(&ctx, &weights).await.expect("GPU model");
+    let image = RgbImage::decode(fixture!("image.png")).unwrap();
+    let t0 = js_sys_now();
+    let (emb, _gpu_emb) = sam.embed(&image).await.expect("embed");
+    let ms = js_sys_now() - t0;
+    let d = max_abs_diff(&emb.to_vec().unwrap(), &npy(fixture!("embedding.npy")));
+    web_sys_log(&format!(
+        "TinyViT on {}: embedding max abs diff {d:.2e}, {ms:.0} ms",
+        ctx.adapter_name()
+    ));
+    assert!(d <= 2e-3, "TinyViT embedding on WebGPU differs by {d}");
+}
+
+fn js_sys_now() -> f64 {
+    js_sys::Date::now()
+}

@@ -13,7 +13,7 @@ use websam::gpu::model::GpuSam;
 use websam::gpu::GpuContext;
 use websam::image::{ImageFrame, RgbImage};
 use websam::model::config::{IMAGE_SIZE, LOW_RES_SIDE};
-use websam::model::sam::{ImageEmbedding, Point, PointLabel, Prediction, Prompt, Sam};
+use websam::model::sam::{ImageEmbedding, Mask, Point, PointLabel, Prediction, Prompt, Sam};
 use websam::model::weights::Weights;
 use websam::{Error, Result};
 
@@ -93,6 +93,31 @@ impl Model {
                 pollster::block_on(gpu.decode(&g, prompt))
             }
             None => self.cpu.decode(emb, prompt),
+        }
+    }
+
+    /// A decode and its masks at the original size (postprocessed on the GPU when in use).
+    fn decode_masks(
+        &self,
+        emb: &ImageEmbedding,
+        prompt: &Prompt,
+    ) -> Result<(Prediction, Vec<Mask>)> {
+        match &self.gpu {
+            Some(gpu) => {
+                let g = pollster::block_on(gpu.upload_embedding(emb))?;
+                let (pred, planes) = pollster::block_on(gpu.decode_with_logits(&g, prompt))?;
+                let masks = planes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| pred.mask_from_logits(i, p))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((pred, masks))
+            }
+            None => {
+                let pred = self.cpu.decode(emb, prompt)?;
+                let masks = pred.masks()?;
+                Ok((pred, masks))
+            }
         }
     }
 }
@@ -367,7 +392,13 @@ fn run(cli: Cli) -> Result<()> {
             let emb = ImageEmbedding::new(read_npy(&embedding)?, ImageFrame::new(h, w)?)
                 .map_err(|e| e.context(embedding.display()))?;
             let t = Instant::now();
-            let pred = sam.decode(&emb, &prompt)?;
+            // Masks only exist in an image's frame.
+            let (pred, masks) = if orig_size.is_some() {
+                let (pred, masks) = sam.decode_masks(&emb, &prompt)?;
+                (pred, Some(masks))
+            } else {
+                (sam.decode(&emb, &prompt)?, None)
+            };
             eprintln!("decoded in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
             report(&pred);
             std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
@@ -380,8 +411,7 @@ fn run(cli: Cli) -> Result<()> {
                 &Tensor::from_slice(&pred.iou, c, &dev)?,
                 &out_dir.join("iou.npy"),
             )?;
-            if orig_size.is_some() {
-                let masks = pred.masks()?;
+            if let Some(masks) = masks {
                 let data: Vec<u8> = masks.iter().flat_map(|m| m.data.iter().copied()).collect();
                 write_npy(
                     &Tensor::from_vec(data, (c, h, w), &dev)?,
@@ -406,10 +436,9 @@ fn run(cli: Cli) -> Result<()> {
             let emb = sam.embed(&img)?;
             eprintln!("embedded in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            let pred = sam.decode(&emb, &prompt)?;
+            let (pred, masks) = sam.decode_masks(&emb, &prompt)?;
             eprintln!("decoded in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
             report(&pred);
-            let masks = pred.masks()?;
             let best = &masks[pred.best()];
             write_mask_png(&best.data, best.width, best.height, &out)?;
             let on: usize = best.data.iter().map(|&v| v as usize).sum();

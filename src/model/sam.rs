@@ -202,19 +202,29 @@ impl Prediction {
 
     /// Every mask at the original image size, thresholded at 0, with its scores.
     pub fn masks(&self) -> Result<Vec<Mask>> {
-        let (height, width) = self.frame.original;
         (0..self.num_masks())
-            .map(|i| {
-                let logits = self.logits(i)?;
-                Ok(Mask {
-                    data: threshold(&logits),
-                    width,
-                    height,
-                    score: self.iou[i],
-                    stability_score: stability_score(&logits),
-                })
-            })
+            .map(|i| self.mask_from_logits(i, &self.logits(i)?))
             .collect()
+    }
+
+    /// Mask `i` from its logits at the original size (computed here by [`Self::logits`], or
+    /// on the GPU).
+    pub fn mask_from_logits(&self, i: usize, logits: &[f32]) -> Result<Mask> {
+        let (height, width) = self.frame.original;
+        if logits.len() != height * width || i >= self.num_masks() {
+            return Err(Error::invalid(format!(
+                "mask {i}: {} logits for a {width}x{height} image with {} masks",
+                logits.len(),
+                self.num_masks()
+            )));
+        }
+        Ok(Mask {
+            data: threshold(logits),
+            width,
+            height,
+            score: self.iou[i],
+            stability_score: stability_score(logits),
+        })
     }
 }
 

@@ -12,8 +12,10 @@ use candle_core::Tensor;
 use crate::error::{Error, Result};
 use crate::gpu::kernels::elementwise::{binary, Binary};
 use crate::gpu::kernels::layout::permute;
+use crate::gpu::kernels::resize::resize_bilinear;
 use crate::gpu::{GpuContext, GpuTensor, Recorder};
 use crate::image::{preprocess, ImageFrame, RgbImage};
+use crate::model::config::IMAGE_SIZE;
 use crate::model::config::{SamConfig, EMBEDDING_SIDE, EMBED_DIM, LOW_RES_SIDE};
 use crate::model::prompt_encoder::PromptEncoder;
 use crate::model::sam::{EncoderKind, ImageEmbedding, Prediction, Prompt, PromptTensors};
@@ -202,6 +204,34 @@ impl GpuSam {
         embedding: &GpuEmbedding,
         prompt: &Prompt,
     ) -> Result<(Prediction, usize)> {
+        let (prediction, _, dispatches) = self.decode_inner(embedding, prompt, false).await?;
+        Ok((prediction, dispatches))
+    }
+
+    /// [`GpuSam::decode`] plus the masks' logits at the original image size
+    /// (`Sam.postprocess_masks`: upsample to 1024, crop, resize), computed on the GPU in the
+    /// same submit. Returns one `height * width` plane per mask.
+    pub async fn decode_with_logits(
+        &self,
+        embedding: &GpuEmbedding,
+        prompt: &Prompt,
+    ) -> Result<(Prediction, Vec<Vec<f32>>)> {
+        let (prediction, logits, _) = self.decode_inner(embedding, prompt, true).await?;
+        let (h, w) = embedding.frame.original;
+        let planes = logits
+            .unwrap_or_default()
+            .chunks_exact(h * w)
+            .map(<[f32]>::to_vec)
+            .collect();
+        Ok((prediction, planes))
+    }
+
+    async fn decode_inner(
+        &self,
+        embedding: &GpuEmbedding,
+        prompt: &Prompt,
+        upsample: bool,
+    ) -> Result<(Prediction, Option<Vec<f32>>, usize)> {
         let p = PromptTensors::new(prompt, &embedding.frame)?;
         // Embed prompts: sparse on the CPU, joined to the output tokens.
         let (sparse, _) = self.prompt_encoder.forward(
@@ -236,9 +266,26 @@ impl GpuSam {
             &tokens,
             prompt.multimask,
         )?;
+        // Postprocess: low-res logits to the original image size.
+        let full = if upsample {
+            let frame = embedding.frame;
+            let (in_h, in_w) = frame.input;
+            let (h, w) = frame.original;
+            let up = resize_bilinear(&mut rec, &masks, IMAGE_SIZE, IMAGE_SIZE, in_h, in_w)?;
+            Some(if (h, w) == (in_h, in_w) {
+                up
+            } else {
+                resize_bilinear(&mut rec, &up, h, w, h, w)?
+            })
+        } else {
+            None
+        };
         let dispatches = rec.dispatch_count();
         rec.read(&masks);
         rec.read(&iou);
+        if let Some(full) = &full {
+            rec.read(full);
+        }
         let mut out = rec.finish().await?.into_iter();
         let (low_res_logits, iou) = match (out.next(), out.next()) {
             (Some(m), Some(i)) => (m, i),
@@ -254,6 +301,7 @@ impl GpuSam {
                 iou,
                 frame: embedding.frame,
             },
+            out.next(),
             dispatches,
         ))
     }
