@@ -8,64 +8,15 @@ use crate::gpu::kernels::attention::attention;
 use crate::gpu::kernels::conv::{conv2d, conv_transpose2x2, Conv2dOpts};
 use crate::gpu::kernels::elementwise::{binary, Binary};
 use crate::gpu::kernels::layout::{permute, slice};
-use crate::gpu::kernels::matmul::{linear, matmul, MatmulOpts};
-use crate::gpu::kernels::norm::{layer_norm, layer_norm_2d};
+use crate::gpu::kernels::matmul::{matmul, MatmulOpts};
+use crate::gpu::kernels::norm::layer_norm_2d;
 use crate::gpu::kernels::Activation;
+use crate::gpu::model::layers::{upload, LayerNorm, Linear};
 use crate::gpu::{GpuContext, GpuTensor, Recorder};
 use crate::model::config::{
     MaskDecoderConfig, PromptEncoderConfig, TransformerConfig, LAYER_NORM_2D_EPS,
 };
 use crate::model::weights::WeightPath;
-
-/// Uploads `<vb>.<name>` checked against `shape`.
-pub(crate) fn upload(
-    ctx: &GpuContext,
-    vb: &WeightPath,
-    shape: &[usize],
-    name: &str,
-) -> Result<GpuTensor> {
-    GpuTensor::from_candle(ctx, &vb.get(shape, name)?)
-}
-
-/// `nn.Linear`, weight `[out, in]` as stored.
-struct Linear {
-    weight: GpuTensor,
-    bias: GpuTensor,
-}
-
-impl Linear {
-    fn new(ctx: &GpuContext, vb: &WeightPath, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Ok(Self {
-            weight: upload(ctx, vb, &[out_dim, in_dim], "weight")?,
-            bias: upload(ctx, vb, &[out_dim], "bias")?,
-        })
-    }
-
-    fn forward(&self, rec: &mut Recorder, x: &GpuTensor, act: Activation) -> Result<GpuTensor> {
-        linear(rec, x, &self.weight, Some(&self.bias), act)
-    }
-}
-
-/// `nn.LayerNorm` over the last dim.
-struct LayerNorm {
-    weight: GpuTensor,
-    bias: GpuTensor,
-    eps: f32,
-}
-
-impl LayerNorm {
-    fn new(ctx: &GpuContext, vb: &WeightPath, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self {
-            weight: upload(ctx, vb, &[dim], "weight")?,
-            bias: upload(ctx, vb, &[dim], "bias")?,
-            eps: eps as f32,
-        })
-    }
-
-    fn forward(&self, rec: &mut Recorder, x: &GpuTensor) -> Result<GpuTensor> {
-        layer_norm(rec, x, &self.weight, &self.bias, self.eps)
-    }
-}
 
 fn add(rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
     binary(rec, a, b, Binary::Add)

@@ -5,6 +5,7 @@
 //! dispatch.
 
 mod decoder;
+mod layers;
 pub mod tiny_vit;
 
 use candle_core::Tensor;

@@ -1,0 +1,68 @@
+//! Layers shared by the GPU ports of the decoder and of TinyViT: weights uploaded once at load.
+
+use crate::error::Result;
+use crate::gpu::kernels::matmul::linear;
+use crate::gpu::kernels::norm::layer_norm;
+use crate::gpu::kernels::Activation;
+use crate::gpu::{GpuContext, GpuTensor, Recorder};
+use crate::model::weights::WeightPath;
+
+/// Uploads `<vb>.<name>` checked against `shape`.
+pub(crate) fn upload(
+    ctx: &GpuContext,
+    vb: &WeightPath,
+    shape: &[usize],
+    name: &str,
+) -> Result<GpuTensor> {
+    GpuTensor::from_candle(ctx, &vb.get(shape, name)?)
+}
+
+/// `nn.Linear`, weight `[out, in]` as stored.
+pub(crate) struct Linear {
+    pub(crate) weight: GpuTensor,
+    pub(crate) bias: GpuTensor,
+}
+
+impl Linear {
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        vb: &WeightPath,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: upload(ctx, vb, &[out_dim, in_dim], "weight")?,
+            bias: upload(ctx, vb, &[out_dim], "bias")?,
+        })
+    }
+
+    pub(crate) fn forward(
+        &self,
+        rec: &mut Recorder,
+        x: &GpuTensor,
+        act: Activation,
+    ) -> Result<GpuTensor> {
+        linear(rec, x, &self.weight, Some(&self.bias), act)
+    }
+}
+
+/// `nn.LayerNorm` over the last dim.
+pub(crate) struct LayerNorm {
+    weight: GpuTensor,
+    bias: GpuTensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub(crate) fn new(ctx: &GpuContext, vb: &WeightPath, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: upload(ctx, vb, &[dim], "weight")?,
+            bias: upload(ctx, vb, &[dim], "bias")?,
+            eps: eps as f32,
+        })
+    }
+
+    pub(crate) fn forward(&self, rec: &mut Recorder, x: &GpuTensor) -> Result<GpuTensor> {
+        layer_norm(rec, x, &self.weight, &self.bias, self.eps)
+    }
+}
