@@ -106,9 +106,10 @@ test_all() {
   cargo clippy --all-targets --target "$WASM_TARGET" -- -D warnings
   log "cargo test (native; GPU tests on the first adapter found, lavapipe without a GPU)"
   cargo test
-  log "WebGPU tests in headless Chromium"
-  CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-300}" \
-    cargo test --target "$WASM_TARGET" --test web
+  # Release profile: the browser tests and the wasm32 build below share their compiled deps.
+  log "WebGPU tests in headless Chromium (SwiftShader: minutes, most of it the TinyViT encode)"
+  CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}" \
+    cargo test --release --target "$WASM_TARGET" --test web
   log "wasm32 build"
   cargo build --release --lib --target "$WASM_TARGET"
 }

@@ -126,10 +126,16 @@ impl GpuContext {
         &self.inner.pipelines
     }
 
-    /// The adapter, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".
+    /// The adapter, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)". Browsers do not
+    /// tell the adapter's name; there it reads "WebGPU adapter (BrowserWebGpu, Cpu)".
     pub fn adapter_name(&self) -> String {
         let i = &self.inner.info;
-        format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+        let name = if i.name.is_empty() {
+            "WebGPU adapter"
+        } else {
+            i.name.as_str()
+        };
+        format!("{name} ({:?}, {:?})", i.backend, i.device_type)
     }
 
     /// Whether the adapter runs shaders on the CPU (lavapipe, SwiftShader, WARP).
