@@ -8,5 +8,6 @@ pub mod error;
 pub mod gpu;
 pub mod image;
 pub mod model;
+pub mod predictor;
 
 pub use error::{Error, Result};

@@ -353,3 +353,49 @@ fn reference_mask_has_both_signs() {
     let on = v.iter().filter(|&&x| x > 0.0).count();
     assert!(on > v.len() / 20 && on < v.len() * 19 / 20);
 }
+
+/// `--backend gpu` (lavapipe without a GPU) writes the same contract; `auto` says what it used.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn decode_on_the_gpu_backend_matches_reference() {
+    for backend in ["gpu", "auto"] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = case("predictor_box");
+        let b = c.bbox.unwrap();
+        let out = websam(&[
+            "decode",
+            "--backend",
+            backend,
+            "--weights",
+            path(&fixture("sam_decoder.safetensors")),
+            "--embedding",
+            path(&fixture("embedding.npy")),
+            "--box",
+            &format!("{},{},{},{}", b[0], b[1], b[2], b[3]),
+            "--orig-size",
+            "480,640",
+            "--out-dir",
+            path(dir.path()),
+        ]);
+        let err = stderr(&out);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("backend: gpu"),
+            "{backend}: GPU tests need an adapter: {err}"
+        );
+        let logits = Tensor::read_npy(dir.path().join("low_res_logits.npy")).unwrap();
+        let d = max_abs_diff(
+            &logits.flatten_all().unwrap().to_vec1().unwrap(),
+            &npy_vec(&c.low_res_logits),
+        );
+        assert!(d <= 1e-3, "{backend}: {d}");
+        let masks = Tensor::read_npy(dir.path().join("masks.npy")).unwrap();
+        let masks: Vec<u8> = masks.flatten_all().unwrap().to_vec1().unwrap();
+        let ours: Vec<f32> = masks
+            .iter()
+            .map(|&m| if m == 1 { 1.0 } else { -1.0 })
+            .collect();
+        let reference = npy_vec(c.logits.as_ref().unwrap());
+        assert_eq!(mask_mismatches(&ours, &reference, 1e-3), 0, "{backend}");
+    }
+}

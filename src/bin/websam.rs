@@ -9,12 +9,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
-use websam::gpu::model::GpuSam;
-use websam::gpu::GpuContext;
 use websam::image::{ImageFrame, RgbImage};
 use websam::model::config::{IMAGE_SIZE, LOW_RES_SIDE};
-use websam::model::sam::{ImageEmbedding, Mask, Point, PointLabel, Prediction, Prompt, Sam};
+use websam::model::sam::{ImageEmbedding, Point, PointLabel, Prediction, Prompt};
 use websam::model::weights::Weights;
+use websam::predictor::{BackendChoice, Predictor};
 use websam::{Error, Result};
 
 #[derive(Parser)]
@@ -39,87 +38,34 @@ enum Backend {
     Auto,
 }
 
-/// The model on the backend asked for: with a GPU, the TinyViT encoder and the decoder run on
-/// it; the CPU model is kept for the encoders only it runs and for `bench`'s comparison.
-struct Model {
-    cpu: Sam,
-    gpu: Option<GpuSam>,
+impl From<Backend> for BackendChoice {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Cpu => BackendChoice::Cpu,
+            Backend::Gpu => BackendChoice::Gpu,
+            Backend::Auto => BackendChoice::Auto,
+        }
+    }
 }
 
-impl Model {
-    fn load(weights: &Path, backend: Backend) -> Result<Self> {
-        let t = Instant::now();
-        let w = Weights::from_file(weights)?;
-        let cpu = Sam::new(&w)?;
-        let gpu = match backend {
-            Backend::Cpu => None,
-            Backend::Gpu => Some(Self::open_gpu(&w)?),
-            Backend::Auto => match Self::open_gpu(&w) {
-                Ok(gpu) => Some(gpu),
-                Err(e) => {
-                    eprintln!("backend auto: {e}; using the CPU");
-                    None
-                }
-            },
-        };
-        let used = match &gpu {
-            Some(g) => format!("gpu, {}", g.ctx().adapter_name()),
-            None => "cpu".to_owned(),
-        };
-        eprintln!(
-            "loaded {} in {:.0} ms (backend: {used})",
-            weights.display(),
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        Ok(Self { cpu, gpu })
+/// Loads the weights into a predictor on `backend`, saying on stderr which backend it uses.
+fn load(weights: &Path, backend: Backend) -> Result<Predictor> {
+    let t = Instant::now();
+    let w = Weights::from_file(weights)?;
+    let (p, why_not) = pollster::block_on(Predictor::new(w, backend.into()))?;
+    if let Some(e) = why_not {
+        eprintln!("backend auto: {e}; using the CPU");
     }
-
-    fn open_gpu(w: &Weights) -> Result<GpuSam> {
-        let ctx = pollster::block_on(GpuContext::new())?;
-        pollster::block_on(GpuSam::new(&ctx, w))
-    }
-
-    fn embed(&self, img: &RgbImage) -> Result<ImageEmbedding> {
-        match &self.gpu {
-            Some(gpu) if gpu.has_encoder() => Ok(pollster::block_on(gpu.embed(img))?.0),
-            _ => self.cpu.embed(img),
-        }
-    }
-
-    fn decode(&self, emb: &ImageEmbedding, prompt: &Prompt) -> Result<Prediction> {
-        match &self.gpu {
-            Some(gpu) => {
-                let g = pollster::block_on(gpu.upload_embedding(emb))?;
-                pollster::block_on(gpu.decode(&g, prompt))
-            }
-            None => self.cpu.decode(emb, prompt),
-        }
-    }
-
-    /// A decode and its masks at the original size (postprocessed on the GPU when in use).
-    fn decode_masks(
-        &self,
-        emb: &ImageEmbedding,
-        prompt: &Prompt,
-    ) -> Result<(Prediction, Vec<Mask>)> {
-        match &self.gpu {
-            Some(gpu) => {
-                let g = pollster::block_on(gpu.upload_embedding(emb))?;
-                let (pred, planes) = pollster::block_on(gpu.decode_with_logits(&g, prompt))?;
-                let masks = planes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| pred.mask_from_logits(i, p))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok((pred, masks))
-            }
-            None => {
-                let pred = self.cpu.decode(emb, prompt)?;
-                let masks = pred.masks()?;
-                Ok((pred, masks))
-            }
-        }
-    }
+    let used = match p.adapter_name() {
+        Some(name) => format!("gpu, {name}"),
+        None => "cpu".to_owned(),
+    };
+    eprintln!(
+        "loaded {} in {:.0} ms (backend: {used})",
+        weights.display(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(p)
 }
 
 #[derive(Subcommand)]
@@ -366,17 +312,17 @@ fn run(cli: Cli) -> Result<()> {
             out,
             backend,
         } => {
-            let sam = Model::load(&weights, backend)?;
+            let mut sam = load(&weights, backend)?;
             let img = RgbImage::open(&image)?;
             let t = Instant::now();
-            let emb = sam.embed(&img)?;
+            pollster::block_on(sam.set_image(&img))?;
             eprintln!(
                 "embedded {}x{} image in {:.0} ms",
                 img.width,
                 img.height,
                 t.elapsed().as_secs_f64() * 1e3
             );
-            write_npy(&emb.features, &out)
+            write_npy(&sam.embedding()?.features, &out)
         }
         Command::Decode {
             weights,
@@ -386,18 +332,19 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             out_dir,
         } => {
-            let sam = Model::load(&weights, backend)?;
+            let mut sam = load(&weights, backend)?;
             let prompt = prompt.to_prompt()?;
             let (h, w) = orig_size.unwrap_or((IMAGE_SIZE, IMAGE_SIZE));
             let emb = ImageEmbedding::new(read_npy(&embedding)?, ImageFrame::new(h, w)?)
                 .map_err(|e| e.context(embedding.display()))?;
             let t = Instant::now();
+            pollster::block_on(sam.set_embedding(emb))?;
             // Masks only exist in an image's frame.
             let (pred, masks) = if orig_size.is_some() {
-                let (pred, masks) = sam.decode_masks(&emb, &prompt)?;
+                let (pred, masks) = pollster::block_on(sam.predict(&prompt))?;
                 (pred, Some(masks))
             } else {
-                (sam.decode(&emb, &prompt)?, None)
+                (pollster::block_on(sam.predict_low_res(&prompt))?, None)
             };
             eprintln!("decoded in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
             report(&pred);
@@ -429,14 +376,14 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             out,
         } => {
-            let sam = Model::load(&weights, backend)?;
+            let mut sam = load(&weights, backend)?;
             let prompt = prompt.to_prompt()?;
             let img = RgbImage::open(&image)?;
             let t = Instant::now();
-            let emb = sam.embed(&img)?;
+            pollster::block_on(sam.set_image(&img))?;
             eprintln!("embedded in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            let (pred, masks) = sam.decode_masks(&emb, &prompt)?;
+            let (pred, masks) = pollster::block_on(sam.predict(&prompt))?;
             eprintln!("decoded in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
             report(&pred);
             let best = &masks[pred.best()];
@@ -464,7 +411,7 @@ fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<
     if runs == 0 {
         return Err(Error::invalid("--runs must be at least 1"));
     }
-    let model = Model::load(weights, backend)?;
+    let model = load(weights, backend)?;
     let img = RgbImage::open(image)?;
     let (h, w) = (img.height as f64, img.width as f64);
     // One positive click near the centre, multimask, as a first click in a page.
@@ -481,10 +428,10 @@ fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<
 
     // The CPU encoder (its embedding feeds both decoders).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let emb = model.cpu.embed(&img)?; // warm-up
+    let emb = model.cpu().embed(&img)?; // warm-up
     let mut encode = Vec::new();
     for _ in 0..runs {
-        encode.push(timed(|| model.cpu.embed(&img))?.1);
+        encode.push(timed(|| model.cpu().embed(&img))?.1);
     }
     println!(
         "cpu (candle, {threads} threads) encoder          {}",
@@ -493,12 +440,12 @@ fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<
 
     // CPU decoder.
     if backend != Backend::Gpu {
-        model.cpu.decode(&emb, &prompt)?;
+        model.cpu().decode(&emb, &prompt)?;
         let (mut first, mut further) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             // The first decode after an image: the CPU path has no per-image step.
-            first.push(timed(|| model.cpu.decode(&emb, &prompt))?.1);
-            further.push(timed(|| model.cpu.decode(&emb, &prompt))?.1);
+            first.push(timed(|| model.cpu().decode(&emb, &prompt))?.1);
+            further.push(timed(|| model.cpu().decode(&emb, &prompt))?.1);
         }
         println!(
             "cpu (candle, {threads} threads) first decode     {}",
@@ -511,7 +458,7 @@ fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<
     }
 
     // GPU encoder and decoder: the first decode includes the embedding's upload and layout.
-    if let Some(gpu) = &model.gpu {
+    if let Some(gpu) = model.gpu() {
         let name = gpu.ctx().adapter_name();
         if gpu.has_encoder() {
             pollster::block_on(gpu.embed(&img))?; // warm-up: pipelines, pool

@@ -1,0 +1,240 @@
+//! The predictor a page or a tool holds: the model on the backend chosen, the image set once,
+//! prompts decoded against it. Backend `Auto` uses the GPU when an adapter exists; a lost GPU
+//! device is recovered (a new device, else the CPU) without losing the image: its embedding is
+//! always kept on the CPU side too.
+
+use crate::error::{Error, Result};
+use crate::gpu::model::{GpuEmbedding, GpuSam};
+use crate::gpu::GpuContext;
+use crate::image::RgbImage;
+use crate::model::sam::{ImageEmbedding, Mask, Prediction, Prompt, Sam};
+use crate::model::weights::Weights;
+
+/// The backend asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Cpu,
+    /// An error when no GPU adapter exists.
+    Gpu,
+    /// The GPU when an adapter exists, else the CPU.
+    Auto,
+}
+
+/// The backend in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Cpu,
+    Gpu,
+}
+
+/// The image set, on the CPU always and on the GPU when one is in use.
+struct ImageState {
+    embedding: ImageEmbedding,
+    gpu: Option<GpuEmbedding>,
+}
+
+/// SAM with an image set, on the CPU or the GPU.
+pub struct Predictor {
+    weights: Weights,
+    cpu: Sam,
+    gpu: Option<GpuSam>,
+    /// Set when the GPU was asked for or found, so that a lost device is replaced.
+    wants_gpu: bool,
+    image: Option<ImageState>,
+}
+
+impl Predictor {
+    /// Builds the model on the backend asked for. With `Auto`, the reason the GPU is not used
+    /// (no adapter, device refused) is returned beside the predictor.
+    pub async fn new(weights: Weights, choice: BackendChoice) -> Result<(Self, Option<Error>)> {
+        let cpu = Sam::new(&weights)?;
+        let (gpu, why_not) = match choice {
+            BackendChoice::Cpu => (None, None),
+            BackendChoice::Gpu => (Some(open_gpu(&weights).await?), None),
+            BackendChoice::Auto => match open_gpu(&weights).await {
+                Ok(gpu) => (Some(gpu), None),
+                Err(e) => (None, Some(e)),
+            },
+        };
+        let wants_gpu = gpu.is_some();
+        Ok((
+            Self {
+                weights,
+                cpu,
+                gpu,
+                wants_gpu,
+                image: None,
+            },
+            why_not,
+        ))
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        if self.gpu.is_some() {
+            Backend::Gpu
+        } else {
+            Backend::Cpu
+        }
+    }
+
+    /// The adapter in use, e.g. "llvmpipe (...) (Vulkan, Cpu)"; `None` on the CPU.
+    pub fn adapter_name(&self) -> Option<String> {
+        self.gpu.as_ref().map(|g| g.ctx().adapter_name())
+    }
+
+    /// The CPU model (always present).
+    pub fn cpu(&self) -> &Sam {
+        &self.cpu
+    }
+
+    /// The GPU model, when in use.
+    pub fn gpu(&self) -> Option<&GpuSam> {
+        self.gpu.as_ref()
+    }
+
+    /// `SamPredictor.set_image`: embeds the image once (on the GPU when its encoder runs there).
+    pub async fn set_image(&mut self, image: &RgbImage) -> Result<()> {
+        self.image = None;
+        let state = match self.gpu_encoder().await? {
+            Some(gpu) => {
+                let (embedding, g) = gpu.embed(image).await?;
+                ImageState {
+                    embedding,
+                    gpu: Some(g),
+                }
+            }
+            None => ImageState {
+                embedding: self.cpu.embed(image)?,
+                gpu: None,
+            },
+        };
+        self.image = Some(state);
+        Ok(())
+    }
+
+    /// Sets an embedding computed elsewhere (decode-only use, as the official demo does).
+    pub async fn set_embedding(&mut self, embedding: ImageEmbedding) -> Result<()> {
+        self.image = None;
+        let gpu = match self.live_gpu().await? {
+            Some(gpu) => Some(gpu.upload_embedding(&embedding).await?),
+            None => None,
+        };
+        self.image = Some(ImageState { embedding, gpu });
+        Ok(())
+    }
+
+    /// The embedding of the image set.
+    pub fn embedding(&self) -> Result<&ImageEmbedding> {
+        self.image
+            .as_ref()
+            .map(|s| &s.embedding)
+            .ok_or_else(no_image)
+    }
+
+    /// Low-res logits and IoU predictions for `prompt`.
+    pub async fn predict_low_res(&mut self, prompt: &Prompt) -> Result<Prediction> {
+        Ok(self.run(prompt, false).await?.0)
+    }
+
+    /// Low-res logits, IoU predictions and the masks at the image's size.
+    pub async fn predict(&mut self, prompt: &Prompt) -> Result<(Prediction, Vec<Mask>)> {
+        let (pred, masks) = self.run(prompt, true).await?;
+        Ok((pred, masks.unwrap_or_default()))
+    }
+
+    async fn run(
+        &mut self,
+        prompt: &Prompt,
+        with_masks: bool,
+    ) -> Result<(Prediction, Option<Vec<Mask>>)> {
+        if self.image.is_none() {
+            return Err(no_image());
+        }
+        // One retry: a device lost since the image was set is replaced first.
+        for attempt in 0..2 {
+            self.live_gpu().await?;
+            let state = self.image.as_ref().ok_or_else(no_image)?;
+            let out = match (&self.gpu, &state.gpu) {
+                (Some(gpu), Some(g)) => gpu_predict(gpu, g, prompt, with_masks).await,
+                _ => cpu_predict(&self.cpu, &state.embedding, prompt, with_masks),
+            };
+            match out {
+                Err(_) if attempt == 0 && self.gpu_lost() => continue,
+                other => return other,
+            }
+        }
+        Err(Error::gpu("the GPU device was lost twice in a row"))
+    }
+
+    fn gpu_lost(&self) -> bool {
+        self.gpu.as_ref().is_some_and(|g| g.ctx().is_lost())
+    }
+
+    /// The GPU model when in use, replacing a lost device: a new device when one can be had
+    /// (the image's embedding is uploaded again), else the CPU from then on.
+    async fn live_gpu(&mut self) -> Result<Option<&GpuSam>> {
+        if self.wants_gpu && (self.gpu.is_none() || self.gpu_lost()) {
+            self.gpu = None;
+            if let Some(state) = &mut self.image {
+                state.gpu = None;
+            }
+            if let Ok(gpu) = open_gpu(&self.weights).await {
+                if let Some(state) = &mut self.image {
+                    state.gpu = Some(gpu.upload_embedding(&state.embedding).await?);
+                }
+                self.gpu = Some(gpu);
+            } else {
+                self.wants_gpu = false;
+            }
+        }
+        Ok(self.gpu.as_ref())
+    }
+
+    /// The GPU model when its encoder can embed the image.
+    async fn gpu_encoder(&mut self) -> Result<Option<&GpuSam>> {
+        Ok(self.live_gpu().await?.filter(|g| g.has_encoder()))
+    }
+}
+
+async fn open_gpu(weights: &Weights) -> Result<GpuSam> {
+    let ctx = GpuContext::new().await?;
+    GpuSam::new(&ctx, weights).await
+}
+
+fn no_image() -> Error {
+    Error::invalid("no image set: call set_image or set_embedding before predicting")
+}
+
+async fn gpu_predict(
+    gpu: &GpuSam,
+    embedding: &GpuEmbedding,
+    prompt: &Prompt,
+    with_masks: bool,
+) -> Result<(Prediction, Option<Vec<Mask>>)> {
+    if !with_masks {
+        return Ok((gpu.decode(embedding, prompt).await?, None));
+    }
+    let (pred, planes) = gpu.decode_with_logits(embedding, prompt).await?;
+    let masks = planes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| pred.mask_from_logits(i, p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((pred, Some(masks)))
+}
+
+fn cpu_predict(
+    sam: &Sam,
+    embedding: &ImageEmbedding,
+    prompt: &Prompt,
+    with_masks: bool,
+) -> Result<(Prediction, Option<Vec<Mask>>)> {
+    let pred = sam.decode(embedding, prompt)?;
+    let masks = if with_masks {
+        Some(pred.masks()?)
+    } else {
+        None
+    };
+    Ok((pred, masks))
+}
