@@ -9,5 +9,7 @@ pub mod gpu;
 pub mod image;
 pub mod model;
 pub mod predictor;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};

@@ -153,3 +153,57 @@ async fn webgpu_tiny_vit_matches_pytorch() {
 fn js_sys_now() -> f64 {
     js_sys::Date::now()
 }
+
+/// `WebSam`, the surface the JS wrapper calls, on both backends: `setEmbedding` + `predict`
+/// against the goldens, and the errors a page can cause.
+#[wasm_bindgen_test]
+async fn websam_binding_predicts_on_webgpu_and_cpu() {
+    use js_sys::{Float32Array, Reflect};
+    use wasm_bindgen::JsValue;
+    use wasm_bindgen_futures::JsFuture;
+    use websam::web::WebSam;
+
+    let get = |obj: &JsValue, key: &str| Reflect::get(obj, &JsValue::from_str(key)).unwrap();
+    let embedding = npy(fixture!("embedding.npy"));
+    let want = npy(fixture!("case_predictor_box_low_res_logits.npy"));
+    for backend in ["webgpu", "cpu"] {
+        let sam = WebSam::load(fixture!("sam_decoder.safetensors").to_vec(), backend.into())
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e:?}"));
+        assert_eq!(sam.backend(), backend);
+
+        // Before an image: a rejected promise with a message, not a panic.
+        let err = JsFuture::from(sam.predict(Some(vec![10.0, 10.0, 1.0]), None, None, true))
+            .await
+            .unwrap_err();
+        let msg = format!("{:?}", js_sys::Error::from(err).message());
+        assert!(msg.contains("no image set"), "{backend}: {msg}");
+
+        JsFuture::from(sam.set_embedding(embedding.clone(), 640, 480))
+            .await
+            .unwrap();
+        // The `predictor_box` case of tests/fixtures/cases.json, in image pixels.
+        let r =
+            JsFuture::from(sam.predict(None, Some(vec![370.0, 50.0, 570.0, 210.0]), None, false))
+                .await
+                .unwrap_or_else(|e| panic!("{backend}: {e:?}"));
+        let logits = Float32Array::from(get(&r, "lowResLogits")).to_vec();
+        let d = max_abs_diff(&logits, &want);
+        web_sys_log(&format!(
+            "WebSam on {backend}: low-res logits within {d:.2e}"
+        ));
+        assert!(d <= 1e-3, "{backend}: {d}");
+        let masks = js_sys::Array::from(&get(&r, "masks"));
+        assert_eq!(masks.length(), 1);
+        assert_eq!(get(&masks.get(0), "width").as_f64(), Some(640.0));
+
+        let err = JsFuture::from(sam.predict(Some(vec![700.0, 10.0, 1.0]), None, None, true))
+            .await
+            .unwrap_err();
+        let msg = format!("{:?}", js_sys::Error::from(err).message());
+        assert!(
+            msg.contains("outside the 640x480 image"),
+            "{backend}: {msg}"
+        );
+    }
+}

@@ -1,0 +1,232 @@
+//! The wasm-bindgen surface, and nothing else: `WebSam`, the predictor as the browser module's
+//! JS wrapper sees it. Inputs are checked here and every failure is a JS `Error` with a
+//! message; nothing below panics on bad input.
+//!
+//! Calls on one `WebSam` must not overlap (the wrapper serialises them): a call takes the
+//! predictor out for its duration, so an overlapping call is refused with an error rather than
+//! racing the one in flight.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::image::{ImageFrame, RgbImage};
+use crate::model::sam::{ImageEmbedding, Point, PointLabel, Prompt};
+use crate::model::weights::Weights;
+use crate::predictor::{Backend, BackendChoice, Predictor};
+
+/// SAM in the page: load weights, set an image (or its embedding), predict per prompt.
+#[wasm_bindgen]
+pub struct WebSam {
+    /// `None` while a call is in flight.
+    inner: Rc<RefCell<Option<Predictor>>>,
+    backend: Backend,
+}
+
+/// Takes the predictor for the duration of a call.
+fn take(inner: &Rc<RefCell<Option<Predictor>>>) -> Result<Predictor, JsValue> {
+    inner.borrow_mut().take().ok_or_else(busy)
+}
+
+/// Puts the predictor back after a call, whatever its outcome.
+fn put(inner: &Rc<RefCell<Option<Predictor>>>, p: Predictor) {
+    *inner.borrow_mut() = Some(p);
+}
+
+fn js_err(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+fn busy() -> JsValue {
+    js_err("websam is busy with another call on this model; await it before the next")
+}
+
+fn set(obj: &Object, key: &str, value: &JsValue) -> Result<(), JsValue> {
+    Reflect::set(obj, &JsValue::from_str(key), value).map(|_| ())
+}
+
+#[wasm_bindgen]
+impl WebSam {
+    /// Reads a checkpoint (`.pth`, `.pt`, `.safetensors` bytes) and builds the model on
+    /// `backend`: "webgpu", "cpu" or "auto" (WebGPU when the browser gives an adapter).
+    pub async fn load(weights: Vec<u8>, backend: String) -> Result<WebSam, JsValue> {
+        let choice = match backend.as_str() {
+            "auto" => BackendChoice::Auto,
+            "webgpu" => BackendChoice::Gpu,
+            "cpu" => BackendChoice::Cpu,
+            other => {
+                return Err(js_err(format!(
+                    "backend \"{other}\": use \"auto\", \"webgpu\" or \"cpu\""
+                )))
+            }
+        };
+        let weights = Weights::from_bytes(&weights).map_err(js_err)?;
+        let (predictor, _why_not) = Predictor::new(weights, choice).await.map_err(js_err)?;
+        Ok(WebSam {
+            backend: predictor.backend(),
+            inner: Rc::new(RefCell::new(Some(predictor))),
+        })
+    }
+
+    /// "webgpu" or "cpu": the backend in use.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        match self.backend {
+            Backend::Gpu => "webgpu".into(),
+            Backend::Cpu => "cpu".into(),
+        }
+    }
+
+    /// Embeds an RGBA image (`width * height * 4` bytes, as `ImageData` holds it).
+    #[wasm_bindgen(js_name = setImage)]
+    pub fn set_image(&self, rgba: Vec<u8>, width: u32, height: u32) -> Promise {
+        let inner = Rc::clone(&self.inner);
+        future_to_promise(async move {
+            let image =
+                RgbImage::from_rgba(width as usize, height as usize, &rgba).map_err(js_err)?;
+            let mut p = take(&inner)?;
+            let r = p.set_image(&image).await;
+            put(&inner, p);
+            r.map_err(js_err)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Sets an embedding computed elsewhere: `1 * 256 * 64 * 64` floats, for an image of
+    /// `width x height` pixels.
+    #[wasm_bindgen(js_name = setEmbedding)]
+    pub fn set_embedding(&self, data: Vec<f32>, width: u32, height: u32) -> Promise {
+        let inner = Rc::clone(&self.inner);
+        future_to_promise(async move {
+            let frame = ImageFrame::new(height as usize, width as usize).map_err(js_err)?;
+            let n = data.len();
+            let t = candle_core::Tensor::from_vec(data, n, &candle_core::Device::Cpu)
+                .and_then(|t| {
+                    let side = crate::model::config::EMBEDDING_SIDE;
+                    let dim = crate::model::config::EMBED_DIM;
+                    if n == dim * side * side {
+                        t.reshape((1, dim, side, side))
+                    } else {
+                        Ok(t)
+                    }
+                })
+                .map_err(js_err)?;
+            let embedding = ImageEmbedding::new(t, frame).map_err(js_err)?;
+            let mut p = take(&inner)?;
+            let r = p.set_embedding(embedding).await;
+            put(&inner, p);
+            r.map_err(js_err)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The embedding of the image set: `{ data: Float32Array(256*64*64), width, height }`.
+    #[wasm_bindgen(js_name = getEmbedding)]
+    pub fn get_embedding(&self) -> Result<JsValue, JsValue> {
+        let guard = self.inner.borrow();
+        let p = guard.as_ref().ok_or_else(busy)?;
+        let e = p.embedding().map_err(js_err)?;
+        let (h, w) = e.frame.original;
+        let obj = Object::new();
+        set(
+            &obj,
+            "data",
+            &Float32Array::from(e.to_vec().map_err(js_err)?.as_slice()).into(),
+        )?;
+        set(&obj, "width", &JsValue::from(w as u32))?;
+        set(&obj, "height", &JsValue::from(h as u32))?;
+        Ok(obj.into())
+    }
+
+    /// Masks for a prompt in image pixels: `points` flat `[x, y, label, ...]` (label 1, 0 or
+    /// -1), `box` `[x0, y0, x1, y1]`, `mask_input` a previous `lowResLogits` channel (256*256).
+    /// Resolves to `{ masks: [{data, width, height, score, stabilityScore}], best,
+    /// lowResLogits, iou }`.
+    pub fn predict(
+        &self,
+        points: Option<Vec<f32>>,
+        bbox: Option<Vec<f32>>,
+        mask_input: Option<Vec<f32>>,
+        multimask: bool,
+    ) -> Promise {
+        let inner = Rc::clone(&self.inner);
+        future_to_promise(async move {
+            let prompt = prompt_from(points, bbox, mask_input, multimask).map_err(js_err)?;
+            let mut p = take(&inner)?;
+            let r = p.predict(&prompt).await;
+            put(&inner, p);
+            let (pred, masks) = r.map_err(js_err)?;
+            let out = Object::new();
+            let list = Array::new();
+            for m in &masks {
+                let o = Object::new();
+                set(&o, "data", &Uint8Array::from(m.data.as_slice()).into())?;
+                set(&o, "width", &JsValue::from(m.width as u32))?;
+                set(&o, "height", &JsValue::from(m.height as u32))?;
+                set(&o, "score", &JsValue::from(m.score))?;
+                set(&o, "stabilityScore", &JsValue::from(m.stability_score))?;
+                list.push(&o);
+            }
+            set(&out, "masks", &list)?;
+            set(&out, "best", &JsValue::from(pred.best() as u32))?;
+            set(
+                &out,
+                "lowResLogits",
+                &Float32Array::from(pred.low_res_logits.as_slice()).into(),
+            )?;
+            set(&out, "iou", &Float32Array::from(pred.iou.as_slice()).into())?;
+            Ok(out.into())
+        })
+    }
+}
+
+/// Builds a prompt from the flat arrays JS passes, checking their lengths and labels.
+fn prompt_from(
+    points: Option<Vec<f32>>,
+    bbox: Option<Vec<f32>>,
+    mask_input: Option<Vec<f32>>,
+    multimask: bool,
+) -> crate::Result<Prompt> {
+    let points = match points {
+        None => Vec::new(),
+        Some(flat) => {
+            if flat.len() % 3 != 0 {
+                return Err(crate::Error::invalid(format!(
+                    "points: {} numbers; give [x, y, label] triples",
+                    flat.len()
+                )));
+            }
+            flat.chunks_exact(3)
+                .map(|c| {
+                    if c[2].fract() != 0.0 {
+                        return Err(crate::Error::invalid(format!("point label {}", c[2])));
+                    }
+                    Ok(Point {
+                        x: c[0] as f64,
+                        y: c[1] as f64,
+                        label: PointLabel::from_i32(c[2] as i32)?,
+                    })
+                })
+                .collect::<crate::Result<_>>()?
+        }
+    };
+    let bbox = match bbox {
+        None => None,
+        Some(b) if b.len() == 4 => Some([b[0] as f64, b[1] as f64, b[2] as f64, b[3] as f64]),
+        Some(b) => {
+            return Err(crate::Error::invalid(format!(
+                "box: {} numbers; give [x0, y0, x1, y1]",
+                b.len()
+            )))
+        }
+    };
+    Ok(Prompt {
+        points,
+        bbox,
+        mask_input,
+        multimask,
+    })
+}
