@@ -3,9 +3,9 @@
 #
 #   ./build.sh setup   install what the build and tests need (idempotent; fast when all is there)
 #   ./build.sh run     the main job: build the CLI and segment the fixture image (args override)
-#   ./build.sh build   release builds: the native CLI and the wasm32 library
+#   ./build.sh build   release builds: the native CLI, and pkg/ (wasm-bindgen + wasm-opt, JS glue, .d.ts)
 #   ./build.sh serve   build and serve the demo page (arrives with the demo page; says so until then)
-#   ./build.sh test    formatting, clippy (native and wasm32), all tests, the wasm32 build
+#   ./build.sh test    fmt, clippy (native, wasm32), native + Chromium tests, pkg/ checked on Node
 #   ./build.sh bench   CPU benchmark of the encoder and decoder on the fixtures
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -42,6 +42,11 @@ setup() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
   fi
+  if ! node_modules/.bin/wasm-opt --version 2>/dev/null | grep -q "version 132"; then
+    # binaryen from npm: Debian's wasm-opt (108) emits modules that fail at start.
+    log "npm install (binaryen's wasm-opt)"
+    npm ci --no-audit --no-fund
+  fi
   if ! wasm-bindgen --version 2>/dev/null | grep -q " $WASM_BINDGEN_VERSION\b"; then
     install_wasm_bindgen
   fi
@@ -75,9 +80,39 @@ install_wasm_bindgen() {
 build() {
   log "native release build (CLI)"
   cargo build --release --bin websam
+  package
+}
+
+# pkg/: the wasm (wasm-bindgen, then wasm-opt -O3), its JS glue and TypeScript declarations,
+# and a package.json stamped with the crate's version.
+package() {
   log "wasm32 release build (library)"
   cargo build --release --lib --target "$WASM_TARGET"
-  ls -l "target/$WASM_TARGET/release/websam.wasm" >&2
+  rm -rf pkg
+  wasm-bindgen --target web --out-dir pkg --out-name websam "target/$WASM_TARGET/release/websam.wasm"
+  local raw
+  raw=$(wc -c < pkg/websam_bg.wasm)
+  log "wasm-opt -O3"
+  node_modules/.bin/wasm-opt -O3 pkg/websam_bg.wasm -o pkg/websam_bg.opt.wasm
+  mv pkg/websam_bg.opt.wasm pkg/websam_bg.wasm
+  local version
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+  cat > pkg/package.json <<JSON
+{
+  "name": "websam",
+  "version": "$version",
+  "description": "Segment Anything (SAM, MobileSAM) in the browser: WebGPU with a CPU fallback",
+  "license": "Apache-2.0",
+  "type": "module",
+  "module": "websam.js",
+  "types": "websam.d.ts",
+  "exports": { ".": { "types": "./websam.d.ts", "default": "./websam.js" } },
+  "files": ["websam.js", "websam.d.ts", "websam_bg.wasm", "websam_bg.wasm.d.ts"],
+  "sideEffects": false
+}
+JSON
+  printf 'pkg/websam_bg.wasm: %s bytes raw, %s after wasm-opt, %s gzipped\n' \
+    "$raw" "$(wc -c < pkg/websam_bg.wasm)" "$(gzip -9 -c pkg/websam_bg.wasm | wc -c)" >&2
 }
 
 run() {
@@ -110,8 +145,9 @@ test_all() {
   log "WebGPU tests in headless Chromium (SwiftShader: minutes, most of it the TinyViT encode)"
   CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}" \
     cargo test --release --target "$WASM_TARGET" --test web
-  log "wasm32 build"
-  cargo build --release --lib --target "$WASM_TARGET"
+  package
+  log "the optimized package on Node (CPU backend)"
+  node tests/node/smoke.mjs
 }
 
 bench() {
