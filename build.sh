@@ -6,7 +6,7 @@
 #   ./build.sh build   release builds: the native CLI, and pkg/ (wasm-bindgen + wasm-opt, JS glue, .d.ts)
 #   ./build.sh serve   build and serve the demo page (arrives with the demo page; says so until then)
 #   ./build.sh test    fmt, clippy (native, wasm32), native + Chromium tests, pkg/ checked on Node
-#   ./build.sh bench   CPU benchmark of the encoder and decoder on the fixtures
+#   ./build.sh bench   encoder and decoder timings per backend (CPU, and the GPU when present)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -153,7 +153,7 @@ test_all() {
 bench() {
   cargo build --release --bin websam
   ./target/release/websam bench --weights "$FIXTURES/mobile_sam.pth" \
-    --image "$FIXTURES/image.png" --runs "${RUNS:-10}"
+    --image "$FIXTURES/image.png" --runs "${RUNS:-10}" --backend auto
 }
 
 cmd="${1:-}"
