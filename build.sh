@@ -89,7 +89,8 @@ package() {
   log "wasm32 release build (library)"
   cargo build --release --lib --target "$WASM_TARGET"
   rm -rf pkg
-  wasm-bindgen --target web --out-dir pkg --out-name websam "target/$WASM_TARGET/release/websam.wasm"
+  wasm-bindgen --target web --out-dir pkg --out-name websam \
+    "${CARGO_TARGET_DIR:-target}/$WASM_TARGET/release/websam.wasm"
   local raw
   raw=$(wc -c < pkg/websam_bg.wasm)
   log "wasm-opt -O3"
