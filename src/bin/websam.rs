@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
 use websam::image::{ImageFrame, RgbImage};
 use websam::model::config::{IMAGE_SIZE, LOW_RES_SIDE};
-use websam::model::sam::{ImageEmbedding, Point, PointLabel, Prediction, Prompt};
+use websam::model::sam::{read_npy_f32, ImageEmbedding, Point, PointLabel, Prediction, Prompt};
 use websam::model::weights::Weights;
 use websam::predictor::{BackendChoice, Predictor};
 use websam::{Error, Result};
@@ -256,22 +256,11 @@ fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
     }
 }
 
+/// A `.npy` file as an f32 tensor (f32 or f16 stored), read as the library reads one.
 fn read_npy(path: &Path) -> Result<Tensor> {
-    if !path.exists() {
-        return Err(Error::Io {
-            path: path.display().to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        });
-    }
-    Tensor::read_npy(path)
-        .and_then(|t| t.to_dtype(DType::F32))
-        .map_err(|e| {
-            Error::invalid(format!(
-                "{}: not a readable .npy array ({})",
-                path.display(),
-                e.to_string().lines().next().unwrap_or("")
-            ))
-        })
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let (shape, data) = read_npy_f32(&bytes).map_err(|e| e.context(path.display()))?;
+    Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
 }
 
 fn write_npy(t: &Tensor, path: &Path) -> Result<()> {

@@ -138,11 +138,6 @@ impl GpuContext {
         format!("{name} ({:?}, {:?})", i.backend, i.device_type)
     }
 
-    /// Whether the adapter runs shaders on the CPU (lavapipe, SwiftShader, WARP).
-    pub fn is_cpu_adapter(&self) -> bool {
-        self.inner.info.device_type == wgpu::DeviceType::Cpu
-    }
-
     /// An error if the device was lost or an uncaptured error happened since the last check.
     pub fn check(&self) -> Result<()> {
         let mut f = self

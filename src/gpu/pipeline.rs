@@ -57,16 +57,6 @@ impl PipelineCache {
         kernels.insert(spec.key.to_owned(), Arc::clone(&kernel));
         Ok(kernel)
     }
-
-    /// Number of pipelines built so far.
-    pub fn len(&self) -> usize {
-        self.kernels.lock().map(|k| k.len()).unwrap_or(0)
-    }
-
-    /// Whether no pipeline was built yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn build(ctx: &GpuContext, spec: KernelSpec<'_>, source: &str) -> Result<Kernel> {

@@ -80,11 +80,4 @@ impl BufferPool {
             .map(|f| f.values().map(Vec::len).sum())
             .unwrap_or(0)
     }
-
-    /// Drops every free buffer.
-    pub fn clear(&self) {
-        if let Ok(mut free) = self.free.lock() {
-            free.clear();
-        }
-    }
 }

@@ -327,11 +327,6 @@ impl Sam {
             frame: embedding.frame,
         })
     }
-
-    /// The prompt encoder (the GPU path uses its sparse embeddings).
-    pub fn prompt_encoder(&self) -> &PromptEncoder {
-        &self.prompt_encoder
-    }
 }
 
 /// A prompt checked against its image and transformed to the encoder's 1024 frame, as the

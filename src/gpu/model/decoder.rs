@@ -355,6 +355,28 @@ impl Conv {
             bias: upload(ctx, vb, &[out_channels], "bias")?,
         })
     }
+
+    /// As `nn.Conv2d`, bias added.
+    fn conv2d(&self, rec: &mut Recorder, x: &GpuTensor, opts: &Conv2dOpts) -> Result<GpuTensor> {
+        conv2d(
+            rec,
+            x,
+            &self.weight,
+            Some(&self.bias),
+            opts,
+            Activation::None,
+        )
+    }
+
+    /// As `nn.ConvTranspose2d(kernel 2, stride 2)`, bias added, then `act`.
+    fn conv_transpose2x2(
+        &self,
+        rec: &mut Recorder,
+        x: &GpuTensor,
+        act: Activation,
+    ) -> Result<GpuTensor> {
+        conv_transpose2x2(rec, x, &self.weight, Some(&self.bias), act)
+    }
 }
 
 /// LayerNorm2d weights.
@@ -423,32 +445,11 @@ impl MaskDownscaling {
             padding: 0,
             groups: 1,
         };
-        let x = conv2d(
-            rec,
-            masks,
-            &self.conv0.weight,
-            Some(&self.conv0.bias),
-            &k2s2,
-            Activation::None,
-        )?;
+        let x = self.conv0.conv2d(rec, masks, &k2s2)?;
         let x = self.norm1.forward_gelu(rec, &x)?;
-        let x = conv2d(
-            rec,
-            &x,
-            &self.conv3.weight,
-            Some(&self.conv3.bias),
-            &k2s2,
-            Activation::None,
-        )?;
+        let x = self.conv3.conv2d(rec, &x, &k2s2)?;
         let x = self.norm4.forward_gelu(rec, &x)?;
-        conv2d(
-            rec,
-            &x,
-            &self.conv6.weight,
-            Some(&self.conv6.bias),
-            &k1,
-            Activation::None,
-        )
+        self.conv6.conv2d(rec, &x, &k1)
     }
 }
 
@@ -543,21 +544,13 @@ impl MaskDecoder {
         let side = self.embedding_side;
         debug_assert_eq!(hw, side * side);
         let src = permute(rec, &src, &[0, 2, 1])?.reshape(&[b, c, side, side])?;
-        let x = conv_transpose2x2(
-            rec,
-            &src,
-            &self.upscale_conv0.weight,
-            Some(&self.upscale_conv0.bias),
-            Activation::None,
-        )?;
+        let x = self
+            .upscale_conv0
+            .conv_transpose2x2(rec, &src, Activation::None)?;
         let x = self.upscale_norm1.forward_gelu(rec, &x)?;
-        let upscaled = conv_transpose2x2(
-            rec,
-            &x,
-            &self.upscale_conv3.weight,
-            Some(&self.upscale_conv3.bias),
-            Activation::Gelu,
-        )?;
+        let upscaled = self
+            .upscale_conv3
+            .conv_transpose2x2(rec, &x, Activation::Gelu)?;
         let (uc, uh, uw) = (upscaled.dim(1), upscaled.dim(2), upscaled.dim(3));
 
         // Select the correct mask or masks for output: only the selected mask tokens go
