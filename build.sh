@@ -83,19 +83,21 @@ build() {
   package
 }
 
-# pkg/: the wasm (wasm-bindgen, then wasm-opt -O3), its JS glue and TypeScript declarations,
-# and a package.json stamped with the crate's version.
+# pkg/: the npm package. The wasm (wasm-bindgen, then wasm-opt -O3) and its generated glue
+# (websam_core*), the hand-written API on top (js/: Sam, SamWorker and their declarations), and a
+# package.json stamped with the crate's version.
 package() {
   log "wasm32 release build (library)"
   cargo build --release --lib --target "$WASM_TARGET"
   rm -rf pkg
-  wasm-bindgen --target web --out-dir pkg --out-name websam \
+  wasm-bindgen --target web --out-dir pkg --out-name websam_core \
     "${CARGO_TARGET_DIR:-target}/$WASM_TARGET/release/websam.wasm"
   local raw
-  raw=$(wc -c < pkg/websam_bg.wasm)
+  raw=$(wc -c < pkg/websam_core_bg.wasm)
   log "wasm-opt -O3"
-  node_modules/.bin/wasm-opt -O3 pkg/websam_bg.wasm -o pkg/websam_bg.opt.wasm
-  mv pkg/websam_bg.opt.wasm pkg/websam_bg.wasm
+  node_modules/.bin/wasm-opt -O3 pkg/websam_core_bg.wasm -o pkg/websam_core_bg.opt.wasm
+  mv pkg/websam_core_bg.opt.wasm pkg/websam_core_bg.wasm
+  cp js/websam.js js/websam.d.ts js/worker.js js/worker.d.ts js/worker-entry.js js/internal.js pkg/
   local version
   version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
   cat > pkg/package.json <<JSON
@@ -107,13 +109,23 @@ package() {
   "type": "module",
   "module": "websam.js",
   "types": "websam.d.ts",
-  "exports": { ".": { "types": "./websam.d.ts", "default": "./websam.js" } },
-  "files": ["websam.js", "websam.d.ts", "websam_bg.wasm", "websam_bg.wasm.d.ts"],
+  "exports": {
+    ".": { "types": "./websam.d.ts", "default": "./websam.js" },
+    "./worker": { "types": "./worker.d.ts", "default": "./worker.js" },
+    "./worker-entry.js": "./worker-entry.js",
+    "./websam_core_bg.wasm": "./websam_core_bg.wasm",
+    "./package.json": "./package.json"
+  },
+  "files": [
+    "websam.js", "websam.d.ts", "worker.js", "worker.d.ts", "worker-entry.js", "internal.js",
+    "websam_core.js", "websam_core.d.ts", "websam_core_bg.wasm", "websam_core_bg.wasm.d.ts"
+  ],
+  "keywords": ["segment-anything", "sam", "mobilesam", "segmentation", "webgpu", "wasm"],
   "sideEffects": false
 }
 JSON
-  printf 'pkg/websam_bg.wasm: %s bytes raw, %s after wasm-opt, %s gzipped\n' \
-    "$raw" "$(wc -c < pkg/websam_bg.wasm)" "$(gzip -9 -c pkg/websam_bg.wasm | wc -c)" >&2
+  printf 'pkg/websam_core_bg.wasm: %s bytes raw, %s after wasm-opt, %s gzipped\n' \
+    "$raw" "$(wc -c < pkg/websam_core_bg.wasm)" "$(gzip -9 -c pkg/websam_core_bg.wasm | wc -c)" >&2
 }
 
 run() {

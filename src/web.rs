@@ -6,7 +6,7 @@
 //! predictor out for its duration, so an overlapping call is refused with an error rather than
 //! racing the one in flight.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
@@ -18,22 +18,36 @@ use crate::model::sam::{ImageEmbedding, Point, PointLabel, Prompt};
 use crate::model::weights::Weights;
 use crate::predictor::{Backend, BackendChoice, Predictor};
 
+/// The predictor and what the getters report while a call holds it.
+struct Shared {
+    /// `None` while a call is in flight.
+    predictor: RefCell<Option<Predictor>>,
+    /// The backend in use after the last call (it turns to the CPU when a lost GPU device
+    /// cannot be replaced).
+    backend: Cell<Backend>,
+    adapter: RefCell<Option<String>>,
+}
+
+impl Shared {
+    /// Takes the predictor for the duration of a call.
+    fn take(&self) -> Result<Predictor, JsValue> {
+        self.predictor.borrow_mut().take().ok_or_else(busy)
+    }
+
+    /// Puts the predictor back after a call, whatever its outcome.
+    fn put(&self, p: Predictor) {
+        self.backend.set(p.backend());
+        *self.adapter.borrow_mut() = p.adapter_name();
+        *self.predictor.borrow_mut() = Some(p);
+    }
+}
+
 /// SAM in the page: load weights, set an image (or its embedding), predict per prompt.
 #[wasm_bindgen]
 pub struct WebSam {
-    /// `None` while a call is in flight.
-    inner: Rc<RefCell<Option<Predictor>>>,
-    backend: Backend,
-}
-
-/// Takes the predictor for the duration of a call.
-fn take(inner: &Rc<RefCell<Option<Predictor>>>) -> Result<Predictor, JsValue> {
-    inner.borrow_mut().take().ok_or_else(busy)
-}
-
-/// Puts the predictor back after a call, whatever its outcome.
-fn put(inner: &Rc<RefCell<Option<Predictor>>>, p: Predictor) {
-    *inner.borrow_mut() = Some(p);
+    shared: Rc<Shared>,
+    /// Why `auto` did not give WebGPU.
+    fallback_reason: Option<String>,
 }
 
 fn js_err(e: impl std::fmt::Display) -> JsValue {
@@ -64,32 +78,49 @@ impl WebSam {
             }
         };
         let weights = Weights::from_bytes(&weights).map_err(js_err)?;
-        let (predictor, _why_not) = Predictor::new(weights, choice).await.map_err(js_err)?;
+        let (predictor, why_not) = Predictor::new(weights, choice).await.map_err(js_err)?;
+        let shared = Shared {
+            backend: Cell::new(predictor.backend()),
+            adapter: RefCell::new(predictor.adapter_name()),
+            predictor: RefCell::new(Some(predictor)),
+        };
         Ok(WebSam {
-            backend: predictor.backend(),
-            inner: Rc::new(RefCell::new(Some(predictor))),
+            shared: Rc::new(shared),
+            fallback_reason: why_not.map(|e| e.to_string()),
         })
     }
 
     /// "webgpu" or "cpu": the backend in use.
     #[wasm_bindgen(getter)]
     pub fn backend(&self) -> String {
-        match self.backend {
+        match self.shared.backend.get() {
             Backend::Gpu => "webgpu".into(),
             Backend::Cpu => "cpu".into(),
         }
     }
 
+    /// The WebGPU adapter in use, as the browser names it; `undefined` on the CPU.
+    #[wasm_bindgen(getter, js_name = adapterName)]
+    pub fn adapter_name(&self) -> Option<String> {
+        self.shared.adapter.borrow().clone()
+    }
+
+    /// Why `auto` runs on the CPU (no WebGPU adapter, device refused); `undefined` otherwise.
+    #[wasm_bindgen(getter, js_name = fallbackReason)]
+    pub fn fallback_reason(&self) -> Option<String> {
+        self.fallback_reason.clone()
+    }
+
     /// Embeds an RGBA image (`width * height * 4` bytes, as `ImageData` holds it).
     #[wasm_bindgen(js_name = setImage)]
     pub fn set_image(&self, rgba: Vec<u8>, width: u32, height: u32) -> Promise {
-        let inner = Rc::clone(&self.inner);
+        let shared = Rc::clone(&self.shared);
         future_to_promise(async move {
             let image =
                 RgbImage::from_rgba(width as usize, height as usize, &rgba).map_err(js_err)?;
-            let mut p = take(&inner)?;
+            let mut p = shared.take()?;
             let r = p.set_image(&image).await;
-            put(&inner, p);
+            shared.put(p);
             r.map_err(js_err)?;
             Ok(JsValue::UNDEFINED)
         })
@@ -99,7 +130,7 @@ impl WebSam {
     /// `width x height` pixels.
     #[wasm_bindgen(js_name = setEmbedding)]
     pub fn set_embedding(&self, data: Vec<f32>, width: u32, height: u32) -> Promise {
-        let inner = Rc::clone(&self.inner);
+        let shared = Rc::clone(&self.shared);
         future_to_promise(async move {
             let frame = ImageFrame::new(height as usize, width as usize).map_err(js_err)?;
             let n = data.len();
@@ -115,9 +146,25 @@ impl WebSam {
                 })
                 .map_err(js_err)?;
             let embedding = ImageEmbedding::new(t, frame).map_err(js_err)?;
-            let mut p = take(&inner)?;
+            let mut p = shared.take()?;
             let r = p.set_embedding(embedding).await;
-            put(&inner, p);
+            shared.put(p);
+            r.map_err(js_err)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Sets an embedding from `.npy` bytes (float32 or float16, `[1, 256, 64, 64]`), as the
+    /// official demo's files and `getEmbeddingNpy` hold it, for an image of `width x height`.
+    #[wasm_bindgen(js_name = setEmbeddingNpy)]
+    pub fn set_embedding_npy(&self, npy: Vec<u8>, width: u32, height: u32) -> Promise {
+        let shared = Rc::clone(&self.shared);
+        future_to_promise(async move {
+            let frame = ImageFrame::new(height as usize, width as usize).map_err(js_err)?;
+            let embedding = ImageEmbedding::from_npy_bytes(&npy, frame).map_err(js_err)?;
+            let mut p = shared.take()?;
+            let r = p.set_embedding(embedding).await;
+            shared.put(p);
             r.map_err(js_err)?;
             Ok(JsValue::UNDEFINED)
         })
@@ -126,19 +173,41 @@ impl WebSam {
     /// The embedding of the image set: `{ data: Float32Array(256*64*64), width, height }`.
     #[wasm_bindgen(js_name = getEmbedding)]
     pub fn get_embedding(&self) -> Result<JsValue, JsValue> {
-        let guard = self.inner.borrow();
+        self.with_embedding(|e| Ok(Float32Array::from(e.to_vec()?.as_slice()).into()))
+    }
+
+    /// The embedding of the image set as `.npy` bytes: `{ data: Uint8Array, width, height }`.
+    #[wasm_bindgen(js_name = getEmbeddingNpy)]
+    pub fn get_embedding_npy(&self) -> Result<JsValue, JsValue> {
+        self.with_embedding(|e| Ok(Uint8Array::from(e.to_npy_bytes()?.as_slice()).into()))
+    }
+
+    fn with_embedding(
+        &self,
+        data: impl FnOnce(&ImageEmbedding) -> crate::Result<JsValue>,
+    ) -> Result<JsValue, JsValue> {
+        let guard = self.shared.predictor.borrow();
         let p = guard.as_ref().ok_or_else(busy)?;
         let e = p.embedding().map_err(js_err)?;
         let (h, w) = e.frame.original;
         let obj = Object::new();
-        set(
-            &obj,
-            "data",
-            &Float32Array::from(e.to_vec().map_err(js_err)?.as_slice()).into(),
-        )?;
+        set(&obj, "data", &data(e).map_err(js_err)?)?;
         set(&obj, "width", &JsValue::from(w as u32))?;
         set(&obj, "height", &JsValue::from(h as u32))?;
         Ok(obj.into())
+    }
+
+    /// Destroys the WebGPU device as a browser does when it loses it (driver reset, GPU
+    /// process crash), so that tests can check that the next call recovers. No effect on the
+    /// CPU backend.
+    #[wasm_bindgen(js_name = destroyDeviceForTesting)]
+    pub fn destroy_device_for_testing(&self) -> Result<(), JsValue> {
+        let guard = self.shared.predictor.borrow();
+        let p = guard.as_ref().ok_or_else(busy)?;
+        if let Some(gpu) = p.gpu() {
+            gpu.ctx().device().destroy();
+        }
+        Ok(())
     }
 
     /// Masks for a prompt in image pixels: `points` flat `[x, y, label, ...]` (label 1, 0 or
@@ -152,12 +221,12 @@ impl WebSam {
         mask_input: Option<Vec<f32>>,
         multimask: bool,
     ) -> Promise {
-        let inner = Rc::clone(&self.inner);
+        let shared = Rc::clone(&self.shared);
         future_to_promise(async move {
             let prompt = prompt_from(points, bbox, mask_input, multimask).map_err(js_err)?;
-            let mut p = take(&inner)?;
+            let mut p = shared.take()?;
             let r = p.predict(&prompt).await;
-            put(&inner, p);
+            shared.put(p);
             let (pred, masks) = r.map_err(js_err)?;
             let out = Object::new();
             let list = Array::new();

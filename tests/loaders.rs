@@ -101,3 +101,28 @@ fn every_official_key_of_the_full_checkpoint_is_float32_after_load() {
     let t = w.get("mask_decoder.iou_token.weight", &[1, 256]).unwrap();
     assert_eq!(t.dtype(), candle_core::DType::F32);
 }
+
+/// An embedding written as `.npy` reads back bit for bit, with the header NumPy writes for a
+/// float32 `[1, 256, 64, 64]` C-order array.
+#[test]
+fn embedding_npy_round_trips() {
+    use websam::image::ImageFrame;
+    use websam::model::sam::ImageEmbedding;
+    let bytes = std::fs::read(fixture("embedding.npy")).unwrap();
+    let frame = ImageFrame::new(480, 640).unwrap();
+    let e = ImageEmbedding::from_npy_bytes(&bytes, frame).unwrap();
+    let written = e.to_npy_bytes().unwrap();
+    let back = ImageEmbedding::from_npy_bytes(&written, frame).unwrap();
+    assert_eq!(back.to_vec().unwrap(), e.to_vec().unwrap());
+    assert_eq!(&written[..6], b"\x93NUMPY");
+    let n = u16::from_le_bytes([written[8], written[9]]) as usize;
+    let header = String::from_utf8_lossy(&written[10..10 + n]).replace(' ', "");
+    for part in [
+        "'descr':'<f4'",
+        "'fortran_order':False",
+        "'shape':(1,256,64,64",
+    ] {
+        assert!(header.contains(part), "header {header} lacks {part}");
+    }
+    assert_eq!(written.len(), 10 + n + 4 * 256 * 64 * 64);
+}

@@ -136,6 +136,25 @@ impl ImageEmbedding {
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         Ok(self.features.flatten_all()?.to_vec1()?)
     }
+
+    /// The features as `.npy` bytes (float32, C order, shape `[1, 256, 64, 64]`), the file the
+    /// official demo reads; [`ImageEmbedding::from_npy_bytes`] reads it back.
+    pub fn to_npy_bytes(&self) -> Result<Vec<u8>> {
+        use npyz::WriterBuilder;
+        let shape: Vec<u64> = self.features.dims().iter().map(|&d| d as u64).collect();
+        let data = self.to_vec()?;
+        let mut out = Vec::with_capacity(data.len() * 4 + 128);
+        let io = |e: std::io::Error| Error::invalid(format!("writing .npy: {e}"));
+        let mut w = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(&mut out)
+            .begin_nd()
+            .map_err(io)?;
+        w.extend(data).map_err(io)?;
+        w.finish().map_err(io)?;
+        Ok(out)
+    }
 }
 
 /// One output mask at the original image size.

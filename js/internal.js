@@ -1,0 +1,337 @@
+// Argument checks and conversions shared by `Sam` (websam.js) and `SamWorker` (worker.js).
+// Every failure is an Error (TypeError for a value of the wrong kind) whose message names the
+// argument and what was given.
+
+/** Side of the decoder's low-res masks and of `maskInput`. */
+export const LOW_RES = 256;
+/** Floats in an image embedding: 1 x 256 x 64 x 64. */
+export const EMBEDDING_LENGTH = 256 * 64 * 64;
+/** The Cache API store that keeps weights fetched by URL. */
+export const CACHE_NAME = 'websam-weights-v1';
+export const BACKENDS = ['auto', 'webgpu', 'cpu'];
+
+/** A short description of a value for error messages: `a string`, `a Float64Array(3)`. */
+export function describe(v) {
+  if (v === null) return 'null';
+  if (v === undefined) return 'undefined';
+  if (Array.isArray(v)) return `an array of ${v.length}`;
+  if (ArrayBuffer.isView(v)) return `a ${v.constructor.name}(${v.length ?? v.byteLength})`;
+  if (typeof v === 'object') return `a ${v.constructor?.name ?? 'object'}`;
+  return `a ${typeof v} (${String(v).slice(0, 40)})`;
+}
+
+/** Checks the options of `Sam.load` / `SamWorker.load`; returns them with defaults. */
+export function loadOptions(options) {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new TypeError(`load: give an options object { weights, backend, onProgress }, not ${describe(options)}`);
+  }
+  const { weights, backend = 'auto', onProgress, cache = true } = options;
+  if (weights === undefined || weights === null) {
+    throw new TypeError('load: `weights` is missing: give a URL, an ArrayBuffer, a Uint8Array or a Blob');
+  }
+  if (!BACKENDS.includes(backend)) {
+    throw new TypeError(`load: backend ${JSON.stringify(backend)}; use "auto", "webgpu" or "cpu"`);
+  }
+  if (onProgress !== undefined && typeof onProgress !== 'function') {
+    throw new TypeError(`load: onProgress must be a function, not ${describe(onProgress)}`);
+  }
+  if (typeof cache !== 'boolean') {
+    throw new TypeError(`load: cache must be true or false, not ${describe(cache)}`);
+  }
+  return { ...options, weights, backend, onProgress, cache };
+}
+
+/** A URL string resolved against the page (or worker) address; other values unchanged. */
+export function resolveUrl(weights) {
+  if (typeof weights !== 'string' && !(weights instanceof URL)) return weights;
+  const base = globalThis.location?.href;
+  try {
+    return new URL(weights, base).href;
+  } catch {
+    throw new TypeError(`load: weights URL ${JSON.stringify(String(weights))} is not a valid URL`);
+  }
+}
+
+function report(onProgress, stage, loaded, total) {
+  if (onProgress) onProgress({ stage, loaded, total });
+}
+
+/** Reads a response body, reporting bytes as they arrive. */
+async function readBody(response, stage, onProgress, url) {
+  const header = Number(response.headers.get('content-length'));
+  const total = Number.isFinite(header) && header > 0 ? header : undefined;
+  if (!response.body) {
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    report(onProgress, stage, bytes.byteLength, bytes.byteLength);
+    return bytes;
+  }
+  const reader = response.body.getReader();
+  const chunks = [];
+  let loaded = 0;
+  report(onProgress, stage, 0, total);
+  for (;;) {
+    let step;
+    try {
+      step = await reader.read();
+    } catch (e) {
+      throw new Error(`reading weights from ${url} failed after ${loaded} bytes: ${e.message ?? e}`);
+    }
+    if (step.done) break;
+    chunks.push(step.value);
+    loaded += step.value.byteLength;
+    // A compressed transfer reports the compressed length: never show more than 100%.
+    report(onProgress, stage, loaded, total === undefined ? undefined : Math.max(total, loaded));
+  }
+  const bytes = new Uint8Array(loaded);
+  let at = 0;
+  for (const c of chunks) {
+    bytes.set(c, at);
+    at += c.byteLength;
+  }
+  report(onProgress, stage, loaded, loaded);
+  return bytes;
+}
+
+async function openCache(enabled) {
+  if (!enabled || typeof caches === 'undefined') return null;
+  try {
+    return await caches.open(CACHE_NAME);
+  } catch {
+    // Opaque origins and some private modes refuse the Cache API: load without it.
+    return null;
+  }
+}
+
+/**
+ * The checkpoint bytes from a URL (fetched with byte progress, or read from the Cache API),
+ * an ArrayBuffer, a typed array or a Blob. `keep()` stores bytes fetched from the network in
+ * the cache; call it once they proved to be a checkpoint.
+ */
+export async function readWeights(weights, { onProgress, cache }) {
+  const none = async () => {};
+  if (weights instanceof ArrayBuffer) {
+    report(onProgress, 'read', weights.byteLength, weights.byteLength);
+    return { bytes: new Uint8Array(weights), keep: none };
+  }
+  if (ArrayBuffer.isView(weights)) {
+    const bytes = new Uint8Array(weights.buffer, weights.byteOffset, weights.byteLength);
+    report(onProgress, 'read', bytes.byteLength, bytes.byteLength);
+    return { bytes, keep: none };
+  }
+  if (typeof Blob !== 'undefined' && weights instanceof Blob) {
+    const bytes = await readBody(new Response(weights, { headers: { 'content-length': String(weights.size) } }),
+      'read', onProgress, weights.name ?? 'the Blob');
+    return { bytes, keep: none };
+  }
+  if (typeof weights !== 'string' && !(weights instanceof URL)) {
+    throw new TypeError(`load: weights must be a URL, an ArrayBuffer, a Uint8Array or a Blob, not ${describe(weights)}`);
+  }
+  const url = resolveUrl(weights);
+  const store = await openCache(cache);
+  if (store) {
+    const hit = await store.match(url);
+    if (hit) return { bytes: await readBody(hit, 'cache', onProgress, url), keep: none, cached: true };
+  }
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new Error(`fetching weights from ${url} failed: ${e.message ?? e}`);
+  }
+  if (!response.ok) {
+    throw new Error(`fetching weights from ${url} failed: HTTP ${response.status} ${response.statusText}`.trim());
+  }
+  const bytes = await readBody(response, 'download', onProgress, url);
+  const keep = async () => {
+    if (!store) return;
+    try {
+      await store.put(url, new Response(bytes, {
+        headers: { 'content-type': 'application/octet-stream', 'content-length': String(bytes.byteLength) },
+      }));
+    } catch (e) {
+      // Over quota: the model still loads, it is fetched again next time.
+      console.warn(`websam: weights not cached (${e.message ?? e})`);
+    }
+  };
+  return { bytes, keep, cached: false };
+}
+
+const isInt = (v) => Number.isInteger(v) && v > 0;
+
+function elementSize(image) {
+  if (typeof HTMLImageElement !== 'undefined' && image instanceof HTMLImageElement) {
+    return [image.naturalWidth, image.naturalHeight];
+  }
+  if (typeof HTMLVideoElement !== 'undefined' && image instanceof HTMLVideoElement) {
+    return [image.videoWidth, image.videoHeight];
+  }
+  if (typeof VideoFrame !== 'undefined' && image instanceof VideoFrame) {
+    return [image.displayWidth, image.displayHeight];
+  }
+  return [image.width, image.height];
+}
+
+function isDrawable(image) {
+  return ['ImageBitmap', 'HTMLImageElement', 'HTMLCanvasElement', 'OffscreenCanvas', 'HTMLVideoElement', 'VideoFrame', 'SVGImageElement']
+    .some((name) => typeof globalThis[name] !== 'undefined' && image instanceof globalThis[name]);
+}
+
+function canvas2d(width, height) {
+  const canvas = typeof OffscreenCanvas !== 'undefined'
+    ? new OffscreenCanvas(width, height)
+    : Object.assign(document.createElement('canvas'), { width, height });
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  if (!ctx) throw new Error('setImage: no 2D canvas context to read the image pixels');
+  return ctx;
+}
+
+/**
+ * An image as RGBA bytes: `{ data: Uint8Array(width*height*4), width, height }`. `data` may be a
+ * view of the caller's own buffer (ImageData, plain objects).
+ */
+export async function toRgba(image) {
+  if (image === null || typeof image !== 'object') {
+    throw new TypeError(`setImage: give an ImageData, ImageBitmap, HTMLImageElement, HTMLCanvasElement or {data, width, height}, not ${describe(image)}`);
+  }
+  if (typeof Blob !== 'undefined' && image instanceof Blob) {
+    let bitmap;
+    try {
+      // The file's own pixels, as the reference reads them: no colour-profile conversion.
+      bitmap = await createImageBitmap(image, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    } catch (e) {
+      throw new Error(`setImage: the ${image.type || 'file'} could not be decoded as an image (${e.message ?? e})`);
+    }
+    try {
+      return await toRgba(bitmap);
+    } finally {
+      bitmap.close();
+    }
+  }
+  if (isDrawable(image)) {
+    if (typeof HTMLImageElement !== 'undefined' && image instanceof HTMLImageElement && !(image.complete && image.naturalWidth)) {
+      try {
+        await image.decode();
+      } catch {
+        throw new Error(`setImage: the image ${image.currentSrc || image.src || ''} did not load or decode`.replace('  ', ' '));
+      }
+    }
+    const [width, height] = elementSize(image);
+    if (!isInt(width) || !isInt(height)) {
+      throw new Error(`setImage: the ${image.constructor.name} has no pixels (${width}x${height})`);
+    }
+    const ctx = canvas2d(width, height);
+    ctx.drawImage(image, 0, 0, width, height);
+    const pixels = ctx.getImageData(0, 0, width, height, { colorSpace: 'srgb' });
+    return { data: new Uint8Array(pixels.data.buffer), width, height };
+  }
+  const { data, width, height } = image;
+  if (!isInt(width) || !isInt(height)) {
+    throw new TypeError(`setImage: width and height must be positive integers, not ${describe(width)} and ${describe(height)}`);
+  }
+  let bytes;
+  if (data instanceof Uint8Array || data instanceof Uint8ClampedArray) {
+    bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  } else if (data instanceof ArrayBuffer) {
+    bytes = new Uint8Array(data);
+  } else {
+    throw new TypeError(`setImage: data must be a Uint8Array or Uint8ClampedArray of RGBA bytes, not ${describe(data)}`);
+  }
+  if (bytes.length !== width * height * 4) {
+    throw new TypeError(`setImage: ${bytes.length} bytes for a ${width}x${height} RGBA image; expected ${width * height * 4}`);
+  }
+  return { data: bytes, width, height };
+}
+
+function finiteNumbers(value, n, what) {
+  const ok = (Array.isArray(value) || ArrayBuffer.isView(value)) && value.length === n &&
+    Array.prototype.every.call(value, (v) => typeof v === 'number' && Number.isFinite(v));
+  if (!ok) throw new TypeError(`predict: ${what} must be ${n} finite numbers, not ${describe(value)}`);
+  return value;
+}
+
+const PROMPT_KEYS = ['points', 'box', 'maskInput', 'multimask'];
+
+/**
+ * Checks a prompt and flattens it for the wasm module: `{ points: Float32Array([x, y, label,
+ * ...]) | undefined, box: Float32Array(4) | undefined, maskInput: Float32Array(65536) |
+ * undefined, multimask: boolean }`.
+ */
+export function toPrompt(prompt) {
+  if (prompt === undefined) prompt = {};
+  if (prompt === null || typeof prompt !== 'object' || Array.isArray(prompt)) {
+    throw new TypeError(`predict: give a prompt object { points, box, maskInput, multimask }, not ${describe(prompt)}`);
+  }
+  for (const key of Object.keys(prompt)) {
+    if (!PROMPT_KEYS.includes(key)) {
+      throw new TypeError(`predict: unknown prompt field "${key}"; the fields are ${PROMPT_KEYS.join(', ')}`);
+    }
+  }
+  const { points, box, maskInput, multimask = true } = prompt;
+  let flatPoints;
+  if (points !== undefined && points !== null) {
+    if (!Array.isArray(points)) {
+      throw new TypeError(`predict: points must be an array of [x, y, label], not ${describe(points)}`);
+    }
+    flatPoints = new Float32Array(points.length * 3);
+    points.forEach((p, i) => {
+      const triple = Array.isArray(p) || ArrayBuffer.isView(p) ? p : [p?.x, p?.y, p?.label];
+      finiteNumbers(triple, 3, `point ${i} ([x, y, label] or {x, y, label})`);
+      if (triple[2] !== 0 && triple[2] !== 1) {
+        throw new TypeError(`predict: point ${i} has label ${triple[2]}; use 1 (foreground) or 0 (background)`);
+      }
+      flatPoints.set(triple, i * 3);
+    });
+  }
+  const flatBox = box === undefined || box === null ? undefined : Float32Array.from(finiteNumbers(box, 4, 'box [x0, y0, x1, y1]'));
+  let mask;
+  if (maskInput !== undefined && maskInput !== null) {
+    if (!(maskInput instanceof Float32Array) || maskInput.length !== LOW_RES * LOW_RES) {
+      throw new TypeError(`predict: maskInput must be a Float32Array of ${LOW_RES}x${LOW_RES} low-res logits (a mask's lowResLogits), not ${describe(maskInput)}`);
+    }
+    mask = maskInput;
+  }
+  if (typeof multimask !== 'boolean') {
+    throw new TypeError(`predict: multimask must be true or false, not ${describe(multimask)}`);
+  }
+  return { points: flatPoints, box: flatBox, maskInput: mask, multimask };
+}
+
+/** Adds to each mask its own channel of the low-res logits (a view, no copy). */
+export function withMaskLogits(result) {
+  const plane = LOW_RES * LOW_RES;
+  result.masks.forEach((m, i) => {
+    m.lowResLogits = result.lowResLogits.subarray(i * plane, (i + 1) * plane);
+  });
+  return result;
+}
+
+const NPY_MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59];
+
+/** Checks `setEmbedding`'s arguments: `{ kind: 'f32' | 'npy', data, width, height }`. */
+export function toEmbedding(data, size) {
+  if (data !== null && typeof data === 'object' && !ArrayBuffer.isView(data) && !(data instanceof ArrayBuffer) && 'data' in data) {
+    // An object from getEmbedding(): its own width and height unless given.
+    size = size ?? { width: data.width, height: data.height };
+    data = data.data;
+  }
+  if (size === null || typeof size !== 'object') {
+    throw new TypeError(`setEmbedding: give the original image size { width, height } as the second argument, not ${describe(size)}`);
+  }
+  const { width, height } = size;
+  if (!isInt(width) || !isInt(height)) {
+    throw new TypeError(`setEmbedding: width and height must be positive integers, not ${describe(width)} and ${describe(height)}`);
+  }
+  if (data instanceof Float32Array) {
+    if (data.length !== EMBEDDING_LENGTH) {
+      throw new TypeError(`setEmbedding: ${data.length} floats; an embedding has ${EMBEDDING_LENGTH} (1x256x64x64)`);
+    }
+    return { kind: 'f32', data, width, height };
+  }
+  let bytes;
+  if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
+  else if (data instanceof Uint8Array) bytes = data;
+  if (!bytes || !NPY_MAGIC.every((b, i) => bytes[i] === b)) {
+    throw new TypeError(`setEmbedding: give a Float32Array of ${EMBEDDING_LENGTH} floats or the bytes of a .npy file, not ${describe(data)}`);
+  }
+  return { kind: 'npy', data: bytes, width, height };
+}

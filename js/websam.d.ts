@@ -1,0 +1,158 @@
+/** websam: Segment Anything (SAM, MobileSAM) in the browser, on WebGPU with a CPU fallback. */
+
+/** "auto": WebGPU when the browser gives an adapter, else the CPU. */
+export type BackendChoice = 'auto' | 'webgpu' | 'cpu';
+/** The backend in use. */
+export type Backend = 'webgpu' | 'cpu';
+
+/**
+ * Loading progress. `download`: bytes fetched from the network; `cache`: bytes read from the
+ * Cache API; `read`: bytes read from a Blob, ArrayBuffer or Uint8Array; `init`: building the
+ * model (weights read); `ready`: done. `total` is undefined while a server gives no length.
+ */
+export interface LoadProgress {
+  stage: 'download' | 'cache' | 'read' | 'init' | 'ready';
+  loaded: number;
+  total: number | undefined;
+}
+
+export interface LoadOptions {
+  /**
+   * A `.pth`, `.pt` or `.safetensors` checkpoint (f32, f16 or bf16): MobileSAM (image encoder
+   * and decoder) or any SAM checkpoint's prompt encoder and mask decoder (use `setEmbedding`).
+   * A URL (relative to the page) is fetched with progress and kept in the Cache API.
+   */
+  weights: string | URL | ArrayBuffer | ArrayBufferView | Blob;
+  /** Default "auto". */
+  backend?: BackendChoice;
+  onProgress?: (progress: LoadProgress) => void;
+  /** Keep weights fetched by URL in the Cache API and read them from it next time. Default true. */
+  cache?: boolean;
+  /**
+   * Where the wasm module is, when it is not beside websam.js (a CDN, a bundler's asset URL):
+   * its URL, its bytes or a compiled module. Read by the first load in a thread only.
+   */
+  wasm?: string | URL | ArrayBuffer | ArrayBufferView | WebAssembly.Module;
+}
+
+/** RGBA pixels, row by row, 4 bytes per pixel (as ImageData holds them). */
+export interface RgbaImage {
+  data: Uint8Array | Uint8ClampedArray | ArrayBuffer;
+  width: number;
+  height: number;
+}
+
+/**
+ * An image to segment. Blobs (files) are decoded by the browser without colour-profile
+ * conversion, as the Python reference reads files.
+ */
+export type ImageInput =
+  | ImageData
+  | ImageBitmap
+  | HTMLImageElement
+  | HTMLCanvasElement
+  | OffscreenCanvas
+  | HTMLVideoElement
+  | VideoFrame
+  | Blob
+  | RgbaImage;
+
+/** A point in original image pixels: [x, y, label], label 1 foreground, 0 background. */
+export type PointPrompt = [number, number, 0 | 1] | { x: number; y: number; label: 0 | 1 };
+
+export interface Prompt {
+  points?: PointPrompt[];
+  /** [x0, y0, x1, y1] in original image pixels, x1 > x0 and y1 > y0. */
+  box?: [number, number, number, number] | Float32Array;
+  /** A previous mask's `lowResLogits` (256*256 floats), to refine the same object. */
+  maskInput?: Float32Array;
+  /** Three candidate masks (true, the default) or one. */
+  multimask?: boolean;
+}
+
+export interface MaskResult {
+  /** `width * height` values, row by row: 1 inside the mask, 0 outside. */
+  data: Uint8Array;
+  width: number;
+  height: number;
+  /** The predicted IoU. */
+  score: number;
+  /** The stability score (IoU of the masks thresholded at +1 and -1). */
+  stabilityScore: number;
+  /** This mask's 256x256 low-res logits (a view into `Prediction.lowResLogits`): pass as `maskInput`. */
+  lowResLogits: Float32Array;
+}
+
+export interface Prediction {
+  /** 3 masks with `multimask`, else 1, at the image's size. */
+  masks: MaskResult[];
+  /** The index of the mask with the highest score. */
+  best: number;
+  /** C * 256 * 256 low-res logits, C = masks.length. */
+  lowResLogits: Float32Array;
+  /** C predicted IoUs. */
+  iou: Float32Array;
+}
+
+export interface Embedding<D = Float32Array> {
+  /** 1 * 256 * 64 * 64 floats (C order), or the bytes of a `.npy` file with `format: 'npy'`. */
+  data: D;
+  /** The original image size. */
+  width: number;
+  height: number;
+}
+
+export interface EmbeddingOptions {
+  /** "f32" (default): a Float32Array; "npy": the bytes of a `.npy` file. */
+  format?: 'f32' | 'npy';
+}
+
+/** The methods of `Sam` and `SamWorker`. */
+export interface SamPredictor {
+  /** The backend in use: "cpu" after a lost GPU device that could not be replaced. */
+  readonly backend: Backend;
+  /** The WebGPU adapter's name; undefined on the CPU. */
+  readonly adapterName: string | undefined;
+  /** Why backend "auto" runs on the CPU; undefined otherwise. */
+  readonly fallbackReason: string | undefined;
+  /** Embeds the image (the expensive step, once per image). */
+  setImage(image: ImageInput): Promise<void>;
+  /** Masks for a prompt in original image pixels; needs an image or embedding set. */
+  predict(prompt?: Prompt): Promise<Prediction>;
+  getEmbedding(options?: { format?: 'f32' }): Promise<Embedding<Float32Array>>;
+  getEmbedding(options: { format: 'npy' }): Promise<Embedding<Uint8Array>>;
+  /**
+   * Sets an embedding made elsewhere (a Float32Array of 256*64*64, `.npy` bytes, or an object
+   * from `getEmbedding`) for an image of `size` (optional with a `getEmbedding` object).
+   */
+  setEmbedding(
+    data: Float32Array | ArrayBuffer | Uint8Array | Embedding<Float32Array | Uint8Array>,
+    size?: { width: number; height: number },
+  ): Promise<void>;
+  /** Frees the model after the calls already made; later calls are refused. */
+  dispose(): void;
+  /** Destroys the WebGPU device as a driver reset would; the next call recovers. For tests. */
+  destroyDeviceForTesting(): Promise<void>;
+}
+
+/** SAM on the thread that imports it. Calls run one after another, in order. */
+export declare class Sam implements SamPredictor {
+  private constructor();
+  static load(options: LoadOptions): Promise<Sam>;
+  readonly backend: Backend;
+  readonly adapterName: string | undefined;
+  readonly fallbackReason: string | undefined;
+  setImage(image: ImageInput): Promise<void>;
+  predict(prompt?: Prompt): Promise<Prediction>;
+  getEmbedding(options?: { format?: 'f32' }): Promise<Embedding<Float32Array>>;
+  getEmbedding(options: { format: 'npy' }): Promise<Embedding<Uint8Array>>;
+  setEmbedding(
+    data: Float32Array | ArrayBuffer | Uint8Array | Embedding<Float32Array | Uint8Array>,
+    size?: { width: number; height: number },
+  ): Promise<void>;
+  dispose(): void;
+  destroyDeviceForTesting(): Promise<void>;
+}
+
+/** Removes weights kept by `load` from the Cache API: one URL, or all. */
+export declare function clearWeightsCache(url?: string | URL): Promise<boolean>;

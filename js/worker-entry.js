@@ -1,0 +1,71 @@
+// The module worker behind SamWorker: one Sam, driven by messages { id, op, args }. Replies are
+// { id, result, state } or { id, error }; load also posts { id, progress }. Results travel with
+// their buffers transferred, not copied.
+import { Sam } from './websam.js';
+
+let sam = null;
+
+function state() {
+  return { backend: sam.backend, adapterName: sam.adapterName, fallbackReason: sam.fallbackReason };
+}
+
+function resultBuffers(result) {
+  const buffers = new Set([result.lowResLogits.buffer, result.iou.buffer]);
+  for (const m of result.masks) buffers.add(m.data.buffer);
+  return [...buffers];
+}
+
+const ops = {
+  async load(id, args) {
+    if (sam) throw new Error('load: this worker already has a model');
+    sam = await Sam.load({ ...args, onProgress: (progress) => self.postMessage({ id, progress }) });
+    return [undefined, []];
+  },
+  async setImage(id, { image }) {
+    await model().setImage(image);
+    return [undefined, []];
+  },
+  async predict(id, { prompt }) {
+    const r = await model().predict(prompt);
+    return [r, resultBuffers(r)];
+  },
+  async getEmbedding(id, { options }) {
+    const e = await model().getEmbedding(options);
+    return [e, [e.data.buffer]];
+  },
+  async setEmbedding(id, { data, size }) {
+    await model().setEmbedding(data, size);
+    return [undefined, []];
+  },
+  async destroyDeviceForTesting() {
+    await model().destroyDeviceForTesting();
+    return [undefined, []];
+  },
+};
+
+function model() {
+  if (!sam) throw new Error('no model: load it first');
+  return sam;
+}
+
+async function handle({ id, op, args }) {
+  if (op === 'dispose') {
+    sam?.dispose();
+    self.close();
+    return;
+  }
+  try {
+    if (!Object.hasOwn(ops, op)) throw new Error(`unknown operation ${op}`);
+    const [result, transfer] = await ops[op](id, args);
+    self.postMessage({ id, result, state: state() }, transfer);
+  } catch (e) {
+    self.postMessage({ id, error: { name: e?.name ?? 'Error', message: e?.message ?? String(e) } });
+  }
+}
+
+// One message at a time, in order: `dispose` closes the worker only after the replies to the
+// calls made before it.
+let chain = Promise.resolve();
+self.onmessage = ({ data }) => {
+  chain = chain.then(() => handle(data));
+};
