@@ -3,9 +3,10 @@
 #
 #   ./build.sh setup   install what the build and tests need (idempotent; fast when all is there)
 #   ./build.sh run     the main job: build the CLI and segment the fixture image (args override)
-#   ./build.sh build   release builds: the native CLI, and pkg/ (wasm-bindgen + wasm-opt, JS glue, .d.ts)
+#   ./build.sh build   release builds: the native CLI, and pkg/ (the npm package: wasm, JS API, .d.ts)
 #   ./build.sh serve   build and serve the demo page (arrives with the demo page; says so until then)
-#   ./build.sh test    fmt, clippy (native, wasm32), native + Chromium tests, pkg/ checked on Node
+#   ./build.sh test    fmt, clippy (native, wasm32), native tests, Chromium tests of the engine and
+#                      of the package (pkg/) through its JS API, Node and Vite checks
 #   ./build.sh bench   encoder and decoder timings per backend (CPU, and the GPU when present)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -42,9 +43,11 @@ setup() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
   fi
-  if ! node_modules/.bin/wasm-opt --version 2>/dev/null | grep -q "version 132"; then
-    # binaryen from npm: Debian's wasm-opt (108) emits modules that fail at start.
-    log "npm install (binaryen's wasm-opt)"
+  # npm packages (package.json): binaryen's wasm-opt (Debian's 108 emits modules that fail at
+  # start), playwright-core (drives Debian's Chromium; it downloads no browser), vite and
+  # typescript for the package tests.
+  if ! npm ls --depth=0 >/dev/null 2>&1; then
+    log "npm ci (wasm-opt, playwright-core, vite, typescript)"
     npm ci --no-audit --no-fund
   fi
   if ! wasm-bindgen --version 2>/dev/null | grep -q " $WASM_BINDGEN_VERSION\b"; then
@@ -155,12 +158,15 @@ test_all() {
   log "cargo test (native; GPU tests on the first adapter found, lavapipe without a GPU)"
   cargo test
   # Release profile: the browser tests and the wasm32 build below share their compiled deps.
-  log "WebGPU tests in headless Chromium (SwiftShader: minutes, most of it the TinyViT encode)"
+  log "GPU engine tests in headless Chromium (WebGPU: SwiftShader here)"
   CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}" \
     cargo test --release --target "$WASM_TARGET" --test web
   package
-  log "the optimized package on Node (CPU backend)"
+  log "the package on Node (CPU backend) and its TypeScript declarations"
   node tests/node/smoke.mjs
+  node_modules/.bin/tsc -p tests/types/tsconfig.json
+  log "the package in headless Chromium: Sam and SamWorker on WebGPU and CPU, errors, cache, Vite app"
+  node --test --test-concurrency=1 --test-reporter=spec tests/browser/
 }
 
 bench() {
@@ -179,7 +185,7 @@ case "$cmd" in
   test) test_all ;;
   bench) bench ;;
   *)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

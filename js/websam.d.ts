@@ -136,23 +136,12 @@ export interface SamPredictor {
 }
 
 /** SAM on the thread that imports it. Calls run one after another, in order. */
-export declare class Sam implements SamPredictor {
+export declare class Sam {
   private constructor();
   static load(options: LoadOptions): Promise<Sam>;
-  readonly backend: Backend;
-  readonly adapterName: string | undefined;
-  readonly fallbackReason: string | undefined;
-  setImage(image: ImageInput): Promise<void>;
-  predict(prompt?: Prompt): Promise<Prediction>;
-  getEmbedding(options?: { format?: 'f32' }): Promise<Embedding<Float32Array>>;
-  getEmbedding(options: { format: 'npy' }): Promise<Embedding<Uint8Array>>;
-  setEmbedding(
-    data: Float32Array | ArrayBuffer | Uint8Array | Embedding<Float32Array | Uint8Array>,
-    size?: { width: number; height: number },
-  ): Promise<void>;
-  dispose(): void;
-  destroyDeviceForTesting(): Promise<void>;
 }
+/** The methods, declared once in `SamPredictor`. */
+export interface Sam extends SamPredictor {}
 
 /** Removes weights kept by `load` from the Cache API: one URL, or all. */
 export declare function clearWeightsCache(url?: string | URL): Promise<boolean>;

@@ -1,6 +1,4 @@
-import type {
-  Backend, Embedding, ImageInput, LoadOptions, Prediction, Prompt, SamPredictor,
-} from './websam.js';
+import type { LoadOptions, SamPredictor } from './websam.js';
 
 export type * from './websam.js';
 
@@ -13,20 +11,9 @@ export interface WorkerLoadOptions extends LoadOptions {
 }
 
 /** SAM in a module worker: the API of `Sam`, with the page never blocked. */
-export declare class SamWorker implements SamPredictor {
+export declare class SamWorker {
   private constructor();
   static load(options: WorkerLoadOptions): Promise<SamWorker>;
-  readonly backend: Backend;
-  readonly adapterName: string | undefined;
-  readonly fallbackReason: string | undefined;
-  setImage(image: ImageInput): Promise<void>;
-  predict(prompt?: Prompt): Promise<Prediction>;
-  getEmbedding(options?: { format?: 'f32' }): Promise<Embedding<Float32Array>>;
-  getEmbedding(options: { format: 'npy' }): Promise<Embedding<Uint8Array>>;
-  setEmbedding(
-    data: Float32Array | ArrayBuffer | Uint8Array | Embedding<Float32Array | Uint8Array>,
-    size?: { width: number; height: number },
-  ): Promise<void>;
-  dispose(): void;
-  destroyDeviceForTesting(): Promise<void>;
 }
+/** The methods, declared once in `SamPredictor`. */
+export interface SamWorker extends SamPredictor {}

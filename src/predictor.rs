@@ -203,7 +203,7 @@ async fn open_gpu(weights: &Weights) -> Result<GpuSam> {
 }
 
 fn no_image() -> Error {
-    Error::invalid("no image set: call set_image or set_embedding before predicting")
+    Error::invalid("no image set: set an image or an embedding before predicting")
 }
 
 async fn gpu_predict(

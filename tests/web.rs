@@ -1,6 +1,7 @@
 //! The GPU engine in headless Chromium on WebGPU (`cargo test --target wasm32-unknown-unknown
-//! --test web`, run by `./build.sh test`). Chromium's WebGPU here is SwiftShader: correct but
-//! slow, so these tests run few, small dispatches; full-model parity runs natively.
+//! --test web`, run by `./build.sh test`): kernels and the decoder below the JS API. The whole
+//! model through the package's API (TinyViT included, both backends, page and worker) is tested
+//! by tests/browser/api.test.mjs. Chromium's WebGPU here is SwiftShader: correct but slow.
 #![cfg(target_arch = "wasm32")]
 
 use candle_core::{Device, Tensor};
@@ -125,85 +126,4 @@ async fn webgpu_decoder_matches_pytorch() {
 
 fn web_sys_log(msg: &str) {
     wasm_bindgen_test::console_log!("{msg}");
-}
-
-/// TinyViT on WebGPU: the embedding of the fixture image against the PyTorch golden, then a
-/// click decoded from it against the golden masks (SwiftShader: the slowest test here).
-#[wasm_bindgen_test]
-async fn webgpu_tiny_vit_matches_pytorch() {
-    use websam::gpu::model::GpuSam;
-    use websam::image::RgbImage;
-    use websam::model::weights::Weights;
-
-    let ctx = ctx().await;
-    let weights = Weights::from_bytes(fixture!("mobile_sam.pth")).unwrap();
-    let sam = GpuSam::new(&ctx, &weights).await.expect("GPU model");
-    let image = RgbImage::decode(fixture!("image.png")).unwrap();
-    let t0 = js_sys_now();
-    let (emb, _gpu_emb) = sam.embed(&image).await.expect("embed");
-    let ms = js_sys_now() - t0;
-    let d = max_abs_diff(&emb.to_vec().unwrap(), &npy(fixture!("embedding.npy")));
-    web_sys_log(&format!(
-        "TinyViT on {}: embedding max abs diff {d:.2e}, {ms:.0} ms",
-        ctx.adapter_name()
-    ));
-    assert!(d <= 2e-3, "TinyViT embedding on WebGPU differs by {d}");
-}
-
-fn js_sys_now() -> f64 {
-    js_sys::Date::now()
-}
-
-/// `WebSam`, the surface the JS wrapper calls, on both backends: `setEmbedding` + `predict`
-/// against the goldens, and the errors a page can cause.
-#[wasm_bindgen_test]
-async fn websam_binding_predicts_on_webgpu_and_cpu() {
-    use js_sys::{Float32Array, Reflect};
-    use wasm_bindgen::JsValue;
-    use wasm_bindgen_futures::JsFuture;
-    use websam::web::WebSam;
-
-    let get = |obj: &JsValue, key: &str| Reflect::get(obj, &JsValue::from_str(key)).unwrap();
-    let embedding = npy(fixture!("embedding.npy"));
-    let want = npy(fixture!("case_predictor_box_low_res_logits.npy"));
-    for backend in ["webgpu", "cpu"] {
-        let sam = WebSam::load(fixture!("sam_decoder.safetensors").to_vec(), backend.into())
-            .await
-            .unwrap_or_else(|e| panic!("{backend}: {e:?}"));
-        assert_eq!(sam.backend(), backend);
-
-        // Before an image: a rejected promise with a message, not a panic.
-        let err = JsFuture::from(sam.predict(Some(vec![10.0, 10.0, 1.0]), None, None, true))
-            .await
-            .unwrap_err();
-        let msg = format!("{:?}", js_sys::Error::from(err).message());
-        assert!(msg.contains("no image set"), "{backend}: {msg}");
-
-        JsFuture::from(sam.set_embedding(embedding.clone(), 640, 480))
-            .await
-            .unwrap();
-        // The `predictor_box` case of tests/fixtures/cases.json, in image pixels.
-        let r =
-            JsFuture::from(sam.predict(None, Some(vec![370.0, 50.0, 570.0, 210.0]), None, false))
-                .await
-                .unwrap_or_else(|e| panic!("{backend}: {e:?}"));
-        let logits = Float32Array::from(get(&r, "lowResLogits")).to_vec();
-        let d = max_abs_diff(&logits, &want);
-        web_sys_log(&format!(
-            "WebSam on {backend}: low-res logits within {d:.2e}"
-        ));
-        assert!(d <= 1e-3, "{backend}: {d}");
-        let masks = js_sys::Array::from(&get(&r, "masks"));
-        assert_eq!(masks.length(), 1);
-        assert_eq!(get(&masks.get(0), "width").as_f64(), Some(640.0));
-
-        let err = JsFuture::from(sam.predict(Some(vec![700.0, 10.0, 1.0]), None, None, true))
-            .await
-            .unwrap_err();
-        let msg = format!("{:?}", js_sys::Error::from(err).message());
-        assert!(
-            msg.contains("outside the 640x480 image"),
-            "{backend}: {msg}"
-        );
-    }
 }

@@ -1,0 +1,140 @@
+// The npm package (pkg/) in headless Chromium through its public API, `Sam` and `SamWorker`, on
+// WebGPU and on the CPU: parity with the PyTorch goldens, every refused misuse, the Cache API,
+// backend "auto", and recovery from a lost GPU device. Run by `./build.sh test` after the
+// package is built; prints the load and predict timings it measured.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
+import { serve } from './server.mjs';
+import { launch, open } from './browser.mjs';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+let server;
+let browser;
+
+before(async () => {
+  server = await serve(root);
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+/** Runs `harness[fn](...args)` in a fresh page (own context: own Cache API store). */
+async function inPage(fn, args = [], options = {}) {
+  const page = await open(browser, `${server.url}/tests/browser/blank.html`, options);
+  try {
+    return await page.evaluate(async ([name, a]) => {
+      const harness = await import('/tests/browser/harness.js');
+      return harness[name](...a);
+    }, [fn, args]);
+  } finally {
+    await page.context().close();
+  }
+}
+
+const TOLERANCE = 1e-3;
+const ms = (x) => `${x.toFixed(1)} ms`;
+
+function checkCases(cases, where) {
+  for (const [name, r] of Object.entries(cases)) {
+    assert.ok(r.logits <= TOLERANCE, `${where} ${name}: low-res logits differ by ${r.logits}`);
+    assert.ok(r.iou <= TOLERANCE, `${where} ${name}: IoU differs by ${r.iou}`);
+    assert.ok(r.shapes, `${where} ${name}: masks not at the image size`);
+  }
+}
+
+for (const api of ['Sam', 'SamWorker']) {
+  describe(api, () => {
+    for (const backend of ['webgpu', 'cpu']) {
+      test(`${backend}: setEmbedding + predict and setImage + predict match PyTorch`, async () => {
+        const r = await inPage('parity', [api, backend]);
+        assert.equal(r.backend, backend);
+        checkCases(r.fromEmbedding, 'from the embedding');
+        assert.ok(r.embedding <= 2e-3, `embedding of the image differs by ${r.embedding}`);
+        checkCases(r.fromImage, 'from the image');
+        const worst = Math.max(...Object.values(r.fromEmbedding).map((c) => c.logits),
+          ...Object.values(r.fromImage).map((c) => c.logits));
+        console.log(`${api} ${backend}${r.adapter ? ` (${r.adapter})` : ''}: load ${ms(r.loadMs)}, ` +
+          `setImage ${ms(r.setImageMs)}, predict (1 point, 3 masks at 640x480) ${ms(r.predictMs)}; ` +
+          `embedding within ${r.embedding.toExponential(2)}, low-res logits within ${worst.toExponential(2)}`);
+      });
+    }
+
+    test('every misuse is an Error with a message', async () => {
+      const r = await inPage('errors', [api]);
+      const expect = {
+        loadNoOptions: [TypeError, /options object/],
+        loadNoWeights: [TypeError, /weights.*missing/],
+        loadWeightsNumber: [TypeError, /weights must be a URL.*not a number/],
+        loadBadBackend: [TypeError, /backend "gpu"; use "auto", "webgpu" or "cpu"/],
+        loadNotFound: [Error, /missing\.pth failed: HTTP 404/],
+        loadUnreadable: [Error, /not a .*checkpoint|unrecognised|unknown format|safetensors|zip/i],
+        loadNotSam: [Error, /prompt_encoder|mask_decoder|missing/i],
+        predictBeforeImage: [Error, /no image set/],
+        setImageString: [TypeError, /setImage: give an ImageData/],
+        setImageShortData: [TypeError, /10 bytes for a 4x4 RGBA image; expected 64/],
+        setImageNoEncoder: [Error, /encoder/i],
+        embeddingWrongSize: [TypeError, /1000 floats; an embedding has 1048576/],
+        embeddingNoSize: [TypeError, /width, height/],
+        embeddingNotNpy: [TypeError, /\.npy/],
+        embeddingWrongNpyShape: [Error, /shape|256/],
+        pointOutside: [Error, /\(700, 10\) is outside the 640x480 image/],
+        pointNegative: [Error, /outside the 640x480 image/],
+        emptyBox: [Error, /box .* is empty/],
+        boxOutside: [Error, /outside the 640x480 image/],
+        pointsNotArray: [TypeError, /points must be an array/],
+        pointBadLabel: [TypeError, /label 2/],
+        pointNaN: [TypeError, /point 0/],
+        boxThree: [TypeError, /box .* 4 finite numbers/],
+        unknownField: [TypeError, /unknown prompt field "boxes"/],
+        maskInputSize: [TypeError, /maskInput must be a Float32Array of 256x256/],
+        multimaskString: [TypeError, /multimask must be true or false/],
+        embeddingFormat: [TypeError, /format "png"/],
+        afterDispose: [Error, /disposed/],
+      };
+      for (const [name, [kind, pattern]] of Object.entries(expect)) {
+        const got = r[name];
+        assert.ok(got, `${name}: not run`);
+        assert.equal(got.error, true, `${name}: expected an Error, got ${JSON.stringify(got)}`);
+        if (kind === TypeError) assert.equal(got.name, 'TypeError', `${name}: ${got.name}: ${got.message}`);
+        assert.match(got.message, pattern, `${name}`);
+      }
+      assert.equal(r.stillWorks.masks, 3, 'the model works after the refused calls');
+    });
+
+    test('weights by URL are kept in the Cache API: the second load makes no request', async () => {
+      const path = '/tests/fixtures/sam_decoder.safetensors';
+      const beforeCount = server.requests.get(path) ?? 0;
+      const r = await inPage('cacheReuse', [api]);
+      assert.equal((server.requests.get(path) ?? 0) - beforeCount, 1, 'network requests for the weights');
+      assert.ok(r.inCache);
+      const size = 8146480;
+      assert.deepEqual(r.loads[0].stages, ['download', 'init', 'ready']);
+      assert.deepEqual(r.loads[0].last, { stage: 'download', loaded: size, total: size });
+      assert.deepEqual(r.loads[1].stages, ['cache', 'init', 'ready']);
+      assert.deepEqual(r.loads[1].last, { stage: 'cache', loaded: size, total: size });
+      assert.ok(r.loads.every((l) => l.monotonic), 'progress never goes back');
+      console.log(`${api}: load by URL ${ms(r.loads[0].ms)} from the network, ${ms(r.loads[1].ms)} from the cache`);
+    });
+
+    test('a lost WebGPU device is replaced and the image is kept', async () => {
+      const r = await inPage('deviceLoss', [api]);
+      assert.equal(r.backend, 'webgpu');
+      assert.ok(r.diff <= 1e-6, `result after recovery differs by ${r.diff}`);
+    });
+
+    test('backend "auto" takes WebGPU when there is an adapter and the CPU when not', async () => {
+      const withGpu = await inPage('auto', [api]);
+      assert.deepEqual(withGpu, { backend: 'webgpu', fallbackReason: null });
+      // A browser without WebGPU: navigator.gpu absent in the page and in its workers.
+      const hide = () => {
+        Object.defineProperty(Object.getPrototypeOf(navigator), 'gpu', { get: () => undefined, configurable: true });
+      };
+      const without = await inPage('auto', [api, true], { init: hide });
+      assert.equal(without.backend, 'cpu');
+      assert.match(without.fallbackReason, /WebGPU|adapter/i);
+    });
+  });
+}
