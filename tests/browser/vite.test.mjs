@@ -15,11 +15,26 @@ const root = fileURLToPath(new URL('../../', import.meta.url));
 const fixtures = join(root, 'tests/fixtures');
 const rootPackage = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 
-function npy(file) {
+/** A .npy fixture's header and data bytes. */
+function npyRaw(file) {
   const buf = readFileSync(file);
   const headerLen = buf.readUInt16LE(8);
+  const header = buf.subarray(10, 10 + headerLen).toString('latin1');
   const data = buf.subarray(10 + headerLen);
-  return new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
+  return { header, data: data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) };
+}
+
+function npyF32(file) {
+  const { header, data } = npyRaw(file);
+  assert.match(header, /'<f4'/, file);
+  return new Float32Array(data);
+}
+
+/** Pixels with a positive logit in a float16 .npy (sign bit clear, not zero). */
+function positiveF16(file) {
+  const { header, data } = npyRaw(file);
+  assert.match(header, /'<f2'/, file);
+  return new Uint16Array(data).reduce((n, u) => n + ((u & 0x8000) === 0 && (u & 0x7fff) !== 0 ? 1 : 0), 0);
 }
 
 const run = (cmd, args, cwd) => execFileSync(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
@@ -68,9 +83,8 @@ test('the packed tarball works in a fresh Vite 7 app (build + preview)', async (
     browser = await launch();
     const page = await open(browser, server.url);
     const result = await page.evaluate(() => window.result);
-    const want = npy(join(fixtures, 'case_predictor_box_low_res_logits.npy'));
-    const full = npy(join(fixtures, 'case_predictor_box_logits.npy'));
-    const wantOnes = full.reduce((n, v) => n + (v > 0 ? 1 : 0), 0);
+    const want = npyF32(join(fixtures, 'case_predictor_box_low_res_logits.npy'));
+    const wantOnes = positiveF16(join(fixtures, 'case_predictor_box_logits.npy'));
     for (const [api, r] of Object.entries(result)) {
       assert.equal(r.backend, 'webgpu', `${api}: backend auto in Chromium with WebGPU`);
       assert.equal(r.width, 640);
