@@ -50,7 +50,9 @@ async function decodeCases(sam, names) {
   const out = {};
   for (const name of names) {
     const c = all[name];
-    const r = await sam.predict(promptOf(c));
+    const prompt = promptOf(c);
+    if (c.mask_input) prompt.maskInput = await npy(c.mask_input);
+    const r = await sam.predict(prompt);
     const [h, w] = c.orig_size;
     const shapes = r.masks.every((m) => m.width === w && m.height === h && m.data.length === w * h);
     out[name] = {
@@ -84,8 +86,8 @@ export async function fixtureImage() {
 }
 
 /**
- * The parity scenario for one API and backend: load by URL, setEmbedding + predict (3 cases),
- * then setImage (an <img>) + predict, with timings.
+ * The parity scenario for one API and backend: load by URL, setEmbedding + predict (3 cases,
+ * then one with a mask input), then setImage (an <img>) + predict, with timings.
  */
 export async function parity(api, backend) {
   const t0 = performance.now();
@@ -97,6 +99,9 @@ export async function parity(api, backend) {
   result.fromEmbedding = await decodeCases(sam, ['predictor_points', 'predictor_box', 'predictor_box_points']);
   // One click with three candidates: the prompt of a click or a hover in a page.
   result.predictMs = await timePredict(sam, { points: [[161.5, 150.25, 1]], multimask: true });
+  // A previous mask's low-res logits as the mask input (the golden case is for a 1024x1024 image).
+  await sam.setEmbedding(embedding, { width: 1024, height: 1024 });
+  result.fromEmbedding.point_mask_input = (await decodeCases(sam, ['point_mask_input'])).point_mask_input;
   const img = await fixtureImage();
   const t = performance.now();
   await sam.setImage(img);
