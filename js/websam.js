@@ -13,7 +13,13 @@ function initOnce(wasm) {
   if (!wasmReady) {
     wasmReady = initWasm(wasm === undefined ? undefined : { module_or_path: wasm }).catch((e) => {
       wasmReady = null;
-      throw new Error(`the websam wasm module did not load: ${e.message ?? e}`);
+      const message = String(e?.message ?? e);
+      const hint = /magic word|MIME type/.test(message)
+        ? ' (the server sent something else than websam_core_bg.wasm: a bundler that pre-bundles'
+          + ' websam, as the Vite dev server does, needs optimizeDeps: { exclude: [\'websam\'] }; or'
+          + ' give the wasm file\'s URL as the `wasm` option)'
+        : '';
+      throw new Error(`the websam wasm module did not load: ${message}${hint}`);
     });
   }
   return wasmReady;

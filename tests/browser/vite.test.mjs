@@ -1,7 +1,8 @@
 // The packed npm tarball installed into a fresh Vite 7 project, built, served by `vite preview`
 // and run in headless Chromium: `import { Sam } from 'websam'` and `import { SamWorker } from
 // 'websam/worker'` both give the golden mask with the bundler's own handling of the wasm and
-// worker URLs, and no extra configuration.
+// worker URLs and no configuration; then the same app on `vite` (dev server) with the one line
+// of configuration docs/API.md gives.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
@@ -39,12 +40,12 @@ function positiveF16(file) {
 
 const run = (cmd, args, cwd) => execFileSync(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
 
-/** Starts `vite preview` on a free port; resolves to its URL and the process. */
-function preview(app) {
-  const child = spawn(join(app, 'node_modules/.bin/vite'), ['preview', '--host', '127.0.0.1', '--port', '0'], { cwd: app });
+/** Starts `vite <args>` on a free port; resolves to its URL and the process. */
+function vite(app, args) {
+  const child = spawn(join(app, 'node_modules/.bin/vite'), [...args, '--host', '127.0.0.1', '--port', '0'], { cwd: app });
   return new Promise((resolve, reject) => {
     let out = '';
-    const timer = setTimeout(() => reject(new Error(`vite preview did not start: ${out}`)), 30000);
+    const timer = setTimeout(() => reject(new Error(`vite ${args[0] ?? 'dev'} did not start: ${out}`)), 30000);
     child.stdout.on('data', (d) => {
       out += d;
       // eslint-disable-next-line no-control-regex
@@ -54,11 +55,35 @@ function preview(app) {
         resolve({ url: m[0], child });
       }
     });
-    child.on('exit', (code) => reject(new Error(`vite preview exited with ${code}: ${out}`)));
+    child.on('exit', (code) => reject(new Error(`vite ${args[0] ?? 'dev'} exited with ${code}: ${out}`)));
   });
 }
 
-test('the packed tarball works in a fresh Vite 7 app (build + preview)', async () => {
+async function appResult(browser, url) {
+  const page = await open(browser, url);
+  try {
+    return await page.evaluate(() => window.result);
+  } finally {
+    await page.context().close();
+  }
+}
+
+function check(how, result) {
+  const want = npyF32(join(fixtures, 'case_predictor_box_low_res_logits.npy'));
+  const wantOnes = positiveF16(join(fixtures, 'case_predictor_box_logits.npy'));
+  for (const [api, r] of Object.entries(result)) {
+    assert.equal(r.backend, 'webgpu', `${how}, ${api}: backend auto in Chromium with WebGPU`);
+    assert.equal(r.width, 640);
+    assert.equal(r.height, 480);
+    let worst = 0;
+    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(r.lowResLogits[i] - want[i]));
+    assert.ok(worst <= 1e-3, `${how}, ${api}: low-res logits differ by ${worst}`);
+    assert.ok(Math.abs(r.ones - wantOnes) <= wantOnes * 1e-3, `${how}, ${api}: ${r.ones} mask pixels, PyTorch ${wantOnes}`);
+    console.log(`${how}, ${api} (${r.backend}): low-res logits within ${worst.toExponential(2)}, mask of ${r.ones} pixels (PyTorch ${wantOnes})`);
+  }
+}
+
+test('the packed tarball works in a fresh Vite 7 app (build + preview, and dev)', async () => {
   const work = mkdtempSync(join(tmpdir(), 'websam-vite-'));
   let server;
   let browser;
@@ -79,22 +104,14 @@ test('the packed tarball works in a fresh Vite 7 app (build + preview)', async (
     run(join(app, 'node_modules/.bin/vite'), ['build', '--logLevel', 'warn'], app);
     const assets = readdirSync(join(app, 'dist/assets'));
     assert.ok(assets.some((f) => f.endsWith('.wasm')), `the wasm is an asset of the build: ${assets}`);
-    server = await preview(app);
+    server = await vite(app, ['preview']);
     browser = await launch();
-    const page = await open(browser, server.url);
-    const result = await page.evaluate(() => window.result);
-    const want = npyF32(join(fixtures, 'case_predictor_box_low_res_logits.npy'));
-    const wantOnes = positiveF16(join(fixtures, 'case_predictor_box_logits.npy'));
-    for (const [api, r] of Object.entries(result)) {
-      assert.equal(r.backend, 'webgpu', `${api}: backend auto in Chromium with WebGPU`);
-      assert.equal(r.width, 640);
-      assert.equal(r.height, 480);
-      let worst = 0;
-      for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(r.lowResLogits[i] - want[i]));
-      assert.ok(worst <= 1e-3, `${api}: low-res logits differ by ${worst}`);
-      assert.ok(Math.abs(r.ones - wantOnes) <= wantOnes * 1e-3, `${api}: ${r.ones} mask pixels, PyTorch ${wantOnes}`);
-      console.log(`vite app, ${api} (${r.backend}): low-res logits within ${worst.toExponential(2)}, mask of ${r.ones} pixels (PyTorch ${wantOnes})`);
-    }
+    check('vite build + preview', await appResult(browser, server.url));
+    server.child.kill();
+    // The dev server, configured as docs/API.md says: websam kept out of dependency pre-bundling.
+    writeFileSync(join(app, 'vite.config.js'), "export default { optimizeDeps: { exclude: ['websam'] } };\n");
+    server = await vite(app, []);
+    check('vite dev', await appResult(browser, server.url));
   } finally {
     await browser?.close();
     server?.child.kill();
