@@ -45,6 +45,15 @@ function checkCases(cases, where) {
   }
 }
 
+test('every image input setImage takes gives the pixels of the <img>', async () => {
+  const r = await inPage('imageInputs');
+  assert.deepEqual(Object.keys(r).sort(),
+    ['bitmap', 'blob', 'canvas', 'imageData', 'offscreen', 'rgbaBuffer', 'rgbaObject']);
+  for (const [name, got] of Object.entries(r)) {
+    assert.deepEqual(got, { width: 640, height: 480, length: 640 * 480 * 4, differ: 0 }, name);
+  }
+});
+
 for (const api of ['Sam', 'SamWorker']) {
   describe(api, () => {
     for (const backend of ['webgpu', 'cpu']) {

@@ -3,6 +3,7 @@
 // Playwright tests (api.test.mjs) call these functions and assert on what they return.
 import { Sam, clearWeightsCache } from '/pkg/websam.js';
 import { SamWorker } from '/pkg/worker.js';
+import { toRgba } from '/pkg/internal.js';
 
 export const apis = { Sam, SamWorker };
 export const FIXTURES = '/tests/fixtures/';
@@ -214,5 +215,34 @@ export async function auto(api, hideGpu = false) {
   const sam = await apis[api].load(options);
   const out = { backend: sam.backend, fallbackReason: sam.fallbackReason ?? null };
   sam.dispose();
+  return out;
+}
+
+/**
+ * Every image input `setImage` takes, made from the fixture PNG, read to RGBA: the size and the
+ * number of bytes that differ from the pixels of the <img> (whose embedding matches PyTorch's).
+ */
+export async function imageInputs() {
+  const blob = await (await fetchOk(FIXTURES + 'image.png')).blob();
+  const img = await fixtureImage();
+  const bitmap = await createImageBitmap(blob);
+  const canvas = Object.assign(document.createElement('canvas'), { width: 640, height: 480 });
+  canvas.getContext('2d').drawImage(bitmap, 0, 0);
+  const imageData = canvas.getContext('2d').getImageData(0, 0, 640, 480);
+  const offscreen = new OffscreenCanvas(640, 480);
+  offscreen.getContext('2d').drawImage(bitmap, 0, 0);
+  const inputs = {
+    bitmap, canvas, imageData, offscreen, blob,
+    rgbaObject: { data: new Uint8ClampedArray(imageData.data), width: 640, height: 480 },
+    rgbaBuffer: { data: imageData.data.slice().buffer, width: 640, height: 480 },
+  };
+  const want = (await toRgba(img)).data;
+  const out = {};
+  for (const [name, input] of Object.entries(inputs)) {
+    const { data, width, height } = await toRgba(input);
+    let differ = 0;
+    for (let i = 0; i < want.length; i++) if (data[i] !== want[i]) differ++;
+    out[name] = { width, height, length: data.length, differ };
+  }
   return out;
 }
