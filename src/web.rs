@@ -34,11 +34,17 @@ impl Shared {
         self.predictor.borrow_mut().take().ok_or_else(busy)
     }
 
-    /// Puts the predictor back after a call, whatever its outcome.
-    fn put(&self, p: Predictor) {
+    /// Runs `f` on the predictor, taken for the call and put back whatever its outcome.
+    async fn call<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Predictor) -> crate::Result<T>,
+    ) -> Result<T, JsValue> {
+        let mut p = self.take()?;
+        let r = f(&mut p).await;
         self.backend.set(p.backend());
         *self.adapter.borrow_mut() = p.adapter_name();
         *self.predictor.borrow_mut() = Some(p);
+        r.map_err(js_err)
     }
 }
 
@@ -118,10 +124,7 @@ impl WebSam {
         future_to_promise(async move {
             let image =
                 RgbImage::from_rgba(width as usize, height as usize, &rgba).map_err(js_err)?;
-            let mut p = shared.take()?;
-            let r = p.set_image(&image).await;
-            shared.put(p);
-            r.map_err(js_err)?;
+            shared.call(async |p| p.set_image(&image).await).await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -146,10 +149,9 @@ impl WebSam {
                 })
                 .map_err(js_err)?;
             let embedding = ImageEmbedding::new(t, frame).map_err(js_err)?;
-            let mut p = shared.take()?;
-            let r = p.set_embedding(embedding).await;
-            shared.put(p);
-            r.map_err(js_err)?;
+            shared
+                .call(async |p| p.set_embedding(embedding).await)
+                .await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -162,10 +164,9 @@ impl WebSam {
         future_to_promise(async move {
             let frame = ImageFrame::new(height as usize, width as usize).map_err(js_err)?;
             let embedding = ImageEmbedding::from_npy_bytes(&npy, frame).map_err(js_err)?;
-            let mut p = shared.take()?;
-            let r = p.set_embedding(embedding).await;
-            shared.put(p);
-            r.map_err(js_err)?;
+            shared
+                .call(async |p| p.set_embedding(embedding).await)
+                .await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -224,10 +225,7 @@ impl WebSam {
         let shared = Rc::clone(&self.shared);
         future_to_promise(async move {
             let prompt = prompt_from(points, bbox, mask_input, multimask).map_err(js_err)?;
-            let mut p = shared.take()?;
-            let r = p.predict(&prompt).await;
-            shared.put(p);
-            let (pred, masks) = r.map_err(js_err)?;
+            let (pred, masks) = shared.call(async |p| p.predict(&prompt).await).await?;
             let out = Object::new();
             let list = Array::new();
             for m in &masks {
