@@ -2,11 +2,11 @@
 # websam's one entry point for people and CI.
 #
 #   ./build.sh setup   install what the build and tests need (idempotent; fast when all is there)
-#   ./build.sh run     the main job: build the CLI and segment the fixture image (args override)
+#   ./build.sh run     build the CLI and segment the fixture image (args override)
 #   ./build.sh build   release builds: the native CLI, and pkg/ (the npm package: wasm, JS API, .d.ts)
-#   ./build.sh serve   build and serve the demo page (arrives with the demo page; says so until then)
-#   ./build.sh test    fmt, clippy (native, wasm32), native tests, Chromium tests of the engine and
-#                      of the package (pkg/) through its JS API, Node and Vite checks
+#   ./build.sh serve   the main job: build the package and serve the demo page on 127.0.0.1 (PORT)
+#   ./build.sh test    fmt, clippy (native, wasm32), native tests, Chromium tests of the engine, of
+#                      the package (pkg/) through its JS API, of a Vite app and of the demo page
 #   ./build.sh bench   encoder and decoder timings per backend (CPU, and the GPU when present)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -142,10 +142,15 @@ run() {
   ./target/release/websam segment "$@"
 }
 
+# The demo page: www/ at /, the package at /pkg/, the fixtures at /fixtures/ (a model and an
+# image to try without downloading anything). PORT=8080 by default.
 serve() {
-  echo "The demo page does not exist yet (it lands with the demo issue)." >&2
-  echo "Until then the main job is the CLI: ./build.sh run" >&2
-  exit 1
+  package
+  local port="${PORT:-8080}"
+  echo "websam demo: http://127.0.0.1:$port/" >&2
+  echo "with the fixture model and image: http://127.0.0.1:$port/?weights=/fixtures/mobile_sam.pth&image=/fixtures/image.png" >&2
+  echo "(Ctrl+C to stop)" >&2
+  exec node tools/serve.mjs --port "$port" /=www /pkg/=pkg /fixtures/="$FIXTURES"
 }
 
 test_all() {
@@ -162,10 +167,10 @@ test_all() {
   CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}" \
     cargo test --release --target "$WASM_TARGET" --test web
   package
-  log "the package on Node (CPU backend) and its TypeScript declarations"
-  node tests/node/smoke.mjs
+  log "Node: the package on the CPU backend, the page's annotation model; TypeScript declarations"
+  node --test --test-reporter=spec tests/node/
   node_modules/.bin/tsc -p tests/types/tsconfig.json
-  log "the package in headless Chromium: Sam and SamWorker on WebGPU and CPU, errors, cache, Vite app"
+  log "headless Chromium: the package (Sam, SamWorker; WebGPU and CPU), a Vite app, the demo page"
   node --test --test-concurrency=1 --test-reporter=spec tests/browser/
 }
 

@@ -5,7 +5,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
-import { serve } from './server.mjs';
+import { serve } from '../../tools/serve.mjs';
 import { launch, open } from './browser.mjs';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));

@@ -1,0 +1,369 @@
+// The demo and annotation page (www/) in headless Chromium, driven as a user drives it: weights
+// by URL parameter and by file input, an image by file input, hover, clicks, a dragged box,
+// candidates, objects, undo/redo, every export, offline reload; on the CPU and on WebGPU. What
+// the page draws is compared with what the package's API returns for the same prompt (a
+// reference model in the same page, on the page's own exported embedding), and the box with
+// the PyTorch golden.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { serve } from '../../tools/serve.mjs';
+import { launch } from './browser.mjs';
+import { maskStats, rleDecode, rleFromString } from '../../www/annotate.js';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+const fixtures = join(root, 'tests/fixtures');
+const W = 640;
+const H = 480;
+let server;
+let browser;
+let downloads;
+
+before(async () => {
+  downloads = mkdtempSync(join(tmpdir(), 'websam-www-'));
+  server = await serve({
+    '/': join(root, 'www'), '/pkg/': join(root, 'pkg'), '/fixtures/': fixtures,
+    '/test/': join(root, 'tests/browser'), '/downloads/': downloads,
+  });
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+  await server?.close();
+  rmSync(downloads, { recursive: true, force: true });
+});
+
+async function newPage() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.log(`[page error] ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') console.log(`[page console] ${m.text()}`);
+  });
+  return page;
+}
+
+const idle = (page) => page.evaluate(() => window.websamApp.idle());
+const state = (page) => page.evaluate(() => {
+  const s = window.websamApp.state();
+  return {
+    prompt: s.prompt,
+    selected: s.selected,
+    candidates: s.result?.masks.length ?? 0,
+    objects: s.objects.map((o) => ({ id: o.id, name: o.name, visible: o.visible })),
+    active: s.active,
+  };
+});
+const helpers = (page, fn, ...args) => page.evaluate(async ([f, a]) => (await import('/test/www-helpers.js'))[f](...a), [fn, args]);
+
+/** Client coordinates of an image position (pixel centre, or corner with `corner`). */
+async function at(page, x, y, corner = false) {
+  const b = await page.locator('#layers').boundingBox();
+  const d = corner ? 0 : 0.5;
+  return [b.x + ((x + d) * b.width) / W, b.y + ((y + d) * b.height) / H];
+}
+
+function diffCount(a, b) {
+  assert.equal(a.length, b.length);
+  let n = 0;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) n++;
+  return n;
+}
+
+/** Saves a download under the served /downloads/ folder; returns its path and bytes. */
+async function download(page, button) {
+  const [d] = await Promise.all([page.waitForEvent('download'), page.click(button)]);
+  const path = join(downloads, d.suggestedFilename());
+  await d.saveAs(path);
+  return { name: d.suggestedFilename(), path, bytes: readFileSync(path) };
+}
+
+function f16(u) {
+  const e = (u >> 10) & 0x1f;
+  const m = u & 0x3ff;
+  const v = e === 0 ? m * 2 ** -24 : e === 31 ? Infinity : (1 + m / 1024) * 2 ** (e - 15);
+  return u & 0x8000 ? -v : v;
+}
+
+function goldenLogits(name) {
+  const buf = readFileSync(join(fixtures, name));
+  const headerLen = buf.readUInt16LE(8);
+  assert.match(buf.subarray(10, 10 + headerLen).toString('latin1'), /'<f2'/);
+  return Array.from(new Uint16Array(buf.buffer.slice(buf.byteOffset + 10 + headerLen, buf.byteOffset + buf.length)), f16);
+}
+
+/** Even-odd fill of polygons sampled at pixel centres, as a '0'/'1' string. */
+function rasterize(polygons, width, height) {
+  const out = new Uint8Array(width * height);
+  for (let y = 0; y < height; y++) {
+    const py = y + 0.5;
+    const xs = [];
+    for (const p of polygons) {
+      for (let i = 0, n = p.length / 2, j = n - 1; i < n; j = i++) {
+        const [xi, yi, xj, yj] = [p[2 * i], p[2 * i + 1], p[2 * j], p[2 * j + 1]];
+        if ((yi > py) !== (yj > py)) xs.push(xi + ((py - yi) * (xj - xi)) / (yj - yi));
+      }
+    }
+    xs.sort((a, b) => a - b);
+    for (let k = 0; k + 1 < xs.length; k += 2) {
+      for (let x = Math.ceil(xs[k] - 0.5); x + 0.5 < xs[k + 1]; x++) out[y * width + x] = 1;
+    }
+  }
+  return Array.from(out).join('');
+}
+
+const bitsOf = (data) => Array.from(data, (v) => (v ? '1' : '0')).join('');
+
+describe('the demo page on the CPU', () => {
+  let page;
+  const ref = {};
+
+  test('weights by URL parameter, image by file input, embedding exported', async () => {
+    page = await newPage();
+    await page.goto(`${server.url}/?weights=/fixtures/mobile_sam.pth&backend=cpu&nosw`);
+    await page.waitForSelector('body[data-backend=cpu]', { timeout: 60000 });
+    assert.match(await page.textContent('#model-status'), /mobile_sam\.pth loaded on CPU/);
+    assert.match(await page.textContent('#backend-status'), /CPU/);
+    await page.setInputFiles('#image-file', join(fixtures, 'image.png'));
+    await page.waitForSelector('body[data-image=ready]', { timeout: 120000 });
+    assert.match(await page.textContent('#encoder-status'), /encoder \d/);
+    const npy = await download(page, '#export-embedding');
+    assert.equal(npy.name, 'image.npy');
+    // The page's embedding of the image is PyTorch's (the fixture) to within the parity bound.
+    const headerLen = npy.bytes.readUInt16LE(8);
+    const got = new Float32Array(npy.bytes.buffer.slice(npy.bytes.byteOffset + 10 + headerLen, npy.bytes.byteOffset + npy.bytes.length));
+    const golden = readFileSync(join(fixtures, 'embedding.npy'));
+    const want = new Float32Array(golden.buffer.slice(golden.byteOffset + 10 + golden.readUInt16LE(8), golden.byteOffset + golden.length));
+    let worst = 0;
+    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+    assert.ok(worst <= 2e-3, `embedding differs by ${worst}`);
+    assert.equal(await helpers(page, 'reference', '/downloads/image.npy'), 'cpu');
+  });
+
+  test('hover shows the preview a click would give', async () => {
+    await page.mouse.move(...(await at(page, 300, 200)));
+    await page.waitForFunction(() => {
+      const c = document.getElementById('preview-layer');
+      const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      for (let i = 3; i < px.length; i += 4) if (px[i]) return true;
+      return false;
+    }, null, { timeout: 30000 });
+    const r = await helpers(page, 'predict', { points: [[300, 200, 1]], multimask: true });
+    assert.equal(diffCount(await helpers(page, 'layer', 'preview-layer'), r.masks[r.best]), 0);
+  });
+
+  test('a click draws the mask the API gives; candidates; a negative click refines it', async () => {
+    await page.mouse.click(...(await at(page, 161, 150)));
+    await idle(page);
+    let s = await state(page);
+    assert.deepEqual(s.prompt.points, [{ x: 161, y: 150, label: 1 }]);
+    assert.equal(s.candidates, 3);
+    const r1 = await helpers(page, 'predict', { points: [[161, 150, 1]], multimask: true });
+    assert.equal(s.selected, r1.best);
+    const first = await helpers(page, 'layer', 'current-layer');
+    assert.equal(diffCount(first, r1.masks[r1.best]), 0, 'overlay = API mask');
+    // The three candidates with their predicted IoU and stability, the best preselected.
+    const shown = await page.$$eval('#candidates button', (bs) => bs.map((b) => ({
+      pressed: b.getAttribute('aria-pressed'), iou: b.querySelector('.iou').textContent, stability: b.querySelector('.stability').textContent,
+    })));
+    assert.deepEqual(shown.map((c) => c.iou), r1.scores.map((v) => v.toFixed(3)));
+    assert.deepEqual(shown.map((c) => c.stability), r1.stability.map((v) => v.toFixed(3)));
+    assert.equal(shown.findIndex((c) => c.pressed === 'true'), r1.best);
+    const other = (r1.best + 1) % 3;
+    await page.click(`#candidates button[data-index="${other}"]`);
+    await idle(page);
+    assert.equal((await state(page)).selected, other);
+    assert.equal(diffCount(await helpers(page, 'layer', 'current-layer'), r1.masks[other]), 0, 'selected candidate drawn');
+    // A negative click refines the selected candidate: its low-res logits are the mask input.
+    await page.mouse.click(...(await at(page, 470, 130)), { button: 'right' });
+    await idle(page);
+    s = await state(page);
+    assert.deepEqual(s.prompt.points[1], { x: 470, y: 130, label: 0 });
+    assert.equal(s.candidates, 1);
+    const r2 = await helpers(page, 'predict', { points: [[161, 150, 1], [470, 130, 0]], multimask: false }, { result: r1.result, index: other });
+    const second = await helpers(page, 'layer', 'current-layer');
+    assert.equal(diffCount(second, r2.masks[0]), 0, 'refined overlay = API mask');
+    assert.ok(diffCount(second, first) > 0, 'the negative click changed the mask');
+    // Clicking a point removes it.
+    await page.mouse.click(...(await at(page, 470, 130)));
+    await idle(page);
+    assert.equal((await state(page)).prompt.points.length, 1);
+  });
+
+  test('a dragged box gives the PyTorch box golden; two objects committed', async () => {
+    await page.keyboard.press('Escape');
+    await idle(page);
+    assert.deepEqual((await state(page)).prompt, { points: [], box: null });
+    await page.mouse.move(...(await at(page, 370, 50, true)));
+    await page.mouse.down();
+    await page.mouse.move(...(await at(page, 470, 130, true)), { steps: 4 });
+    await page.mouse.move(...(await at(page, 570, 210, true)), { steps: 4 });
+    await page.mouse.up();
+    await idle(page);
+    assert.deepEqual((await state(page)).prompt.box, [370, 50, 570, 210]);
+    const overlay = await helpers(page, 'layer', 'current-layer');
+    const golden = goldenLogits('case_predictor_box_logits.npy');
+    let outsideBand = 0;
+    let inBand = 0;
+    golden.forEach((v, i) => {
+      if ((v > 0) !== (overlay[i] === '1')) {
+        if (Math.abs(v) < 1e-2) inBand++;
+        else outsideBand++;
+      }
+    });
+    assert.equal(outsideBand, 0, `pixels off the PyTorch mask (|logit| >= 1e-2); ${inBand} within the band`);
+    ref.box = overlay;
+    await page.keyboard.press('Enter');
+    await idle(page);
+    await page.mouse.click(...(await at(page, 100, 400)));
+    await idle(page);
+    const r3 = await helpers(page, 'predict', { points: [[100, 400, 1]], multimask: true });
+    ref.second = r3.masks[r3.best];
+    assert.equal(diffCount(await helpers(page, 'layer', 'current-layer'), ref.second), 0);
+    await page.keyboard.press('Enter');
+    await idle(page);
+    const s = await state(page);
+    assert.deepEqual(s.objects.map((o) => o.name), ['object 1', 'object 2']);
+    assert.equal(await page.locator('#objects li').count(), 2);
+    assert.equal((await helpers(page, 'colours', 'objects-layer')).length, 2, 'each object its own colour');
+    assert.equal((await helpers(page, 'layer', 'current-layer')).indexOf('1'), -1, 'no current mask after commit');
+  });
+
+  test('undo and redo over commits, renames and hiding', async () => {
+    await page.keyboard.press('Control+z');
+    await idle(page);
+    assert.equal((await state(page)).objects.length, 1);
+    assert.equal((await state(page)).candidates, 3, 'undo brings back the prompt that was committed');
+    await page.keyboard.press('Control+Shift+z');
+    await idle(page);
+    assert.equal((await state(page)).objects.length, 2);
+    await page.fill('#objects li[data-id="1"] input.name', 'red disc');
+    await page.press('#objects li[data-id="1"] input.name', 'Enter');
+    await idle(page);
+    await page.uncheck('#objects li[data-id="2"] input.visible');
+    await idle(page);
+    let s = await state(page);
+    assert.deepEqual(s.objects.map((o) => [o.name, o.visible]), [['red disc', true], ['object 2', false]]);
+    assert.equal((await helpers(page, 'colours', 'objects-layer')).length, 1, 'hidden object not drawn');
+    await page.click('#undo');
+    await idle(page);
+    await page.click('#undo');
+    await idle(page);
+    s = await state(page);
+    assert.deepEqual(s.objects.map((o) => [o.name, o.visible]), [['object 1', true], ['object 2', true]]);
+    await page.click('#redo');
+    await idle(page);
+    assert.equal((await state(page)).objects[0].name, 'red disc');
+  });
+
+  test('exports: mask PNG, cut-out PNG, COCO RLE and polygons', async () => {
+    // The second object is selected (the last committed); make the first one active.
+    await page.click('#objects li[data-id="1"] .swatch');
+    await idle(page);
+    assert.equal((await state(page)).active, 1);
+    const mask = await download(page, '#export-mask');
+    const png = await helpers(page, 'decodePng', mask.bytes.toString('base64'));
+    assert.deepEqual([png.width, png.height], [W, H]);
+    const rgba = Buffer.from(png.rgba, 'base64');
+    let pngBits = '';
+    for (let i = 0; i < W * H; i++) pngBits += rgba[i * 4] === 255 ? '1' : '0';
+    assert.equal(diffCount(pngBits, ref.box), 0, 'mask PNG = the object');
+
+    const cut = await download(page, '#export-cutout');
+    const cutPng = await helpers(page, 'decodePng', cut.bytes.toString('base64'));
+    const { bbox } = maskStats({ data: Uint8Array.from(ref.box, Number), width: W, height: H });
+    assert.deepEqual([cutPng.width, cutPng.height], [bbox[2], bbox[3]], 'cropped to the bounding box');
+    const cutRgba = Buffer.from(cutPng.rgba, 'base64');
+    const src = Buffer.from(await helpers(page, 'imagePixels', ...bbox), 'base64');
+    let wrong = 0;
+    for (let y = 0; y < bbox[3]; y++) {
+      for (let x = 0; x < bbox[2]; x++) {
+        const o = (y * bbox[2] + x) * 4;
+        const inside = ref.box[(bbox[1] + y) * W + bbox[0] + x] === '1';
+        if ((cutRgba[o + 3] === 255) !== inside || (inside && (cutRgba[o] !== src[o] || cutRgba[o + 1] !== src[o + 1] || cutRgba[o + 2] !== src[o + 2]))) wrong++;
+      }
+    }
+    assert.equal(wrong, 0, 'cut-out: image pixels inside the mask, transparent outside');
+
+    const coco = JSON.parse((await download(page, '#export-coco')).bytes);
+    assert.deepEqual(coco.images, [{ id: 1, file_name: 'image.png', width: W, height: H }]);
+    assert.equal(coco.annotations.length, 2);
+    const wants = [ref.box, ref.second];
+    coco.annotations.forEach((a, i) => {
+      assert.deepEqual(a.segmentation.size, [H, W]);
+      const decoded = rleDecode(rleFromString(a.segmentation.counts), W, H);
+      assert.equal(diffCount(bitsOf(decoded.data), wants[i]), 0, `annotation ${i}: RLE decodes to the mask`);
+      assert.deepEqual({ area: a.area, bbox: a.bbox }, maskStats(decoded));
+    });
+    assert.equal(coco.annotations[0].name, 'red disc');
+
+    const polys = JSON.parse((await download(page, '#export-polygons')).bytes);
+    polys.annotations.forEach((a, i) => {
+      assert.equal(diffCount(rasterize(a.segmentation, W, H), wants[i]), 0, `annotation ${i}: polygons fill the mask`);
+    });
+  });
+
+  test('clear all, and undo it', async () => {
+    await page.click('#clear-all');
+    await idle(page);
+    assert.equal((await state(page)).objects.length, 0);
+    await page.keyboard.press('Control+z');
+    await idle(page);
+    assert.equal((await state(page)).objects.length, 2);
+    await page.context().close();
+  });
+});
+
+describe('loading', () => {
+  test('weights by file input; a file that is not a SAM checkpoint says so', async () => {
+    const page = await newPage();
+    await page.goto(`${server.url}/?nosw`);
+    await page.selectOption('#backend', 'cpu');
+    await page.setInputFiles('#weights-file', join(fixtures, 'loader/dtypes.pth'));
+    await page.waitForSelector('#model-status.error');
+    assert.match(await page.textContent('#model-status'), /Could not load dtypes\.pth: .*not a SAM checkpoint/);
+    await page.setInputFiles('#weights-file', join(fixtures, 'sam_decoder.safetensors'));
+    await page.waitForSelector('body[data-backend=cpu]');
+    assert.match(await page.textContent('#model-status'), /sam_decoder\.safetensors loaded on CPU/);
+    // Decoder-only weights: the image is opened with its embedding, no encoding.
+    await page.setInputFiles('#image-file', [join(fixtures, 'image.png'), join(fixtures, 'embedding.npy')]);
+    await page.waitForSelector('body[data-image=ready]');
+    assert.match(await page.textContent('#image-status'), /embedding imported/);
+    await page.context().close();
+  });
+
+  test('offline: the page and the cached weights load with no network', async () => {
+    const page = await newPage();
+    const address = `${server.url}/?weights=/fixtures/sam_decoder.safetensors&backend=cpu`;
+    await page.goto(address);
+    await page.waitForSelector('body[data-backend=cpu]');
+    await page.evaluate(() => navigator.serviceWorker.ready);
+    await page.reload();
+    await page.waitForSelector('body[data-backend=cpu]');
+    await page.context().setOffline(true);
+    await page.reload();
+    await page.waitForSelector('body[data-backend=cpu]', { timeout: 30000 });
+    assert.match(await page.textContent('#model-status'), /loaded on CPU/);
+    await page.context().close();
+  });
+});
+
+describe('the demo page on WebGPU', () => {
+  test('a click draws the mask the API gives on WebGPU', async () => {
+    const page = await newPage();
+    await page.goto(`${server.url}/?weights=/fixtures/sam_decoder.safetensors&backend=webgpu&image=/fixtures/image.png&embedding=/fixtures/embedding.npy&nosw`);
+    await page.waitForSelector('body[data-backend=webgpu]', { timeout: 60000 });
+    await page.waitForSelector('body[data-image=ready]', { timeout: 60000 });
+    assert.match(await page.textContent('#backend-status'), /WebGPU/);
+    await page.uncheck('#hover-preview');
+    await page.mouse.click(...(await at(page, 161, 150)));
+    await idle(page);
+    assert.equal(await helpers(page, 'reference', '/fixtures/embedding.npy', 'webgpu'), 'webgpu');
+    const r = await helpers(page, 'predict', { points: [[161, 150, 1]], multimask: true });
+    assert.equal(diffCount(await helpers(page, 'layer', 'current-layer'), r.masks[r.best]), 0);
+    await page.context().close();
+  });
+});

@@ -1,0 +1,119 @@
+// The page's annotation model (www/annotate.js) under Node: COCO RLE against pycocotools'
+// encoding of the fixture masks (tests/fixtures/coco_rle.json, tools/golden/make_coco_rle.py),
+// polygons that rasterize back to their mask, and undo/redo.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import {
+  History, maskPolygons, maskStats, rleCounts, rleDecode, rleFromString, rleToString,
+} from '../../www/annotate.js';
+
+const fixture = (name) => new URL(`../fixtures/${name}`, import.meta.url);
+
+/** Channel `c` of a float16 logits .npy thresholded at 0 (sign bit clear and not zero). */
+function maskFromF16(name, c) {
+  const buf = readFileSync(fixture(name));
+  const headerLen = buf.readUInt16LE(8);
+  const header = buf.subarray(10, 10 + headerLen).toString('latin1');
+  assert.match(header, /'<f2'/);
+  const [, h, w] = header.match(/\((\d+), (\d+), (\d+)\)/).slice(1).map(Number);
+  const bits = new Uint16Array(buf.buffer.slice(buf.byteOffset + 10 + headerLen + c * h * w * 2,
+    buf.byteOffset + 10 + headerLen + (c + 1) * h * w * 2));
+  const data = bits.map((u) => ((u & 0x8000) === 0 && (u & 0x7fff) !== 0 ? 1 : 0));
+  return { data: new Uint8Array(data), width: w, height: h };
+}
+
+/** Even-odd fill sampled at pixel centres. */
+function rasterize(polygons, width, height) {
+  const out = new Uint8Array(width * height);
+  for (let y = 0; y < height; y++) {
+    const py = y + 0.5;
+    const crossings = [];
+    for (const p of polygons) {
+      const n = p.length / 2;
+      for (let i = 0, j = n - 1; i < n; j = i++) {
+        const [xi, yi, xj, yj] = [p[2 * i], p[2 * i + 1], p[2 * j], p[2 * j + 1]];
+        if ((yi > py) !== (yj > py)) crossings.push(xi + ((py - yi) * (xj - xi)) / (yj - yi));
+      }
+    }
+    crossings.sort((a, b) => a - b);
+    for (let k = 0; k + 1 < crossings.length; k += 2) {
+      for (let x = Math.ceil(crossings[k] - 0.5); x + 0.5 < crossings[k + 1]; x++) out[y * width + x] = 1;
+    }
+  }
+  return out;
+}
+
+let seed = 7;
+const random = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+
+test('COCO RLE equals pycocotools on the fixture masks', () => {
+  const golden = JSON.parse(readFileSync(fixture('coco_rle.json'), 'utf8'));
+  assert.equal(golden.masks.length, 5);
+  for (const g of golden.masks) {
+    const mask = maskFromF16(g.logits, g.channel);
+    assert.deepEqual(g.size, [mask.height, mask.width]);
+    const counts = rleCounts(mask);
+    assert.equal(rleToString(counts), g.counts, `${g.logits}[${g.channel}]`);
+    assert.deepEqual(rleFromString(g.counts), counts);
+    const { area, bbox } = maskStats(mask);
+    assert.equal(area, g.area);
+    assert.deepEqual(bbox, g.bbox);
+    assert.deepEqual(rleDecode(counts, mask.width, mask.height).data, mask.data);
+  }
+});
+
+test('RLE and polygons give back random masks exactly', () => {
+  for (let t = 0; t < 400; t++) {
+    const width = 1 + Math.floor(random() * 14);
+    const height = 1 + Math.floor(random() * 14);
+    const p = random();
+    const mask = { data: new Uint8Array(width * height).map(() => (random() < p ? 1 : 0)), width, height };
+    const counts = rleCounts(mask);
+    assert.equal(counts.reduce((a, b) => a + b, 0), width * height);
+    assert.deepEqual(rleFromString(rleToString(counts)), counts);
+    assert.deepEqual(rleDecode(counts, width, height).data, mask.data);
+    const polygons = maskPolygons(mask);
+    assert.deepEqual(rasterize(polygons, width, height), mask.data, `polygons of ${JSON.stringify([...mask.data])} ${width}x${height}`);
+    for (const poly of polygons) {
+      const n = poly.length / 2;
+      assert.ok(n >= 4 && n % 2 === 0, 'axis-aligned loops have an even number of corners');
+      for (let i = 0; i < n; i++) {
+        const a = (i + n - 1) % n;
+        const b = (i + 1) % n;
+        const cross = (poly[2 * i] - poly[2 * a]) * (poly[2 * b + 1] - poly[2 * i + 1])
+          - (poly[2 * i + 1] - poly[2 * a + 1]) * (poly[2 * b] - poly[2 * i]);
+        assert.notEqual(cross, 0, 'only turning corners are listed');
+      }
+    }
+  }
+});
+
+test('polygons of a fixture mask rasterize back to it', () => {
+  const mask = maskFromF16('case_predictor_box_logits.npy', 0);
+  assert.deepEqual(rasterize(maskPolygons(mask), mask.width, mask.height), mask.data);
+});
+
+test('an empty mask has no runs of ones, no polygons, no bbox', () => {
+  const mask = { data: new Uint8Array(12), width: 4, height: 3 };
+  assert.deepEqual(rleCounts(mask), [12]);
+  assert.deepEqual(maskPolygons(mask), []);
+  assert.deepEqual(maskStats(mask), { area: 0, bbox: null });
+});
+
+test('history: undo, redo, and a new action drops the redo branch', () => {
+  const h = new History('a');
+  assert.equal(h.canUndo, false);
+  h.push('b');
+  h.push('c');
+  assert.equal(h.undo(), 'b');
+  assert.equal(h.undo(), 'a');
+  assert.equal(h.undo(), 'a');
+  assert.equal(h.redo(), 'b');
+  h.push('d');
+  assert.equal(h.canRedo, false);
+  assert.equal(h.redo(), 'd');
+  h.replace('d2');
+  assert.equal(h.undo(), 'b');
+  assert.equal(h.redo(), 'd2');
+});

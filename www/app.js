@@ -1,0 +1,853 @@
+// The websam demo and annotation page: a SamWorker (the model off the page's thread), an image
+// on a canvas, prompts from pointer events, masks drawn on overlay canvases, objects with undo,
+// and exports. The state is immutable and every action pushes the next one onto the history.
+import { SamWorker } from './pkg/worker.js';
+import {
+  History, maskPolygons, maskStats, rleCounts, rleToString,
+} from './annotate.js';
+
+const $ = (sel) => document.querySelector(sel);
+const WEIGHT_FILE = /\.(pth|pt|safetensors|bin)$/i;
+const PALETTE = [
+  [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
+  [227, 119, 194], [188, 189, 34], [23, 190, 207], [255, 187, 120], [152, 223, 138],
+];
+const CURRENT = [30, 144, 255];
+
+const EMPTY = Object.freeze({
+  prompt: { points: [], box: null },
+  result: null, // { masks, best } of the prompt
+  selected: 0, // the candidate shown
+  objects: [], // [{ id, name, color, visible, mask, score, stabilityScore }]
+  active: null, // id of the selected object
+});
+
+let sam = null; // the SamWorker
+let modelLabel = '';
+let image = null; // { name, width, height }
+let imageState = 'none'; // none | encoding | ready
+let history = new History(EMPTY);
+let nextObjectId = 1;
+let pending = 0; // actions queued or running
+let chain = Promise.resolve();
+
+// ---------------------------------------------------------------- status and messages
+
+function setPending(delta) {
+  pending += delta;
+  document.body.dataset.pending = String(pending);
+}
+
+function message(text, isError = false) {
+  const m = $('#message');
+  m.textContent = text;
+  m.classList.toggle('error', isError);
+}
+
+function fmtMs(ms) {
+  return ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(0)} ms`;
+}
+
+function fmtBytes(n) {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(0)} kB`;
+}
+
+// ---------------------------------------------------------------- actions and history
+
+/** Runs actions one after another; `fn(state)` returns the next state, or undefined. */
+function act(fn) {
+  setPending(1);
+  const run = chain.then(async () => {
+    try {
+      const next = await fn(history.current);
+      if (next && next !== history.current) history.push(next);
+      render();
+    } catch (e) {
+      message(e.message ?? String(e), true);
+    } finally {
+      setPending(-1);
+      if (hover) scheduleHover();
+    }
+  });
+  chain = run;
+  return run;
+}
+
+const canDecode = () => sam && imageState === 'ready';
+
+/** The SamWorker prompt for `prompt`; refining an object feeds its last logits back. */
+function request(prompt, refine) {
+  const points = prompt.points.map((p) => [p.x, p.y, p.label]);
+  const single = points.length === 1 && !prompt.box;
+  const req = { multimask: single };
+  if (points.length) req.points = points;
+  if (prompt.box) req.box = prompt.box;
+  if (refine?.result && !single) req.maskInput = refine.result.masks[refine.selected].lowResLogits;
+  return req;
+}
+
+async function decode(req) {
+  const t = performance.now();
+  const r = await sam.predict(req);
+  $('#decoder-status').textContent = `decoder ${fmtMs(performance.now() - t)}`;
+  return r;
+}
+
+function withResult(state, prompt, r) {
+  return { ...state, prompt, result: r, selected: r ? r.best : 0, active: null };
+}
+
+async function predictFor(state, prompt, refine) {
+  if (!prompt.points.length && !prompt.box) return withResult(state, prompt, null);
+  if (!canDecode()) throw new Error('Load a model and an image first.');
+  return withResult(state, prompt, await decode(request(prompt, refine)));
+}
+
+function addPoint(x, y, label) {
+  act(async (s) => {
+    const prompt = { ...s.prompt, points: [...s.prompt.points, { x, y, label }] };
+    const cached = previewCache && previewCache.state === s && previewCache.x === x && previewCache.y === y
+      && previewCache.label === label ? previewCache.result : null;
+    if (cached) return withResult(s, prompt, cached);
+    return predictFor(s, prompt, s);
+  });
+}
+
+function removePoint(i) {
+  act((s) => predictFor(s, { ...s.prompt, points: s.prompt.points.filter((_, j) => j !== i) }, null));
+}
+
+function setBox(box) {
+  act((s) => predictFor(s, { ...s.prompt, box }, null));
+}
+
+function selectCandidate(i) {
+  act((s) => (s.result && i < s.result.masks.length && i !== s.selected ? { ...s, selected: i } : undefined));
+}
+
+function commit() {
+  act((s) => {
+    if (!s.result) return undefined;
+    const m = s.result.masks[s.selected];
+    const id = nextObjectId++;
+    const object = {
+      id,
+      name: `object ${id}`,
+      color: PALETTE[(id - 1) % PALETTE.length],
+      visible: true,
+      mask: { data: m.data, width: m.width, height: m.height },
+      score: m.score,
+      stabilityScore: m.stabilityScore,
+    };
+    return { ...EMPTY, objects: [...s.objects, object], active: id };
+  });
+}
+
+function discardPrompt() {
+  act((s) => (s.result || s.prompt.points.length || s.prompt.box
+    ? { ...s, prompt: EMPTY.prompt, result: null, selected: 0 } : undefined));
+}
+
+const updateObject = (id, change) => act((s) => ({
+  ...s, objects: s.objects.map((o) => (o.id === id ? { ...o, ...change } : o)),
+}));
+
+function deleteObject(id) {
+  act((s) => ({ ...s, objects: s.objects.filter((o) => o.id !== id), active: s.active === id ? null : s.active }));
+}
+
+function selectObject(id) {
+  act((s) => (s.active === id ? undefined : { ...s, active: id }));
+}
+
+function clearAll() {
+  act((s) => (s === EMPTY ? undefined : EMPTY));
+}
+
+function undo() {
+  act(() => {
+    history.undo();
+  });
+}
+
+function redo() {
+  act(() => {
+    history.redo();
+  });
+}
+
+// ---------------------------------------------------------------- hover preview
+
+let hover = null; // { x, y } in image pixels
+let hoverBusy = false;
+let hoverFrame = 0;
+let previewCache = null; // { state, x, y, label, result }
+
+function scheduleHover() {
+  if (!hoverFrame) hoverFrame = requestAnimationFrame(runHover);
+}
+
+/** At most one preview decode in flight and one per frame; a stale hover is never decoded. */
+async function runHover() {
+  hoverFrame = 0;
+  if (!hover || hoverBusy || pending > 0 || !canDecode() || !$('#hover-preview').checked) return;
+  const state = history.current;
+  const { x, y } = hover;
+  const label = defaultLabel();
+  if (previewCache?.state === state && previewCache.x === x && previewCache.y === y && previewCache.label === label) return;
+  hoverBusy = true;
+  try {
+    const prompt = { ...state.prompt, points: [...state.prompt.points, { x, y, label }] };
+    const r = await decode(request(prompt, state));
+    previewCache = { state, x, y, label, result: r };
+    if (hover && hover.x === x && hover.y === y && history.current === state) {
+      drawMask($('#preview-layer'), r.masks[r.best], CURRENT, 70, 150);
+    }
+  } catch (e) {
+    message(e.message ?? String(e), true);
+  } finally {
+    hoverBusy = false;
+    if (hover && (hover.x !== x || hover.y !== y)) scheduleHover();
+  }
+}
+
+function clearPreview() {
+  const c = $('#preview-layer');
+  c.getContext('2d').clearRect(0, 0, c.width, c.height);
+}
+
+// ---------------------------------------------------------------- drawing
+
+/** Paints masks onto a canvas of the image's size: fill, and a full-alpha outline. */
+function paintMasks(canvas, layers) {
+  const ctx = canvas.getContext('2d');
+  const { width: w, height: h } = canvas;
+  const out = ctx.createImageData(w, h);
+  const px = out.data;
+  for (const { mask, color, fill, edge } of layers) {
+    const d = mask.data;
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const i = y * w + x;
+        if (!d[i]) continue;
+        const border = x === 0 || y === 0 || x === w - 1 || y === h - 1
+          || !d[i - 1] || !d[i + 1] || !d[i - w] || !d[i + w];
+        const o = i * 4;
+        px[o] = color[0];
+        px[o + 1] = color[1];
+        px[o + 2] = color[2];
+        px[o + 3] = border ? edge : fill;
+      }
+    }
+  }
+  ctx.putImageData(out, 0, 0);
+}
+
+function drawMask(canvas, mask, color, fill, edge) {
+  paintMasks(canvas, mask ? [{ mask, color, fill, edge }] : []);
+}
+
+let drawn = { objects: null, result: null, selected: -1 };
+
+function render() {
+  const s = history.current;
+  if (drawn.objects !== s.objects || drawn.active !== s.active) {
+    paintMasks($('#objects-layer'), s.objects.filter((o) => o.visible).map((o) => ({
+      mask: o.mask, color: o.color, fill: o.id === s.active ? 140 : 100, edge: 255,
+    })));
+    drawn = { ...drawn, objects: s.objects, active: s.active };
+  }
+  if (drawn.result !== s.result || drawn.selected !== s.selected) {
+    drawMask($('#current-layer'), s.result?.masks[s.selected], CURRENT, 120, 255);
+    drawn = { ...drawn, result: s.result, selected: s.selected };
+  }
+  clearPreview();
+  drawMarks(s);
+  renderCandidates(s);
+  renderObjects(s);
+  $('#undo').disabled = !history.canUndo;
+  $('#redo').disabled = !history.canRedo;
+  $('#commit').disabled = !s.result;
+  $('#clear-prompt').disabled = !s.result && !s.prompt.points.length && !s.prompt.box;
+  $('#clear-all').disabled = s === EMPTY;
+  $('#export-mask').disabled = !selectedMask(s);
+  $('#export-cutout').disabled = !selectedMask(s);
+  $('#export-coco').disabled = !s.objects.length;
+  $('#export-polygons').disabled = !s.objects.length;
+  $('#export-embedding').disabled = !canDecode();
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+/** Points and the box, in image pixels on an SVG the size of the image. */
+function drawMarks(s, rubber = null) {
+  const svg = $('#marks');
+  svg.replaceChildren();
+  if (!image) return;
+  const scale = image.width / svg.getBoundingClientRect().width || 1;
+  const box = rubber ?? s.prompt.box;
+  if (box) {
+    const r = document.createElementNS(SVG, 'rect');
+    const [x0, y0, x1, y1] = box;
+    Object.entries({ x: Math.min(x0, x1), y: Math.min(y0, y1), width: Math.abs(x1 - x0), height: Math.abs(y1 - y0), 'stroke-width': 2 * scale })
+      .forEach(([k, v]) => r.setAttribute(k, v));
+    svg.append(r);
+  }
+  for (const p of s.prompt.points) {
+    const c = document.createElementNS(SVG, 'circle');
+    c.setAttribute('cx', p.x + 0.5);
+    c.setAttribute('cy', p.y + 0.5);
+    c.setAttribute('r', 6 * scale);
+    c.setAttribute('stroke-width', 1.5 * scale);
+    c.setAttribute('class', p.label ? 'pos' : 'neg');
+    svg.append(c);
+  }
+}
+
+function thumbnail(mask) {
+  const c = document.createElement('canvas');
+  const f = Math.max(1, Math.ceil(Math.max(mask.width, mask.height) / 96));
+  c.width = Math.ceil(mask.width / f);
+  c.height = Math.ceil(mask.height / f);
+  const ctx = c.getContext('2d');
+  const img = ctx.createImageData(c.width, c.height);
+  for (let y = 0; y < c.height; y++) {
+    for (let x = 0; x < c.width; x++) {
+      const v = mask.data[y * f * mask.width + x * f] ? 255 : 0;
+      img.data.set([v, v, v, 255], (y * c.width + x) * 4);
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+  return c;
+}
+
+function renderCandidates(s) {
+  const list = $('#candidates');
+  if (list._result === s.result && list._selected === s.selected) return;
+  list._result = s.result;
+  list._selected = s.selected;
+  list.replaceChildren();
+  (s.result?.masks ?? []).forEach((m, i) => {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.dataset.index = String(i);
+    b.setAttribute('aria-pressed', String(i === s.selected));
+    b.title = `Candidate ${i + 1} (key ${i + 1})`;
+    const info = document.createElement('small');
+    info.innerHTML = `<b>${i + 1}</b> IoU <span class="iou">${m.score.toFixed(3)}</span><br>stability <span class="stability">${m.stabilityScore.toFixed(3)}</span>`;
+    b.append(thumbnail(m), info);
+    b.addEventListener('click', () => selectCandidate(i));
+    const li = document.createElement('li');
+    li.append(b);
+    list.append(li);
+  });
+}
+
+function renderObjects(s) {
+  const list = $('#objects');
+  if (list._objects !== s.objects) {
+    list._objects = s.objects;
+    list.replaceChildren(...s.objects.map(objectRow));
+  }
+  // Selection only restyles the rows (a name being edited keeps its element).
+  for (const li of list.children) li.classList.toggle('selected', Number(li.dataset.id) === s.active);
+}
+
+function objectRow(o) {
+  const li = document.createElement('li');
+  li.dataset.id = String(o.id);
+  const swatch = document.createElement('span');
+  swatch.className = 'swatch';
+  swatch.style.background = `rgb(${o.color.join(',')})`;
+  const visible = Object.assign(document.createElement('input'), { type: 'checkbox', checked: o.visible, title: 'Show' });
+  visible.className = 'visible';
+  visible.addEventListener('change', () => updateObject(o.id, { visible: visible.checked }));
+  const name = Object.assign(document.createElement('input'), { type: 'text', value: o.name, title: 'Rename' });
+  name.className = 'name';
+  name.addEventListener('change', () => updateObject(o.id, { name: name.value.trim() || o.name }));
+  name.addEventListener('focus', () => selectObject(o.id));
+  name.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') name.blur();
+    if (e.key === 'Escape') {
+      name.value = o.name;
+      name.blur();
+    }
+  });
+  const del = Object.assign(document.createElement('button'), { type: 'button', textContent: '✕', title: 'Delete' });
+  del.className = 'delete';
+  del.addEventListener('click', () => deleteObject(o.id));
+  li.addEventListener('click', (e) => {
+    if (e.target === li || e.target === swatch) selectObject(o.id);
+  });
+  li.append(swatch, visible, name, del);
+  return li;
+}
+
+// ---------------------------------------------------------------- the stage: layout and pointer
+
+function layout() {
+  if (!image) return;
+  const stage = $('#stage').getBoundingClientRect();
+  const scale = Math.min((stage.width - 16) / image.width, (stage.height - 16) / image.height, 4);
+  const layers = $('#layers');
+  layers.style.width = `${Math.floor(image.width * scale)}px`;
+  layers.style.height = `${Math.floor(image.height * scale)}px`;
+  $('#image').style.width = '100%';
+  $('#image').style.height = '100%';
+  drawMarks(history.current);
+}
+
+/**
+ * Where a pointer event is on the image: the pixel under it (`corner` false: its column and
+ * row), or the nearest pixel corner (`corner` true, for box edges), kept inside the image.
+ */
+function toImage(e, corner = false) {
+  const r = $('#layers').getBoundingClientRect();
+  const fx = ((e.clientX - r.left) / r.width) * image.width;
+  const fy = ((e.clientY - r.top) / r.height) * image.height;
+  const snap = corner ? Math.round : Math.floor;
+  const max = corner ? 0 : 1;
+  return {
+    x: Math.min(image.width - max, Math.max(0, snap(fx))),
+    y: Math.min(image.height - max, Math.max(0, snap(fy))),
+  };
+}
+
+function defaultLabel() {
+  return Number(document.querySelector('input[name=label]:checked').value);
+}
+
+/** Index of the prompt point within 8 screen pixels of the event, or -1. */
+function pointAt(e) {
+  const r = $('#layers').getBoundingClientRect();
+  const perPixel = r.width / image.width;
+  let best = -1;
+  let bestD = 8;
+  history.current.prompt.points.forEach((p, i) => {
+    const d = Math.hypot(r.left + (p.x + 0.5) * perPixel - e.clientX, r.top + (p.y + 0.5) * perPixel - e.clientY);
+    if (d <= bestD) {
+      best = i;
+      bestD = d;
+    }
+  });
+  return best;
+}
+
+let drag = null;
+
+function setupPointer() {
+  const layers = $('#layers');
+  layers.addEventListener('contextmenu', (e) => e.preventDefault());
+  layers.addEventListener('pointerdown', (e) => {
+    if (!image || (e.button !== 0 && e.button !== 2)) return;
+    layers.setPointerCapture(e.pointerId);
+    drag = { id: e.pointerId, start: toImage(e, true), cx: e.clientX, cy: e.clientY, button: e.button, alt: e.altKey, boxing: false };
+    e.preventDefault();
+  });
+  layers.addEventListener('pointermove', (e) => {
+    if (!image) return;
+    if (drag && e.pointerId === drag.id) {
+      if (!drag.boxing && drag.button === 0 && Math.hypot(e.clientX - drag.cx, e.clientY - drag.cy) > 5) {
+        drag.boxing = true;
+        hover = null;
+        clearPreview();
+      }
+      if (drag.boxing) {
+        const end = toImage(e, true);
+        drawMarks(history.current, [drag.start.x, drag.start.y, end.x, end.y]);
+      }
+      return;
+    }
+    if (e.pointerType !== 'mouse' || drag) return;
+    const p = toImage(e);
+    if (hover && hover.x === p.x && hover.y === p.y) return;
+    hover = p;
+    scheduleHover();
+  });
+  layers.addEventListener('pointerup', (e) => {
+    if (!drag || e.pointerId !== drag.id) return;
+    const d = drag;
+    drag = null;
+    if (d.boxing) {
+      const end = toImage(e, true);
+      const box = [Math.min(d.start.x, end.x), Math.min(d.start.y, end.y), Math.max(d.start.x, end.x), Math.max(d.start.y, end.y)];
+      if (box[2] > box[0] && box[3] > box[1]) setBox(box);
+      else drawMarks(history.current);
+      return;
+    }
+    const hit = pointAt(e);
+    if (hit >= 0) {
+      removePoint(hit);
+      return;
+    }
+    const p = toImage(e);
+    const label = d.button === 2 || d.alt ? 1 - defaultLabel() : defaultLabel();
+    addPoint(p.x, p.y, label);
+  });
+  layers.addEventListener('pointercancel', () => {
+    drag = null;
+    drawMarks(history.current);
+  });
+  layers.addEventListener('pointerleave', () => {
+    hover = null;
+    clearPreview();
+  });
+  new ResizeObserver(layout).observe($('#stage'));
+}
+
+function setupKeys() {
+  document.addEventListener('keydown', (e) => {
+    if (e.target.closest?.('input, textarea, select')) return;
+    const ctrl = e.ctrlKey || e.metaKey;
+    if (ctrl && (e.key === 'z' || e.key === 'Z')) {
+      e.preventDefault();
+      if (e.shiftKey) redo();
+      else undo();
+    } else if (ctrl && (e.key === 'y' || e.key === 'Y')) {
+      e.preventDefault();
+      redo();
+    } else if (e.key === 'Enter') {
+      e.preventDefault();
+      commit();
+    } else if (e.key === 'Escape') {
+      discardPrompt();
+    } else if (['1', '2', '3'].includes(e.key) && !ctrl) {
+      selectCandidate(Number(e.key) - 1);
+    } else if ((e.key === 'Delete' || e.key === 'Backspace') && history.current.active) {
+      e.preventDefault();
+      deleteObject(history.current.active);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- model
+
+function showProgress({ stage, loaded, total }) {
+  const bar = $('#load-progress');
+  bar.hidden = false;
+  if (total) {
+    bar.max = total;
+    bar.value = loaded;
+  } else {
+    bar.removeAttribute('value');
+  }
+  const what = { download: 'Downloading', cache: 'Reading from the cache', read: 'Reading', init: 'Building the model', ready: 'Ready' }[stage] ?? stage;
+  $('#model-status').textContent = stage === 'init' || stage === 'ready'
+    ? `${what}…` : `${what}: ${fmtBytes(loaded)}${total ? ` of ${fmtBytes(total)}` : ''}`;
+}
+
+async function loadModel(weights, label) {
+  const status = $('#model-status');
+  status.classList.remove('error');
+  const backend = $('#backend').value;
+  const t = performance.now();
+  setPending(1);
+  try {
+    const next = await SamWorker.load({ weights, backend, onProgress: showProgress });
+    sam?.dispose();
+    sam = next;
+    modelLabel = label;
+    const on = sam.backend === 'webgpu' ? 'WebGPU' : 'CPU';
+    status.textContent = `${label} loaded on ${on} in ${fmtMs(performance.now() - t)}.`;
+    $('#backend-status').textContent = `backend: ${on}${sam.fallbackReason ? ' (no WebGPU here)' : ''}`;
+    $('#backend-status').title = sam.fallbackReason ?? sam.adapterName ?? '';
+    document.body.dataset.backend = sam.backend;
+    if (image) await encode();
+  } catch (e) {
+    status.textContent = `Could not load ${label}: ${e.message}`;
+    status.classList.add('error');
+  } finally {
+    $('#load-progress').hidden = true;
+    setPending(-1);
+    render();
+  }
+}
+
+// ---------------------------------------------------------------- image and embedding
+
+async function openImage(blob, name, embedding = null) {
+  let bitmap;
+  try {
+    // The file's own pixels, as the Python reference reads them (no colour-profile conversion).
+    bitmap = await createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+  } catch {
+    message(`${name} is not an image this browser can decode.`, true);
+    return;
+  }
+  await chain;
+  const canvas = $('#image');
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  canvas.getContext('2d').drawImage(bitmap, 0, 0);
+  bitmap.close();
+  for (const id of ['#objects-layer', '#current-layer', '#preview-layer']) {
+    Object.assign($(id), { width: canvas.width, height: canvas.height });
+  }
+  image = { name, width: canvas.width, height: canvas.height };
+  $('#marks').setAttribute('viewBox', `0 0 ${image.width} ${image.height}`);
+  history = new History(EMPTY);
+  drawn = { objects: null, result: null, selected: -1 };
+  previewCache = null;
+  imageState = 'none';
+  $('#layers').classList.add('ready');
+  $('#placeholder').hidden = true;
+  layout();
+  render();
+  $('#image-status').textContent = `${name}: ${image.width}×${image.height}`;
+  if (embedding) await useEmbedding(embedding);
+  else if (sam) await encode();
+  else $('#image-status').textContent += '. Load a model to segment it.';
+}
+
+async function encode() {
+  const status = $('#image-status');
+  imageState = 'encoding';
+  document.body.dataset.image = 'encoding';
+  render();
+  const t = performance.now();
+  const tick = setInterval(() => {
+    status.textContent = `Encoding ${image.name} on ${sam.backend === 'webgpu' ? 'WebGPU' : 'the CPU'}… ${((performance.now() - t) / 1000).toFixed(1)} s`;
+  }, 100);
+  setPending(1);
+  try {
+    const canvas = $('#image');
+    await sam.setImage(canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height));
+    const ms = performance.now() - t;
+    $('#encoder-status').textContent = `encoder ${fmtMs(ms)}`;
+    status.textContent = `${image.name}: ${image.width}×${image.height}, encoded in ${fmtMs(ms)}. Click to segment.`;
+    imageState = 'ready';
+  } catch (e) {
+    status.textContent = `Could not encode ${image.name}: ${e.message}`;
+    imageState = 'none';
+  } finally {
+    clearInterval(tick);
+    document.body.dataset.image = imageState;
+    setPending(-1);
+    render();
+  }
+}
+
+async function useEmbedding(bytes) {
+  if (!sam) {
+    message('Load a model before importing an embedding.', true);
+    return;
+  }
+  setPending(1);
+  try {
+    await sam.setEmbedding(bytes, { width: image.width, height: image.height });
+    imageState = 'ready';
+    $('#image-status').textContent = `${image.name}: ${image.width}×${image.height}, embedding imported. Click to segment.`;
+  } catch (e) {
+    message(`Could not use the embedding: ${e.message}`, true);
+  } finally {
+    document.body.dataset.image = imageState;
+    setPending(-1);
+    render();
+  }
+}
+
+/** Routes files from the picker, a drop or a paste: weights, an image, a .npy embedding. */
+async function openFiles(files) {
+  const list = [...files];
+  const weights = list.find((f) => WEIGHT_FILE.test(f.name));
+  const npy = list.find((f) => /\.npy$/i.test(f.name));
+  const img = list.find((f) => f.type.startsWith('image/'));
+  if (weights) await loadModel(weights, weights.name);
+  if (img) await openImage(img, img.name || 'pasted image', npy ? await npy.arrayBuffer() : null);
+  else if (npy && image) await useEmbedding(await npy.arrayBuffer());
+  else if (npy) message('Open the image before its embedding.', true);
+  if (!weights && !img && !npy && list.length) message(`${list[0].name || 'That'} is not an image, a checkpoint or a .npy embedding.`, true);
+}
+
+// ---------------------------------------------------------------- export
+
+function selectedMask(s) {
+  if (s.result) return s.result.masks[s.selected];
+  return s.objects.find((o) => o.id === s.active)?.mask ?? null;
+}
+
+function baseName() {
+  return (image?.name ?? 'image').replace(/\.[^.]*$/, '');
+}
+
+function download(blob, name) {
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
+function canvasPng(width, height, fill) {
+  const c = document.createElement('canvas');
+  c.width = width;
+  c.height = height;
+  const ctx = c.getContext('2d');
+  const img = ctx.createImageData(width, height);
+  fill(img.data);
+  ctx.putImageData(img, 0, 0);
+  return new Promise((ok) => c.toBlob(ok, 'image/png'));
+}
+
+async function exportMask() {
+  const m = selectedMask(history.current);
+  if (!m) return;
+  const png = await canvasPng(m.width, m.height, (px) => {
+    for (let i = 0; i < m.data.length; i++) {
+      const v = m.data[i] ? 255 : 0;
+      px[i * 4] = v;
+      px[i * 4 + 1] = v;
+      px[i * 4 + 2] = v;
+      px[i * 4 + 3] = 255;
+    }
+  });
+  download(png, `${baseName()}-mask.png`);
+}
+
+/** The image's pixels inside the mask's bounding box, transparent outside the mask. */
+async function exportCutout() {
+  const m = selectedMask(history.current);
+  if (!m) return;
+  const { bbox } = maskStats(m);
+  if (!bbox) {
+    message('The mask is empty.', true);
+    return;
+  }
+  const [x0, y0, w, h] = bbox;
+  const src = $('#image').getContext('2d').getImageData(x0, y0, w, h).data;
+  const png = await canvasPng(w, h, (px) => {
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const o = (y * w + x) * 4;
+        const inside = m.data[(y0 + y) * m.width + x0 + x];
+        px[o] = src[o];
+        px[o + 1] = src[o + 1];
+        px[o + 2] = src[o + 2];
+        px[o + 3] = inside ? 255 : 0;
+      }
+    }
+  });
+  download(png, `${baseName()}-cutout.png`);
+}
+
+/** All objects, COCO-style: RLE as pycocotools writes it, or polygons. */
+function exportCoco(kind) {
+  const s = history.current;
+  const annotations = s.objects.map((o, i) => {
+    const { area, bbox } = maskStats(o.mask);
+    const segmentation = kind === 'rle'
+      ? { size: [o.mask.height, o.mask.width], counts: rleToString(rleCounts(o.mask)) }
+      : maskPolygons(o.mask);
+    return {
+      id: i + 1,
+      image_id: 1,
+      category_id: 1,
+      name: o.name,
+      segmentation,
+      area,
+      bbox: bbox ?? [0, 0, 0, 0],
+      iscrowd: 0,
+      predicted_iou: o.score,
+      stability_score: o.stabilityScore,
+    };
+  });
+  const coco = {
+    info: { description: `websam annotations (${modelLabel})`, date_created: new Date().toISOString() },
+    images: [{ id: 1, file_name: image.name, width: image.width, height: image.height }],
+    categories: [{ id: 1, name: 'object', supercategory: 'object' }],
+    annotations,
+  };
+  download(new Blob([JSON.stringify(coco)], { type: 'application/json' }), `${baseName()}-${kind === 'rle' ? 'coco' : 'polygons'}.json`);
+}
+
+async function exportEmbedding() {
+  setPending(1);
+  try {
+    const e = await sam.getEmbedding({ format: 'npy' });
+    download(new Blob([e.data], { type: 'application/octet-stream' }), `${baseName()}.npy`);
+  } catch (err) {
+    message(err.message, true);
+  } finally {
+    setPending(-1);
+  }
+}
+
+// ---------------------------------------------------------------- start
+
+function setupControls() {
+  $('#model-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const url = $('#weights-url').value.trim();
+    if (url) loadModel(url, url.split('/').pop() || url);
+  });
+  $('#weights-file').addEventListener('change', (e) => {
+    const f = e.target.files[0];
+    if (f) loadModel(f, f.name);
+  });
+  $('#image-file').addEventListener('change', (e) => openFiles(e.target.files));
+  $('#commit').addEventListener('click', commit);
+  $('#clear-prompt').addEventListener('click', discardPrompt);
+  $('#undo').addEventListener('click', undo);
+  $('#redo').addEventListener('click', redo);
+  $('#clear-all').addEventListener('click', clearAll);
+  $('#export-mask').addEventListener('click', exportMask);
+  $('#export-cutout').addEventListener('click', exportCutout);
+  $('#export-coco').addEventListener('click', () => exportCoco('rle'));
+  $('#export-polygons').addEventListener('click', () => exportCoco('polygons'));
+  $('#export-embedding').addEventListener('click', exportEmbedding);
+  $('#hover-preview').addEventListener('change', clearPreview);
+  const stage = $('#stage');
+  document.addEventListener('dragover', (e) => {
+    e.preventDefault();
+    stage.classList.add('dragover');
+  });
+  document.addEventListener('dragleave', () => stage.classList.remove('dragover'));
+  document.addEventListener('drop', (e) => {
+    e.preventDefault();
+    stage.classList.remove('dragover');
+    openFiles(e.dataTransfer.files);
+  });
+  document.addEventListener('paste', (e) => {
+    const files = [...(e.clipboardData?.files ?? [])];
+    if (files.length) openFiles(files);
+  });
+}
+
+async function fromAddress() {
+  const q = new URLSearchParams(location.search);
+  if (q.get('backend')) $('#backend').value = q.get('backend');
+  const weights = q.get('weights');
+  if (weights) {
+    $('#weights-url').value = new URL(weights, location.href).href;
+    await loadModel(weights, weights.split('/').pop());
+  }
+  const img = q.get('image');
+  if (img) {
+    const [blob, emb] = await Promise.all([
+      fetch(img).then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`${img}: HTTP ${r.status}`)))),
+      q.get('embedding') ? fetch(q.get('embedding')).then((r) => r.arrayBuffer()) : null,
+    ]);
+    await openImage(blob, img.split('/').pop(), emb);
+  }
+}
+
+setupControls();
+setupPointer();
+setupKeys();
+render();
+document.body.dataset.pending = '0';
+document.body.dataset.image = 'none';
+if ('serviceWorker' in navigator && !new URLSearchParams(location.search).has('nosw')) {
+  navigator.serviceWorker.register('sw.js').catch(() => {});
+}
+fromAddress().catch((e) => message(e.message, true));
+
+/** Read-only view for tests and the console. */
+window.websamApp = {
+  state: () => history.current,
+  idle: async () => {
+    while (pending > 0 || hoverBusy) await new Promise((r) => setTimeout(r, 20));
+  },
+};

@@ -1,0 +1,33 @@
+// Keeps the page working offline once loaded: the app shell and the package are fetched from
+// the network when it answers (so updates show at once) and from this cache when it does not.
+// Checkpoints are not handled here: the page keeps them in its own Cache API store.
+const SHELL = 'websam-shell-v1';
+const FILES = [
+  './', 'index.html', 'style.css', 'app.js', 'annotate.js',
+  'pkg/worker.js', 'pkg/worker-entry.js', 'pkg/websam.js', 'pkg/internal.js',
+  'pkg/websam_core.js', 'pkg/websam_core_bg.wasm',
+];
+
+self.addEventListener('install', (e) => {
+  e.waitUntil(caches.open(SHELL).then((c) => c.addAll(FILES)).then(() => self.skipWaiting()));
+});
+
+self.addEventListener('activate', (e) => e.waitUntil(self.clients.claim()));
+
+self.addEventListener('fetch', (e) => {
+  const url = new URL(e.request.url);
+  if (e.request.method !== 'GET' || url.origin !== location.origin) return;
+  const scope = new URL(self.registration.scope);
+  const path = url.pathname.slice(scope.pathname.length);
+  if (!FILES.includes(path) && path !== '') return;
+  e.respondWith((async () => {
+    const cache = await caches.open(SHELL);
+    try {
+      const response = await fetch(e.request);
+      if (response.ok) cache.put(e.request, response.clone());
+      return response;
+    } catch {
+      return (await cache.match(e.request, { ignoreSearch: true })) ?? Response.error();
+    }
+  })());
+});
