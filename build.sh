@@ -176,8 +176,10 @@ test_all() {
 
 bench() {
   cargo build --release --bin websam
-  ./target/release/websam bench --weights "$FIXTURES/mobile_sam.pth" \
-    --image "$FIXTURES/image.png" --runs "${RUNS:-10}" --backend auto
+  local args=(--weights "$FIXTURES/mobile_sam.pth" --image "$FIXTURES/image.png" --runs "${RUNS:-10}")
+  ./target/release/websam bench "${args[@]}" --backend cpu
+  # Any GPU adapter, software ones included (auto would keep to the CPU on those).
+  ./target/release/websam bench "${args[@]}" --backend gpu || echo "no GPU adapter: CPU figures only" >&2
 }
 
 cmd="${1:-}"

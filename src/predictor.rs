@@ -1,5 +1,6 @@
 //! The predictor a page or a tool holds: the model on the backend chosen, the image set once,
-//! prompts decoded against it. Backend `Auto` uses the GPU when an adapter exists; a lost GPU
+//! prompts decoded against it. Backend `Auto` uses the GPU when a hardware adapter exists (a
+//! software one, such as lavapipe or SwiftShader, is slower than the CPU backend); a lost GPU
 //! device is recovered (a new device, else the CPU) without losing the image: its embedding is
 //! always kept on the CPU side too.
 
@@ -16,7 +17,7 @@ pub enum BackendChoice {
     Cpu,
     /// An error when no GPU adapter exists.
     Gpu,
-    /// The GPU when an adapter exists, else the CPU.
+    /// The GPU when a hardware adapter exists, else the CPU.
     Auto,
 }
 
@@ -52,6 +53,14 @@ impl Predictor {
             BackendChoice::Cpu => (None, None),
             BackendChoice::Gpu => (Some(open_gpu(&weights).await?), None),
             BackendChoice::Auto => match open_gpu(&weights).await {
+                Ok(gpu) if gpu.ctx().is_software() => {
+                    let why = Error::gpu(format!(
+                        "the only GPU adapter, {}, is a software rasterizer on the CPU, slower \
+                         than the CPU backend; ask for the GPU backend to use it anyway",
+                        gpu.ctx().adapter_name()
+                    ));
+                    (None, Some(why))
+                }
                 Ok(gpu) => (Some(gpu), None),
                 Err(e) => (None, Some(e)),
             },

@@ -354,10 +354,12 @@ fn reference_mask_has_both_signs() {
     assert!(on > v.len() / 20 && on < v.len() * 19 / 20);
 }
 
-/// `--backend gpu` (lavapipe without a GPU) writes the same contract; `auto` says what it used.
+/// `--backend gpu` (lavapipe without a GPU) writes the same contract; `auto` says what it used:
+/// the GPU on a hardware adapter, the CPU (with the reason) when the adapter is software.
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn decode_on_the_gpu_backend_matches_reference() {
+    let mut software = None;
     for backend in ["gpu", "auto"] {
         let dir = tempfile::tempdir().unwrap();
         let c = case("predictor_box");
@@ -379,10 +381,20 @@ fn decode_on_the_gpu_backend_matches_reference() {
         ]);
         let err = stderr(&out);
         assert!(out.status.success(), "{err}");
-        assert!(
-            err.contains("backend: gpu"),
-            "{backend}: GPU tests need an adapter: {err}"
-        );
+        match software {
+            None => {
+                assert!(
+                    err.contains("backend: gpu"),
+                    "{backend}: GPU tests need an adapter: {err}"
+                );
+                software = Some(err.contains(", Cpu)"));
+            }
+            Some(true) => assert!(
+                err.contains("software rasterizer") && err.contains("backend: cpu"),
+                "auto on a software adapter uses the CPU: {err}"
+            ),
+            Some(false) => assert!(err.contains("backend: gpu"), "auto: {err}"),
+        }
         let logits = Tensor::read_npy(dir.path().join("low_res_logits.npy")).unwrap();
         let d = max_abs_diff(
             &logits.flatten_all().unwrap().to_vec1().unwrap(),

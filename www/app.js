@@ -548,8 +548,9 @@ async function loadModel(weights, label) {
     sam = next;
     modelLabel = label;
     const on = sam.backend === 'webgpu' ? 'WebGPU' : 'CPU';
-    status.textContent = `${label} loaded on ${on} in ${fmtMs(performance.now() - t)}.`;
-    $('#backend-status').textContent = `backend: ${on}${sam.fallbackReason ? ' (no WebGPU here)' : ''}`;
+    status.textContent = `${label} loaded on ${on} in ${fmtMs(performance.now() - t)}.`
+      + (sam.fallbackReason ? ` WebGPU not used: ${sam.fallbackReason}.` : '');
+    $('#backend-status').textContent = `backend: ${on}${sam.fallbackReason ? ' (auto)' : ''}`;
     $('#backend-status').title = sam.fallbackReason ?? sam.adapterName ?? '';
     document.body.dataset.backend = sam.backend;
     if (image) await encode();

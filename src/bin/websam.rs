@@ -34,7 +34,8 @@ enum Backend {
     Cpu,
     /// The WebGPU engine (wgpu: Vulkan, Metal, DX12 or GL natively); an error without an adapter.
     Gpu,
-    /// The GPU when an adapter exists, else the CPU.
+    /// The GPU when a hardware adapter exists, else the CPU (a software adapter such as
+    /// lavapipe is slower than the CPU backend).
     Auto,
 }
 

@@ -138,6 +138,12 @@ impl GpuContext {
         format!("{name} ({:?}, {:?})", i.backend, i.device_type)
     }
 
+    /// Whether the adapter is a software rasterizer on the CPU (lavapipe, SwiftShader, WARP):
+    /// correct, but slower than the CPU backend.
+    pub fn is_software(&self) -> bool {
+        self.inner.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// An error if the device was lost or an uncaptured error happened since the last check.
     pub fn check(&self) -> Result<()> {
         let mut f = self

@@ -246,3 +246,11 @@ export async function imageInputs() {
   }
   return out;
 }
+
+/** The name of the adapter backend "webgpu" uses here. */
+export async function parityAdapter() {
+  const sam = await Sam.load({ weights: FIXTURES + 'sam_decoder.safetensors', backend: 'webgpu', cache: false });
+  const name = sam.adapterName;
+  sam.dispose();
+  return name;
+}

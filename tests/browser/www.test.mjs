@@ -232,7 +232,7 @@ describe('the demo page on the CPU', () => {
     assert.equal((await helpers(page, 'layer', 'current-layer')).indexOf('1'), -1, 'no current mask after commit');
   });
 
-  test('undo and redo over commits, renames and hiding', async () => {
+  test('undo and redo over commits, renames, hiding and deleting', async () => {
     await page.keyboard.press('Control+z');
     await idle(page);
     assert.equal((await state(page)).objects.length, 1);
@@ -257,6 +257,15 @@ describe('the demo page on the CPU', () => {
     await page.click('#redo');
     await idle(page);
     assert.equal((await state(page)).objects[0].name, 'red disc');
+    await page.click('#objects li[data-id="2"] button.delete');
+    await idle(page);
+    assert.deepEqual((await state(page)).objects.map((o) => o.id), [1]);
+    await page.keyboard.press('Control+y');
+    await idle(page);
+    assert.equal((await state(page)).objects.length, 1, 'nothing to redo after a new action');
+    await page.keyboard.press('Control+z');
+    await idle(page);
+    assert.deepEqual((await state(page)).objects.map((o) => o.id), [1, 2]);
   });
 
   test('exports: mask PNG, cut-out PNG, COCO RLE and polygons', async () => {
