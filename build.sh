@@ -7,7 +7,7 @@
 #   ./build.sh serve   the main job: build the package and serve the demo page on 127.0.0.1 (PORT)
 #   ./build.sh test    fmt, clippy (native, wasm32), native tests, Chromium tests of the engine, of
 #                      the package (pkg/) through its JS API, of a Vite app and of the demo page
-#   ./build.sh bench   encoder and decoder timings per backend (CPU, and the GPU when present)
+#   ./build.sh bench   websam against its peers, side by side (not in the tests; installs PyTorch)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -174,12 +174,31 @@ test_all() {
   node --test --test-concurrency=1 --test-reporter=spec tests/browser/
 }
 
+# Side-by-side benchmark (not part of the tests): websam's CLI natively, then websam and
+# onnxruntime-web in headless Chromium on the same weights (bench/run.mjs writes the table into
+# docs/PERFORMANCE.md). Sets up a Python virtualenv (PyTorch, for the official ONNX export) and
+# bench/node_modules on first use; BENCH_PYTHON names a Python that already has them.
 bench() {
   cargo build --release --bin websam
   local args=(--weights "$FIXTURES/mobile_sam.pth" --image "$FIXTURES/image.png" --runs "${RUNS:-10}")
   ./target/release/websam bench "${args[@]}" --backend cpu
   # Any GPU adapter, software ones included (auto would keep to the CPU on those).
   ./target/release/websam bench "${args[@]}" --backend gpu || echo "no GPU adapter: CPU figures only" >&2
+  local py="${BENCH_PYTHON:-target/bench-venv/bin/python}"
+  if ! "$py" -c "import torch, onnx, segment_anything, mobile_sam" 2>/dev/null; then
+    log "Python virtualenv for the ONNX export (PyTorch: a large download)"
+    python3 -m venv target/bench-venv
+    py=target/bench-venv/bin/python
+    "$py" -m pip install -q torch torchvision numpy pillow safetensors timm onnx segment-anything mobilesam-mirror
+  fi
+  if [ ! -f bench/out/decoder.onnx ] || [ "$FIXTURES/mobile_sam.pth" -nt bench/out/decoder.onnx ]; then
+    log "ONNX export of the fixture weights (segment_anything's SamOnnxModel + the TinyViT encoder)"
+    "$py" bench/export_onnx.py bench/out
+  fi
+  [ -d bench/node_modules/onnxruntime-web ] || (cd bench && npm install --no-audit --no-fund)
+  package
+  log "websam and onnxruntime-web in headless Chromium"
+  node bench/run.mjs
 }
 
 cmd="${1:-}"

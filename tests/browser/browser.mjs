@@ -4,8 +4,8 @@ import { chromium } from 'playwright-core';
 
 export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 
-export async function launch({ webgpu = true } = {}) {
-  const args = ['--no-sandbox', '--disable-dev-shm-usage', '--no-first-run', '--disable-background-networking',
+export async function launch({ webgpu = true, extraArgs = [] } = {}) {
+  const args = [...extraArgs, '--no-sandbox', '--disable-dev-shm-usage', '--no-first-run', '--disable-background-networking',
     '--disable-component-update', '--disable-sync', '--disable-quic'];
   if (webgpu) args.push('--enable-unsafe-webgpu');
   return chromium.launch({ executablePath: CHROMIUM, headless: true, args });

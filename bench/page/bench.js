@@ -1,0 +1,189 @@
+// Runs in the benchmark page (cross-origin isolated): one system at a time on the same fixture
+// weights, image and prompts. websam through its npm package API (`Sam`); onnxruntime-web on the
+// official ONNX export of the same weights (bench/export_onnx.py), preprocessing as its users
+// write it (canvas resize, normalize, pad). Every decode returns masks at the image size,
+// thresholded at 0, as websam's predict does.
+import { Sam } from '/pkg/websam.js';
+
+const FIX = '/fixtures/';
+const W = 640;
+const H = 480;
+export const PROMPTS = {
+  point: { points: [[161, 150, 1]], multimask: true },
+  box: { box: [370, 50, 570, 210], multimask: false },
+  points5: { points: [[161, 150, 1], [470, 360, 1], [470, 130, 0], [300, 300, 1], [100, 400, 0]], multimask: false },
+};
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const stats = (xs) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs), runs: xs.length });
+
+async function timed(fn) {
+  const t = performance.now();
+  const r = await fn();
+  return [performance.now() - t, r];
+}
+
+async function cachedBytes(url) {
+  const store = await caches.open('bench-weights');
+  let r = await store.match(url);
+  if (!r) {
+    await store.put(url, await fetch(url));
+    r = await store.match(url);
+  }
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+async function fixtureImage() {
+  const blob = await (await fetch(FIX + 'image.png')).blob();
+  return createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+}
+
+// ------------------------------------------------------------------ websam
+
+async function websam(backend) {
+  const sam = await Sam.load({ weights: FIX + 'mobile_sam.pth', backend });
+  if (sam.backend !== backend) throw new Error(`websam asked for ${backend}, got ${sam.backend}: ${sam.fallbackReason}`);
+  return {
+    info: sam.adapterName ?? 'wasm, 1 thread',
+    encode: async (bitmap) => sam.setImage(bitmap),
+    decode: async (prompt) => {
+      const r = await sam.predict(prompt);
+      return r.masks[r.best].data;
+    },
+    dispose: () => sam.dispose(),
+  };
+}
+
+// ------------------------------------------------------------------ onnxruntime-web
+
+let ortModule = null;
+async function ortLoad() {
+  ortModule ??= await import('/ort/ort.all.min.mjs');
+  ortModule.env.wasm.wasmPaths = '/ort/';
+  return ortModule;
+}
+
+const MEAN = [123.675, 116.28, 103.53];
+const STD = [58.395, 57.12, 57.375];
+
+async function onnx(provider, threads) {
+  const ort = await ortLoad();
+  ort.env.wasm.numThreads = threads;
+  const options = { executionProviders: [provider], graphOptimizationLevel: 'all' };
+  const encoder = await ort.InferenceSession.create(await cachedBytes('/onnx/encoder.onnx'), options);
+  const decoder = await ort.InferenceSession.create(await cachedBytes('/onnx/decoder.onnx'), options);
+  let embedding = null;
+  let scale = 1;
+  return {
+    info: `${ort.env.versions?.web ?? ''} ${provider}${provider === 'wasm' ? `, ${threads} thread${threads > 1 ? 's' : ''}` : ''}`,
+    encode: async (bitmap) => {
+      scale = 1024 / Math.max(bitmap.width, bitmap.height);
+      const w = Math.round(bitmap.width * scale);
+      const h = Math.round(bitmap.height * scale);
+      const canvas = new OffscreenCanvas(w, h);
+      const ctx = canvas.getContext('2d');
+      ctx.drawImage(bitmap, 0, 0, w, h);
+      const px = ctx.getImageData(0, 0, w, h).data;
+      const input = new Float32Array(3 * 1024 * 1024);
+      for (let y = 0; y < h; y++) {
+        for (let x = 0; x < w; x++) {
+          const o = (y * w + x) * 4;
+          for (let c = 0; c < 3; c++) input[c * 1024 * 1024 + y * 1024 + x] = (px[o + c] - MEAN[c]) / STD[c];
+        }
+      }
+      const out = await encoder.run({ image: new ort.Tensor('float32', input, [1, 3, 1024, 1024]) });
+      embedding = out.image_embeddings;
+    },
+    decode: async ({ points = [], box, multimask }) => {
+      const coords = [];
+      const labels = [];
+      for (const [x, y, l] of points) {
+        coords.push(x * scale, y * scale);
+        labels.push(l);
+      }
+      if (box) {
+        coords.push(box[0] * scale, box[1] * scale, box[2] * scale, box[3] * scale);
+        labels.push(2, 3);
+      } else {
+        coords.push(0, 0);
+        labels.push(-1);
+      }
+      const n = labels.length;
+      const out = await decoder.run({
+        image_embeddings: embedding,
+        point_coords: new ort.Tensor('float32', Float32Array.from(coords), [1, n, 2]),
+        point_labels: new ort.Tensor('float32', Float32Array.from(labels), [1, n]),
+        mask_input: new ort.Tensor('float32', new Float32Array(256 * 256), [1, 1, 256, 256]),
+        has_mask_input: new ort.Tensor('float32', new Float32Array([0]), [1]),
+        orig_im_size: new ort.Tensor('float32', new Float32Array([H, W]), [2]),
+      });
+      const iou = await out.iou_predictions.getData();
+      let pick = 0;
+      if (multimask) for (let i = 2; i <= 3; i++) if (iou[i] > iou[pick || 1]) pick = i;
+      if (multimask && pick === 0) pick = 1;
+      const logits = await out.masks.getData();
+      const plane = W * H;
+      const mask = new Uint8Array(plane);
+      for (let i = 0; i < plane; i++) mask[i] = logits[pick * plane + i] > 0 ? 1 : 0;
+      return mask;
+    },
+    dispose: () => {
+      encoder.release?.();
+      decoder.release?.();
+    },
+  };
+}
+
+const SYSTEMS = {
+  'websam-cpu': () => websam('cpu'),
+  'websam-webgpu': () => websam('webgpu'),
+  'ort-wasm-1': () => onnx('wasm', 1),
+  'ort-wasm-mt': () => onnx('wasm', navigator.hardwareConcurrency),
+  'ort-webgpu': () => onnx('webgpu', 1),
+};
+
+async function memory() {
+  if (!performance.measureUserAgentSpecificMemory) return null;
+  return (await performance.measureUserAgentSpecificMemory()).bytes;
+}
+
+/** Load, encode and decode timings for one system (`runs` of each; hover for `hoverMs`). */
+export async function measure(name, { encodeRuns = 3, decodeRuns = 5, hoverMs = 3000 } = {}) {
+  const [loadMs, sys] = await timed(SYSTEMS[name]);
+  const bitmap = await fixtureImage();
+  const encode = [];
+  for (let i = 0; i < encodeRuns; i++) encode.push((await timed(() => sys.encode(bitmap)))[0]);
+  const decode = {};
+  const ones = {};
+  for (const [key, prompt] of Object.entries(PROMPTS)) {
+    const [, first] = await timed(() => sys.decode(prompt)); // warm-up
+    ones[key] = first.reduce((a, b) => a + b, 0);
+    const xs = [];
+    for (let i = 0; i < decodeRuns; i++) xs.push((await timed(() => sys.decode(prompt)))[0]);
+    decode[key] = stats(xs);
+  }
+  // Hover: one-click decodes back to back at moving positions, as a page's mouse-move preview.
+  let hover = null;
+  if (hoverMs > 0) {
+    const t = performance.now();
+    let n = 0;
+    while (performance.now() - t < hoverMs) {
+      await sys.decode({ points: [[50 + ((n * 37) % 540), 40 + ((n * 53) % 400), 1]], multimask: true });
+      n++;
+    }
+    hover = (n * 1000) / (performance.now() - t);
+  }
+  const mem = await memory();
+  sys.dispose();
+  return { name, info: sys.info, loadMs, encode: stats(encode), decode, hover, memory: mem, ones };
+}
+
+/** In a fresh page whose weights are in the Cache API: page load to the first mask. */
+export async function firstMask(name) {
+  const sys = await SYSTEMS[name]();
+  await sys.encode(await fixtureImage());
+  await sys.decode(PROMPTS.point);
+  const ms = performance.now();
+  sys.dispose();
+  return ms;
+}

@@ -1,0 +1,101 @@
+// The browser half of `./build.sh bench`: websam and onnxruntime-web on the same weights, image
+// and prompts in headless Chromium (cross-origin isolated, so that onnxruntime-web's threads
+// and the memory measurement work), one system per browser context. Writes bench/out/
+// results.json and the table between the bench markers of docs/PERFORMANCE.md.
+//   node bench/run.mjs [system ...]   (default: all; needs pkg/, bench/out/*.onnx, bench/node_modules)
+import { execFileSync } from 'node:child_process';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { fileURLToPath } from 'node:url';
+import { serve } from '../tools/serve.mjs';
+import { launch } from '../tests/browser/browser.mjs';
+
+const root = fileURLToPath(new URL('../', import.meta.url));
+const ALL = ['websam-cpu', 'ort-wasm-1', 'ort-wasm-mt', 'websam-webgpu', 'ort-webgpu'];
+const systems = process.argv.slice(2).length ? process.argv.slice(2) : ALL;
+const ortDist = join(root, 'bench/node_modules/onnxruntime-web/dist');
+
+const server = await serve({
+  '/': join(root, 'bench/page'), '/pkg/': join(root, 'pkg'), '/fixtures/': join(root, 'tests/fixtures'),
+  '/onnx/': join(root, 'bench/out'), '/ort/': ortDist,
+}, { isolated: true });
+const browser = await launch({ extraArgs: ['--enable-blink-features=ForceEagerMeasureMemory'] });
+
+async function page(context) {
+  const p = await context.newPage();
+  p.on('pageerror', (e) => console.log(`[page error] ${e.message}`));
+  await p.goto(`${server.url}/`);
+  return p;
+}
+
+const results = [];
+let adapter = null;
+try {
+  for (const name of systems) {
+    const context = await browser.newContext();
+    const p = await page(context);
+    adapter ??= await p.evaluate(async () => {
+      const a = await navigator.gpu?.requestAdapter();
+      return a ? { vendor: a.info.vendor, architecture: a.info.architecture, fallback: a.info.isFallbackAdapter ?? null } : null;
+    });
+    // A software WebGPU adapter (SwiftShader) takes minutes per encode: one run of each there.
+    const slow = name.endsWith('webgpu') && (adapter?.architecture === 'swiftshader' || adapter?.fallback);
+    const options = slow ? { encodeRuns: 1, decodeRuns: 1, hoverMs: 0 } : {};
+    console.error(`${name}: measuring${slow ? ' (software WebGPU adapter: one run each)' : ''}`);
+    const r = await p.evaluate(([n, o]) => import('/bench.js').then((b) => b.measure(n, o)), [name, options]);
+    const fresh = await page(context);
+    r.firstMaskMs = await fresh.evaluate((n) => import('/bench.js').then((b) => b.firstMask(n)), name);
+    console.error(JSON.stringify(r));
+    results.push(r);
+    await context.close();
+  }
+} finally {
+  await browser.close();
+  await server.close();
+}
+
+const version = browser.version();
+const by = Object.fromEntries(results.map((r) => [r.name, r]));
+const fmt = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(ms < 10 ? 1 : 0)} ms`);
+const cell = (s) => `${fmt(s.median)} (${fmt(s.min)}-${fmt(s.max)}, ${s.runs})`;
+const size = (f) => statSync(f).size;
+const gz = (f) => gzipSync(readFileSync(f), { level: 9 }).length;
+const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
+
+const rows = results.map((r) => `| ${r.name} | ${r.info.trim()} | ${fmt(r.loadMs)} | ${cell(r.encode)} | ${cell(r.decode.point)} | ${cell(r.decode.box)} | ${cell(r.decode.points5)} | ${r.hover ? r.hover.toFixed(1) : '-'} | ${fmt(r.firstMaskMs)} | ${r.memory ? mb(r.memory) : '-'} |`);
+const ratio = (a, b, f) => (by[a] && by[b] ? (f(by[a]) / f(by[b])).toFixed(2) : '-');
+const pairs = [['websam-cpu', 'ort-wasm-1'], ['websam-cpu', 'ort-wasm-mt'], ['websam-webgpu', 'ort-webgpu']];
+const ratioRows = pairs.filter(([a, b]) => by[a] && by[b]).map(([a, b]) => `| ${a} / ${b} | ${ratio(a, b, (r) => r.encode.median)} | ${ratio(a, b, (r) => r.decode.point.median)} | ${ratio(a, b, (r) => r.decode.box.median)} | ${ratio(a, b, (r) => r.decode.points5.median)} | ${ratio(a, b, (r) => r.firstMaskMs)} |`);
+
+const cpu = cpus()[0]?.model ?? 'unknown CPU';
+const wasm = join(root, 'pkg/websam_core_bg.wasm');
+const ortWasm = join(ortDist, 'ort-wasm-simd-threaded.jsep.wasm');
+const onnxBytes = size(join(root, 'bench/out/encoder.onnx')) + size(join(root, 'bench/out/decoder.onnx'));
+const rev = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
+const table = `<!-- bench:begin (written by ./build.sh bench; edits here are overwritten) -->
+Machine: ${cpus().length} x ${cpu}; headless Chromium ${version} (Debian), WebGPU adapter: ${adapter ? `${adapter.vendor} ${adapter.architecture}` : 'none'}${adapter && (adapter.architecture === 'swiftshader' || adapter.fallback) ? ' (software, on the CPU: WebGPU rows prove the path, not GPU speed)' : ''}. websam ${rev}, onnxruntime-web ${JSON.parse(readFileSync(join(root, 'bench/node_modules/onnxruntime-web/package.json'))).version}. Command: \`./build.sh bench\` (\`node bench/run.mjs\`). Same weights (the fixture MobileSAM; ONNX by segment_anything's SamOnnxModel export), same 640x480 image, same prompts; every decode gives masks at 640x480. Cells: median (min-max, runs).
+
+| system | runs on | load | encode (TinyViT, incl. preprocessing) | decode: 1 point, 3 masks | decode: box | decode: 5 points | hover decodes/s | page load to first mask (cached weights) | page memory |
+|---|---|---|---|---|---|---|---|---|---|
+${rows.join('\n')}
+
+Ratios websam / peer (below 1: websam faster):
+
+| pair | encode | decode 1 point | decode box | decode 5 points | first mask |
+|---|---|---|---|---|---|
+${ratioRows.join('\n')}
+
+Download sizes: websam wasm ${mb(size(wasm))} (${mb(gz(wasm))} gzipped) + weights ${mb(size(join(root, 'tests/fixtures/mobile_sam.pth')))} (.pth, f16); onnxruntime-web wasm ${mb(size(ortWasm))} (${mb(gz(ortWasm))} gzipped) + ONNX models ${mb(onnxBytes)} (f32).
+<!-- bench:end -->`;
+
+writeFileSync(join(root, 'bench/out/results.json'), JSON.stringify({ version, adapter, results }, null, 1));
+const perfPath = join(root, 'docs/PERFORMANCE.md');
+const perf = readFileSync(perfPath, 'utf8');
+const begin = perf.indexOf('<!-- bench:begin');
+const end = perf.indexOf('<!-- bench:end -->');
+writeFileSync(perfPath, begin >= 0 && end > begin
+  ? perf.slice(0, begin) + table + perf.slice(end + '<!-- bench:end -->'.length)
+  : `${perf.trimEnd()}\n\n## Side by side in headless Chromium\n\n${table}\n`);
+console.log(table);
