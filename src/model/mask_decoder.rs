@@ -5,7 +5,7 @@ use candle_core::{Tensor, D};
 use crate::error::{Error, Result};
 use crate::model::config::{MaskDecoderConfig, LAYER_NORM_2D_EPS};
 use crate::model::ops::{self, LayerNorm, Linear};
-use crate::model::transformer::TwoWayTransformer;
+use crate::model::transformer::{ImageSide, TwoWayTransformer};
 use crate::model::weights::WeightPath;
 
 /// A plain MLP: `num_layers` linears with ReLU between them (from MaskFormer).
@@ -193,6 +193,9 @@ impl MaskDecoder {
     /// `image_embeddings` `[1, C, 64, 64]`, `image_pe` `[1, C, 64, 64]`, `sparse` `[B, N, C]`,
     /// `dense` `[B or 1, C, 64, 64]`. Returns the low-res mask logits `[B, M, 256, 256]` and
     /// the IoU predictions `[B, M]`, with `M = 3` when `multimask_output`, else 1.
+    ///
+    /// `side`, from `image_side` for this image embedding and `dense`, skips the transformer's
+    /// image-only work.
     pub fn forward(
         &self,
         image_embeddings: &Tensor,
@@ -200,6 +203,7 @@ impl MaskDecoder {
         sparse: &Tensor,
         dense: &Tensor,
         multimask_output: bool,
+        side: Option<&ImageSide>,
     ) -> Result<(Tensor, Tensor)> {
         // Select the correct mask or masks for output. Only the selected mask tokens go
         // through their hypernetwork and the final product: each mask depends on its own
@@ -209,7 +213,20 @@ impl MaskDecoder {
         } else {
             0..1
         };
-        self.predict_masks(image_embeddings, image_pe, sparse, dense, mask_slice)
+        self.predict_masks(image_embeddings, image_pe, sparse, dense, mask_slice, side)
+    }
+
+    /// The transformer's image-only work for `image_embeddings` `[1, C, h, w]` with the dense
+    /// prompt `dense` `[1, C, h, w]` (the no-mask embedding: the same for every prompt without
+    /// a mask input), done once per image and passed to `forward`.
+    pub fn image_side(
+        &self,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        dense: &Tensor,
+    ) -> Result<ImageSide> {
+        let src = image_embeddings.broadcast_add(dense)?;
+        self.transformer.image_side(&src, image_pe)
     }
 
     /// Predicts the masks of the mask tokens in `mask_slice`, and their IoU. See `forward`.
@@ -220,6 +237,7 @@ impl MaskDecoder {
         sparse_prompt_embeddings: &Tensor,
         dense_prompt_embeddings: &Tensor,
         mask_slice: std::ops::Range<usize>,
+        side: Option<&ImageSide>,
     ) -> Result<(Tensor, Tensor)> {
         let (b, _, dim) = sparse_prompt_embeddings.dims3()?;
         let (img_b, c, h, w) = image_embeddings.dims4()?;
@@ -242,13 +260,18 @@ impl MaskDecoder {
         // Expand per-image data in batch direction to be per-mask
         // (`repeat_interleave` of the one image embedding is a broadcast; the positional
         // encoding stays at batch 1 and is broadcast inside the transformer).
-        let src = image_embeddings
-            .broadcast_add(dense_prompt_embeddings)?
-            .broadcast_as((b, c, h, w))?;
+        let side = side.filter(|_| b == 1);
+        let src = match side {
+            // The image side already holds src's tokens.
+            Some(_) => image_embeddings.clone(),
+            None => image_embeddings
+                .broadcast_add(dense_prompt_embeddings)?
+                .broadcast_as((b, c, h, w))?,
+        };
         let pos_src = image_pe;
 
         // Run the transformer
-        let (hs, src) = self.transformer.forward(&src, pos_src, &tokens)?;
+        let (hs, src) = self.transformer.forward(&src, pos_src, &tokens, side)?;
         let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?;
         let mask_tokens_out = hs.narrow(1, 1, self.num_mask_tokens)?;
 

@@ -1,7 +1,9 @@
 //! The predictor flow of `segment_anything/predictor.py` (`SamPredictor`): embed an image once,
 //! then decode prompts given in the original image's pixel coordinates.
 
-use candle_core::{DType, Device, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor, TensorId};
 
 use crate::error::{Error, Result};
 use crate::image::{
@@ -11,6 +13,7 @@ use crate::model::config::{SamConfig, EMBEDDING_SIDE, EMBED_DIM, LOW_RES_SIDE};
 use crate::model::mask_decoder::MaskDecoder;
 use crate::model::prompt_encoder::PromptEncoder;
 use crate::model::tiny_vit::TinyViT;
+use crate::model::transformer::ImageSide;
 use crate::model::weights::Weights;
 
 /// Key that only MobileSAM's TinyViT encoder has (its first Conv2d_BN).
@@ -255,6 +258,9 @@ pub struct Sam {
     encoder_kind: EncoderKind,
     /// The dense positional encoding, the same for every image.
     image_pe: Tensor,
+    /// The decoder's image-only work for the last embedding decoded without a mask input,
+    /// keyed by the features' tensor (tensors are immutable: a new embedding has a new id).
+    image_side: Mutex<Option<(TensorId, ImageSide)>>,
 }
 
 impl Sam {
@@ -284,6 +290,7 @@ impl Sam {
             image_encoder,
             encoder_kind,
             image_pe,
+            image_side: Mutex::new(None),
         })
     }
 
@@ -324,6 +331,23 @@ impl Sam {
     }
 
     /// `SamPredictor.predict`: masks for a prompt given in the original image's coordinates.
+    /// The decoder's image-only work for `embedding` with the no-mask `dense` prompt, from the
+    /// cache when it holds this embedding.
+    fn image_side(&self, embedding: &ImageEmbedding, dense: &Tensor) -> Result<ImageSide> {
+        let id = embedding.features.id();
+        let mut cache = self.image_side.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached, side)) = cache.as_ref() {
+            if *cached == id {
+                return Ok(side.clone());
+            }
+        }
+        let side = self
+            .mask_decoder
+            .image_side(&embedding.features, &self.image_pe, dense)?;
+        *cache = Some((id, side.clone()));
+        Ok(side)
+    }
+
     pub fn decode(&self, embedding: &ImageEmbedding, prompt: &Prompt) -> Result<Prediction> {
         let p = PromptTensors::new(prompt, &embedding.frame)?;
         // Embed prompts
@@ -332,6 +356,12 @@ impl Sam {
             p.boxes.as_ref(),
             p.mask_input.as_ref(),
         )?;
+        // The dense prompt is the no-mask embedding without a mask input: then the decoder's
+        // image-only work is done once per image.
+        let side = match p.mask_input {
+            Some(_) => None,
+            None => Some(self.image_side(embedding, &dense)?),
+        };
         // Predict masks
         let (low_res, iou) = self.mask_decoder.forward(
             &embedding.features,
@@ -339,6 +369,7 @@ impl Sam {
             &sparse,
             &dense,
             prompt.multimask,
+            side.as_ref(),
         )?;
         Ok(Prediction {
             low_res_logits: low_res.flatten_all()?.to_vec1()?,
@@ -469,5 +500,61 @@ fn check_inside(x: f64, y: f64, width: usize, height: usize, what: &str) -> Resu
         Err(Error::invalid(format!(
             "{what} ({x}, {y}) is outside the {width}x{height} image"
         )))
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    /// The decoder's per-image work, done once and reused, gives bit for bit what the full
+    /// forward gives, for single and multimask prompts and a second image.
+    #[test]
+    fn image_side_cache_equals_the_full_decoder() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let sam = Sam::from_file(dir.join("sam_decoder.safetensors")).unwrap();
+        let npy = std::fs::read(dir.join("embedding.npy")).unwrap();
+        let frame = ImageFrame::new(480, 640).unwrap();
+        let first = ImageEmbedding::from_npy_bytes(&npy, frame).unwrap();
+        let second = ImageEmbedding::new((&first.features * 0.5).unwrap(), frame).unwrap();
+        let click = |x, y, multimask| Prompt {
+            points: vec![Point {
+                x,
+                y,
+                label: PointLabel::Positive,
+            }],
+            multimask,
+            ..Prompt::default()
+        };
+        for (embedding, prompt) in [
+            (&first, click(161.0, 150.0, true)),
+            (&first, click(470.0, 360.0, false)),
+            (&second, click(300.0, 200.0, true)),
+            (&first, click(100.0, 400.0, true)),
+        ] {
+            let cached = sam.decode(embedding, &prompt).unwrap();
+            let p = PromptTensors::new(&prompt, &embedding.frame).unwrap();
+            let (sparse, dense) = sam
+                .prompt_encoder
+                .forward(p.points.as_ref().map(|(c, l)| (c, l)), None, None)
+                .unwrap();
+            let (low_res, iou) = sam
+                .mask_decoder
+                .forward(
+                    &embedding.features,
+                    &sam.image_pe,
+                    &sparse,
+                    &dense,
+                    prompt.multimask,
+                    None,
+                )
+                .unwrap();
+            let full: Vec<f32> = low_res.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(cached.low_res_logits, full);
+            assert_eq!(
+                cached.iou,
+                iou.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
     }
 }

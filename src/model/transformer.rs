@@ -91,17 +91,32 @@ impl Attention {
     /// `q` `[B, Nq, C]`, `k` and `v` `[B, Nk, C]` -> `[B, Nq, C]`.
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let b = q.dim(0)?;
-        // Input projections
-        let q = self.q_proj.forward(q)?;
-        let k = self.k_proj.forward(k)?;
-        let v = self.v_proj.forward(v)?;
+        self.attend(
+            &self.project_q(q)?,
+            &self.project_k(k)?,
+            &self.project_v(v)?,
+            b,
+        )
+    }
 
-        // Separate into heads
-        let q = self.separate_heads(&q)?;
-        let k = self.separate_heads(&k)?;
-        let v = self.separate_heads(&v)?;
+    /// The query projection, split into heads: `[B, N, C]` -> `[B * heads, N, C' / heads]`.
+    pub fn project_q(&self, x: &Tensor) -> Result<Tensor> {
+        self.separate_heads(&self.q_proj.forward(x)?)
+    }
 
-        // Attention
+    /// The key projection, split into heads.
+    pub fn project_k(&self, x: &Tensor) -> Result<Tensor> {
+        self.separate_heads(&self.k_proj.forward(x)?)
+    }
+
+    /// The value projection, split into heads.
+    pub fn project_v(&self, x: &Tensor) -> Result<Tensor> {
+        self.separate_heads(&self.v_proj.forward(x)?)
+    }
+
+    /// Attention of projected heads (from `project_*`) and the output projection, for a
+    /// batch of `b`: `forward` with its projections done beforehand (e.g. once per image).
+    pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, b: usize) -> Result<Tensor> {
         let c_per_head = q.dim(2)?;
         // k.t() is a strided view that the batched GEMM reads as is, without a copy.
         let attn = q.matmul(&k.t()?)?; // (B * N_heads) x N_tokens x N_tokens
@@ -109,7 +124,7 @@ impl Attention {
         let attn = ops::softmax_last(&attn)?;
 
         // Get output
-        let out = attn.matmul(&v)?;
+        let out = attn.matmul(v)?;
         let out = self.recombine_heads(&out, b)?;
         self.out_proj.forward(&out)
     }
@@ -164,13 +179,28 @@ impl TwoWayAttentionBlock {
         })
     }
 
-    /// Returns the updated `(queries, keys)`.
+    /// The work of this block that depends on the image alone (its keys at the input, when
+    /// the dense prompt is the no-mask embedding): `keys` `[1, N, C]`, `key_pe` `[1, N, C]`.
+    pub fn image_side(&self, keys: &Tensor, key_pe: &Tensor) -> Result<ImageSide> {
+        let keys_pe = keys.broadcast_add(key_pe)?;
+        Ok(ImageSide {
+            token_to_image_k: self.cross_attn_token_to_image.project_k(&keys_pe)?,
+            token_to_image_v: self.cross_attn_token_to_image.project_v(keys)?,
+            image_to_token_q: self.cross_attn_image_to_token.project_q(&keys_pe)?,
+            keys: keys.clone(),
+            keys_pe,
+        })
+    }
+
+    /// Returns the updated `(queries, keys)`. With `side` (from `image_side` on these same
+    /// `keys` and `key_pe`, batch 1) the image-only projections are taken from it.
     pub fn forward(
         &self,
         queries: &Tensor,
         keys: &Tensor,
         query_pe: &Tensor,
         key_pe: &Tensor,
+        side: Option<&ImageSide>,
     ) -> Result<(Tensor, Tensor)> {
         // Self attention block
         let queries = if self.skip_first_layer_pe {
@@ -187,8 +217,24 @@ impl TwoWayAttentionBlock {
         let q = (&queries + query_pe)?;
         // `keys + key_pe` is used again by the image-to-token attention below, where the
         // reference recomputes it from the same, unchanged keys.
-        let k = keys.broadcast_add(key_pe)?;
-        let attn_out = self.cross_attn_token_to_image.forward(&q, &k, keys)?;
+        let b = queries.dim(0)?;
+        let (k, attn_out) = match side {
+            Some(side) => {
+                let attn = &self.cross_attn_token_to_image;
+                let out = attn.attend(
+                    &attn.project_q(&q)?,
+                    &side.token_to_image_k,
+                    &side.token_to_image_v,
+                    b,
+                )?;
+                (side.keys_pe.clone(), out)
+            }
+            None => {
+                let k = keys.broadcast_add(key_pe)?;
+                let out = self.cross_attn_token_to_image.forward(&q, &k, keys)?;
+                (k, out)
+            }
+        };
         let queries = (queries + attn_out)?;
         let queries = self.norm2.forward(&queries)?;
 
@@ -199,12 +245,35 @@ impl TwoWayAttentionBlock {
 
         // Cross attention block, image embedding attending to tokens
         let q = (&queries + query_pe)?;
-        let attn_out = self.cross_attn_image_to_token.forward(&k, &q, &queries)?;
+        let attn_out = match side {
+            Some(side) => {
+                let attn = &self.cross_attn_image_to_token;
+                attn.attend(
+                    &side.image_to_token_q,
+                    &attn.project_k(&q)?,
+                    &attn.project_v(&queries)?,
+                    b,
+                )?
+            }
+            None => self.cross_attn_image_to_token.forward(&k, &q, &queries)?,
+        };
         let keys = (keys + attn_out)?;
         let keys = self.norm4.forward(&keys)?;
 
         Ok((queries, keys))
     }
+}
+
+/// The first block's image-only work, done once per image: the image tokens (and with their
+/// positional encoding added), the token-to-image attention's keys and values and the
+/// image-to-token attention's queries, already split into heads.
+#[derive(Debug, Clone)]
+pub struct ImageSide {
+    keys: Tensor,
+    keys_pe: Tensor,
+    token_to_image_k: Tensor,
+    token_to_image_v: Tensor,
+    image_to_token_q: Tensor,
 }
 
 /// A transformer decoder that attends to an input image using queries whose positional
@@ -240,8 +309,25 @@ impl TwoWayTransformer {
         })
     }
 
+    /// `[B, C, h, w]` -> `[B, h * w, C]`, the token layout of the image side.
+    fn tokens(x: &Tensor) -> Result<Tensor> {
+        Ok(x.flatten_from(2)?.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// The first block's image-only work for `image_embedding` `[1, C, h, w]` (the image plus
+    /// the no-mask embedding) and `image_pe` `[1, C, h, w]`, to pass to `forward` for every
+    /// prompt on this image.
+    pub fn image_side(&self, image_embedding: &Tensor, image_pe: &Tensor) -> Result<ImageSide> {
+        let first = self
+            .layers
+            .first()
+            .ok_or_else(|| Error::invalid("the transformer has no layers"))?;
+        first.image_side(&Self::tokens(image_embedding)?, &Self::tokens(image_pe)?)
+    }
+
     /// `image_embedding` `[B, C, h, w]`, `image_pe` `[B or 1, C, h, w]` (broadcast over the
-    /// batch), `point_embedding` `[B, N_points, C]`.
+    /// batch), `point_embedding` `[B, N_points, C]`. With `side` (from `image_side` on the same
+    /// inputs; batch 1) the first block's image-only work is not done again.
     /// Returns the processed point embedding `[B, N_points, C]` and image embedding
     /// `[B, h * w, C]`.
     pub fn forward(
@@ -249,21 +335,22 @@ impl TwoWayTransformer {
         image_embedding: &Tensor,
         image_pe: &Tensor,
         point_embedding: &Tensor,
+        side: Option<&ImageSide>,
     ) -> Result<(Tensor, Tensor)> {
         // BxCxHxW -> BxHWxC == B x N_image_tokens x C
-        let image_embedding = image_embedding
-            .flatten_from(2)?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let image_pe = image_pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let image_pe = Self::tokens(image_pe)?;
 
         // Prepare queries
         let mut queries = point_embedding.clone();
-        let mut keys = image_embedding;
+        let mut keys = match side {
+            Some(side) => side.keys.clone(),
+            None => Self::tokens(image_embedding)?,
+        };
 
         // Apply transformer blocks and final layernorm
-        for layer in &self.layers {
-            (queries, keys) = layer.forward(&queries, &keys, point_embedding, &image_pe)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let side = if i == 0 { side } else { None };
+            (queries, keys) = layer.forward(&queries, &keys, point_embedding, &image_pe, side)?;
         }
 
         // Apply the final attention layer from the points to the image
