@@ -44,11 +44,23 @@ try {
     const slow = name.endsWith('webgpu') && (adapter?.architecture === 'swiftshader' || adapter?.fallback);
     const options = slow ? { encodeRuns: 1, decodeRuns: 1, hoverMs: 0 } : {};
     console.error(`${name}: measuring${slow ? ' (software WebGPU adapter: one run each)' : ''}`);
-    const r = await p.evaluate(([n, o]) => import('/bench.js').then((b) => b.measure(n, o)), [name, options]);
-    const fresh = await page(context);
-    r.firstMaskMs = await fresh.evaluate((n) => import('/bench.js').then((b) => b.firstMask(n)), name);
-    console.error(JSON.stringify(r));
-    results.push(r);
+    // A bound per system (BENCH_LIMIT_S, default 600 s): a system that does not finish in it
+    // gets a row saying so instead of holding the whole run.
+    const limit = Number(process.env.BENCH_LIMIT_S ?? 600) * 1000;
+    const started = Date.now();
+    const within = (promise) => Promise.race([promise, new Promise((_, no) => {
+      setTimeout(() => no(new Error(`did not finish in ${limit / 1000} s`)), limit - (Date.now() - started));
+    })]);
+    try {
+      const r = await within(p.evaluate(([n, o]) => import('/bench.js').then((b) => b.measure(n, o)), [name, options]));
+      const fresh = await page(context);
+      r.firstMaskMs = await within(fresh.evaluate((n) => import('/bench.js').then((b) => b.firstMask(n)), name));
+      console.error(JSON.stringify(r));
+      results.push(r);
+    } catch (e) {
+      console.error(`${name}: ${e.message}`);
+      results.push({ name, failed: e.message });
+    }
     await context.close();
   }
 } finally {
@@ -57,14 +69,15 @@ try {
 }
 
 const version = browser.version();
-const by = Object.fromEntries(results.map((r) => [r.name, r]));
+const done = results.filter((r) => !r.failed);
+const by = Object.fromEntries(done.map((r) => [r.name, r]));
 const fmt = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(ms < 10 ? 1 : 0)} ms`);
 const cell = (s) => `${fmt(s.median)} (${fmt(s.min)}-${fmt(s.max)}, ${s.runs})`;
 const size = (f) => statSync(f).size;
 const gz = (f) => gzipSync(readFileSync(f), { level: 9 }).length;
 const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
 
-const rows = results.map((r) => `| ${r.name} | ${r.info.trim()} | ${fmt(r.loadMs)} | ${cell(r.encode)} | ${cell(r.decode.point)} | ${cell(r.decode.box)} | ${cell(r.decode.points5)} | ${r.hover ? r.hover.toFixed(1) : '-'} | ${fmt(r.firstMaskMs)} | ${r.memory ? mb(r.memory) : '-'} |`);
+const rows = results.map((r) => (r.failed ? `| ${r.name} | ${r.failed} | | | | | | | | |` : `| ${r.name} | ${r.info.trim()} | ${fmt(r.loadMs)} | ${cell(r.encode)} | ${cell(r.decode.point)} | ${cell(r.decode.box)} | ${cell(r.decode.points5)} | ${r.hover ? r.hover.toFixed(1) : '-'} | ${fmt(r.firstMaskMs)} | ${r.memory ? mb(r.memory) : '-'} |`));
 const ratio = (a, b, f) => (by[a] && by[b] ? (f(by[a]) / f(by[b])).toFixed(2) : '-');
 const pairs = [['websam-cpu', 'ort-wasm-1'], ['websam-cpu', 'ort-wasm-mt'], ['websam-webgpu', 'ort-webgpu']];
 const ratioRows = pairs.filter(([a, b]) => by[a] && by[b]).map(([a, b]) => `| ${a} / ${b} | ${ratio(a, b, (r) => r.encode.median)} | ${ratio(a, b, (r) => r.decode.point.median)} | ${ratio(a, b, (r) => r.decode.box.median)} | ${ratio(a, b, (r) => r.decode.points5.median)} | ${ratio(a, b, (r) => r.firstMaskMs)} |`);

@@ -11,32 +11,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { launch, open } from './browser.mjs';
+import { npy } from '../support/fixtures.mjs';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const fixtures = join(root, 'tests/fixtures');
 const rootPackage = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
-
-/** A .npy fixture's header and data bytes. */
-function npyRaw(file) {
-  const buf = readFileSync(file);
-  const headerLen = buf.readUInt16LE(8);
-  const header = buf.subarray(10, 10 + headerLen).toString('latin1');
-  const data = buf.subarray(10 + headerLen);
-  return { header, data: data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) };
-}
-
-function npyF32(file) {
-  const { header, data } = npyRaw(file);
-  assert.match(header, /'<f4'/, file);
-  return new Float32Array(data);
-}
-
-/** Pixels with a positive logit in a float16 .npy (sign bit clear, not zero). */
-function positiveF16(file) {
-  const { header, data } = npyRaw(file);
-  assert.match(header, /'<f2'/, file);
-  return new Uint16Array(data).reduce((n, u) => n + ((u & 0x8000) === 0 && (u & 0x7fff) !== 0 ? 1 : 0), 0);
-}
 
 const run = (cmd, args, cwd) => execFileSync(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
 
@@ -69,8 +48,8 @@ async function appResult(browser, url) {
 }
 
 function check(how, result) {
-  const want = npyF32(join(fixtures, 'case_predictor_box_low_res_logits.npy'));
-  const wantOnes = positiveF16(join(fixtures, 'case_predictor_box_logits.npy'));
+  const want = npy('case_predictor_box_low_res_logits.npy').data;
+  const wantOnes = npy('case_predictor_box_logits.npy').data.reduce((n, v) => n + (v > 0 ? 1 : 0), 0);
   for (const [api, r] of Object.entries(result)) {
     // Backend auto: WebGPU on a hardware adapter, else the CPU (SwiftShader here): both give
     // the golden; what it chose is printed.

@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { serve } from '../../tools/serve.mjs';
 import { launch } from './browser.mjs';
 import { maskStats, rleDecode, rleFromString } from '../../www/annotate.js';
+import { npy, rasterize } from '../support/fixtures.mjs';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const fixtures = join(root, 'tests/fixtures');
@@ -81,40 +82,6 @@ async function download(page, button) {
   return { name: d.suggestedFilename(), path, bytes: readFileSync(path) };
 }
 
-function f16(u) {
-  const e = (u >> 10) & 0x1f;
-  const m = u & 0x3ff;
-  const v = e === 0 ? m * 2 ** -24 : e === 31 ? Infinity : (1 + m / 1024) * 2 ** (e - 15);
-  return u & 0x8000 ? -v : v;
-}
-
-function goldenLogits(name) {
-  const buf = readFileSync(join(fixtures, name));
-  const headerLen = buf.readUInt16LE(8);
-  assert.match(buf.subarray(10, 10 + headerLen).toString('latin1'), /'<f2'/);
-  return Array.from(new Uint16Array(buf.buffer.slice(buf.byteOffset + 10 + headerLen, buf.byteOffset + buf.length)), f16);
-}
-
-/** Even-odd fill of polygons sampled at pixel centres, as a '0'/'1' string. */
-function rasterize(polygons, width, height) {
-  const out = new Uint8Array(width * height);
-  for (let y = 0; y < height; y++) {
-    const py = y + 0.5;
-    const xs = [];
-    for (const p of polygons) {
-      for (let i = 0, n = p.length / 2, j = n - 1; i < n; j = i++) {
-        const [xi, yi, xj, yj] = [p[2 * i], p[2 * i + 1], p[2 * j], p[2 * j + 1]];
-        if ((yi > py) !== (yj > py)) xs.push(xi + ((py - yi) * (xj - xi)) / (yj - yi));
-      }
-    }
-    xs.sort((a, b) => a - b);
-    for (let k = 0; k + 1 < xs.length; k += 2) {
-      for (let x = Math.ceil(xs[k] - 0.5); x + 0.5 < xs[k + 1]; x++) out[y * width + x] = 1;
-    }
-  }
-  return Array.from(out).join('');
-}
-
 const bitsOf = (data) => Array.from(data, (v) => (v ? '1' : '0')).join('');
 
 describe('the demo page on the CPU', () => {
@@ -130,13 +97,12 @@ describe('the demo page on the CPU', () => {
     await page.setInputFiles('#image-file', join(fixtures, 'image.png'));
     await page.waitForSelector('body[data-image=ready]', { timeout: 120000 });
     assert.match(await page.textContent('#encoder-status'), /encoder \d/);
-    const npy = await download(page, '#export-embedding');
-    assert.equal(npy.name, 'image.npy');
+    const exported = await download(page, '#export-embedding');
+    assert.equal(exported.name, 'image.npy');
     // The page's embedding of the image is PyTorch's (the fixture) to within the parity bound.
-    const headerLen = npy.bytes.readUInt16LE(8);
-    const got = new Float32Array(npy.bytes.buffer.slice(npy.bytes.byteOffset + 10 + headerLen, npy.bytes.byteOffset + npy.bytes.length));
-    const golden = readFileSync(join(fixtures, 'embedding.npy'));
-    const want = new Float32Array(golden.buffer.slice(golden.byteOffset + 10 + golden.readUInt16LE(8), golden.byteOffset + golden.length));
+    const headerLen = exported.bytes.readUInt16LE(8);
+    const got = new Float32Array(exported.bytes.buffer.slice(exported.bytes.byteOffset + 10 + headerLen, exported.bytes.byteOffset + exported.bytes.length));
+    const want = npy('embedding.npy').data;
     let worst = 0;
     for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
     assert.ok(worst <= 2e-3, `embedding differs by ${worst}`);
@@ -205,7 +171,7 @@ describe('the demo page on the CPU', () => {
     await idle(page);
     assert.deepEqual((await state(page)).prompt.box, [370, 50, 570, 210]);
     const overlay = await helpers(page, 'layer', 'current-layer');
-    const golden = goldenLogits('case_predictor_box_logits.npy');
+    const golden = npy('case_predictor_box_logits.npy').data;
     let outsideBand = 0;
     let inBand = 0;
     golden.forEach((v, i) => {
@@ -311,7 +277,7 @@ describe('the demo page on the CPU', () => {
 
     const polys = JSON.parse((await download(page, '#export-polygons')).bytes);
     polys.annotations.forEach((a, i) => {
-      assert.equal(diffCount(rasterize(a.segmentation, W, H), wants[i]), 0, `annotation ${i}: polygons fill the mask`);
+      assert.equal(diffCount(bitsOf(rasterize(a.segmentation, W, H)), wants[i]), 0, `annotation ${i}: polygons fill the mask`);
     });
   });
 

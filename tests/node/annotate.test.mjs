@@ -4,54 +4,25 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { FIXTURES, npy, rasterize } from '../support/fixtures.mjs';
 import {
   History, maskPolygons, maskStats, rleCounts, rleDecode, rleFromString, rleToString,
 } from '../../www/annotate.js';
 
-const fixture = (name) => new URL(`../fixtures/${name}`, import.meta.url);
-
-/** Channel `c` of a float16 logits .npy thresholded at 0 (sign bit clear and not zero). */
-function maskFromF16(name, c) {
-  const buf = readFileSync(fixture(name));
-  const headerLen = buf.readUInt16LE(8);
-  const header = buf.subarray(10, 10 + headerLen).toString('latin1');
-  assert.match(header, /'<f2'/);
-  const [, h, w] = header.match(/\((\d+), (\d+), (\d+)\)/).slice(1).map(Number);
-  const bits = new Uint16Array(buf.buffer.slice(buf.byteOffset + 10 + headerLen + c * h * w * 2,
-    buf.byteOffset + 10 + headerLen + (c + 1) * h * w * 2));
-  const data = bits.map((u) => ((u & 0x8000) === 0 && (u & 0x7fff) !== 0 ? 1 : 0));
-  return { data: new Uint8Array(data), width: w, height: h };
-}
-
-/** Even-odd fill sampled at pixel centres. */
-function rasterize(polygons, width, height) {
-  const out = new Uint8Array(width * height);
-  for (let y = 0; y < height; y++) {
-    const py = y + 0.5;
-    const crossings = [];
-    for (const p of polygons) {
-      const n = p.length / 2;
-      for (let i = 0, j = n - 1; i < n; j = i++) {
-        const [xi, yi, xj, yj] = [p[2 * i], p[2 * i + 1], p[2 * j], p[2 * j + 1]];
-        if ((yi > py) !== (yj > py)) crossings.push(xi + ((py - yi) * (xj - xi)) / (yj - yi));
-      }
-    }
-    crossings.sort((a, b) => a - b);
-    for (let k = 0; k + 1 < crossings.length; k += 2) {
-      for (let x = Math.ceil(crossings[k] - 0.5); x + 0.5 < crossings[k + 1]; x++) out[y * width + x] = 1;
-    }
-  }
-  return out;
+/** Channel `c` of a logits fixture thresholded at 0, as SamPredictor does. */
+function maskOf(name, c) {
+  const { shape: [, h, w], data } = npy(name);
+  return { data: Uint8Array.from(data.subarray(c * h * w, (c + 1) * h * w), (v) => (v > 0 ? 1 : 0)), width: w, height: h };
 }
 
 let seed = 7;
 const random = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
 
 test('COCO RLE equals pycocotools on the fixture masks', () => {
-  const golden = JSON.parse(readFileSync(fixture('coco_rle.json'), 'utf8'));
+  const golden = JSON.parse(readFileSync(new URL('coco_rle.json', FIXTURES), 'utf8'));
   assert.equal(golden.masks.length, 5);
   for (const g of golden.masks) {
-    const mask = maskFromF16(g.logits, g.channel);
+    const mask = maskOf(g.logits, g.channel);
     assert.deepEqual(g.size, [mask.height, mask.width]);
     const counts = rleCounts(mask);
     assert.equal(rleToString(counts), g.counts, `${g.logits}[${g.channel}]`);
@@ -90,7 +61,7 @@ test('RLE and polygons give back random masks exactly', () => {
 });
 
 test('polygons of a fixture mask rasterize back to it', () => {
-  const mask = maskFromF16('case_predictor_box_logits.npy', 0);
+  const mask = maskOf('case_predictor_box_logits.npy', 0);
   assert.deepEqual(rasterize(maskPolygons(mask), mask.width, mask.height), mask.data);
 });
 

@@ -4,19 +4,12 @@
 // `predictor_box` fixture case, and round-trips the embedding through .npy bytes.
 import { readFileSync } from 'node:fs';
 import { Sam } from '../../pkg/websam.js';
+import { npy as fixtureNpy } from '../support/fixtures.mjs';
+
+const npy = (name) => fixtureNpy(name).data;
 
 const fixtures = new URL('../fixtures/', import.meta.url);
 const read = (name) => readFileSync(new URL(name, fixtures));
-
-// Minimal .npy reader for the f32 fixtures (C order, little endian).
-function npy(name) {
-  const buf = read(name);
-  const headerLen = buf.readUInt16LE(8);
-  const header = buf.subarray(10, 10 + headerLen).toString('latin1');
-  if (!header.includes("'<f4'")) throw new Error(`${name}: expected float32, got ${header}`);
-  const data = buf.subarray(10 + headerLen);
-  return new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
-}
 
 function worstDiff(got, want) {
   if (got.length !== want.length) throw new Error(`${got.length} values, expected ${want.length}`);
