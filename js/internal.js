@@ -130,7 +130,7 @@ export async function readWeights(weights, { onProgress, cache }) {
   const store = await openCache(cache);
   if (store) {
     const hit = await store.match(url);
-    if (hit) return { bytes: await readBody(hit, 'cache', onProgress, url), keep: none, cached: true };
+    if (hit) return { bytes: await readBody(hit, 'cache', onProgress, url), keep: none };
   }
   let response;
   try {
@@ -153,7 +153,7 @@ export async function readWeights(weights, { onProgress, cache }) {
       console.warn(`websam: weights not cached (${e.message ?? e})`);
     }
   };
-  return { bytes, keep, cached: false };
+  return { bytes, keep };
 }
 
 const isInt = (v) => Number.isInteger(v) && v > 0;
