@@ -310,6 +310,33 @@ describe('loading', () => {
     await page.context().close();
   });
 
+  test('drop a checkpoint, then paste an image with a drop of its embedding', async () => {
+    const page = await newPage();
+    await page.goto(`${server.url}/?backend=cpu&nosw`);
+    // Files made in the page from the served fixtures, delivered as the browser delivers a drop
+    // and a paste: DataTransfer objects on drop and paste events.
+    const deliver = (kind, files) => page.evaluate(async ([k, list]) => {
+      const dt = new DataTransfer();
+      for (const [url, name, type] of list) dt.items.add(new File([await (await fetch(url)).blob()], name, { type }));
+      const e = k === 'paste'
+        ? new ClipboardEvent('paste', { clipboardData: dt, bubbles: true })
+        : new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true });
+      document.getElementById('stage').dispatchEvent(e);
+    }, [kind, files]);
+    await deliver('drop', [['/fixtures/sam_decoder.safetensors', 'sam_decoder.safetensors', '']]);
+    await page.waitForSelector('body[data-backend=cpu]');
+    assert.match(await page.textContent('#model-status'), /sam_decoder\.safetensors loaded on CPU/);
+    await deliver('paste', [['/fixtures/image.png', 'image.png', 'image/png']]);
+    // Decoder-only weights cannot encode: the page says so, and the dropped embedding fixes it.
+    await page.waitForFunction(() => /Could not encode/.test(document.getElementById('image-status').textContent));
+    await deliver('drop', [['/fixtures/embedding.npy', 'image.npy', '']]);
+    await page.waitForSelector('body[data-image=ready]');
+    await page.mouse.click(...(await at(page, 161, 150)));
+    await idle(page);
+    assert.equal((await state(page)).candidates, 3);
+    await page.context().close();
+  });
+
   test('offline: the page and the cached weights load with no network', async () => {
     const page = await newPage();
     const address = `${server.url}/?weights=/fixtures/sam_decoder.safetensors&backend=cpu`;
