@@ -1,6 +1,6 @@
 /** websam: Segment Anything (SAM, MobileSAM) in the browser, on WebGPU with a CPU fallback. */
 
-/** "auto": WebGPU when the browser gives an adapter, else the CPU. */
+/** "auto": WebGPU on a hardware adapter, else the CPU (no adapter, or a software one). */
 export type BackendChoice = 'auto' | 'webgpu' | 'cpu';
 /** The backend in use. */
 export type Backend = 'webgpu' | 'cpu';

@@ -45,7 +45,7 @@ export class Sam {
   /**
    * Loads a checkpoint and builds the model. `weights`: a URL (fetched with progress and kept in
    * the Cache API), an ArrayBuffer, a Uint8Array or a Blob of a `.pth`, `.pt` or `.safetensors`
-   * file. `backend`: "auto" (WebGPU when the browser gives an adapter, else the CPU), "webgpu"
+   * file. `backend`: "auto" (WebGPU on a hardware adapter, else the CPU), "webgpu"
    * or "cpu".
    */
   static async load(options) {

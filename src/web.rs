@@ -71,7 +71,7 @@ fn set(obj: &Object, key: &str, value: &JsValue) -> Result<(), JsValue> {
 #[wasm_bindgen]
 impl WebSam {
     /// Reads a checkpoint (`.pth`, `.pt`, `.safetensors` bytes) and builds the model on
-    /// `backend`: "webgpu", "cpu" or "auto" (WebGPU when the browser gives an adapter).
+    /// `backend`: "webgpu", "cpu" or "auto" (WebGPU on a hardware adapter, else the CPU).
     pub async fn load(weights: Vec<u8>, backend: String) -> Result<WebSam, JsValue> {
         let choice = match backend.as_str() {
             "auto" => BackendChoice::Auto,
@@ -111,7 +111,8 @@ impl WebSam {
         self.shared.adapter.borrow().clone()
     }
 
-    /// Why `auto` runs on the CPU (no WebGPU adapter, device refused); `undefined` otherwise.
+    /// Why `auto` runs on the CPU (no WebGPU adapter, a software one, device refused);
+    /// `undefined` otherwise.
     #[wasm_bindgen(getter, js_name = fallbackReason)]
     pub fn fallback_reason(&self) -> Option<String> {
         self.fallback_reason.clone()
