@@ -3,15 +3,15 @@
 // argument and what was given.
 
 /** Side of the decoder's low-res masks and of `maskInput`. */
-export const LOW_RES = 256;
+const LOW_RES = 256;
 /** Floats in an image embedding: 1 x 256 x 64 x 64. */
-export const EMBEDDING_LENGTH = 256 * 64 * 64;
+const EMBEDDING_LENGTH = 256 * 64 * 64;
 /** The Cache API store that keeps weights fetched by URL. */
 export const CACHE_NAME = 'websam-weights-v1';
-export const BACKENDS = ['auto', 'webgpu', 'cpu'];
+const BACKENDS = ['auto', 'webgpu', 'cpu'];
 
 /** A short description of a value for error messages: `a string`, `a Float64Array(3)`. */
-export function describe(v) {
+function describe(v) {
   if (v === null) return 'null';
   if (v === undefined) return 'undefined';
   if (Array.isArray(v)) return `an array of ${v.length}`;
@@ -186,8 +186,9 @@ function canvas2d(width, height) {
 }
 
 /**
- * An image as RGBA bytes: `{ data: Uint8Array(width*height*4), width, height }`. `data` may be a
- * view of the caller's own buffer (ImageData, plain objects).
+ * An image as RGBA bytes: `{ data: Uint8Array(width*height*4), width, height, owned }`. `data`
+ * is a view of the caller's own buffer (ImageData, plain objects) unless `owned`: pixels read
+ * here into a buffer of their own.
  */
 export async function toRgba(image) {
   if (image === null || typeof image !== 'object') {
@@ -222,7 +223,7 @@ export async function toRgba(image) {
     const ctx = canvas2d(width, height);
     ctx.drawImage(image, 0, 0, width, height);
     const pixels = ctx.getImageData(0, 0, width, height, { colorSpace: 'srgb' });
-    return { data: new Uint8Array(pixels.data.buffer), width, height };
+    return { data: new Uint8Array(pixels.data.buffer), width, height, owned: true };
   }
   const { data, width, height } = image;
   if (!isInt(width) || !isInt(height)) {

@@ -102,11 +102,12 @@ export class SamWorker {
     return this.#state.fallbackReason;
   }
 
-  /** As `Sam.setImage`; the pixels are read here and a copy is transferred to the worker. */
+  /** As `Sam.setImage`; the pixels are read here and transferred to the worker. */
   async setImage(image) {
-    const { data, width, height } = await toRgba(image);
-    const copy = data.slice();
-    return this.#call('setImage', { image: { data: copy, width, height } }, [copy.buffer]);
+    const { data, width, height, owned } = await toRgba(image);
+    // The caller's own buffer is copied before it is transferred (a transfer empties it).
+    const pixels = owned ? data : data.slice();
+    return this.#call('setImage', { image: { data: pixels, width, height } }, [pixels.buffer]);
   }
 
   /** As `Sam.predict`; the result's buffers are transferred from the worker. */

@@ -32,12 +32,6 @@ export class History {
     return state;
   }
 
-  /** Replaces the current state without a new undo step (e.g. a result arriving for it). */
-  replace(state) {
-    this.#states[this.#at] = state;
-    return state;
-  }
-
   undo() {
     if (this.canUndo) this.#at--;
     return this.current;

@@ -118,9 +118,12 @@ async function onnx(provider, threads) {
         orig_im_size: new ort.Tensor('float32', new Float32Array([H, W]), [2]),
       });
       const iou = await out.iou_predictions.getData();
+      // Channel 0 is the single mask; 1-3 the candidates, of which the best by predicted IoU.
       let pick = 0;
-      if (multimask) for (let i = 2; i <= 3; i++) if (iou[i] > iou[pick || 1]) pick = i;
-      if (multimask && pick === 0) pick = 1;
+      if (multimask) {
+        pick = 1;
+        for (let i = 2; i <= 3; i++) if (iou[i] > iou[pick]) pick = i;
+      }
       const logits = await out.masks.getData();
       const plane = W * H;
       const mask = new Uint8Array(plane);

@@ -188,6 +188,7 @@ impl TwoWayAttentionBlock {
             token_to_image_v: self.cross_attn_token_to_image.project_v(keys)?,
             image_to_token_q: self.cross_attn_image_to_token.project_q(&keys_pe)?,
             keys: keys.clone(),
+            key_pe: key_pe.clone(),
             keys_pe,
         })
     }
@@ -264,12 +265,13 @@ impl TwoWayAttentionBlock {
     }
 }
 
-/// The first block's image-only work, done once per image: the image tokens (and with their
-/// positional encoding added), the token-to-image attention's keys and values and the
-/// image-to-token attention's queries, already split into heads.
+/// The first block's image-only work, done once per image: the image tokens, their positional
+/// encoding (in token layout) and the two summed, the token-to-image attention's keys and
+/// values and the image-to-token attention's queries, already split into heads.
 #[derive(Debug, Clone)]
 pub struct ImageSide {
     keys: Tensor,
+    key_pe: Tensor,
     keys_pe: Tensor,
     token_to_image_k: Tensor,
     token_to_image_v: Tensor,
@@ -337,15 +339,14 @@ impl TwoWayTransformer {
         point_embedding: &Tensor,
         side: Option<&ImageSide>,
     ) -> Result<(Tensor, Tensor)> {
-        // BxCxHxW -> BxHWxC == B x N_image_tokens x C
-        let image_pe = Self::tokens(image_pe)?;
+        // BxCxHxW -> BxHWxC == B x N_image_tokens x C (from the image side when given)
+        let (mut keys, image_pe) = match side {
+            Some(side) => (side.keys.clone(), side.key_pe.clone()),
+            None => (Self::tokens(image_embedding)?, Self::tokens(image_pe)?),
+        };
 
         // Prepare queries
         let mut queries = point_embedding.clone();
-        let mut keys = match side {
-            Some(side) => side.keys.clone(),
-            None => Self::tokens(image_embedding)?,
-        };
 
         // Apply transformer blocks and final layernorm
         for (i, layer) in self.layers.iter().enumerate() {

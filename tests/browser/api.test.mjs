@@ -137,7 +137,7 @@ for (const api of ['Sam', 'SamWorker']) {
     test('backend "auto" takes a hardware WebGPU adapter, and the CPU on a software one or none', async () => {
       const withGpu = await inPage('auto', [api]);
       // This Chromium's WebGPU adapter: SwiftShader (software) unless the machine has a GPU.
-      const software = / Cpu\)$/.test((await inPage('parityAdapter', [])) ?? '');
+      const software = / Cpu\)$/.test((await inPage('webgpuAdapterName', [])) ?? '');
       if (software) {
         assert.equal(withGpu.backend, 'cpu');
         assert.match(withGpu.fallbackReason, /software rasterizer on the CPU/);

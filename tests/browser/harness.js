@@ -248,7 +248,7 @@ export async function imageInputs() {
 }
 
 /** The name of the adapter backend "webgpu" uses here. */
-export async function parityAdapter() {
+export async function webgpuAdapterName() {
   const sam = await Sam.load({ weights: FIXTURES + 'sam_decoder.safetensors', backend: 'webgpu', cache: false });
   const name = sam.adapterName;
   sam.dispose();
