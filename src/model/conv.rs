@@ -130,7 +130,7 @@ pub enum Activation {
 
 impl Activation {
     #[inline(always)]
-    fn apply(self, x: f32) -> f32 {
+    pub fn apply(self, x: f32) -> f32 {
         match self {
             Activation::Identity => x,
             Activation::Gelu => gelu(x),
@@ -138,7 +138,7 @@ impl Activation {
     }
 
     /// Applies the activation to every value of `xs`.
-    fn apply_slice(self, xs: &mut [f32]) {
+    pub fn apply_slice(self, xs: &mut [f32]) {
         match self {
             Activation::Identity => {}
             Activation::Gelu => xs.iter_mut().for_each(|x| *x = gelu(*x)),
@@ -268,7 +268,7 @@ impl Epilogue<'_> {
 }
 
 /// The contiguous f32 values of a CPU storage.
-fn contiguous_f32<'a>(
+pub(crate) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     op: &str,

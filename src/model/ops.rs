@@ -3,6 +3,7 @@
 use candle_core::{Module, Tensor};
 
 use crate::error::Result;
+use crate::model::conv::{Activation, Epilogue};
 use crate::model::weights::WeightPath;
 
 /// `nn.Linear` with weights `[out, in]` and optional bias, applied over the last dim.
@@ -93,9 +94,14 @@ impl LayerNorm2d {
     }
 }
 
-/// GELU, exact erf form (PyTorch's `nn.GELU()` default).
+/// GELU, exact erf form (PyTorch's `nn.GELU()` default), through the vectorizable
+/// [`crate::model::conv::erf`] on a copy of `x`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.gelu_erf()?)
+    let epilogue = Epilogue {
+        bias: None,
+        act: Activation::Gelu,
+    };
+    epilogue.apply(x.copy()?)
 }
 
 /// ReLU.
