@@ -507,8 +507,8 @@ fn check_inside(x: f64, y: f64, width: usize, height: usize, what: &str) -> Resu
 mod tests {
     use super::*;
 
-    /// The decoder's per-image work, done once and reused, gives bit for bit what the full
-    /// forward gives, for single and multimask prompts and a second image.
+    /// The decoder's per-image work, done once and reused, gives what the full forward gives
+    /// (to f32 rounding), for single and multimask prompts and a second image.
     #[test]
     fn image_side_cache_equals_the_full_decoder() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -550,11 +550,21 @@ mod tests {
                 )
                 .unwrap();
             let full: Vec<f32> = low_res.flatten_all().unwrap().to_vec1().unwrap();
-            assert_eq!(cached.low_res_logits, full);
-            assert_eq!(
-                cached.iou,
-                iou.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-            );
+            let iou: Vec<f32> = iou.flatten_all().unwrap().to_vec1().unwrap();
+            let max_diff = |a: &[f32], b: &[f32]| {
+                assert_eq!(a.len(), b.len());
+                a.iter()
+                    .zip(b)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max)
+            };
+            // Not bit for bit: with the cache the first block's token-to-image attention
+            // projects the image keys (once), without it the projection is absorbed into the
+            // tokens' side; the same sums in another order.
+            let d = max_diff(&cached.low_res_logits, &full);
+            assert!(d <= 1e-4, "low-res logits differ by {d}");
+            let d = max_diff(&cached.iou, &iou);
+            assert!(d <= 1e-5, "iou differs by {d}");
         }
     }
 }

@@ -37,6 +37,11 @@ impl MLPBlock {
 
 /// An attention layer that can downscale the size of the embedding after projection to
 /// queries, keys and values (`internal_dim = embedding_dim / downsample_rate`).
+///
+/// The cross attentions between the few prompt tokens and the 4096 image tokens also run in
+/// an absorbed form ([`Attention::attend_to_image`], [`Attention::attend_from_image`]): the
+/// projections on the image side are folded into the tokens' side, so no 4096-row projection
+/// is computed. It is the same function, summed in another order.
 #[derive(Debug, Clone)]
 pub struct Attention {
     q_proj: Linear,
@@ -44,6 +49,19 @@ pub struct Attention {
     v_proj: Linear,
     out_proj: Linear,
     num_heads: usize,
+    /// `k_proj.weight` per head, `[heads, C' / heads, C]`.
+    k_heads: Tensor,
+    /// `v_proj.weight` per head, transposed: `[heads, C, C' / heads]`; and its bias,
+    /// `[heads, 1, C' / heads]`.
+    v_heads_t: Tensor,
+    v_bias: Tensor,
+    /// `q_proj.weight` per head, transposed: `[heads, C, C' / heads]`; and its bias,
+    /// `[heads, 1, C' / heads]`.
+    q_heads_t: Tensor,
+    q_bias: Tensor,
+    /// `out_proj.weight` transposed, per head: `[heads, C' / heads, C]`; and its bias `[C]`.
+    out_heads: Tensor,
+    out_bias: Tensor,
 }
 
 impl Attention {
@@ -59,13 +77,134 @@ impl Attention {
                 "num_heads ({num_heads}) must divide the attention's internal dim ({internal_dim})"
             )));
         }
+        let (dim, heads, per_head) = (embedding_dim, num_heads, internal_dim / num_heads);
+        // `[internal, C]` weight -> `[heads, C' / heads, C]` (rows of one head together).
+        let by_head = |name: &str| -> Result<Tensor> {
+            Ok(vb
+                .pp(name)
+                .get(&[internal_dim, dim], "weight")?
+                .reshape((heads, per_head, dim))?)
+        };
+        let bias_by_head = |name: &str| -> Result<Tensor> {
+            Ok(vb
+                .pp(name)
+                .get(&[internal_dim], "bias")?
+                .reshape((heads, 1, per_head))?)
+        };
         Ok(Self {
             q_proj: Linear::new(&vb.pp("q_proj"), embedding_dim, internal_dim, true)?,
             k_proj: Linear::new(&vb.pp("k_proj"), embedding_dim, internal_dim, true)?,
             v_proj: Linear::new(&vb.pp("v_proj"), embedding_dim, internal_dim, true)?,
             out_proj: Linear::new(&vb.pp("out_proj"), internal_dim, embedding_dim, true)?,
             num_heads,
+            k_heads: by_head("k_proj")?,
+            v_heads_t: by_head("v_proj")?.transpose(1, 2)?.contiguous()?,
+            v_bias: bias_by_head("v_proj")?,
+            q_heads_t: by_head("q_proj")?.transpose(1, 2)?.contiguous()?,
+            q_bias: bias_by_head("q_proj")?,
+            out_heads: vb
+                .pp("out_proj")
+                .get(&[dim, internal_dim], "weight")?
+                .t()?
+                .contiguous()?
+                .reshape((heads, per_head, dim))?,
+            out_bias: vb.pp("out_proj").get(&[dim], "bias")?,
         })
+    }
+
+    /// Channels per head after projection.
+    fn per_head(&self) -> Result<usize> {
+        Ok(self.k_heads.dim(1)?)
+    }
+
+    /// Tokens attending to the image: `forward(q, k, v)` with `q` `[B, Nq, C]` the few tokens
+    /// and `k` (image + positional encoding), `v` (image) `[B, N, C]`.
+    ///
+    /// Absorbed, when the tokens are fewer than the channels per head: the logits of head `h`
+    /// are `(q_h Wk_h) k^T` (plus `q_h . bk_h`, the same for every key, which the softmax
+    /// cancels) and its output `(A_h v) Wv_h^T + bv_h` (each row of `A_h` sums to 1): two
+    /// `[heads * Nq, N] x C` products instead of two `N x C x C'` projections.
+    pub fn attend_to_image(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, nq, _) = q.dims3()?;
+        let (heads, per_head) = (self.num_heads, self.per_head()?);
+        if nq >= per_head {
+            return self.forward(q, k, v);
+        }
+        let q = self
+            .project_q(q)?
+            .reshape((b, heads, nq, per_head))?
+            .broadcast_matmul(&self.k_heads)? // B x heads x Nq x C
+            .reshape((b, heads * nq, ()))?;
+        let attn = (q.matmul(&k.t()?)? / (per_head as f64).sqrt())?; // B x heads*Nq x N
+        let attn = ops::softmax_last(&attn)?;
+        let out = attn
+            .matmul(v)? // B x heads*Nq x C
+            .reshape((b, heads, nq, ()))?
+            .broadcast_matmul(&self.v_heads_t)?
+            .broadcast_add(&self.v_bias)? // B x heads x Nq x C'/heads
+            .reshape((b * heads, nq, per_head))?;
+        self.out_proj.forward(&self.recombine_heads(&out, b)?)
+    }
+
+    /// The image attending to tokens: `forward(q, k, v)` with `q` `[B, N, C]` the image (plus
+    /// positional encoding) and `k`, `v` `[B, Nt, C]` the few tokens. `q_heads`, when given,
+    /// is `project_q(q)` done beforehand (once per image).
+    ///
+    /// Absorbed, when the tokens are fewer than the channels per head: the logits of head `h`
+    /// are `q (Wq_h^T k_h^T) + bq_h k_h^T` and the output `sum_h A_h (v_h Wo_h^T) + bo`: two
+    /// `N x C x (heads * Nt)` products instead of two `N x C x C'` projections.
+    pub fn attend_from_image(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        q_heads: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, n, _) = q.dims3()?;
+        let nt = k.dim(1)?;
+        let (heads, per_head) = (self.num_heads, self.per_head()?);
+        if nt >= per_head {
+            return match q_heads {
+                Some(q_heads) => self.attend(q_heads, &self.project_k(k)?, &self.project_v(v)?, b),
+                None => self.forward(q, k, v),
+            };
+        }
+        let k = self.project_k(k)?.reshape((b, heads, nt, per_head))?;
+        let scale = 1.0 / (per_head as f64).sqrt();
+        let attn = match q_heads {
+            Some(q_heads) => {
+                // B*heads x N x Nt -> B x N x heads x Nt
+                let attn = (q_heads.matmul(&k.reshape((b * heads, nt, per_head))?.t()?)? * scale)?;
+                ops::softmax_last(&attn)?
+                    .reshape((b, heads, n, nt))?
+                    .transpose(1, 2)?
+                    .contiguous()?
+            }
+            None => {
+                let k_t = k.transpose(2, 3)?; // B x heads x C'/heads x Nt
+                let m = self
+                    .q_heads_t
+                    .broadcast_matmul(&k_t)? // B x heads x C x Nt
+                    .permute((0, 2, 1, 3))?
+                    .contiguous()?
+                    .reshape((b, (), heads * nt))?;
+                let bias = self
+                    .q_bias
+                    .broadcast_matmul(&k_t)? // B x heads x 1 x Nt
+                    .reshape((b, 1, heads * nt))?;
+                let attn = (q.matmul(&m)?.broadcast_add(&bias)? * scale)?; // B x N x heads*Nt
+                ops::softmax_last(&attn.reshape((b, n, heads, nt))?)?
+            }
+        };
+        let values = self
+            .project_v(v)?
+            .reshape((b, heads, nt, per_head))?
+            .broadcast_matmul(&self.out_heads)? // B x heads x Nt x C
+            .reshape((b, heads * nt, ()))?;
+        Ok(attn
+            .reshape((b, n, heads * nt))?
+            .matmul(&values)?
+            .broadcast_add(&self.out_bias)?)
     }
 
     /// `[B, N, C]` -> `[B * heads, N, C / heads]`: heads become a batch dim of the matmuls, so
@@ -232,7 +371,9 @@ impl TwoWayAttentionBlock {
             }
             None => {
                 let k = keys.broadcast_add(key_pe)?;
-                let out = self.cross_attn_token_to_image.forward(&q, &k, keys)?;
+                let out = self
+                    .cross_attn_token_to_image
+                    .attend_to_image(&q, &k, keys)?;
                 (k, out)
             }
         };
@@ -246,18 +387,12 @@ impl TwoWayAttentionBlock {
 
         // Cross attention block, image embedding attending to tokens
         let q = (&queries + query_pe)?;
-        let attn_out = match side {
-            Some(side) => {
-                let attn = &self.cross_attn_image_to_token;
-                attn.attend(
-                    &side.image_to_token_q,
-                    &attn.project_k(&q)?,
-                    &attn.project_v(&queries)?,
-                    b,
-                )?
-            }
-            None => self.cross_attn_image_to_token.forward(&k, &q, &queries)?,
-        };
+        let attn_out = self.cross_attn_image_to_token.attend_from_image(
+            &k,
+            &q,
+            &queries,
+            side.map(|side| &side.image_to_token_q),
+        )?;
         let keys = (keys + attn_out)?;
         let keys = self.norm4.forward(&keys)?;
 
@@ -357,10 +492,81 @@ impl TwoWayTransformer {
         // Apply the final attention layer from the points to the image
         let q = (&queries + point_embedding)?;
         let k = keys.broadcast_add(&image_pe)?;
-        let attn_out = self.final_attn_token_to_image.forward(&q, &k, &keys)?;
+        let attn_out = self
+            .final_attn_token_to_image
+            .attend_to_image(&q, &k, &keys)?;
         let queries = (queries + attn_out)?;
         let queries = self.norm_final_attn.forward(&queries)?;
 
         Ok((queries, keys))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::weights::Weights;
+    use candle_core::Device;
+
+    /// Max |a - b| relative to max |b|.
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let max_abs = |t: &Tensor| {
+            t.abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        max_abs(&(a - b).unwrap()) / max_abs(b)
+    }
+
+    /// The absorbed cross attentions equal the reference's `forward`, in both directions,
+    /// with and without the image's queries projected beforehand, for token counts below the
+    /// channels per head (absorbed) and at or above it (the plain path), batch 2.
+    #[test]
+    fn absorbed_cross_attention_matches_forward() {
+        let dev = Device::Cpu;
+        let (dim, heads, rate) = (32, 4, 2); // 16 internal channels, 4 per head
+        let internal = dim / rate;
+        let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let mut tensors = Vec::new();
+        for (name, (out, inp)) in [
+            ("q_proj", (internal, dim)),
+            ("k_proj", (internal, dim)),
+            ("v_proj", (internal, dim)),
+            ("out_proj", (dim, internal)),
+        ] {
+            // Scaled as a trained layer's (std 1 / sqrt(fan in)), so the softmax is not saturated.
+            let w = (randn(&[out, inp]) / (inp as f64).sqrt()).unwrap();
+            tensors.push((format!("{name}.weight"), w));
+            tensors.push((format!("{name}.bias"), randn(&[out])));
+        }
+        let weights = Weights::from_tensors(tensors).unwrap();
+        let attn = Attention::new(&weights.pp(""), dim, heads, rate).unwrap();
+        let image = randn(&[2, 50, dim]);
+        let image_pe = randn(&[2, 50, dim]);
+        for tokens in [1, 3, 4, 7] {
+            let t = randn(&[2, tokens, dim]);
+            let t_pe = randn(&[2, tokens, dim]);
+            let expected = attn.forward(&t, &image_pe, &image).unwrap();
+            let got = attn.attend_to_image(&t, &image_pe, &image).unwrap();
+            let d = max_rel_diff(&got, &expected);
+            assert!(d < 1e-6, "to image, {tokens} tokens: {d}");
+
+            let expected = attn.forward(&image_pe, &t_pe, &t).unwrap();
+            let got = attn.attend_from_image(&image_pe, &t_pe, &t, None).unwrap();
+            let d = max_rel_diff(&got, &expected);
+            assert!(d < 1e-6, "from image, {tokens} tokens: {d}");
+            let q = attn.project_q(&image_pe).unwrap();
+            let got = attn
+                .attend_from_image(&image_pe, &t_pe, &t, Some(&q))
+                .unwrap();
+            let d = max_rel_diff(&got, &expected);
+            assert!(d < 1e-6, "from image, queries given, {tokens} tokens: {d}");
+        }
     }
 }
