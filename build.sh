@@ -18,6 +18,14 @@ WASM_BINDGEN_VERSION=0.2.130
 # Debian packages: lavapipe (Vulkan on the CPU) for native GPU tests; Chromium and its driver
 # for the WebGPU tests in a real browser.
 APT_PACKAGES=(mesa-vulkan-drivers libvulkan1 chromium chromium-driver)
+# The threaded wasm build (websam_core_mt: SamWorker's CPU path on a cross-origin isolated page):
+# atomics and a shared, imported memory (up to 4 GiB), with the TLS exports wasm-bindgen's thread
+# support needs. std is rebuilt with these features (-Z build-std, nightly).
+MT_RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
+-C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
+-C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
+-C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
+
 
 # Scratch folders for Mesa's shader cache, the Vulkan loader and Chromium, out of HOME.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$PWD/target/xdg-runtime}"
@@ -59,6 +67,14 @@ setup() {
       rustup component add "$component"
     fi
   done
+  # The threaded wasm build rebuilds std with atomics: a nightly toolchain and its sources.
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    log "installing a nightly toolchain (the threaded wasm build)"
+    rustup toolchain install nightly --profile minimal --component rust-src
+  elif ! rustup component list --toolchain nightly --installed | grep -q "^rust-src"; then
+    log "adding rust-src to the nightly toolchain (the threaded wasm build)"
+    rustup component add rust-src --toolchain nightly
+  fi
 }
 
 # `cargo install wasm-bindgen-cli --locked` fails here: its lock file names webpki-roots
@@ -100,7 +116,16 @@ package() {
   log "wasm-opt -O3"
   node_modules/.bin/wasm-opt -O3 pkg/websam_core_bg.wasm -o pkg/websam_core_bg.opt.wasm
   mv pkg/websam_core_bg.opt.wasm pkg/websam_core_bg.wasm
-  cp js/websam.js js/websam.d.ts js/worker.js js/worker.d.ts js/worker-entry.js js/internal.js pkg/
+  log "wasm32 release build with threads (nightly, std rebuilt with atomics)"
+  local mt_dir="${CARGO_TARGET_DIR:-target}/mt"
+  RUSTFLAGS="$MT_RUSTFLAGS" cargo +nightly build --release --lib --target "$WASM_TARGET" \
+    --features threads -Z build-std=panic_abort,std --target-dir "$mt_dir"
+  wasm-bindgen --target web --out-dir pkg --out-name websam_core_mt \
+    "$mt_dir/$WASM_TARGET/release/websam.wasm"
+  node_modules/.bin/wasm-opt -O3 --enable-threads pkg/websam_core_mt_bg.wasm -o pkg/websam_core_mt_bg.opt.wasm
+  mv pkg/websam_core_mt_bg.opt.wasm pkg/websam_core_mt_bg.wasm
+  cp js/websam.js js/websam.d.ts js/worker.js js/worker.d.ts js/worker-entry.js js/internal.js \
+    js/thread-entry.js pkg/
   local version
   version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
   cat > pkg/package.json <<JSON
@@ -116,12 +141,16 @@ package() {
     ".": { "types": "./websam.d.ts", "default": "./websam.js" },
     "./worker": { "types": "./worker.d.ts", "default": "./worker.js" },
     "./worker-entry.js": "./worker-entry.js",
+    "./thread-entry.js": "./thread-entry.js",
     "./websam_core_bg.wasm": "./websam_core_bg.wasm",
+    "./websam_core_mt_bg.wasm": "./websam_core_mt_bg.wasm",
     "./package.json": "./package.json"
   },
   "files": [
     "websam.js", "websam.d.ts", "worker.js", "worker.d.ts", "worker-entry.js", "internal.js",
-    "websam_core.js", "websam_core.d.ts", "websam_core_bg.wasm", "websam_core_bg.wasm.d.ts"
+    "websam_core.js", "websam_core.d.ts", "websam_core_bg.wasm", "websam_core_bg.wasm.d.ts",
+    "thread-entry.js", "websam_core_mt.js", "websam_core_mt.d.ts", "websam_core_mt_bg.wasm",
+    "websam_core_mt_bg.wasm.d.ts"
   ],
   "keywords": ["segment-anything", "sam", "mobilesam", "segmentation", "webgpu", "wasm"],
   "sideEffects": false
@@ -160,6 +189,8 @@ test_all() {
   cargo clippy --all-targets -- -D warnings
   log "clippy ($WASM_TARGET)"
   cargo clippy --all-targets --target "$WASM_TARGET" -- -D warnings
+  log "clippy ($WASM_TARGET, threads)"
+  cargo clippy --lib --target "$WASM_TARGET" --features threads -- -D warnings
   log "cargo test (native; GPU tests on the first adapter found, lavapipe without a GPU)"
   cargo test
   # Release profile: the browser tests and the wasm32 build below share their compiled deps.

@@ -38,7 +38,11 @@ export function loadOptions(options) {
   if (typeof cache !== 'boolean') {
     throw new TypeError(`load: cache must be true or false, not ${describe(cache)}`);
   }
-  return { ...options, weights, backend, onProgress, cache };
+  const { threads } = options;
+  if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
+    throw new TypeError(`load: threads must be an integer from 1 to 64, not ${describe(threads)}`);
+  }
+  return { ...options, weights, backend, onProgress, cache, threads };
 }
 
 /** A URL string resolved against the page (or worker) address; other values unchanged. */

@@ -29,6 +29,13 @@ export interface LoadOptions {
   /** Keep weights fetched by URL in the Cache API and read them from it next time. Default true. */
   cache?: boolean;
   /**
+   * Threads of the CPU path, 1 to 64. They run only in a worker of a cross-origin isolated page
+   * (SamWorker on a page served with `Cross-Origin-Opener-Policy: same-origin` and
+   * `Cross-Origin-Embedder-Policy: require-corp`); asking for more than 1 elsewhere is an
+   * error. Default: as many as the machine has (at most 8) where threads can run, else 1.
+   */
+  threads?: number;
+  /**
    * Where the wasm module is, when it is not beside websam.js (a CDN, a bundler's asset URL):
    * its URL, its bytes or a compiled module. Read by the first load in a thread only.
    */
@@ -115,6 +122,8 @@ export interface SamPredictor {
   readonly adapterName: string | undefined;
   /** Why backend "auto" runs on the CPU; undefined otherwise. */
   readonly fallbackReason: string | undefined;
+  /** Threads of the CPU path (see `LoadOptions.threads`). */
+  readonly threads: number;
   /** Embeds the image (the expensive step, once per image). */
   setImage(image: ImageInput): Promise<void>;
   /** Masks for a prompt in original image pixels; needs an image or embedding set. */

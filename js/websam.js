@@ -2,27 +2,101 @@
 // `Sam` runs in the thread that imports it; `SamWorker` (websam/worker) runs the same API in a
 // module worker. Both follow the official SamPredictor: set an image once, predict per prompt.
 import initWasm, { WebSam } from './websam_core.js';
+// The threaded build: instantiated only where threads can run (its import alone does nothing).
+// A static import, so that bundlers' workers need no code splitting.
+import initThreaded, {
+  WebSam as WebSamThreaded, initThreadPool, threadResources,
+} from './websam_core_mt.js';
 import {
   CACHE_NAME, loadOptions, readWeights, toEmbedding, toPrompt, toRgba, withMaskLogits,
 } from './internal.js';
 
 let wasmReady = null;
 
+function wasmLoadError(e) {
+  const message = String(e?.message ?? e);
+  const hint = /magic word|MIME type/.test(message)
+    ? ' (the server sent something else than websam_core_bg.wasm: a bundler that pre-bundles'
+      + ' websam, as the Vite dev server does, needs optimizeDeps: { exclude: [\'websam\'] }; or'
+      + ' give the wasm file\'s URL as the `wasm` option)'
+    : '';
+  return new Error(`the websam wasm module did not load: ${message}${hint}`);
+}
+
 /** Instantiates the wasm module once per thread (`wasm`: its URL, bytes or a compiled module). */
 function initOnce(wasm) {
   if (!wasmReady) {
-    wasmReady = initWasm(wasm === undefined ? undefined : { module_or_path: wasm }).catch((e) => {
-      wasmReady = null;
-      const message = String(e?.message ?? e);
-      const hint = /magic word|MIME type/.test(message)
-        ? ' (the server sent something else than websam_core_bg.wasm: a bundler that pre-bundles'
-          + ' websam, as the Vite dev server does, needs optimizeDeps: { exclude: [\'websam\'] }; or'
-          + ' give the wasm file\'s URL as the `wasm` option)'
-        : '';
-      throw new Error(`the websam wasm module did not load: ${message}${hint}`);
-    });
+    wasmReady = initWasm(wasm === undefined ? undefined : { module_or_path: wasm })
+      .then(() => ({ WebSam, threads: 1 }))
+      .catch((e) => {
+        wasmReady = null;
+        throw wasmLoadError(e);
+      });
   }
   return wasmReady;
+}
+
+/** Threads the auto choice takes at most (each is a worker with its own stack). */
+const MAX_AUTO_THREADS = 8;
+
+/** Why this thread cannot run a pool, or null when it can. */
+function noThreadsReason() {
+  if (typeof WorkerGlobalScope === 'undefined' || !(globalThis instanceof WorkerGlobalScope)) {
+    return 'this is the page\'s main thread, which cannot wait for other threads (use SamWorker)';
+  }
+  if (globalThis.crossOriginIsolated !== true || typeof SharedArrayBuffer === 'undefined') {
+    return 'the page is not cross-origin isolated (serve it with Cross-Origin-Opener-Policy: same-origin'
+      + ' and Cross-Origin-Embedder-Policy: require-corp), so there is no shared memory';
+  }
+  return null;
+}
+
+/** The number of threads for `threads` (undefined: as many as the machine has, where possible). */
+function threadCount(threads) {
+  if (threads === 1) return 1;
+  const reason = noThreadsReason();
+  if (reason) {
+    if (threads === undefined) return 1;
+    throw new Error(`load: threads: ${threads} cannot run here: ${reason}`);
+  }
+  return threads ?? Math.max(1, Math.min(globalThis.navigator?.hardwareConcurrency ?? 1, MAX_AUTO_THREADS));
+}
+
+let threadsReady = null;
+
+/**
+ * Instantiates the threaded module (websam_core_mt, on shared memory) once per thread and starts
+ * its pool of `n` threads, each a module worker on the same module and memory.
+ */
+function initThreads(n) {
+  if (!threadsReady) {
+    threadsReady = (async () => {
+      try {
+        await initThreaded();
+      } catch (e) {
+        throw wasmLoadError(e);
+      }
+      const [module, memory] = threadResources();
+      // The workers first wait in runThread; initThreadPool then hands them rayon's threads
+      // (it blocks until they run, which workers still starting could not do).
+      const started = Array.from({ length: n }, () => new Promise((resolve, reject) => {
+        const worker = new Worker(new URL('./thread-entry.js', import.meta.url), { type: 'module', name: 'websam-thread' });
+        worker.onmessage = ({ data }) => (data.ready ? resolve() : reject(new Error(data.error)));
+        worker.onerror = (e) => {
+          e.preventDefault?.();
+          reject(new Error(e.message || 'its script did not load (check that thread-entry.js is served as JavaScript)'));
+        };
+        worker.postMessage({ module, memory });
+      }));
+      await Promise.all(started).catch((e) => {
+        throw new Error(`a websam thread did not start: ${e.message}`);
+      });
+      initThreadPool(n);
+      return { WebSam: WebSamThreaded, threads: n };
+    })();
+    // A failed start is not retried: the pool may be half built.
+  }
+  return threadsReady;
 }
 
 /** Errors from the wasm module arrive as Errors; anything else thrown becomes one. */
@@ -33,36 +107,48 @@ function asError(e) {
 /** Segment Anything on one thread: the model, the image set, and predictions per prompt. */
 export class Sam {
   #core;
+  #threads;
   #queue = Promise.resolve();
   #disposed = false;
 
   /** Use `Sam.load`. */
-  constructor(core) {
-    if (!(core instanceof WebSam)) throw new TypeError('use Sam.load({ weights }) to make a Sam');
+  constructor(core, secret, threads) {
+    if (secret !== Sam.#token) throw new TypeError('use Sam.load({ weights }) to make a Sam');
     this.#core = core;
+    this.#threads = threads;
   }
+
+  static #token = Symbol('Sam');
 
   /**
    * Loads a checkpoint and builds the model. `weights`: a URL (fetched with progress and kept in
    * the Cache API), an ArrayBuffer, a Uint8Array or a Blob of a `.pth`, `.pt` or `.safetensors`
    * file. `backend`: "auto" (WebGPU on a hardware adapter, else the CPU), "webgpu"
-   * or "cpu".
+   * or "cpu". `threads`: threads of the CPU path (default: up to 8, as the machine has, where
+   * threads can run: a worker of a cross-origin isolated page, i.e. SamWorker there; else 1).
    */
   static async load(options) {
     const opts = loadOptions(options);
-    const wasm = initOnce(opts.wasm);
+    const threads = threadCount(opts.threads);
+    const core = threads > 1 ? initThreads(threads) : initOnce(opts.wasm);
+    core.catch(() => {});
     const { bytes, keep } = await readWeights(opts.weights, opts);
-    await wasm;
+    const { WebSam: Core, threads: running } = await core;
     opts.onProgress?.({ stage: 'init', loaded: bytes.byteLength, total: bytes.byteLength });
-    let core;
+    let model;
     try {
-      core = await WebSam.load(bytes, opts.backend);
+      model = await Core.load(bytes, opts.backend);
     } catch (e) {
       throw asError(e);
     }
     await keep();
     opts.onProgress?.({ stage: 'ready', loaded: bytes.byteLength, total: bytes.byteLength });
-    return new Sam(core);
+    return new Sam(model, Sam.#token, running);
+  }
+
+  /** Threads of the CPU path: more than 1 only in a worker of a cross-origin isolated page. */
+  get threads() {
+    return this.#threads;
   }
 
   /** "webgpu" or "cpu": the backend in use (it turns to "cpu" if a lost GPU is not replaced). */

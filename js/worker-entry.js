@@ -6,7 +6,9 @@ import { Sam } from './websam.js';
 let sam = null;
 
 function state() {
-  return { backend: sam.backend, adapterName: sam.adapterName, fallbackReason: sam.fallbackReason };
+  return {
+    backend: sam.backend, adapterName: sam.adapterName, fallbackReason: sam.fallbackReason, threads: sam.threads,
+  };
 }
 
 function resultBuffers(result) {

@@ -40,6 +40,7 @@ export class SamWorker {
       weights: resolveUrl(opts.weights),
       backend: opts.backend,
       cache: opts.cache,
+      threads: opts.threads,
       wasm: opts.wasm instanceof URL ? opts.wasm.href : resolveUrl(opts.wasm),
     };
     try {
@@ -100,6 +101,11 @@ export class SamWorker {
 
   get fallbackReason() {
     return this.#state.fallbackReason;
+  }
+
+  /** Threads of the CPU path in the worker (more than 1 on a cross-origin isolated page). */
+  get threads() {
+    return this.#state.threads;
   }
 
   /** As `Sam.setImage`; the pixels are read here and transferred to the worker. */

@@ -9,6 +9,7 @@ pub mod gpu;
 pub mod image;
 pub mod model;
 pub mod predictor;
+pub mod threads;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

@@ -14,6 +14,7 @@
 use candle_core::{CpuStorage, CustomOp1, InplaceOp1, InplaceOp2, Layout, Shape, Tensor};
 
 use crate::error::{Error, Result};
+use crate::threads;
 
 /// Output side of a convolution: `(input + 2 * padding - kernel) / stride + 1`.
 pub fn conv_out_size(input: usize, kernel: usize, stride: usize, padding: usize) -> usize {
@@ -41,7 +42,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
         let weight = weight.reshape((c_out, c_in))?;
         let x = x.contiguous()?.reshape((b, c_in, h * w))?;
         let y = if b == 1 {
-            weight.matmul(&x.squeeze(0)?)?
+            threads::matmul(&weight, &x.squeeze(0)?)?
         } else {
             weight.broadcast_matmul(&x)?
         };
@@ -98,7 +99,9 @@ fn conv2d_im2col(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> 
                 }
             }
             let col_t = Tensor::from_slice(&col, (patch, n), x.device())?;
-            let y = weight.matmul(&col_t)?.flatten_all()?.to_vec1::<f32>()?;
+            let y = threads::matmul(&weight, &col_t)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             for (o, y_row) in y.chunks_exact(n).enumerate() {
                 let start = o * out_h * out_w + oy0 * out_w;
                 out_image[start..start + n].copy_from_slice(y_row);
@@ -240,32 +243,33 @@ impl Epilogue<'_> {
         Ok(())
     }
 
-    /// The pass over `out` (with `residual` of the same length, or none).
+    /// The pass over `out` (with `residual` of the same length, or none), split over the
+    /// threads when there are several.
     fn run(&self, out: &mut [f32], dims: &[usize], residual: Option<&[f32]>) {
         let act = self.act;
-        let Some(bias) = self.bias else {
-            if let Some(r) = residual {
-                out.iter_mut().zip(r).for_each(|(o, r)| *o += r);
-            }
-            act.apply_slice(out);
-            return;
+        // [B, C, rest]: one bias value per plane of `rest` values; without a bias, pieces of
+        // any length.
+        let plane: usize = match self.bias {
+            Some(_) => dims[2..].iter().product(),
+            None => EPILOGUE_PIECE,
         };
-        // [B, C, rest]: one bias value per plane of `rest` values.
-        let plane: usize = dims[2..].iter().product();
-        for (i, o) in out.chunks_exact_mut(plane).enumerate() {
-            let b = bias[i % bias.len()];
+        threads::for_chunks(out, plane.max(1), |i, o| {
+            let b = self.bias.map_or(0.0, |bias| bias[i % bias.len()]);
             match residual {
                 Some(r) => {
-                    let r = &r[i * plane..(i + 1) * plane];
+                    let r = &r[i * plane..][..o.len()];
                     o.iter_mut()
                         .zip(r)
                         .for_each(|(o, r)| *o = act.apply(*o + b + r));
                 }
                 None => o.iter_mut().for_each(|o| *o = act.apply(*o + b)),
             }
-        }
+        });
     }
 }
+
+/// Values per piece of an epilogue without a bias.
+const EPILOGUE_PIECE: usize = 1 << 16;
 
 /// The contiguous f32 values of a CPU storage.
 pub(crate) fn contiguous_f32<'a>(
@@ -449,13 +453,9 @@ impl CustomOp1 for DepthwiseOp<'_> {
         let out_h = conv_out_size(h, conv.kernel, conv.stride, conv.padding);
         let out_w = conv_out_size(w, conv.kernel, conv.stride, conv.padding);
         let mut out = vec![0f32; b * c * out_h * out_w];
-        for (i, (src, dst)) in input
-            .chunks_exact(h * w)
-            .zip(out.chunks_exact_mut(out_h * out_w))
-            .enumerate()
-        {
-            conv.plane(i % c, src, (h, w), dst, self.act);
-        }
+        threads::for_chunks(&mut out, out_h * out_w, |i, dst| {
+            conv.plane(i % c, &input[i * h * w..][..h * w], (h, w), dst, self.act);
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, c, out_h, out_w))))
     }
 }

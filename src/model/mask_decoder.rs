@@ -8,6 +8,7 @@ use crate::model::conv::{contiguous_f32, Activation};
 use crate::model::ops::{self, Linear};
 use crate::model::transformer::{ImageSide, TwoWayTransformer};
 use crate::model::weights::WeightPath;
+use crate::threads;
 
 /// A plain MLP: `num_layers` linears with ReLU between them (from MaskFormer).
 #[derive(Debug, Clone)]
@@ -106,7 +107,7 @@ impl ConvTranspose2d {
         act: Activation,
     ) -> Result<Tensor> {
         let (b, h, w, c_in) = x.dims4()?;
-        let y = x.reshape((b * h * w, c_in))?.matmul(&self.weight)?; // BHW x (k * k * out)
+        let y = threads::matmul(&x.reshape((b * h * w, c_in))?, &self.weight)?; // BHW x (k * k * out)
         let epilogue = ShuffleEpilogue {
             conv: self,
             dims: (b, h, w),
@@ -181,7 +182,7 @@ impl CustomOp1 for ShuffleEpilogue<'_> {
         let (out_h, out_w) = (h * k, w * k);
         let mut out = vec![0f32; b * out_h * out_w * c];
         // One output row (of `out_w` pixels) at a time: input row `i` fills rows `i * k + ky`.
-        for (r, dst_row) in out.chunks_exact_mut(out_w * c).enumerate() {
+        threads::for_chunks(&mut out, out_w * c, |r, dst_row| {
             let (bi, oy) = (r / out_h, r % out_h);
             let (i, ky) = (oy / k, oy % k);
             let src_row = &y[(bi * h + i) * w * row..][..w * row];
@@ -196,7 +197,7 @@ impl CustomOp1 for ShuffleEpilogue<'_> {
                 }
                 self.act.apply_slice(dst);
             }
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, out_h, out_w, c))))
     }
 }
@@ -388,8 +389,7 @@ impl MaskDecoder {
         let hyper_in = Tensor::cat(&hyper_in_list, 1)?; // B x M x C/8
         let (b, h, w, c) = upscaled_embedding.dims4()?;
         // hyper_in @ upscaled_embedding.view(b, c, h * w), the transpose read by the GEMM.
-        let masks = hyper_in
-            .matmul(&upscaled_embedding.reshape((b, h * w, c))?.t()?)?
+        let masks = threads::matmul(&hyper_in, &upscaled_embedding.reshape((b, h * w, c))?.t()?)?
             .reshape((b, (), h, w))?;
 
         // Generate mask quality predictions

@@ -5,6 +5,7 @@ use candle_core::{Module, Tensor};
 use crate::error::Result;
 use crate::model::conv::{Activation, Epilogue};
 use crate::model::weights::WeightPath;
+use crate::threads;
 
 /// `nn.Linear` with weights `[out, in]` and optional bias, applied over the last dim.
 #[derive(Debug, Clone)]
@@ -33,7 +34,7 @@ impl Linear {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let y = threads::matmul(&x.reshape((rows, in_dim))?, &self.weight_t)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

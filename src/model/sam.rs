@@ -224,9 +224,9 @@ impl Prediction {
 
     /// Every mask at the original image size, thresholded at 0, with its scores.
     pub fn masks(&self) -> Result<Vec<Mask>> {
-        (0..self.num_masks())
-            .map(|i| self.mask_from_logits(i, &self.logits(i)?))
-            .collect()
+        crate::threads::map(self.num_masks(), |i| {
+            self.mask_from_logits(i, &self.logits(i)?)
+        })
     }
 
     /// Mask `i` from its logits at the original size (computed here by [`Self::logits`], or

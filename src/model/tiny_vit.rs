@@ -19,6 +19,7 @@ use crate::model::config::{TinyVitConfig, LAYER_NORM_2D_EPS};
 use crate::model::conv::{conv2d, conv_out_size, Activation, DepthwiseConv2d, Epilogue};
 use crate::model::ops::{softmax_last, LayerNorm, LayerNorm2d, Linear};
 use crate::model::weights::WeightPath;
+use crate::threads;
 
 /// `PatchEmbed`: two 3x3 convs of stride 2 (padding 1), so the grid is a quarter of the image.
 const PATCH_EMBED_KERNEL: usize = 3;
@@ -554,10 +555,12 @@ impl Attention {
             .permute((0, 2, 1, 3))?
             .contiguous()?;
 
-        let attn = (q.matmul(&k.transpose(D::Minus2, D::Minus1)?)? * self.scale)?
+        let attn = (threads::matmul(&q, &k.transpose(D::Minus2, D::Minus1)?)? * self.scale)?
             .broadcast_add(&self.ab)?;
         let attn = softmax_last(&attn)?;
-        let x = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, self.dh))?;
+        let x = threads::matmul(&attn, &v)?
+            .transpose(1, 2)?
+            .reshape((b, n, self.dh))?;
         self.proj.forward(&x)
     }
 }

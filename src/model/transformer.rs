@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::config::TransformerConfig;
 use crate::model::ops::{self, LayerNorm, Linear};
 use crate::model::weights::WeightPath;
+use crate::threads;
 
 /// `common.MLPBlock`: `lin2(act(lin1(x)))`. The two-way transformer builds it with ReLU.
 #[derive(Debug, Clone)]
@@ -135,10 +136,9 @@ impl Attention {
             .reshape((b, heads, nq, per_head))?
             .broadcast_matmul(&self.k_heads)? // B x heads x Nq x C
             .reshape((b, heads * nq, ()))?;
-        let attn = (q.matmul(&k.t()?)? / (per_head as f64).sqrt())?; // B x heads*Nq x N
+        let attn = (threads::matmul(&q, &k.t()?)? / (per_head as f64).sqrt())?; // B x heads*Nq x N
         let attn = ops::softmax_last(&attn)?;
-        let out = attn
-            .matmul(v)? // B x heads*Nq x C
+        let out = threads::matmul(&attn, v)? // B x heads*Nq x C
             .reshape((b, heads, nq, ()))?
             .broadcast_matmul(&self.v_heads_t)?
             .broadcast_add(&self.v_bias)? // B x heads x Nq x C'/heads
@@ -192,7 +192,7 @@ impl Attention {
                     .q_bias
                     .broadcast_matmul(&k_t)? // B x heads x 1 x Nt
                     .reshape((b, 1, heads * nt))?;
-                let attn = (q.matmul(&m)?.broadcast_add(&bias)? * scale)?; // B x N x heads*Nt
+                let attn = (threads::matmul(q, &m)?.broadcast_add(&bias)? * scale)?; // B x N x heads*Nt
                 ops::softmax_last(&attn.reshape((b, n, heads, nt))?)?
             }
         };
@@ -201,10 +201,10 @@ impl Attention {
             .reshape((b, heads, nt, per_head))?
             .broadcast_matmul(&self.out_heads)? // B x heads x Nt x C
             .reshape((b, heads * nt, ()))?;
-        Ok(attn
-            .reshape((b, n, heads * nt))?
-            .matmul(&values)?
-            .broadcast_add(&self.out_bias)?)
+        Ok(
+            threads::matmul(&attn.reshape((b, n, heads * nt))?, &values)?
+                .broadcast_add(&self.out_bias)?,
+        )
     }
 
     /// `[B, N, C]` -> `[B * heads, N, C / heads]`: heads become a batch dim of the matmuls, so
@@ -258,12 +258,12 @@ impl Attention {
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, b: usize) -> Result<Tensor> {
         let c_per_head = q.dim(2)?;
         // k.t() is a strided view that the batched GEMM reads as is, without a copy.
-        let attn = q.matmul(&k.t()?)?; // (B * N_heads) x N_tokens x N_tokens
+        let attn = threads::matmul(q, &k.t()?)?; // (B * N_heads) x N_tokens x N_tokens
         let attn = (attn / (c_per_head as f64).sqrt())?;
         let attn = ops::softmax_last(&attn)?;
 
         // Get output
-        let out = attn.matmul(v)?;
+        let out = threads::matmul(&attn, v)?;
         let out = self.recombine_heads(&out, b)?;
         self.out_proj.forward(&out)
     }

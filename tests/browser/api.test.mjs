@@ -81,6 +81,10 @@ for (const api of ['Sam', 'SamWorker']) {
         loadNotFound: [Error, /missing\.pth failed: HTTP 404/],
         loadUnreadable: [Error, /not a .*checkpoint|unrecognised|unknown format|safetensors|zip/i],
         loadNotSam: [Error, /prompt_encoder|mask_decoder|missing/i],
+        loadThreadsZero: [TypeError, /threads must be an integer from 1 to 64, not a number \(0\)/],
+        loadThreadsHere: [Error, api === 'Sam'
+          ? /threads: 2 cannot run here: this is the page's main thread.*use SamWorker/
+          : /threads: 2 cannot run here: the page is not cross-origin isolated/],
         predictBeforeImage: [Error, /no image set/],
         setImageString: [TypeError, /setImage: give an ImageData/],
         setImageShortData: [TypeError, /10 bytes for a 4x4 RGBA image; expected 64/],
@@ -154,3 +158,47 @@ for (const api of ['Sam', 'SamWorker']) {
     });
   });
 }
+
+// Threads: a cross-origin isolated page (COOP/COEP headers: shared memory), where SamWorker runs
+// the CPU path on the threaded module (websam_core_mt) and a pool of worker threads.
+describe('threads (cross-origin isolated page)', () => {
+  let isolated;
+  before(async () => {
+    isolated = await serve(root, { isolated: true });
+  });
+  after(async () => {
+    await isolated?.close();
+  });
+
+  async function inIsolatedPage(fn, args = []) {
+    const page = await open(browser, `${isolated.url}/tests/browser/blank.html`);
+    try {
+      return await page.evaluate(async ([name, a]) => {
+        const harness = await import('/tests/browser/harness.js');
+        return harness[name](...a);
+      }, [fn, args]);
+    } finally {
+      await page.context().close();
+    }
+  }
+
+  test('SamWorker on 2 threads: setEmbedding + predict and setImage + predict match PyTorch', async () => {
+    const r = await inIsolatedPage('parity', ['SamWorker', 'cpu', 2]);
+    assert.equal(r.backend, 'cpu');
+    assert.equal(r.threads, 2);
+    checkCases(r.fromEmbedding, 'from the embedding');
+    assert.ok(r.embedding <= 2e-3, `embedding of the image differs by ${r.embedding}`);
+    checkCases(r.fromImage, 'from the image');
+    console.log(`SamWorker cpu, 2 threads: load ${ms(r.loadMs)}, setImage ${ms(r.setImageMs)}, ` +
+      `predict (1 point, 3 masks at 640x480) ${ms(r.predictMs)}; embedding within ${r.embedding.toExponential(2)}`);
+  });
+
+  test('by default SamWorker takes the machine\'s threads (at most 8) and Sam, on the main thread, one', async () => {
+    const r = await inIsolatedPage('defaultThreads');
+    assert.equal(r.isolated, true);
+    assert.equal(r.worker, Math.min(r.cores, 8));
+    assert.equal(r.sam, 1);
+    assert.equal(r.samThreads2.error, true);
+    assert.match(r.samThreads2.message, /threads: 2 cannot run here: this is the page's main thread/);
+  });
+});

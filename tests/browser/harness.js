@@ -87,14 +87,15 @@ export async function fixtureImage() {
 }
 
 /**
- * The parity scenario for one API and backend: load by URL, setEmbedding + predict (3 cases,
- * then one with a mask input), then setImage (an <img>) + predict, with timings.
+ * The parity scenario for one API and backend (and `threads`, the load option): load by URL,
+ * setEmbedding + predict (3 cases, then one with a mask input), then setImage (an <img>) +
+ * predict, with timings.
  */
-export async function parity(api, backend) {
+export async function parity(api, backend, threads = undefined) {
   const t0 = performance.now();
-  const sam = await apis[api].load({ weights: FIXTURES + 'mobile_sam.pth', backend, cache: false });
+  const sam = await apis[api].load({ weights: FIXTURES + 'mobile_sam.pth', backend, cache: false, threads });
   const loadMs = performance.now() - t0;
-  const result = { backend: sam.backend, adapter: sam.adapterName ?? null, loadMs };
+  const result = { backend: sam.backend, adapter: sam.adapterName ?? null, loadMs, threads: sam.threads };
   const embedding = await (await fetchOk(FIXTURES + 'embedding.npy')).arrayBuffer();
   await sam.setEmbedding(embedding, { width: 640, height: 480 });
   result.fromEmbedding = await decodeCases(sam, ['predictor_points', 'predictor_box', 'predictor_box_points']);
@@ -157,6 +158,9 @@ export async function errors(api) {
   out.loadNotFound = await failure(() => A.load({ weights: FIXTURES + 'missing.pth', backend: 'cpu' }));
   out.loadUnreadable = await failure(() => A.load({ weights: new Uint8Array(1000).fill(7), backend: 'cpu' }));
   out.loadNotSam = await failure(() => A.load({ weights: FIXTURES + 'loader/dtypes.pth', backend: 'cpu' }));
+  out.loadThreadsZero = await failure(() => A.load({ weights: decoder, backend: 'cpu', threads: 0 }));
+  // This page is not cross-origin isolated: no shared memory, so no threads.
+  out.loadThreadsHere = await failure(() => A.load({ weights: decoder, backend: 'cpu', threads: 2 }));
   const sam = await A.load({ weights: decoder, backend: 'cpu', cache: false });
   out.predictBeforeImage = await failure(() => sam.predict({ points: [[10, 10, 1]] }));
   out.setImageString = await failure(() => sam.setImage('image.png'));
@@ -185,6 +189,20 @@ export async function errors(api) {
   out.stillWorks = { error: false, masks: r.masks.length };
   sam.dispose();
   out.afterDispose = await failure(() => sam.predict({ points: [[10, 10, 1]] }));
+  return out;
+}
+
+/** The threads each API takes by default (on a cross-origin isolated page for the tests). */
+export async function defaultThreads() {
+  const decoder = FIXTURES + 'sam_decoder.safetensors';
+  const sam = await Sam.load({ weights: decoder, backend: 'cpu', cache: false });
+  const worker = await SamWorker.load({ weights: decoder, backend: 'cpu', cache: false });
+  const out = {
+    isolated: globalThis.crossOriginIsolated, cores: navigator.hardwareConcurrency, sam: sam.threads, worker: worker.threads,
+  };
+  out.samThreads2 = await failure(() => Sam.load({ weights: decoder, backend: 'cpu', threads: 2 }));
+  sam.dispose();
+  worker.dispose();
   return out;
 }
 
