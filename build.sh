@@ -179,7 +179,8 @@ serve() {
   echo "websam demo: http://127.0.0.1:$port/" >&2
   echo "with the fixture model and image: http://127.0.0.1:$port/?weights=/fixtures/mobile_sam.pth&image=/fixtures/image.png" >&2
   echo "(Ctrl+C to stop)" >&2
-  exec node tools/serve.mjs --port "$port" /=www /pkg/=pkg /fixtures/="$FIXTURES"
+  # Cross-origin isolated (COOP/COEP headers): the page's SamWorker runs the CPU path on threads.
+  exec node tools/serve.mjs --port "$port" --isolated /=www /pkg/=pkg /fixtures/="$FIXTURES"
 }
 
 test_all() {

@@ -2,9 +2,10 @@
 // tests: folders mounted at URL prefixes, the MIME types a browser needs (application/wasm for
 // streaming compilation, text/javascript for modules), no HTTP caching (the page caches what it
 // keeps itself), and a count of requests per path so that tests can tell whether the page went
-// to the network.
+// to the network. With `isolated` (`--isolated`) every response carries COOP/COEP headers: the
+// page is cross-origin isolated, so it has shared memory and websam's SamWorker its threads.
 //
-//   node tools/serve.mjs [--port 8080] [/prefix/=folder ...]
+//   node tools/serve.mjs [--port 8080] [--isolated] [/prefix/=folder ...]
 import { createServer } from 'node:http';
 import { createReadStream, statSync } from 'node:fs';
 import { extname, join, normalize, resolve, sep } from 'node:path';
@@ -86,14 +87,16 @@ export function serve(mounts, { port = 0, host = '127.0.0.1', isolated = false, 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const args = process.argv.slice(2);
   let port = Number(process.env.PORT ?? 8080);
+  let isolated = false;
   const mounts = {};
   for (let i = 0; i < args.length; i++) {
     if (args[i] === '--port') port = Number(args[++i]);
+    else if (args[i] === '--isolated') isolated = true;
     else {
       const [prefix, folder] = args[i].split('=');
       mounts[prefix] = folder;
     }
   }
-  const { url } = await serve(Object.keys(mounts).length ? mounts : { '/': '.' }, { port });
+  const { url } = await serve(Object.keys(mounts).length ? mounts : { '/': '.' }, { port, isolated });
   console.log(url);
 }

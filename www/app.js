@@ -550,7 +550,8 @@ async function loadModel(weights, label) {
     const on = sam.backend === 'webgpu' ? 'WebGPU' : 'CPU';
     status.textContent = `${label} loaded on ${on} in ${fmtMs(performance.now() - t)}.`
       + (sam.fallbackReason ? ` WebGPU not used: ${sam.fallbackReason}.` : '');
-    $('#backend-status').textContent = `backend: ${on}${sam.fallbackReason ? ' (auto)' : ''}`;
+    const threads = sam.backend === 'cpu' && sam.threads > 1 ? `, ${sam.threads} threads` : '';
+    $('#backend-status').textContent = `backend: ${on}${threads}${sam.fallbackReason ? ' (auto)' : ''}`;
     $('#backend-status').title = sam.fallbackReason ?? sam.adapterName ?? '';
     document.body.dataset.backend = sam.backend;
     if (image) await encode();

@@ -1,11 +1,13 @@
 // Keeps the page working offline once loaded: the app shell and the package are fetched from
 // the network when it answers (so updates show at once) and from this cache when it does not.
 // Checkpoints are not handled here: the page keeps them in its own Cache API store.
-const SHELL = 'websam-shell-v1';
+const SHELL = 'websam-shell-v2';
 const FILES = [
   './', 'index.html', 'style.css', 'app.js', 'annotate.js',
   'pkg/worker.js', 'pkg/worker-entry.js', 'pkg/websam.js', 'pkg/internal.js',
   'pkg/websam_core.js', 'pkg/websam_core_bg.wasm',
+  // The threaded build and its thread workers (a cross-origin isolated page).
+  'pkg/thread-entry.js', 'pkg/websam_core_mt.js', 'pkg/websam_core_mt_bg.wasm',
 ];
 
 self.addEventListener('install', (e) => {

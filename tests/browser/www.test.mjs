@@ -28,7 +28,7 @@ before(async () => {
   server = await serve({
     '/': join(root, 'www'), '/pkg/': join(root, 'pkg'), '/fixtures/': fixtures,
     '/test/': join(root, 'tests/browser'), '/downloads/': downloads,
-  });
+  }, { isolated: true }); // as ./build.sh serve: cross-origin isolated, so the CPU path has threads
   browser = await launch();
 });
 after(async () => {
