@@ -113,10 +113,14 @@ impl Predictor {
                     gpu: Some(g),
                 }
             }
-            None => ImageState {
-                embedding: self.cpu.embed(image)?,
-                gpu: None,
-            },
+            None => {
+                let embedding = self.cpu.embed(image)?;
+                self.cpu.prepare_decoder(&embedding)?;
+                ImageState {
+                    embedding,
+                    gpu: None,
+                }
+            }
         };
         self.image = Some(state);
         Ok(())
@@ -127,7 +131,10 @@ impl Predictor {
         self.image = None;
         let gpu = match self.live_gpu().await? {
             Some(gpu) => Some(gpu.upload_embedding(&embedding).await?),
-            None => None,
+            None => {
+                self.cpu.prepare_decoder(&embedding)?;
+                None
+            }
         };
         self.image = Some(ImageState { embedding, gpu });
         Ok(())

@@ -348,6 +348,13 @@ impl Sam {
         Ok(side)
     }
 
+    /// Does the decoder's image-only work for `embedding` now (after `embed`, so that the first
+    /// prompt does not wait for it); `decode` takes it from the cache.
+    pub fn prepare_decoder(&self, embedding: &ImageEmbedding) -> Result<()> {
+        let (_, dense) = self.prompt_encoder.forward(None, None, None)?;
+        self.image_side(embedding, &dense).map(|_| ())
+    }
+
     pub fn decode(&self, embedding: &ImageEmbedding, prompt: &Prompt) -> Result<Prediction> {
         let p = PromptTensors::new(prompt, &embedding.frame)?;
         // Embed prompts
