@@ -144,3 +144,49 @@ fn a_chain_is_one_submit_and_buffers_are_reused() {
         "dropped tensors go back to the pool"
     );
 }
+
+/// Within one recording, an intermediate dropped before the recording is submitted gives its
+/// buffer to the ops after it (so a long pass needs about as much memory as its widest point,
+/// not the sum of its intermediates), while an upload made meanwhile gets a buffer no
+/// unsubmitted op uses: its data reaches the op that reads it.
+#[test]
+fn buffers_freed_while_recording_serve_later_ops_but_not_uploads() {
+    // A context of its own: the allocation count is not shared with the other tests.
+    let ctx = websam::gpu::GpuContext::new_blocking().expect("a GPU adapter (lavapipe)");
+    let shape = [1024, 256]; // 1 MiB per tensor
+    let bytes = 1024 * 256 * 4;
+    let (x, y) = (randn(&shape), randn(&shape));
+    let gx = websam::gpu::GpuTensor::from_candle(&ctx, &x).unwrap();
+    let mut rec = websam::gpu::Recorder::new(&ctx);
+    let before = ctx.pool().allocated_bytes();
+    let mut cur = unary(&mut rec, &gx, Unary::Gelu).unwrap();
+    let steps = 12;
+    for _ in 0..steps {
+        let shift = Unary::Affine {
+            scale: 1.0,
+            shift: 1.0,
+        };
+        cur = unary(&mut rec, &cur, shift).unwrap(); // the previous `cur` drops here
+    }
+    // Uploaded while buffers freed by this recording wait in the pool.
+    let gy = websam::gpu::GpuTensor::from_candle(&ctx, &y).unwrap();
+    let out = binary(&mut rec, &cur, &gy, Binary::Add).unwrap();
+    drop(cur);
+    rec.read(&out);
+    let got = rec.finish_blocking().unwrap();
+    let grown = ctx.pool().allocated_bytes() - before;
+    // Without reuse: 1 + steps intermediates + the upload + the output.
+    assert!(
+        grown <= 4 * bytes,
+        "the recording allocated {grown} bytes for {} intermediates of {bytes}",
+        steps + 2
+    );
+    let want = (x.gelu_erf().unwrap() + steps as f64).unwrap() + &y;
+    assert_close(
+        &got[0],
+        &values(&want.unwrap()),
+        1e-5,
+        1e-5,
+        "chain with an upload",
+    );
+}

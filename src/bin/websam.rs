@@ -472,6 +472,10 @@ fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<
         }
         println!("gpu ({name}) first decode     {}", summary(&mut first));
         println!("gpu ({name}) further decodes  {}", summary(&mut further));
+        println!(
+            "gpu ({name}) storage buffers  {:.1} MB (weights, embedding and the largest pass's intermediates)",
+            gpu.ctx().pool().allocated_bytes() as f64 / 1e6
+        );
     }
     Ok(())
 }

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipeline::Kernel;
-use crate::gpu::pool::PooledBuffer;
+use crate::gpu::pool::OpenRecording;
 use crate::gpu::tensor::GpuTensor;
 
 /// One dispatch, kept until the recording is submitted (bind groups need the final
 /// parameter buffer).
 struct Op {
     kernel: Arc<Kernel>,
-    buffers: Vec<Arc<PooledBuffer>>,
+    /// The buffers themselves, not their tensors: a tensor dropped while the recording is
+    /// built gives its buffer back to the pool for the ops after it (see `gpu::pool`).
+    buffers: Vec<wgpu::Buffer>,
     param_offset: u32,
     param_size: u64,
     grid: [u32; 3],
@@ -23,6 +25,8 @@ struct Op {
 /// Records ops; [`Recorder::finish`] submits them once.
 pub struct Recorder {
     ctx: GpuContext,
+    /// Open until the recording is submitted or dropped.
+    open: OpenRecording,
     params: Vec<u8>,
     ops: Vec<Op>,
     reads: Vec<GpuTensor>,
@@ -33,6 +37,7 @@ impl Recorder {
     pub fn new(ctx: &GpuContext) -> Self {
         Self {
             ctx: ctx.clone(),
+            open: ctx.pool().open_recording(),
             params: Vec::new(),
             ops: Vec::new(),
             reads: Vec::new(),
@@ -83,7 +88,7 @@ impl Recorder {
             buffers: inputs
                 .iter()
                 .chain(outputs)
-                .map(|t| Arc::clone(t.pooled()))
+                .map(|t| t.buffer().clone())
                 .collect(),
             param_offset: offset as u32,
             param_size: bytes.len() as u64,
@@ -128,7 +133,7 @@ impl Recorder {
                     entries.extend(op.buffers.iter().enumerate().map(|(i, b)| {
                         wgpu::BindGroupEntry {
                             binding: 1 + i as u32,
-                            resource: b.buffer().as_entire_binding(),
+                            resource: b.as_entire_binding(),
                         }
                     }));
                     device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -171,6 +176,8 @@ impl Recorder {
             })
             .collect();
         ctx.queue().submit([encoder.finish()]);
+        // Submitted: uploads may now take the buffers freed while recording.
+        drop(self.open);
 
         let mut receivers = Vec::with_capacity(staging.len());
         for (buf, _) in &staging {

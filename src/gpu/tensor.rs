@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pool::PooledBuffer;
+use crate::gpu::pool::{PooledBuffer, Use};
 
 /// A contiguous, row-major f32 tensor on the GPU. Cloning shares the buffer.
 #[derive(Debug, Clone)]
@@ -18,6 +18,11 @@ impl GpuTensor {
     // Not Send in the browser, where wgpu's buffers are JS objects; see `GpuContext::new`.
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub fn empty(ctx: &GpuContext, shape: &[usize]) -> Result<Self> {
+        Self::alloc(ctx, shape, Use::Output)
+    }
+
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+    fn alloc(ctx: &GpuContext, shape: &[usize], usage: Use) -> Result<Self> {
         let bytes = byte_size(shape)?;
         let max = ctx.limits().max_storage_buffer_binding_size;
         if bytes > max {
@@ -26,7 +31,7 @@ impl GpuTensor {
             )));
         }
         Ok(Self {
-            buffer: Arc::new(ctx.pool().get(ctx.device(), bytes)),
+            buffer: Arc::new(ctx.pool().get(ctx.device(), bytes, usage)),
             shape: shape.to_vec(),
         })
     }
@@ -40,7 +45,7 @@ impl GpuTensor {
                 data.len()
             )));
         }
-        let t = Self::empty(ctx, shape)?;
+        let t = Self::alloc(ctx, shape, Use::Upload)?;
         if !data.is_empty() {
             ctx.queue()
                 .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
@@ -92,10 +97,6 @@ impl GpuTensor {
 
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.buffer.buffer()
-    }
-
-    pub(crate) fn pooled(&self) -> &Arc<PooledBuffer> {
-        &self.buffer
     }
 }
 
