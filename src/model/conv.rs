@@ -463,20 +463,8 @@ impl CustomOp1 for DepthwiseOp<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::max_abs_diff;
     use candle_core::{DType, Device, Tensor};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Checks the kernel against candle's grouped conv2d (+ bias, + candle's erf GELU).
     fn check(b: usize, c: usize, (h, w): (usize, usize), k: usize, stride: usize, padding: usize) {

@@ -410,6 +410,7 @@ impl MaskDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::max_abs_diff;
     use crate::model::weights::Weights;
     use candle_core::Device;
 
@@ -449,16 +450,7 @@ mod tests {
         let y = norm.forward(&conv(&x, 0, c4)).unwrap().gelu_erf().unwrap();
         let expected = conv(&y, 4, c8).gelu_erf().unwrap();
         assert_eq!(got.dims(), [2, c8, 4 * h, 4 * w]);
-        let diff = (got - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, &expected);
         assert!(diff < 1e-5, "{diff}");
     }
 
@@ -489,16 +481,7 @@ mod tests {
                 .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
                 .unwrap();
             assert_eq!(ours.dims(), reference.dims());
-            let diff = (ours - reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&ours, &reference);
             assert!(diff < 1e-5, "b={b} c_in={c_in} c_out={c_out} k={k}: {diff}");
         }
     }

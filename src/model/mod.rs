@@ -9,3 +9,24 @@ pub mod sam;
 pub mod tiny_vit;
 pub mod transformer;
 pub mod weights;
+
+/// Helpers of the unit tests of this module's files.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::Tensor;
+
+    /// Max `|a - b|` over all elements of two tensors of the same shape.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+}

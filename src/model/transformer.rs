@@ -505,23 +505,13 @@ impl TwoWayTransformer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::max_abs_diff;
     use crate::model::weights::Weights;
     use candle_core::Device;
 
     /// Max |a - b| relative to max |b|.
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        let max_abs = |t: &Tensor| {
-            t.abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        max_abs(&(a - b).unwrap()) / max_abs(b)
+        max_abs_diff(a, b) / max_abs_diff(b, &b.zeros_like().unwrap())
     }
 
     /// The absorbed cross attentions equal the reference's `forward`, in both directions,

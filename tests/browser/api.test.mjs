@@ -21,9 +21,12 @@ after(async () => {
   await server?.close();
 });
 
-/** Runs `harness[fn](...args)` in a fresh page (own context: own Cache API store). */
-async function inPage(fn, args = [], options = {}) {
-  const page = await open(browser, `${server.url}/tests/browser/blank.html`, options);
+/**
+ * Runs `harness[fn](...args)` in a fresh page (own context: own Cache API store), from `base`
+ * (default: the plain server).
+ */
+async function inPage(fn, args = [], options = {}, base = server.url) {
+  const page = await open(browser, `${base}/tests/browser/blank.html`, options);
   try {
     return await page.evaluate(async ([name, a]) => {
       const harness = await import('/tests/browser/harness.js');
@@ -176,17 +179,7 @@ describe('threads (cross-origin isolated page)', () => {
     await isolated?.close();
   });
 
-  async function inIsolatedPage(fn, args = []) {
-    const page = await open(browser, `${isolated.url}/tests/browser/blank.html`);
-    try {
-      return await page.evaluate(async ([name, a]) => {
-        const harness = await import('/tests/browser/harness.js');
-        return harness[name](...a);
-      }, [fn, args]);
-    } finally {
-      await page.context().close();
-    }
-  }
+  const inIsolatedPage = (fn, args = []) => inPage(fn, args, {}, isolated.url);
 
   test('SamWorker on 2 threads: setEmbedding + predict and setImage + predict match PyTorch', async () => {
     const r = await inIsolatedPage('parity', ['SamWorker', 'cpu', 2]);
