@@ -26,7 +26,6 @@ MT_RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 
 -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
 -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
 
-
 # Scratch folders for Mesa's shader cache, the Vulkan loader and Chromium, out of HOME.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$PWD/target/xdg-runtime}"
 export XDG_CACHE_HOME="${XDG_CACHE_HOME:-$PWD/target/xdg-cache}"
@@ -158,6 +157,8 @@ package() {
 JSON
   printf 'pkg/websam_core_bg.wasm: %s bytes raw, %s after wasm-opt, %s gzipped\n' \
     "$raw" "$(wc -c < pkg/websam_core_bg.wasm)" "$(gzip -9 -c pkg/websam_core_bg.wasm | wc -c)" >&2
+  printf 'pkg/websam_core_mt_bg.wasm (threads): %s bytes after wasm-opt, %s gzipped\n' \
+    "$(wc -c < pkg/websam_core_mt_bg.wasm)" "$(gzip -9 -c pkg/websam_core_mt_bg.wasm | wc -c)" >&2
 }
 
 run() {
@@ -206,31 +207,59 @@ test_all() {
   node --test --test-concurrency=1 --test-reporter=spec tests/browser/
 }
 
-# Side-by-side benchmark (not part of the tests): websam's CLI natively, then websam and
-# onnxruntime-web in headless Chromium on the same weights (bench/run.mjs writes the table into
-# docs/PERFORMANCE.md). Sets up a Python virtualenv (PyTorch, for the official ONNX export) and
-# bench/node_modules on first use; BENCH_PYTHON names a Python that already has them.
+# Side-by-side benchmark (not part of the tests): websam's CLI natively and candle-transformers'
+# own SAM natively (bench/candle-peer), then websam, onnxruntime-web and candle-transformers'
+# SAM in headless Chromium on the same weights (bench/run.mjs writes the table into
+# docs/PERFORMANCE.md). Sets up a Python virtualenv (PyTorch, for the official ONNX export and
+# candle's safetensors) and bench/node_modules on first use; BENCH_PYTHON names a Python that
+# already has them.
 bench() {
   cargo build --release --bin websam
-  local args=(--weights "$FIXTURES/mobile_sam.pth" --image "$FIXTURES/image.png" --runs "${RUNS:-10}")
-  ./target/release/websam bench "${args[@]}" --backend cpu
-  # Any GPU adapter, software ones included (auto would keep to the CPU on those).
-  ./target/release/websam bench "${args[@]}" --backend gpu || echo "no GPU adapter: CPU figures only" >&2
   local py="${BENCH_PYTHON:-target/bench-venv/bin/python}"
-  if ! "$py" -c "import torch, onnx, segment_anything, mobile_sam" 2>/dev/null; then
+  if ! "$py" -c "import torch, torchvision, onnx, safetensors, segment_anything, mobile_sam" 2>/dev/null; then
     log "Python virtualenv for the ONNX export (PyTorch: a large download)"
     python3 -m venv target/bench-venv
     py=target/bench-venv/bin/python
     "$py" -m pip install -q torch torchvision numpy pillow safetensors timm onnx segment-anything mobilesam-mirror
   fi
+  candle_peer "$py"
+  local runs="${RUNS:-10}"
+  local args=(--weights "$FIXTURES/mobile_sam.pth" --image "$FIXTURES/image.png" --runs "$runs")
+  ./target/release/websam bench "${args[@]}" --backend cpu
+  RAYON_NUM_THREADS=1 ./target/release/websam bench "${args[@]}" --backend cpu
+  local peer=(target/candle-peer/release/candle-peer --weights bench/out/mobile_sam_candle.safetensors
+    --image "$FIXTURES/image.png" --runs "$runs")
+  log "candle-transformers' SAM natively (default threads; parity against the goldens)"
+  "${peer[@]}" --fixtures "$FIXTURES" --pil-image bench/out/image_768x1024_pil.png
+  log "candle-transformers' SAM natively (RAYON_NUM_THREADS=1)"
+  RAYON_NUM_THREADS=1 "${peer[@]}"
+  # Any GPU adapter, software ones included (auto would keep to the CPU on those).
+  ./target/release/websam bench "${args[@]}" --backend gpu || echo "no GPU adapter: CPU figures only" >&2
   if [ ! -f bench/out/decoder.onnx ] || [ "$FIXTURES/mobile_sam.pth" -nt bench/out/decoder.onnx ]; then
     log "ONNX export of the fixture weights (segment_anything's SamOnnxModel + the TinyViT encoder)"
     "$py" bench/export_onnx.py bench/out
   fi
   [ -d bench/node_modules/onnxruntime-web ] || (cd bench && npm install --no-audit --no-fund)
   package
-  log "websam and onnxruntime-web in headless Chromium"
+  log "websam, onnxruntime-web and candle-transformers' SAM in headless Chromium"
   node bench/run.mjs
+}
+
+# bench/candle-peer (its own package and lock file, built into target/candle-peer): the native
+# binary, and the wasm with its wasm-bindgen glue in bench/out/candle-peer/ (as candle's
+# segment-anything wasm example builds it: wasm-bindgen --target web, no wasm-opt); the fixture
+# weights as the f32 safetensors candle's SAM loads, and the image resized as the official
+# predictor does, in bench/out/ (bench/candle_weights.py, with the Python given).
+candle_peer() {
+  local py="$1" target="$PWD/target/candle-peer"
+  log "candle-transformers' SAM (bench/candle-peer): native and $WASM_TARGET release builds"
+  (cd bench/candle-peer && CARGO_TARGET_DIR="$target" cargo build --release --bin candle-peer \
+    && CARGO_TARGET_DIR="$target" cargo build --release --lib --target "$WASM_TARGET")
+  rm -rf bench/out/candle-peer
+  wasm-bindgen --target web --out-dir bench/out/candle-peer "$target/$WASM_TARGET/release/candle_peer.wasm"
+  if [ ! -f bench/out/mobile_sam_candle.safetensors ] || [ "$FIXTURES/mobile_sam.pth" -nt bench/out/mobile_sam_candle.safetensors ]; then
+    "$py" bench/candle_weights.py bench/out
+  fi
 }
 
 cmd="${1:-}"

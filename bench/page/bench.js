@@ -1,9 +1,12 @@
 // Runs in the benchmark page (cross-origin isolated): one system at a time on the same fixture
-// weights, image and prompts. websam through its npm package API (`Sam`); onnxruntime-web on the
+// weights, image and prompts. websam through its npm package API (`Sam`, and `SamWorker` with
+// threads); onnxruntime-web on the
 // official ONNX export of the same weights (bench/export_onnx.py), preprocessing as its users
-// write it (canvas resize, normalize, pad). Every decode returns masks at the image size,
-// thresholded at 0, as websam's predict does.
+// write it (canvas resize, normalize, pad); candle-transformers' own SAM compiled to wasm
+// (bench/candle-peer, weights converted by bench/candle_weights.py). Every decode returns masks
+// at the image size, thresholded at 0, as websam's predict does.
 import { Sam } from '/pkg/websam.js';
+import { SamWorker } from '/pkg/worker.js';
 
 const FIX = '/fixtures/';
 const W = 640;
@@ -45,6 +48,21 @@ async function websam(backend) {
   if (sam.backend !== backend) throw new Error(`websam asked for ${backend}, got ${sam.backend}: ${sam.fallbackReason}`);
   return {
     info: sam.adapterName ?? 'wasm, 1 thread',
+    encode: async (bitmap) => sam.setImage(bitmap),
+    decode: async (prompt) => {
+      const r = await sam.predict(prompt);
+      return r.masks[r.best].data;
+    },
+    dispose: () => sam.dispose(),
+  };
+}
+
+// SamWorker on this cross-origin isolated page: the threaded build, as many threads as the
+// machine has (at most 8).
+async function websamThreads() {
+  const sam = await SamWorker.load({ weights: FIX + 'mobile_sam.pth', backend: 'cpu' });
+  return {
+    info: `wasm, SamWorker, ${sam.threads} threads`,
     encode: async (bitmap) => sam.setImage(bitmap),
     decode: async (prompt) => {
       const r = await sam.predict(prompt);
@@ -137,11 +155,39 @@ async function onnx(provider, threads) {
   };
 }
 
+// ------------------------------------------------------------------ candle-transformers
+
+// candle-transformers 0.11.1's MobileSAM in wasm (one thread, SIMD), run as candle's own
+// segment-anything wasm example runs it: f32 safetensors from the Cache API, the image resized
+// to 1024 on its longest side with CatmullRom inside the wasm, the masks upsampled with
+// nearest-neighbour (see bench/candle-peer/src/lib.rs). It takes RGBA pixels where the example
+// takes encoded image bytes, so that its input is the same bitmap as the others'.
+async function candle() {
+  const { default: init, CandleSam } = await import('/out/candle-peer/candle_peer.js');
+  await init();
+  const sam = new CandleSam(await cachedBytes('/out/mobile_sam_candle.safetensors'));
+  return {
+    info: 'candle-transformers 0.11.1 wasm, 1 thread',
+    encode: async (bitmap) => {
+      const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+      const ctx = canvas.getContext('2d');
+      ctx.drawImage(bitmap, 0, 0);
+      const px = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
+      sam.setImage(new Uint8Array(px.buffer, px.byteOffset, px.length), bitmap.width, bitmap.height);
+    },
+    decode: async ({ points = [], box, multimask }) =>
+      sam.decode(Float32Array.from(points.flat()), Float32Array.from(box ?? []), multimask),
+    dispose: () => sam.free(),
+  };
+}
+
 const SYSTEMS = {
   'websam-cpu': () => websam('cpu'),
+  'websam-cpu-mt': () => websamThreads(),
   'websam-webgpu': () => websam('webgpu'),
   'ort-wasm-1': () => onnx('wasm', 1),
   'ort-wasm-mt': () => onnx('wasm', navigator.hardwareConcurrency),
+  'candle-wasm': () => candle(),
   'ort-webgpu': () => onnx('webgpu', 1),
 };
 
