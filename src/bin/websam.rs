@@ -417,7 +417,7 @@ fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<
     println!("image {}x{}, {runs} runs", img.width, img.height);
 
     // The CPU encoder (its embedding feeds both decoders).
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = candle_core::utils::get_num_threads(); // what candle runs on (RAYON_NUM_THREADS)
     let emb = model.cpu().embed(&img)?; // warm-up
     let mut encode = Vec::new();
     for _ in 0..runs {
