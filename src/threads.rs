@@ -62,7 +62,7 @@ pub fn for_chunks<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut 
 const MIN_SPLIT_WORK: usize = 1 << 22;
 
 /// `a.matmul(b)` (candle's semantics: `[.., M, K] x [.., K, N]`, same batch dims), split over
-/// the pool by batch, rows of `a` or columns of `b`, whichever is largest.
+/// the pool by batch, rows of `a` or columns of `b`.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let threads = count();
     let rank = a.rank();
@@ -75,23 +75,25 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if batch * m * n * k < MIN_SPLIT_WORK {
         return Ok(a.matmul(b)?);
     }
-    // (dim of the output to split, its size, split a (true) or b)
-    let (dim, size, split_a) = if batch >= threads && rank > 2 {
-        (0, a.dim(0)?, None)
+    // The output dim to split: the first (batch) one when it has a piece for every thread,
+    // else the rows of `a` or the columns of `b`, whichever is longer.
+    let dim = if rank > 2 && a.dim(0)? >= threads {
+        0
     } else if m >= n {
-        (rank - 2, m, Some(true))
+        rank - 2
     } else {
-        (rank - 1, n, Some(false))
+        rank - 1
     };
-    let parts = threads.min(size);
-    let step = size.div_ceil(parts);
+    let size = if dim == rank - 1 { n } else { a.dim(dim)? };
+    let step = size.div_ceil(threads.min(size));
     let pieces = map(size.div_ceil(step), |i| {
-        let start = i * step;
-        let len = step.min(size - start);
-        Ok(match split_a {
-            None => a.narrow(0, start, len)?.matmul(&b.narrow(0, start, len)?)?,
-            Some(true) => a.narrow(dim, start, len)?.matmul(b)?,
-            Some(false) => a.matmul(&b.narrow(dim, start, len)?.contiguous()?)?,
+        let (start, len) = (i * step, step.min(size - i * step));
+        Ok(if dim == rank - 2 {
+            a.narrow(dim, start, len)?.matmul(b)?
+        } else if dim == rank - 1 {
+            a.matmul(&b.narrow(dim, start, len)?.contiguous()?)?
+        } else {
+            a.narrow(0, start, len)?.matmul(&b.narrow(0, start, len)?)?
         })
     })?;
     Ok(Tensor::cat(&pieces, dim)?)

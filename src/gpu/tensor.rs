@@ -15,12 +15,12 @@ pub struct GpuTensor {
 
 impl GpuTensor {
     /// An uninitialised tensor from the pool (a kernel writes it before anything reads it).
-    // Not Send in the browser, where wgpu's buffers are JS objects; see `GpuContext::new`.
-    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub fn empty(ctx: &GpuContext, shape: &[usize]) -> Result<Self> {
         Self::alloc(ctx, shape, Use::Output)
     }
 
+    /// A tensor from the pool for `usage`.
+    // Not Send in the browser, where wgpu's buffers are JS objects; see `GpuContext::new`.
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     fn alloc(ctx: &GpuContext, shape: &[usize], usage: Use) -> Result<Self> {
         let bytes = byte_size(shape)?;
