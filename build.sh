@@ -31,7 +31,7 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$PWD/target/xdg-runtime}"
 export XDG_CACHE_HOME="${XDG_CACHE_HOME:-$PWD/target/xdg-cache}"
 mkdir -p "$XDG_RUNTIME_DIR" "$XDG_CACHE_HOME" && chmod 700 "$XDG_RUNTIME_DIR"
 
-log() { printf '\n== %s\n' "$*" >&2; }
+log() { printf '\n== [%ss] %s\n' "$SECONDS" "$*" >&2; }
 
 setup() {
   command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }

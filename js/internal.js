@@ -9,6 +9,7 @@ const EMBEDDING_LENGTH = 256 * 64 * 64;
 /** The Cache API store that keeps weights fetched by URL. */
 export const CACHE_NAME = 'websam-weights-v1';
 const BACKENDS = ['auto', 'webgpu', 'cpu'];
+const PRECISIONS = ['f32', 'f16'];
 
 /** A short description of a value for error messages: `a string`, `a Float64Array(3)`. */
 function describe(v) {
@@ -38,11 +39,14 @@ export function loadOptions(options) {
   if (typeof cache !== 'boolean') {
     throw new TypeError(`load: cache must be true or false, not ${describe(cache)}`);
   }
-  const { threads } = options;
+  const { threads, precision = 'f32' } = options;
+  if (!PRECISIONS.includes(precision)) {
+    throw new TypeError(`load: precision ${JSON.stringify(precision)}; use "f32" or "f16"`);
+  }
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
     throw new TypeError(`load: threads must be an integer from 1 to 64, not ${describe(threads)}`);
   }
-  return { ...options, weights, backend, onProgress, cache, threads };
+  return { ...options, weights, backend, onProgress, cache, threads, precision };
 }
 
 /** A URL string resolved against the page (or worker) address; other values unchanged. */

@@ -126,6 +126,8 @@ export class Sam {
    * file. `backend`: "auto" (WebGPU on a hardware adapter, else the CPU), "webgpu"
    * or "cpu". `threads`: threads of the CPU path (default: up to 8, as the machine has, where
    * threads can run: a worker of a cross-origin isolated page, i.e. SamWorker there; else 1).
+   * `precision`: "f32" (default, the reference's results) or "f16" (WebGPU where the adapter
+   * offers shader-f16: half the weight memory, f16 products; see `precision`).
    */
   static async load(options) {
     const opts = loadOptions(options);
@@ -137,7 +139,7 @@ export class Sam {
     opts.onProgress?.({ stage: 'init', loaded: bytes.byteLength, total: bytes.byteLength });
     let model;
     try {
-      model = await Core.load(bytes, opts.backend);
+      model = await Core.load(bytes, opts.backend, opts.precision);
     } catch (e) {
       throw asError(e);
     }
@@ -154,6 +156,11 @@ export class Sam {
   /** "webgpu" or "cpu": the backend in use (it turns to "cpu" if a lost GPU is not replaced). */
   get backend() {
     return this.#core.backend;
+  }
+
+  /** "f16" when the WebGPU model runs in f16 (asked for, and the adapter offers shader-f16), else "f32". */
+  get precision() {
+    return this.#core.precision;
   }
 
   /** The WebGPU adapter's name, or undefined on the CPU. */

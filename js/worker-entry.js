@@ -7,7 +7,11 @@ let sam = null;
 
 function state() {
   return {
-    backend: sam.backend, adapterName: sam.adapterName, fallbackReason: sam.fallbackReason, threads: sam.threads,
+    backend: sam.backend,
+    adapterName: sam.adapterName,
+    fallbackReason: sam.fallbackReason,
+    threads: sam.threads,
+    precision: sam.precision,
   };
 }
 

@@ -41,6 +41,7 @@ export class SamWorker {
       backend: opts.backend,
       cache: opts.cache,
       threads: opts.threads,
+      precision: opts.precision,
       wasm: opts.wasm instanceof URL ? opts.wasm.href : resolveUrl(opts.wasm),
     };
     try {
@@ -97,6 +98,11 @@ export class SamWorker {
 
   get adapterName() {
     return this.#state.adapterName;
+  }
+
+  /** As `Sam.precision` (as of the last reply from the worker). */
+  get precision() {
+    return this.#state.precision;
   }
 
   get fallbackReason() {

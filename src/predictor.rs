@@ -5,6 +5,7 @@
 //! always kept on the CPU side too.
 
 use crate::error::{Error, Result};
+use crate::gpu::context::Precision;
 use crate::gpu::model::{GpuEmbedding, GpuSam};
 use crate::gpu::GpuContext;
 use crate::image::RgbImage;
@@ -41,18 +42,30 @@ pub struct Predictor {
     gpu: Option<GpuSam>,
     /// Set when the GPU was asked for or found, so that a lost device is replaced.
     wants_gpu: bool,
+    /// The GPU precision asked for (f16 is used where the adapter offers shader-f16).
+    precision: Precision,
     image: Option<ImageState>,
 }
 
 impl Predictor {
-    /// Builds the model on the backend asked for. With `Auto`, the reason the GPU is not used
-    /// (no adapter, device refused) is returned beside the predictor.
+    /// Builds the model on the backend asked for, in f32. With `Auto`, the reason the GPU is
+    /// not used (no adapter, device refused) is returned beside the predictor.
     pub async fn new(weights: Weights, choice: BackendChoice) -> Result<(Self, Option<Error>)> {
+        Self::with_precision(weights, choice, Precision::F32).await
+    }
+
+    /// [`Predictor::new`] with the GPU's precision: f16 takes effect where the adapter offers
+    /// shader-f16 (see [`Predictor::precision`]); the CPU backend always computes in f32.
+    pub async fn with_precision(
+        weights: Weights,
+        choice: BackendChoice,
+        precision: Precision,
+    ) -> Result<(Self, Option<Error>)> {
         let cpu = Sam::new(&weights)?;
         let (gpu, why_not) = match choice {
             BackendChoice::Cpu => (None, None),
-            BackendChoice::Gpu => (Some(open_gpu(&weights).await?), None),
-            BackendChoice::Auto => match open_gpu(&weights).await {
+            BackendChoice::Gpu => (Some(open_gpu(&weights, precision).await?), None),
+            BackendChoice::Auto => match open_gpu(&weights, precision).await {
                 Ok(gpu) if gpu.ctx().is_software() => {
                     let why = Error::gpu(format!(
                         "the only GPU adapter, {}, is a software rasterizer on the CPU, slower \
@@ -72,6 +85,7 @@ impl Predictor {
                 cpu,
                 gpu,
                 wants_gpu,
+                precision,
                 image: None,
             },
             why_not,
@@ -85,6 +99,13 @@ impl Predictor {
         } else {
             Backend::Cpu
         }
+    }
+
+    /// The precision in use: the GPU model's, f32 on the CPU.
+    pub fn precision(&self) -> Precision {
+        self.gpu
+            .as_ref()
+            .map_or(Precision::F32, |g| g.ctx().precision())
     }
 
     /// The adapter in use, e.g. "llvmpipe (...) (Vulkan, Cpu)"; `None` on the CPU.
@@ -195,7 +216,7 @@ impl Predictor {
             if let Some(state) = &mut self.image {
                 state.gpu = None;
             }
-            if let Ok(gpu) = open_gpu(&self.weights).await {
+            if let Ok(gpu) = open_gpu(&self.weights, self.precision).await {
                 if let Some(state) = &mut self.image {
                     state.gpu = Some(gpu.upload_embedding(&state.embedding).await?);
                 }
@@ -213,8 +234,14 @@ impl Predictor {
     }
 }
 
-async fn open_gpu(weights: &Weights) -> Result<GpuSam> {
+/// The GPU model on a new device, in `precision` where the adapter offers it (f16 needs
+/// shader-f16), else in f32.
+async fn open_gpu(weights: &Weights, precision: Precision) -> Result<GpuSam> {
     let ctx = GpuContext::new().await?;
+    let ctx = match precision {
+        Precision::F16 if ctx.supports_f16() => ctx.with_precision(Precision::F16)?,
+        _ => ctx,
+    };
     GpuSam::new(&ctx, weights).await
 }
 

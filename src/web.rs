@@ -13,6 +13,7 @@ use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+use crate::gpu::context::Precision;
 use crate::image::{ImageFrame, RgbImage};
 use crate::model::sam::{ImageEmbedding, Point, PointLabel, Prompt};
 use crate::model::weights::Weights;
@@ -26,6 +27,7 @@ struct Shared {
     /// cannot be replaced).
     backend: Cell<Backend>,
     adapter: RefCell<Option<String>>,
+    precision: Cell<Precision>,
 }
 
 impl Shared {
@@ -43,6 +45,7 @@ impl Shared {
         let r = f(&mut p).await;
         self.backend.set(p.backend());
         *self.adapter.borrow_mut() = p.adapter_name();
+        self.precision.set(p.precision());
         *self.predictor.borrow_mut() = Some(p);
         r.map_err(js_err)
     }
@@ -71,8 +74,13 @@ fn set(obj: &Object, key: &str, value: &JsValue) -> Result<(), JsValue> {
 #[wasm_bindgen]
 impl WebSam {
     /// Reads a checkpoint (`.pth`, `.pt`, `.safetensors` bytes) and builds the model on
-    /// `backend`: "webgpu", "cpu" or "auto" (WebGPU on a hardware adapter, else the CPU).
-    pub async fn load(weights: Vec<u8>, backend: String) -> Result<WebSam, JsValue> {
+    /// `backend`: "webgpu", "cpu" or "auto" (WebGPU on a hardware adapter, else the CPU), in
+    /// `precision` "f32" or "f16" (WebGPU where the adapter offers shader-f16, else f32).
+    pub async fn load(
+        weights: Vec<u8>,
+        backend: String,
+        precision: String,
+    ) -> Result<WebSam, JsValue> {
         let choice = match backend.as_str() {
             "auto" => BackendChoice::Auto,
             "webgpu" => BackendChoice::Gpu,
@@ -83,11 +91,23 @@ impl WebSam {
                 )))
             }
         };
+        let precision = match precision.as_str() {
+            "f32" => Precision::F32,
+            "f16" => Precision::F16,
+            other => {
+                return Err(js_err(format!(
+                    "precision \"{other}\": use \"f32\" or \"f16\""
+                )))
+            }
+        };
         let weights = Weights::from_bytes(&weights).map_err(js_err)?;
-        let (predictor, why_not) = Predictor::new(weights, choice).await.map_err(js_err)?;
+        let (predictor, why_not) = Predictor::with_precision(weights, choice, precision)
+            .await
+            .map_err(js_err)?;
         let shared = Shared {
             backend: Cell::new(predictor.backend()),
             adapter: RefCell::new(predictor.adapter_name()),
+            precision: Cell::new(predictor.precision()),
             predictor: RefCell::new(Some(predictor)),
         };
         Ok(WebSam {
@@ -103,6 +123,12 @@ impl WebSam {
             Backend::Gpu => "webgpu".into(),
             Backend::Cpu => "cpu".into(),
         }
+    }
+
+    /// "f16" when the WebGPU model runs in f16, else "f32".
+    #[wasm_bindgen(getter)]
+    pub fn precision(&self) -> String {
+        self.shared.precision.get().name().into()
     }
 
     /// The WebGPU adapter in use, as the browser names it; `undefined` on the CPU.

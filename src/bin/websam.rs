@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
+use websam::gpu::context::Precision;
 use websam::image::{ImageFrame, RgbImage};
 use websam::model::config::{IMAGE_SIZE, LOW_RES_SIDE};
 use websam::model::sam::{read_npy_f32, ImageEmbedding, Point, PointLabel, Prediction, Prompt};
@@ -39,6 +40,26 @@ enum Backend {
     Auto,
 }
 
+/// Precision of the GPU's GEMMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PrecisionArg {
+    /// f32: the reference's results.
+    F32,
+    /// f16 weights and products where the adapter offers shader-f16 (else f32); see
+    /// docs/API.md for its tolerance.
+    F16,
+}
+
+/// Where and how the model runs.
+#[derive(clap::Args, Clone, Copy, Debug)]
+struct Engine {
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+    /// GPU precision (the CPU backend computes in f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
+}
+
 impl From<Backend> for BackendChoice {
     fn from(b: Backend) -> Self {
         match b {
@@ -49,16 +70,24 @@ impl From<Backend> for BackendChoice {
     }
 }
 
-/// Loads the weights into a predictor on `backend`, saying on stderr which backend it uses.
-fn load(weights: &Path, backend: Backend) -> Result<Predictor> {
+/// Loads the weights into a predictor on `engine`, saying on stderr which backend it uses.
+fn load(weights: &Path, engine: Engine) -> Result<Predictor> {
     let t = Instant::now();
     let w = Weights::from_file(weights)?;
-    let (p, why_not) = pollster::block_on(Predictor::new(w, backend.into()))?;
+    let precision = match engine.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::F16 => Precision::F16,
+    };
+    let (p, why_not) = pollster::block_on(Predictor::with_precision(
+        w,
+        engine.backend.into(),
+        precision,
+    ))?;
     if let Some(e) = why_not {
         eprintln!("backend auto: {e}; using the CPU");
     }
     let used = match p.adapter_name() {
-        Some(name) => format!("gpu, {name}"),
+        Some(name) => format!("gpu, {name}, {}", p.precision().name()),
         None => "cpu".to_owned(),
     };
     eprintln!(
@@ -82,8 +111,8 @@ enum Command {
         /// Output .npy file.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, value_enum, default_value = "cpu")]
-        backend: Backend,
+        #[command(flatten)]
+        engine: Engine,
     },
     /// Decode a prompt against an image embedding; writes low_res_logits.npy, iou.npy and,
     /// with --orig-size, masks.npy and mask.png (the best mask).
@@ -100,8 +129,8 @@ enum Command {
         /// Without it the frame is the encoder's 1024x1024.
         #[arg(long, value_parser = parse_size)]
         orig_size: Option<(usize, usize)>,
-        #[arg(long, value_enum, default_value = "cpu")]
-        backend: Backend,
+        #[command(flatten)]
+        engine: Engine,
         /// Output folder (created if missing).
         #[arg(long)]
         out_dir: PathBuf,
@@ -116,8 +145,8 @@ enum Command {
         image: PathBuf,
         #[command(flatten)]
         prompt: PromptArgs,
-        #[arg(long, value_enum, default_value = "cpu")]
-        backend: Backend,
+        #[command(flatten)]
+        engine: Engine,
         /// Output PNG (white = mask).
         #[arg(long)]
         out: PathBuf,
@@ -134,8 +163,8 @@ enum Command {
         /// Runs per measurement.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        #[arg(long, value_enum, default_value = "cpu")]
-        backend: Backend,
+        #[command(flatten)]
+        engine: Engine,
     },
 }
 
@@ -300,9 +329,9 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             image,
             out,
-            backend,
+            engine,
         } => {
-            let mut sam = load(&weights, backend)?;
+            let mut sam = load(&weights, engine)?;
             let img = RgbImage::open(&image)?;
             let t = Instant::now();
             pollster::block_on(sam.set_image(&img))?;
@@ -319,10 +348,10 @@ fn run(cli: Cli) -> Result<()> {
             embedding,
             prompt,
             orig_size,
-            backend,
+            engine,
             out_dir,
         } => {
-            let mut sam = load(&weights, backend)?;
+            let mut sam = load(&weights, engine)?;
             let prompt = prompt.to_prompt()?;
             let (h, w) = orig_size.unwrap_or((IMAGE_SIZE, IMAGE_SIZE));
             let emb = ImageEmbedding::new(read_npy(&embedding)?, ImageFrame::new(h, w)?)
@@ -363,10 +392,10 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             image,
             prompt,
-            backend,
+            engine,
             out,
         } => {
-            let mut sam = load(&weights, backend)?;
+            let mut sam = load(&weights, engine)?;
             let prompt = prompt.to_prompt()?;
             let img = RgbImage::open(&image)?;
             let t = Instant::now();
@@ -392,16 +421,16 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             image,
             runs,
-            backend,
-        } => bench(&weights, &image, runs, backend),
+            engine,
+        } => bench(&weights, &image, runs, engine),
     }
 }
 
-fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<()> {
+fn bench(weights: &Path, image: &Path, runs: usize, engine: Engine) -> Result<()> {
     if runs == 0 {
         return Err(Error::invalid("--runs must be at least 1"));
     }
-    let model = load(weights, backend)?;
+    let model = load(weights, engine)?;
     let img = RgbImage::open(image)?;
     let (h, w) = (img.height as f64, img.width as f64);
     // One positive click near the centre, multimask, as a first click in a page.
@@ -429,7 +458,7 @@ fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<
     );
 
     // CPU decoder.
-    if backend != Backend::Gpu {
+    if engine.backend != Backend::Gpu {
         model.cpu().decode(&emb, &prompt)?;
         let (mut first, mut further) = (Vec::new(), Vec::new());
         for _ in 0..runs {
@@ -451,7 +480,11 @@ fn bench(weights: &Path, image: &Path, runs: usize, backend: Backend) -> Result<
 
     // GPU encoder and decoder: the first decode includes the embedding's upload and layout.
     if let Some(gpu) = model.gpu() {
-        let name = gpu.ctx().adapter_name();
+        let name = format!(
+            "{}, {}",
+            gpu.ctx().adapter_name(),
+            gpu.ctx().precision().name()
+        );
         if gpu.has_encoder() {
             pollster::block_on(gpu.embed(&img))?; // warm-up: pipelines, pool
             let mut encode = Vec::new();

@@ -17,10 +17,33 @@ struct Faults {
     lost: Option<String>,
 }
 
+/// The precision of the GEMMs (matmul, linear and dense convs) of a model built on a context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 weights and arithmetic: the reference's results (within 2.4e-5 on the low-res logits).
+    #[default]
+    F32,
+    /// Weights stored as f16 (half the memory) and products summed in f16 within each 16-long
+    /// slice of the reduction, the slices summed in f32 (`shader-f16`). Activations stay f32
+    /// in memory. Its tolerance is stated and tested in `tests/gpu_f16.rs`.
+    F16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
 /// A WebGPU device ready for compute, shared by every tensor and recording made from it.
 #[derive(Debug, Clone)]
 pub struct GpuContext {
     inner: Arc<Inner>,
+    /// How models built on this handle store their GEMM weights.
+    precision: Precision,
 }
 
 #[derive(Debug)]
@@ -32,6 +55,8 @@ struct Inner {
     pool: BufferPool,
     pipelines: PipelineCache,
     faults: Arc<Mutex<Faults>>,
+    /// Optional features the device was opened with.
+    features: wgpu::Features,
 }
 
 impl GpuContext {
@@ -58,10 +83,12 @@ impl GpuContext {
         // Ask for what the adapter really offers: storage buffer sizes and workgroup limits
         // well beyond the defaults matter for the encoder's activations.
         let limits = adapter.limits();
+        // f16 in shaders, when offered: only kernels built for f16 weights use it.
+        let features = adapter.features() & wgpu::Features::SHADER_F16;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("websam"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::default(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -96,8 +123,34 @@ impl GpuContext {
                 pool: BufferPool::default(),
                 pipelines: PipelineCache::default(),
                 faults,
+                features,
             }),
+            precision: Precision::F32,
         })
+    }
+
+    /// The same device for models whose GEMM weights are kept in `precision`; f16 needs the
+    /// adapter's `shader-f16`.
+    pub fn with_precision(&self, precision: Precision) -> Result<Self> {
+        if precision == Precision::F16 && !self.supports_f16() {
+            return Err(Error::gpu(format!(
+                "f16 needs the shader-f16 feature, which {} does not offer",
+                self.adapter_name()
+            )));
+        }
+        Ok(Self {
+            inner: Arc::clone(&self.inner),
+            precision,
+        })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether kernels may use f16 (the device has `shader-f16`).
+    pub fn supports_f16(&self) -> bool {
+        self.inner.features.contains(wgpu::Features::SHADER_F16)
     }
 
     /// [`GpuContext::new`], blocking (native only).

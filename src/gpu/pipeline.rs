@@ -20,6 +20,9 @@ pub struct KernelSpec<'a> {
     pub inputs: usize,
     /// Read-write storage bindings, after the inputs.
     pub outputs: usize,
+    /// Inputs the WGSL declares as f16 arrays (bit i: input i); the others, and every output,
+    /// are f32. [`crate::gpu::Recorder::dispatch`] checks tensors against it.
+    pub f16_inputs: u32,
 }
 
 /// A pipeline and its bind group layout.
@@ -30,6 +33,7 @@ pub struct Kernel {
     pub layout: wgpu::BindGroupLayout,
     pub inputs: usize,
     pub outputs: usize,
+    pub f16_inputs: u32,
 }
 
 /// The cache, one per device.
@@ -114,5 +118,6 @@ fn build(ctx: &GpuContext, spec: KernelSpec<'_>, source: &str) -> Result<Kernel>
         layout,
         inputs: spec.inputs,
         outputs: spec.outputs,
+        f16_inputs: spec.f16_inputs,
     })
 }

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipeline::Kernel;
 use crate::gpu::pool::OpenRecording;
-use crate::gpu::tensor::GpuTensor;
+use crate::gpu::tensor::{GpuDType, GpuTensor};
 
 /// One dispatch, kept until the recording is submitted (bind groups need the final
 /// parameter buffer).
@@ -73,6 +73,29 @@ impl Recorder {
                 inputs.len(),
                 outputs.len()
             )));
+        }
+        // A tensor bound as another element type would be read as garbage.
+        for (i, t) in inputs.iter().chain(outputs).enumerate() {
+            let wanted = if i < kernel.inputs && kernel.f16_inputs & (1 << i) != 0 {
+                GpuDType::F16
+            } else {
+                GpuDType::F32
+            };
+            if t.dtype() != wanted {
+                return Err(Error::gpu(format!(
+                    "kernel `{}` binds {} {} as {}, given a {} tensor {:?}",
+                    kernel.key,
+                    if i < kernel.inputs { "input" } else { "output" },
+                    if i < kernel.inputs {
+                        i
+                    } else {
+                        i - kernel.inputs
+                    },
+                    wanted.wgsl(),
+                    t.dtype().wgsl(),
+                    t.shape()
+                )));
+            }
         }
         let bytes = bytemuck::bytes_of(params);
         debug_assert_eq!(bytes.len() % 16, 0, "uniform structs are 16-byte multiples");
@@ -158,11 +181,11 @@ impl Recorder {
                 pass.dispatch_workgroups(op.grid[0], op.grid[1], op.grid[2]);
             }
         }
-        let staging: Vec<(wgpu::Buffer, usize)> = self
+        let staging: Vec<(wgpu::Buffer, &GpuTensor)> = self
             .reads
             .iter()
             .map(|t| {
-                let bytes = (t.numel() * 4) as u64;
+                let bytes = t.byte_len().next_multiple_of(4);
                 let buf = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("websam.readback"),
                     size: bytes.max(4),
@@ -172,7 +195,7 @@ impl Recorder {
                 if bytes > 0 {
                     encoder.copy_buffer_to_buffer(t.buffer(), 0, &buf, 0, bytes);
                 }
-                (buf, t.numel())
+                (buf, t)
             })
             .collect();
         ctx.queue().submit([encoder.finish()]);
@@ -194,7 +217,7 @@ impl Recorder {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::gpu(format!("waiting for the GPU: {e}")))?;
         let mut out = Vec::with_capacity(staging.len());
-        for ((buf, numel), rx) in staging.iter().zip(receivers) {
+        for ((buf, t), rx) in staging.iter().zip(receivers) {
             rx.await
                 .map_err(|_| Error::gpu("readback cancelled (device lost?)"))?
                 .map_err(|e| Error::gpu(format!("mapping a readback buffer: {e}")))?;
@@ -202,7 +225,13 @@ impl Recorder {
                 let view = buf
                     .get_mapped_range(..)
                     .map_err(|e| Error::gpu(format!("reading back: {e}")))?;
-                bytemuck::cast_slice::<u8, f32>(&view)[..*numel].to_vec()
+                match t.dtype() {
+                    GpuDType::F32 => bytemuck::cast_slice::<u8, f32>(&view)[..t.numel()].to_vec(),
+                    GpuDType::F16 => bytemuck::cast_slice::<u8, u16>(&view)[..t.numel()]
+                        .iter()
+                        .map(|&h| half::f16::from_bits(h).to_f32())
+                        .collect(),
+                }
             };
             buf.unmap();
             out.push(data);

@@ -60,9 +60,11 @@ test('every image input setImage takes gives the pixels of the <img>', async () 
 for (const api of ['Sam', 'SamWorker']) {
   describe(api, () => {
     for (const backend of ['webgpu', 'cpu']) {
-      // The encoder on WebGPU runs through Sam only: on this machine's software WebGPU
-      // (SwiftShader) one encode takes about 90 s, and SamWorker reaches the same code.
-      const encode = !(api === 'SamWorker' && backend === 'webgpu');
+      // No encode on WebGPU here: on this machine's software WebGPU (SwiftShader) one takes
+      // about 100 s. The encoder's kernels run in Chromium's WebGPU in tests/web.rs (a small
+      // frame) and at full size against PyTorch natively (tests/gpu_tiny_vit.rs); setImage's
+      // path to the GPU encoder natively (tests/predictor.rs).
+      const encode = backend !== 'webgpu';
       const what = encode ? 'setEmbedding + predict and setImage + predict' : 'setEmbedding + predict';
       test(`${backend}: ${what} match PyTorch`, async () => {
         const r = await inPage('parity', [api, backend, undefined, { encode }]);
@@ -80,6 +82,22 @@ for (const api of ['Sam', 'SamWorker']) {
       });
     }
 
+    test('precision "f16": f16 on WebGPU where the adapter offers shader-f16, else f32', async () => {
+      const r = await inPage('precision', [api]);
+      const f16 = r.shaderF16 ? 'f16' : 'f32';
+      assert.equal(r.webgpu.precision, f16, `WebGPU${r.shaderF16 ? ' with' : ' without'} shader-f16`);
+      assert.equal(r.cpu.precision, 'f32', 'the CPU backend computes in f32');
+      if (r.webgpu.fromEmbedding) {
+        // f16's stated tolerance (tests/gpu_f16.rs); f32's where it fell back.
+        const tolerance = r.shaderF16 ? 5e-2 : TOLERANCE;
+        for (const [name, c] of Object.entries(r.webgpu.fromEmbedding)) {
+          assert.ok(c.logits <= tolerance && c.iou <= tolerance, `${name}: ${c.logits} ${c.iou}`);
+        }
+      }
+      console.log(`${api} precision "f16": ${r.webgpu.precision} on WebGPU (shader-f16 ${r.shaderF16 ? '' : 'not '}offered), ` +
+        `${r.cpu.precision} on the CPU`);
+    });
+
     test('every misuse is an Error with a message', async () => {
       const r = await inPage('errors', [api]);
       const expect = {
@@ -91,6 +109,7 @@ for (const api of ['Sam', 'SamWorker']) {
         loadUnreadable: [Error, /not a .*checkpoint|unrecognised|unknown format|safetensors|zip/i],
         loadNotSam: [Error, /prompt_encoder|mask_decoder|missing/i],
         loadThreadsZero: [TypeError, /threads must be an integer from 1 to 64, not a number \(0\)/],
+        loadBadPrecision: [TypeError, /precision "f8"; use "f32" or "f16"/],
         loadThreadsHere: [Error, api === 'Sam'
           ? /threads: 2 cannot run here: this is the page's main thread.*use SamWorker/
           : /threads: 2 cannot run here: the page is not cross-origin isolated/],

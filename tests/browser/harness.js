@@ -99,8 +99,10 @@ export async function parity(api, backend, threads = undefined, { encode = true 
   const embedding = await (await fetchOk(FIXTURES + 'embedding.npy')).arrayBuffer();
   await sam.setEmbedding(embedding, { width: 640, height: 480 });
   result.fromEmbedding = await decodeCases(sam, ['predictor_points', 'predictor_box', 'predictor_box_points']);
-  // One click with three candidates: the prompt of a click or a hover in a page.
-  result.predictMs = await timePredict(sam, { points: [[161.5, 150.25, 1]], multimask: true });
+  // One click with three candidates: the prompt of a click or a hover in a page (once on
+  // WebGPU, where this machine's software adapter takes seconds per decode).
+  result.predictMs = await timePredict(sam, { points: [[161.5, 150.25, 1]], multimask: true },
+    backend === 'webgpu' ? 1 : 3);
   // A previous mask's low-res logits as the mask input (the golden case is for a 1024x1024 image).
   await sam.setEmbedding(embedding, { width: 1024, height: 1024 });
   result.fromEmbedding.point_mask_input = (await decodeCases(sam, ['point_mask_input'])).point_mask_input;
@@ -117,6 +119,29 @@ export async function parity(api, backend, threads = undefined, { encode = true 
   result.fromImage = await decodeCases(sam, ['predictor_points', 'predictor_box']);
   sam.dispose();
   return result;
+}
+
+/**
+ * Option precision "f16" on both backends: the precision each reports, whether the adapter offers
+ * shader-f16, and (Sam) one decode on WebGPU against PyTorch.
+ */
+export async function precision(api) {
+  const adapter = await navigator.gpu?.requestAdapter();
+  const out = { shaderF16: adapter?.features.has('shader-f16') ?? false };
+  const weights = FIXTURES + 'sam_decoder.safetensors';
+  const gpu = await apis[api].load({ weights, backend: 'webgpu', precision: 'f16', cache: false });
+  out.webgpu = { precision: gpu.precision };
+  if (api === 'Sam') {
+    // One decode (a few seconds on a software adapter) shows the f16 model, or its fallback, works.
+    const embedding = await (await fetchOk(FIXTURES + 'embedding.npy')).arrayBuffer();
+    await gpu.setEmbedding(embedding, { width: 640, height: 480 });
+    out.webgpu.fromEmbedding = await decodeCases(gpu, ['predictor_points']);
+  }
+  gpu.dispose();
+  const cpu = await apis[api].load({ weights, backend: 'cpu', precision: 'f16', cache: false });
+  out.cpu = { precision: cpu.precision };
+  cpu.dispose();
+  return out;
 }
 
 /** Loads the decoder weights by URL twice, recording the progress stages of each load. */
@@ -163,6 +188,7 @@ export async function errors(api) {
   out.loadUnreadable = await failure(() => A.load({ weights: new Uint8Array(1000).fill(7), backend: 'cpu' }));
   out.loadNotSam = await failure(() => A.load({ weights: FIXTURES + 'loader/dtypes.pth', backend: 'cpu' }));
   out.loadThreadsZero = await failure(() => A.load({ weights: decoder, backend: 'cpu', threads: 0 }));
+  out.loadBadPrecision = await failure(() => A.load({ weights: decoder, backend: 'cpu', precision: 'f8' }));
   // This page is not cross-origin isolated: no shared memory, so no threads.
   out.loadThreadsHere = await failure(() => A.load({ weights: decoder, backend: 'cpu', threads: 2 }));
   const sam = await A.load({ weights: decoder, backend: 'cpu', cache: false });

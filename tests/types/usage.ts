@@ -21,6 +21,10 @@ async function demo(canvas: HTMLCanvasElement, file: File): Promise<number> {
   await sam.setEmbedding(npy);
   sam.dispose();
 
+  const half = await Sam.load({ weights: '/mobile_sam.pt', backend: 'webgpu', precision: 'f16' });
+  const precision: 'f32' | 'f16' = half.precision;
+  half.dispose();
+
   const worker = await SamWorker.load({ weights: new Uint8Array(bytes), backend: 'cpu' });
   const w = await worker.predict({ box: new Float32Array([0, 0, 1, 1]) });
   worker.dispose();
@@ -28,13 +32,15 @@ async function demo(canvas: HTMLCanvasElement, file: File): Promise<number> {
 
   // @ts-expect-error backend names are "auto", "webgpu" and "cpu"
   await Sam.load({ weights: '/w.pth', backend: 'gpu' });
+  // @ts-expect-error precisions are "f32" and "f16"
+  await Sam.load({ weights: '/w.pth', precision: 'f8' });
   // @ts-expect-error labels are 0 or 1
   await sam.predict({ points: [[1, 2, 3]] });
   // @ts-expect-error a box has 4 numbers
   await sam.predict({ box: [1, 2, 3] });
   // @ts-expect-error use Sam.load
   new Sam();
-  return backend.length + refined.iou.length + w.masks.length + bytes.length;
+  return backend.length + precision.length + refined.iou.length + w.masks.length + bytes.length;
 }
 
 export { demo };

@@ -109,6 +109,7 @@ pub fn attention(
             entry,
             inputs: 4,
             outputs: 1,
+            f16_inputs: 0,
         },
         || {
             format!(

@@ -12,10 +12,10 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::kernels::{u32_of, Activation, COMMON_WGSL};
+use crate::gpu::kernels::{gemm_source, u32_of, Accumulate, Activation, COMMON_WGSL};
 use crate::gpu::pipeline::{Kernel, KernelSpec};
 use crate::gpu::recorder::Recorder;
-use crate::gpu::tensor::GpuTensor;
+use crate::gpu::tensor::{GpuDType, GpuTensor};
 
 /// Stride, padding (the same on every side) and groups of a [`conv2d`]; dilation is 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,20 +115,39 @@ struct DepthwiseParams {
     _pad0: u32,
 }
 
-fn gemm_kernel(ctx: &GpuContext, mode: GemmMode) -> Result<std::sync::Arc<Kernel>> {
+/// The GEMM kernel for `mode` reading weights of `weights` type (f16: see [`gemm_source`]).
+fn gemm_kernel(
+    ctx: &GpuContext,
+    mode: GemmMode,
+    weights: GpuDType,
+) -> Result<std::sync::Arc<Kernel>> {
+    let half = weights == GpuDType::F16;
+    let key = format!("{}{}", mode.key(), if half { "_f16" } else { "" });
     ctx.pipelines().get(
         ctx,
         KernelSpec {
-            key: mode.key(),
+            key: &key,
             entry: "main",
             inputs: 4,
             outputs: 1,
+            f16_inputs: if half { 0b0010 } else { 0 },
         },
         || {
-            format!(
-                "{COMMON_WGSL}\nconst MODE: u32 = {}u;\n{}",
-                mode.code(),
-                include_str!("conv.wgsl")
+            let accs: Vec<Accumulate> = ["a.x", "a.y", "a.z", "a.w"]
+                .iter()
+                .enumerate()
+                .map(|(i, a)| Accumulate {
+                    acc: format!("acc[{i}]"),
+                    a: a.to_string(),
+                    b: "b".into(),
+                })
+                .collect();
+            gemm_source(
+                weights,
+                &format!("const MODE: u32 = {}u;", mode.code()),
+                include_str!("conv.wgsl"),
+                &accs,
+                |a| format!("{} += {} * {};", a.acc, a.a, a.b),
             )
         },
     )
@@ -142,6 +161,7 @@ fn depthwise_kernel(ctx: &GpuContext) -> Result<std::sync::Arc<Kernel>> {
             entry: "main",
             inputs: 4,
             outputs: 1,
+            f16_inputs: 0,
         },
         || format!("{COMMON_WGSL}\n{}", include_str!("conv_depthwise.wgsl")),
     )
@@ -259,7 +279,7 @@ fn conv2d_impl(
     let ctx = rec.ctx().clone();
     let y = GpuTensor::empty(&ctx, &out_shape)?;
     // Unused bindings get a tensor already bound (read-only aliasing is allowed).
-    let bias_t = bias.unwrap_or(weight);
+    let bias_t = bias.unwrap_or(x);
     let res_t = residual.unwrap_or(x);
 
     if groups > 1 && groups == c_in && groups == c_out {
@@ -296,7 +316,7 @@ fn conv2d_impl(
     } else {
         GemmMode::Im2col
     };
-    let kernel = gemm_kernel(&ctx, mode)?;
+    let kernel = gemm_kernel(&ctx, mode, weight.dtype())?;
     let (m, n, k) = (c_out / groups, out_h * out_w, c_per_group * kh * kw);
     let params = GemmParams {
         m: u32_of(m, "output channels")?,
@@ -357,7 +377,7 @@ pub fn conv_transpose2x2(
     let flags = epilogue_flags("conv_transpose2x2", bias, None, c_out, &out_shape)?;
     let ctx = rec.ctx().clone();
     let y = GpuTensor::empty(&ctx, &out_shape)?;
-    let kernel = gemm_kernel(&ctx, GemmMode::Transpose2x2)?;
+    let kernel = gemm_kernel(&ctx, GemmMode::Transpose2x2, weight.dtype())?;
     let (m, n) = (c_out * K * K, h * w);
     let params = GemmParams {
         m: u32_of(m, "output channels x 4")?,
@@ -391,7 +411,7 @@ pub fn conv_transpose2x2(
         )?,
         groups_along(&ctx, b, "conv_transpose2x2 batches")?,
     ];
-    let bias_t = bias.unwrap_or(weight);
+    let bias_t = bias.unwrap_or(x);
     rec.dispatch(&kernel, &params, &[x, weight, bias_t, x], &[&y], grid)?;
     Ok(y)
 }

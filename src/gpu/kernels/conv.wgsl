@@ -10,6 +10,10 @@
 // A workgroup of 256 threads computes a BM x BN = 64 x 64 tile of Y, 4 x 4 values a thread,
 // stepping over K by BK = 16 through workgroup memory. Integer divisions happen once per
 // thread per K step while loading (one k index), never in the multiply loop.
+//
+// The launcher prepends `const MODE: u32;` and the element types `w_t` (weights in memory) and
+// `tile_t` (tiles and products), and writes the multiply loop's body at the markers (see
+// `gemm_source` in kernels/mod.rs: f32, or f16 weights with f16 partial sums).
 
 const MODE_IM2COL: u32 = 0u;
 const MODE_POINTWISE: u32 = 1u;
@@ -43,14 +47,14 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<w_t>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 // [BK][BM / 4] and [BK][BN / 4]: a thread reads its 4 rows (columns) as one vec4.
-var<workgroup> a_tile: array<vec4<f32>, 256>;
-var<workgroup> b_tile: array<vec4<f32>, 256>;
+var<workgroup> a_tile: array<vec4<tile_t>, 256>;
+var<workgroup> b_tile: array<vec4<tile_t>, 256>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -90,9 +94,9 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
                 let m = m0 + tx * 4u + j;
                 var v = 0.0;
                 if (k < p.k && m < p.m) {
-                    v = wt[k * p.m + m];
+                    v = f32(wt[k * p.m + m]);
                 }
-                a_tile[(t / 16u) * 16u + tx][j] = v;
+                a_tile[(t / 16u) * 16u + tx][j] = tile_t(v);
             }
         } else {
             // weight [M, K]: contiguous along k.
@@ -102,9 +106,9 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
                 let k = k0 + kr;
                 var v = 0.0;
                 if (k < p.k && m < p.m) {
-                    v = wt[w_base + m * p.k + k];
+                    v = f32(wt[w_base + m * p.k + k]);
                 }
-                a_tile[kr * 16u + (t / 4u) / 4u][(t / 4u) % 4u] = v;
+                a_tile[kr * 16u + (t / 4u) / 4u][(t / 4u) % 4u] = tile_t(v);
             }
         }
         // B tile.
@@ -133,17 +137,16 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
                 }
             }
         }
-        b_tile[kb * 16u + tx] = bv;
+        b_tile[kb * 16u + tx] = vec4<tile_t>(bv);
         workgroupBarrier();
 
+        /*PARTIALS*/
         for (var kk = 0u; kk < BK; kk++) {
             let a = a_tile[kk * 16u + ty];
             let b = b_tile[kk * 16u + tx];
-            acc[0] += a.x * b;
-            acc[1] += a.y * b;
-            acc[2] += a.z * b;
-            acc[3] += a.w * b;
+            /*PRODUCTS*/
         }
+        /*FLUSH*/
         workgroupBarrier();
     }
 

@@ -39,6 +39,7 @@ pub fn unary(rec: &mut Recorder, x: &GpuTensor, op: Unary) -> Result<GpuTensor> 
             entry: "main",
             inputs: 1,
             outputs: 1,
+            f16_inputs: 0,
         },
         || format!("{COMMON_WGSL}\n{}", include_str!("unary.wgsl")),
     )?;
@@ -131,6 +132,7 @@ pub fn binary(rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, op: Binary) -> R
             entry: "main",
             inputs: 2,
             outputs: 1,
+            f16_inputs: 0,
         },
         || format!("{COMMON_WGSL}\n{}", include_str!("binary.wgsl")),
     )?;

@@ -76,6 +76,7 @@ fn kernel(
             entry,
             inputs,
             outputs: 1,
+            f16_inputs: 0,
         },
         || format!("{COMMON_WGSL}\n{source}"),
     )

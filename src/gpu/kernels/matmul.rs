@@ -2,10 +2,10 @@
 //! (`act(alpha * a @ b + bias)`), and `linear` (PyTorch's `nn.Linear`) on top of it.
 
 use crate::error::{Error, Result};
-use crate::gpu::kernels::{u32_of, Activation, COMMON_WGSL};
+use crate::gpu::kernels::{gemm_source, u32_of, Accumulate, Activation};
 use crate::gpu::pipeline::KernelSpec;
 use crate::gpu::recorder::Recorder;
-use crate::gpu::tensor::GpuTensor;
+use crate::gpu::tensor::{GpuDType, GpuTensor};
 
 /// What [`matmul`] does besides `a @ b`.
 #[derive(Debug, Clone, Copy)]
@@ -139,7 +139,8 @@ fn u32x4(v: [usize; 4], what: &str) -> Result<[u32; 4]> {
 
 /// `act(alpha * a @ b + bias)`: `a` is `[..batch, M, K]`, `b` is `[..batch, K, N]` (or
 /// `[..batch, N, K]` with `trans_b`), batch dims broadcast as numpy does (up to four), `bias`
-/// is `[N]`. The result is `[..batch, M, N]`.
+/// is `[N]`. The result is `[..batch, M, N]`. An f16 `b` (weights of a model built for f16)
+/// runs the f16 kernel (see [`gemm_source`]); `a`, `bias` and the result are f32.
 pub fn matmul(
     rec: &mut Recorder,
     a: &GpuTensor,
@@ -189,7 +190,13 @@ pub fn matmul(
     }
 
     let tile = Tile::for_rows(m);
-    let key = format!("matmul_t{}x{}", tile.rows(), tile.cols());
+    let half = b.dtype() == GpuDType::F16;
+    let key = format!(
+        "matmul{}_t{}x{}",
+        if half { "_f16" } else { "" },
+        tile.rows(),
+        tile.cols()
+    );
     let kernel = ctx.pipelines().get(
         &ctx,
         KernelSpec {
@@ -197,13 +204,18 @@ pub fn matmul(
             entry: "main",
             inputs: 3,
             outputs: 1,
+            f16_inputs: if half { 0b010 } else { 0 },
         },
         || {
-            format!(
-                "{COMMON_WGSL}\nconst WG_X: u32 = {}u;\nconst WG_Y: u32 = {}u;\n{}",
-                tile.wg_x,
-                tile.wg_y,
-                include_str!("matmul.wgsl")
+            gemm_source(
+                b.dtype(),
+                &format!(
+                    "const WG_X: u32 = {}u;\nconst WG_Y: u32 = {}u;",
+                    tile.wg_x, tile.wg_y
+                ),
+                include_str!("matmul.wgsl"),
+                &matmul_accumulators(),
+                |a| format!("{} = fma(vec4({}), {}, {});", a.acc, a.a, a.b, a.acc),
             )
         },
     )?;
@@ -248,6 +260,24 @@ pub fn matmul(
         grid.map(|g| g as u32),
     )?;
     Ok(out)
+}
+
+/// The 8x2 vec4 accumulators of a thread in `matmul.wgsl`: row r of its 8 takes a0.x ..
+/// a1.w, column group c takes b0 or b1.
+fn matmul_accumulators() -> Vec<Accumulate> {
+    let rows = [
+        "a0.x", "a0.y", "a0.z", "a0.w", "a1.x", "a1.y", "a1.z", "a1.w",
+    ];
+    rows.iter()
+        .enumerate()
+        .flat_map(|(r, a)| {
+            (0..2).map(move |c| Accumulate {
+                acc: format!("acc{r}{c}"),
+                a: a.to_string(),
+                b: format!("b{c}"),
+            })
+        })
+        .collect()
 }
 
 /// PyTorch's `nn.Linear`: `act(x @ weight^T + bias)` with `x` `[.., K]`, `weight` `[N, K]`

@@ -7,7 +7,10 @@
 // groups of 4 columns half a tile apart, so it reads 2 + 2 vec4s per k for 64 FMAs and
 // neighbouring threads read neighbouring vec4s (no bank conflicts). The 64 sums live in
 // named vec4s: arrays indexed at run time stay in memory on CPU drivers such as lavapipe.
-// The launcher prepends `const WG_X: u32; const WG_Y: u32;`.
+// The launcher prepends `const WG_X: u32; const WG_Y: u32;`, the element types `w_t` (of b in
+// memory) and `tile_t` (of the tiles and products), and writes the multiply loop's body at
+// the markers: f32 sums straight into the 64 accumulators; f16 (weights stored as f16,
+// `enable f16`) sums each BK slice in f16 partials, then adds them to the f32 accumulators.
 
 struct Params {
     m: u32,
@@ -25,7 +28,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<w_t>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
@@ -36,8 +39,8 @@ const TN: u32 = 8u * WG_X;
 const TM4: u32 = TM / 4u;
 const TN4: u32 = TN / 4u;
 
-var<workgroup> a_tile: array<vec4<f32>, BK * TM4>;  // [k][m / 4]
-var<workgroup> b_tile: array<vec4<f32>, BK * TN4>;  // [k][n / 4]
+var<workgroup> a_tile: array<vec4<tile_t>, BK * TM4>;  // [k][m / 4]
+var<workgroup> b_tile: array<vec4<tile_t>, BK * TN4>;  // [k][n / 4]
 
 @compute @workgroup_size(WG_X, WG_Y)
 fn main(
@@ -60,22 +63,22 @@ fn main(
     }
     let o_off = wid.z * p.m * p.n;
 
-    var acc00 = vec4(0.0);
-    var acc01 = vec4(0.0);
-    var acc10 = vec4(0.0);
-    var acc11 = vec4(0.0);
-    var acc20 = vec4(0.0);
-    var acc21 = vec4(0.0);
-    var acc30 = vec4(0.0);
-    var acc31 = vec4(0.0);
-    var acc40 = vec4(0.0);
-    var acc41 = vec4(0.0);
-    var acc50 = vec4(0.0);
-    var acc51 = vec4(0.0);
-    var acc60 = vec4(0.0);
-    var acc61 = vec4(0.0);
-    var acc70 = vec4(0.0);
-    var acc71 = vec4(0.0);
+    var acc00 = vec4<f32>(0.0);
+    var acc01 = vec4<f32>(0.0);
+    var acc10 = vec4<f32>(0.0);
+    var acc11 = vec4<f32>(0.0);
+    var acc20 = vec4<f32>(0.0);
+    var acc21 = vec4<f32>(0.0);
+    var acc30 = vec4<f32>(0.0);
+    var acc31 = vec4<f32>(0.0);
+    var acc40 = vec4<f32>(0.0);
+    var acc41 = vec4<f32>(0.0);
+    var acc50 = vec4<f32>(0.0);
+    var acc51 = vec4<f32>(0.0);
+    var acc60 = vec4<f32>(0.0);
+    var acc61 = vec4<f32>(0.0);
+    var acc70 = vec4<f32>(0.0);
+    var acc71 = vec4<f32>(0.0);
     let tx = lid.x;
     let ty = lid.y;
 
@@ -91,7 +94,7 @@ fn main(
             if (gm < p.m && gk < p.k) {
                 v = a[a_off + gm * p.k + gk];
             }
-            a_tile[kk * TM4 + mm / 4u][mm % 4u] = v;
+            a_tile[kk * TM4 + mm / 4u][mm % 4u] = tile_t(v);
         }
         // B tile: read along whichever axis is contiguous in memory.
         if (p.trans_b == 0u) {
@@ -103,9 +106,9 @@ fn main(
                 let gk = k0 + kk;
                 var v = 0.0;
                 if (gn < p.n && gk < p.k) {
-                    v = b[b_off + gk * p.n + gn];
+                    v = f32(b[b_off + gk * p.n + gn]);
                 }
-                b_tile[kk * TN4 + nn / 4u][nn % 4u] = v;
+                b_tile[kk * TN4 + nn / 4u][nn % 4u] = tile_t(v);
             }
         } else {
             for (var r = 0u; r < TN * BK / THREADS; r++) {
@@ -116,35 +119,22 @@ fn main(
                 let gk = k0 + kk;
                 var v = 0.0;
                 if (gn < p.n && gk < p.k) {
-                    v = b[b_off + gn * p.k + gk];
+                    v = f32(b[b_off + gn * p.k + gk]);
                 }
-                b_tile[kk * TN4 + nn / 4u][nn % 4u] = v;
+                b_tile[kk * TN4 + nn / 4u][nn % 4u] = tile_t(v);
             }
         }
         workgroupBarrier();
 
+        /*PARTIALS*/
         for (var kk = 0u; kk < BK; kk++) {
             let a0 = a_tile[kk * TM4 + ty];
             let a1 = a_tile[kk * TM4 + ty + WG_Y];
             let b0 = b_tile[kk * TN4 + tx];
             let b1 = b_tile[kk * TN4 + tx + WG_X];
-            acc00 = fma(vec4(a0.x), b0, acc00);
-            acc01 = fma(vec4(a0.x), b1, acc01);
-            acc10 = fma(vec4(a0.y), b0, acc10);
-            acc11 = fma(vec4(a0.y), b1, acc11);
-            acc20 = fma(vec4(a0.z), b0, acc20);
-            acc21 = fma(vec4(a0.z), b1, acc21);
-            acc30 = fma(vec4(a0.w), b0, acc30);
-            acc31 = fma(vec4(a0.w), b1, acc31);
-            acc40 = fma(vec4(a1.x), b0, acc40);
-            acc41 = fma(vec4(a1.x), b1, acc41);
-            acc50 = fma(vec4(a1.y), b0, acc50);
-            acc51 = fma(vec4(a1.y), b1, acc51);
-            acc60 = fma(vec4(a1.z), b0, acc60);
-            acc61 = fma(vec4(a1.z), b1, acc61);
-            acc70 = fma(vec4(a1.w), b0, acc70);
-            acc71 = fma(vec4(a1.w), b1, acc71);
+            /*PRODUCTS*/
         }
+        /*FLUSH*/
         workgroupBarrier();
     }
 

@@ -13,6 +13,7 @@ pub mod softmax;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
+use crate::gpu::tensor::GpuDType;
 
 /// An activation fused into a kernel's epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,4 +52,50 @@ pub fn grid_1d(ctx: &GpuContext, n: usize, wg: u32) -> Result<[u32; 3]> {
 /// `usize` to the `u32` a uniform holds, or an error naming what overflowed.
 pub fn u32_of(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::gpu(format!("{what} = {v} does not fit in u32")))
+}
+
+/// One accumulator of a GEMM kernel's multiply loop: `acc += a * b` with `a` a scalar of the A
+/// tile and `b` a vec4 of the B tile.
+pub(crate) struct Accumulate {
+    /// The f32 accumulator (an lvalue: `acc00`, `acc[1]`).
+    pub acc: String,
+    pub a: String,
+    pub b: String,
+}
+
+/// The source of a GEMM kernel (`matmul.wgsl`, `conv.wgsl`) whose weights are `weights`:
+/// `header` (consts) and the type aliases `w_t` (weights in memory) and `tile_t` (tiles and
+/// products) go before `body`, and its markers become the multiply loop. With f32 weights each
+/// product is summed straight into its f32 accumulator (`f32_step`); with f16 weights
+/// (`enable f16`) a BK slice is summed in f16 partials, which are then added to the f32
+/// accumulators: f16 products at the f16 rate, with the rounding of a 16-term f16 sum.
+pub(crate) fn gemm_source(
+    weights: GpuDType,
+    header: &str,
+    body: &str,
+    accs: &[Accumulate],
+    f32_step: impl Fn(&Accumulate) -> String,
+) -> String {
+    let lines = |f: &dyn Fn(usize, &Accumulate) -> String| {
+        accs.iter()
+            .enumerate()
+            .map(|(i, a)| f(i, a))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (enable, partials, products, flush) = match weights {
+        GpuDType::F32 => ("", String::new(), lines(&|_, a| f32_step(a)), String::new()),
+        GpuDType::F16 => (
+            "enable f16;\n",
+            lines(&|i, _| format!("var part{i} = vec4<f16>(0.0);")),
+            lines(&|i, a| format!("part{i} = fma(vec4({}), {}, part{i});", a.a, a.b)),
+            lines(&|i, a| format!("{} += vec4<f32>(part{i});", a.acc)),
+        ),
+    };
+    let body = body
+        .replace("/*PARTIALS*/", &partials)
+        .replace("/*PRODUCTS*/", &products)
+        .replace("/*FLUSH*/", &flush);
+    let ty = weights.wgsl();
+    format!("{enable}{COMMON_WGSL}\n{header}\nalias w_t = {ty};\nalias tile_t = {ty};\n{body}")
 }

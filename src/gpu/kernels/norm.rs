@@ -55,6 +55,7 @@ fn record(
             entry,
             inputs: 3,
             outputs: 1,
+            f16_inputs: 0,
         },
         || {
             format!(

@@ -58,6 +58,7 @@ pub fn resize_bilinear(
             entry: "main",
             inputs: 1,
             outputs: 1,
+            f16_inputs: 0,
         },
         || include_str!("resize.wgsl").to_owned(),
     )?;

@@ -42,6 +42,7 @@ pub fn softmax_last(rec: &mut Recorder, x: &GpuTensor) -> Result<GpuTensor> {
             entry: "main",
             inputs: 1,
             outputs: 1,
+            f16_inputs: 0,
         },
         || format!("const WG: u32 = {wg}u;\n{}", include_str!("softmax.wgsl")),
     )?;

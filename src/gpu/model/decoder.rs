@@ -11,7 +11,7 @@ use crate::gpu::kernels::layout::{permute, slice};
 use crate::gpu::kernels::matmul::{matmul, MatmulOpts};
 use crate::gpu::kernels::norm::layer_norm_2d;
 use crate::gpu::kernels::Activation;
-use crate::gpu::model::layers::{upload, LayerNorm, Linear};
+use crate::gpu::model::layers::{upload, upload_gemm, LayerNorm, Linear};
 use crate::gpu::{GpuContext, GpuTensor, Recorder};
 use crate::model::config::{
     MaskDecoderConfig, PromptEncoderConfig, TransformerConfig, LAYER_NORM_2D_EPS,
@@ -337,7 +337,8 @@ impl Mlp {
     }
 }
 
-/// A conv with its bias (`nn.Conv2d` / `nn.ConvTranspose2d`).
+/// A conv with its bias (`nn.Conv2d` / `nn.ConvTranspose2d`); the weight in the context's GEMM
+/// precision.
 struct Conv {
     weight: GpuTensor,
     bias: GpuTensor,
@@ -351,7 +352,7 @@ impl Conv {
         out_channels: usize,
     ) -> Result<Self> {
         Ok(Self {
-            weight: upload(ctx, vb, shape, "weight")?,
+            weight: upload_gemm(ctx, &vb.get(shape, "weight")?)?,
             bias: upload(ctx, vb, &[out_channels], "bias")?,
         })
     }

@@ -18,7 +18,7 @@ use crate::gpu::kernels::layout::{permute, slice, window_partition, window_rever
 use crate::gpu::kernels::matmul::linear;
 use crate::gpu::kernels::norm::layer_norm_2d;
 use crate::gpu::kernels::Activation;
-use crate::gpu::model::layers::{upload, LayerNorm, Linear};
+use crate::gpu::model::layers::{upload, upload_gemm, LayerNorm, Linear};
 use crate::gpu::{GpuContext, GpuTensor, Recorder};
 use crate::model::config::{TinyVitConfig, LAYER_NORM_2D_EPS};
 use crate::model::conv::conv_out_size;
@@ -68,8 +68,14 @@ impl Conv2dBN {
         bn_eps: f64,
     ) -> Result<Self> {
         let (weight, bias) = fold_conv2d_bn(vb, out_chans, in_chans / groups, k, bn_eps)?;
+        // Depthwise convs have their own kernel, in f32; the others are GEMMs.
+        let weight = if groups > 1 && groups == in_chans && groups == out_chans {
+            GpuTensor::from_candle(ctx, &weight)?
+        } else {
+            upload_gemm(ctx, &weight)?
+        };
         Ok(Self {
-            weight: GpuTensor::from_candle(ctx, &weight)?,
+            weight,
             bias: GpuTensor::from_candle(ctx, &bias)?,
             opts: Conv2dOpts {
                 stride,
@@ -537,13 +543,13 @@ impl GpuTinyViT {
             layers,
             out_resolution: resolution,
             out_chans,
-            neck_0: GpuTensor::from_candle(ctx, &neck_0)?,
+            neck_0: upload_gemm(ctx, &neck_0)?,
             neck_1: LayerNorm::new(ctx, &neck.pp(1), out_chans, LAYER_NORM_2D_EPS)?,
-            neck_2: upload(
+            neck_2: upload_gemm(
                 ctx,
-                &neck.pp(2),
-                &[out_chans, out_chans, NECK_KERNEL, NECK_KERNEL],
-                "weight",
+                &neck
+                    .pp(2)
+                    .get(&[out_chans, out_chans, NECK_KERNEL, NECK_KERNEL], "weight")?,
             )?,
             neck_3_weight: upload(ctx, &neck.pp(3), &[out_chans], "weight")?,
             neck_3_bias: upload(ctx, &neck.pp(3), &[out_chans], "bias")?,
