@@ -8,6 +8,7 @@
 #   ./build.sh test    fmt, clippy (native, wasm32), native tests, Chromium tests of the engine, of
 #                      the package (pkg/) through its JS API, of a Vite app and of the demo page
 #   ./build.sh bench   websam against its peers, side by side (not in the tests; installs PyTorch)
+#   ./build.sh device  prepare websam vs PyTorch on a lent GPU machine (bench/DEVICE.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -271,8 +272,9 @@ case "$cmd" in
   serve) serve ;;
   test) test_all ;;
   bench) bench ;;
+  device) cargo build --release --bin websam && bash bench/device-prepare.sh ;;
   *)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Run here, in the checkout the device tool sends, before the device call (bench/DEVICE.md):
+# fetches what the device machine lacks into ignored folders (.whl: mobilesam-mirror, a pure
+# Python wheel; .gl: the Vulkan and GL loaders as Debian packages), checks the release CLI and
+# what would travel, and prints the call.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WEBSAM=target/release/websam
+LIMIT=$((64 * 1024 * 1024))
+
+exclude=$(git rev-parse --git-path info/exclude)
+for dir in /.whl/ /.gl/; do
+    grep -qxF "$dir" "$exclude" || echo "$dir" >>"$exclude"
+done
+
+# mobile_sam for Python 3.12 on x86-64 (the machine's python3); torch, torchvision, timm, numpy
+# and pillow are there already.
+rm -rf .whl
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux1_x86_64 -d .whl mobilesam-mirror==1.0.0
+
+# The loaders, as the device tool's notes fetch them.
+rm -rf .gl
+mkdir -p .gl /tmp/amd64/partial
+o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+# shellcheck disable=SC2086  # $o holds several options
+apt-get $o update -qq
+# shellcheck disable=SC2086
+(cd .gl && apt-get $o download -qq libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+
+if [[ ! -x $WEBSAM ]]; then
+    echo "error: no $WEBSAM; build it with: cargo build --release --bin websam" >&2
+    exit 1
+fi
+"$WEBSAM" bench --help | grep -q -- --precision ||
+    echo "warning: $WEBSAM has no --precision flag; rebuild it"
+newer=$(find src Cargo.toml Cargo.lock -newer "$WEBSAM" -type f | head -3)
+[[ -z $newer ]] || echo "warning: sources newer than $WEBSAM (rebuild?): $newer"
+
+# What travels: tracked and untracked-not-ignored files, plus the carried paths.
+tree=$(git ls-files -z -co --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+carried=$(du -cb .whl .gl "$WEBSAM" | tail -1 | cut -f1)
+du -sh .whl .gl "$WEBSAM"
+echo "working tree $((tree / 1024)) KiB + carried $((carried / 1024)) KiB = $(((tree + carried) / 1024)) KiB (limit $((LIMIT / 1024)) KiB)"
+if ((tree + carried > LIMIT)); then
+    echo "error: over the device tool's 64 MiB" >&2
+    exit 1
+fi
+
+cat <<'EOF'
+device call:
+  run(command="bash bench/device.sh", carry=[".whl", ".gl", "target/release/websam"], timeout_s=540)
+EOF
