@@ -110,7 +110,301 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     Ok(x.relu()?)
 }
 
+/// `x` laid out contiguously, copied on the crate's threads when it is a strided view (candle's
+/// own copy runs on one thread in the browser). A contiguous `x` is returned as is.
+pub fn contiguous(x: &Tensor) -> Result<Tensor> {
+    if x.is_contiguous() {
+        return Ok(x.clone());
+    }
+    Ok(x.apply_op1_no_bwd(&StridedCopy)?)
+}
+
+/// The op behind [`contiguous`].
+struct StridedCopy;
+
+/// Values per piece of a strided copy.
+const COPY_PIECE: usize = 1 << 15;
+
+impl candle_core::CustomOp1 for StridedCopy {
+    fn name(&self) -> &'static str {
+        "strided-copy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(src) = storage else {
+            candle_core::bail!("strided-copy: only f32 is supported");
+        };
+        let dims = layout.dims();
+        let strides = layout.stride();
+        let start = layout.start_offset();
+        let mut out = vec![0f32; layout.shape().elem_count()];
+        let (n, step) = match (dims.last(), strides.last()) {
+            (Some(&n), Some(&step)) if n > 0 => (n, step),
+            _ => return Ok((candle_core::CpuStorage::F32(out), layout.shape().clone())),
+        };
+        let outer = &dims[..dims.len() - 1];
+        let outer_strides = &strides[..strides.len() - 1];
+        let rows_per_piece = (COPY_PIECE / n).max(1);
+        threads::for_chunks(&mut out, rows_per_piece * n, |piece, dst| {
+            // The multi-index of this piece's first row, then an odometer over the rows.
+            let mut index = vec![0usize; outer.len()];
+            let mut row = piece * rows_per_piece;
+            for d in (0..outer.len()).rev() {
+                index[d] = row % outer[d];
+                row /= outer[d];
+            }
+            for line in dst.chunks_mut(n) {
+                let at = start
+                    + index
+                        .iter()
+                        .zip(outer_strides)
+                        .map(|(i, s)| i * s)
+                        .sum::<usize>();
+                if step == 1 {
+                    line.copy_from_slice(&src[at..at + n]);
+                } else {
+                    for (j, d) in line.iter_mut().enumerate() {
+                        *d = src[at + j * step];
+                    }
+                }
+                for d in (0..outer.len()).rev() {
+                    index[d] += 1;
+                    if index[d] < outer[d] {
+                        break;
+                    }
+                    index[d] = 0;
+                }
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
 /// Softmax over the last dim.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::softmax_last_dim(x)?)
+    softmax_last_scaled(x, 1.0, None)
+}
+
+/// `softmax(x * scale + bias)` over the last dim, in one pass per row, on the crate's threads
+/// (candle's softmax calls the scalar `expf`; this one runs [`exp_nonpositive`], which
+/// vectorizes). `bias`, when given, repeats over `x`'s leading dims: its dims are `x`'s last
+/// ones (TinyViT's attention biases `[heads, N, N]` for logits `[windows, heads, N, N]`).
+pub fn softmax_last_scaled(x: &Tensor, scale: f32, bias: Option<&Tensor>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let bias = match bias {
+        Some(b) => {
+            let dims = x.dims();
+            if b.rank() > dims.len() || b.dims() != &dims[dims.len() - b.rank()..] {
+                return Err(crate::Error::invalid(format!(
+                    "softmax: bias {:?} does not end the logits' shape {dims:?}",
+                    b.dims()
+                )));
+            }
+            Some(b.flatten_all()?.to_vec1::<f32>()?)
+        }
+        None => None,
+    };
+    Ok(x.apply_op1_no_bwd(&SoftmaxOp {
+        scale,
+        bias: bias.as_deref(),
+    })?)
+}
+
+/// `e^x` for `x <= 0` (a softmax's logits less their maximum), within 2 ulp of `f32::exp`;
+/// below -87 it returns `e^-87` (1.6e-38, nothing beside a row's maximum term, which is 1).
+/// Cody-Waite reduction to `r = x - n ln 2`, `|r| <= ln2 / 2`, Cephes' degree-7 polynomial for
+/// `e^r`, and `2^n` built in the exponent bits: branch-free, so a loop over it vectorizes.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two: n * LN2_HI is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 0.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    #[allow(clippy::excessive_precision)]
+    let p = (((((1.987_569_15e-4 * r + 1.398_199_95e-3) * r + 8.333_451_9e-3) * r
+        + 4.166_579_6e-2)
+        * r
+        + 1.666_666_55e-1)
+        * r
+        + 5.000_000_1e-1)
+        * (r * r)
+        + r
+        + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Lanes of the partial maxima and sums in [`softmax_row`]: independent accumulators, so that
+/// the reductions vectorize (a float sum in one accumulator is a chain of dependent adds).
+const LANES: usize = 8;
+
+/// Softmax of one row of logits, in place.
+fn softmax_row(row: &mut [f32]) {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (s, v) in sums.iter_mut().zip(c) {
+            *v = exp_nonpositive(*v - max);
+            *s += *v;
+        }
+    }
+    let mut sum = 0f32;
+    for v in chunks.into_remainder() {
+        *v = exp_nonpositive(*v - max);
+        sum += *v;
+    }
+    let sum = sum + sums.iter().sum::<f32>();
+    for v in row.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// The op behind [`softmax_last_scaled`].
+struct SoftmaxOp<'a> {
+    scale: f32,
+    /// Flat; repeats every `len()` values of the logits.
+    bias: Option<&'a [f32]>,
+}
+
+/// Rows per piece of work.
+const SOFTMAX_PIECE: usize = 1 << 14;
+
+impl candle_core::CustomOp1 for SoftmaxOp<'_> {
+    fn name(&self) -> &'static str {
+        "softmax-last-scaled"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = crate::model::conv::contiguous_f32(storage, layout, "softmax")?;
+        let n = layout.dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; x.len()];
+        if n == 0 || x.is_empty() {
+            return Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()));
+        }
+        let rows_per_piece = (SOFTMAX_PIECE / n).max(1);
+        threads::for_chunks(&mut out, rows_per_piece * n, |piece, dst| {
+            let start = piece * rows_per_piece * n;
+            for (r, row) in dst.chunks_mut(n).enumerate() {
+                let at = start + r * n;
+                let src = &x[at..at + n];
+                // Logits, as x * scale + bias (the reference's order of operations).
+                match self.bias {
+                    Some(bias) => {
+                        let b = &bias[at % bias.len()..][..n];
+                        for ((d, &s), &b) in row.iter_mut().zip(src).zip(b) {
+                            *d = s * self.scale + b;
+                        }
+                    }
+                    None => {
+                        for (d, &s) in row.iter_mut().zip(src) {
+                            *d = s * self.scale;
+                        }
+                    }
+                }
+                softmax_row(row);
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_util::max_abs_diff;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn exp_nonpositive_is_within_2_ulp_of_exp() {
+        let mut worst = 0f64;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let got = exp_nonpositive(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max((got - want).abs() / want);
+        }
+        // 2 ulp of f32 is 2.4e-7 relative.
+        assert!(worst <= 2.4e-7, "max relative error {worst:e}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(-1e30) > 0.0 && exp_nonpositive(-1e30) < 2e-38);
+    }
+
+    #[test]
+    fn contiguous_copies_every_view_as_candle_does() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 5, 7, 66), &dev).unwrap();
+        let views = [
+            x.permute((0, 2, 1, 3)).unwrap(),
+            x.transpose(2, 3).unwrap(),
+            x.narrow(3, 10, 20).unwrap().permute((3, 1, 0, 2)).unwrap(),
+            x.narrow(1, 1, 3).unwrap(),
+            x.reshape((15, 7, 66)).unwrap().t().unwrap(),
+        ];
+        for v in &views {
+            let got = contiguous(v).unwrap();
+            assert!(got.is_contiguous());
+            let want = v.contiguous().unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn softmax_matches_candle_with_scale_and_bias() {
+        let dev = Device::Cpu;
+        // [windows, heads, N, N] logits with [heads, N, N] biases, as TinyViT's attention.
+        let x = Tensor::randn(0f32, 3.0, (5, 4, 49, 49), &dev).unwrap();
+        let ab = Tensor::randn(0f32, 1.0, (4, 49, 49), &dev).unwrap();
+        let scale = 0.176_776_7;
+        let want = candle_nn::ops::softmax_last_dim(
+            &(x.clone() * scale as f64)
+                .unwrap()
+                .broadcast_add(&ab)
+                .unwrap(),
+        )
+        .unwrap();
+        let got = softmax_last_scaled(&x, scale, Some(&ab)).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d <= 1e-6, "with scale and bias: {d}");
+        // Plain, on a strided view, rows of odd length.
+        let y = Tensor::randn(0f32, 5.0, (7, 33, 3), &dev)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap();
+        let d = max_abs_diff(
+            &softmax_last(&y).unwrap(),
+            &candle_nn::ops::softmax_last_dim(&y.contiguous().unwrap()).unwrap(),
+        );
+        assert!(d <= 1e-6, "plain: {d}");
+        // A bias that does not end the logits' shape is refused.
+        let bad = Tensor::zeros((3, 49, 49), candle_core::DType::F32, &dev).unwrap();
+        assert!(softmax_last_scaled(&x, 1.0, Some(&bad)).is_err());
+    }
 }

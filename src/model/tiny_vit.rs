@@ -17,7 +17,7 @@ use candle_core::{Tensor, D};
 use crate::error::{Error, Result};
 use crate::model::config::{TinyVitConfig, LAYER_NORM_2D_EPS};
 use crate::model::conv::{conv2d, conv_out_size, Activation, DepthwiseConv2d, Epilogue};
-use crate::model::ops::{softmax_last, LayerNorm, LayerNorm2d, Linear};
+use crate::model::ops::{contiguous, softmax_last_scaled, LayerNorm, LayerNorm2d, Linear};
 use crate::model::weights::WeightPath;
 use crate::threads;
 
@@ -342,7 +342,7 @@ impl PatchMerging {
             let (h, w) = self.input_resolution;
             let b = x.dim(0)?;
             // (B, C, H, W)
-            x.reshape((b, h, w, ()))?.permute((0, 3, 1, 2))?
+            contiguous(&x.reshape((b, h, w, ()))?.permute((0, 3, 1, 2))?)?
         } else {
             x.clone()
         };
@@ -353,7 +353,7 @@ impl PatchMerging {
         // conv2, act
         let x = self.conv2.forward(&x, Activation::Gelu)?;
         let x = self.conv3.forward(&x, Activation::Identity)?;
-        Ok(x.flatten_from(2)?.transpose(1, 2)?.contiguous()?)
+        contiguous(&x.flatten_from(2)?.transpose(1, 2)?)
     }
 }
 
@@ -548,19 +548,14 @@ impl Attention {
         let qkv = qkv.reshape((b, n, self.num_heads, ()))?;
         let (kd, d) = (self.key_dim, self.d);
         // (B, num_heads, N, d)
-        let q = qkv.narrow(3, 0, kd)?.permute((0, 2, 1, 3))?.contiguous()?;
-        let k = qkv.narrow(3, kd, kd)?.permute((0, 2, 1, 3))?.contiguous()?;
-        let v = qkv
-            .narrow(3, 2 * kd, d)?
-            .permute((0, 2, 1, 3))?
-            .contiguous()?;
+        let q = contiguous(&qkv.narrow(3, 0, kd)?.permute((0, 2, 1, 3))?)?;
+        let k = contiguous(&qkv.narrow(3, kd, kd)?.permute((0, 2, 1, 3))?)?;
+        let v = contiguous(&qkv.narrow(3, 2 * kd, d)?.permute((0, 2, 1, 3))?)?;
 
-        let attn = (threads::matmul(&q, &k.transpose(D::Minus2, D::Minus1)?)? * self.scale)?
-            .broadcast_add(&self.ab)?;
-        let attn = softmax_last(&attn)?;
-        let x = threads::matmul(&attn, &v)?
-            .transpose(1, 2)?
-            .reshape((b, n, self.dh))?;
+        let attn = threads::matmul(&q, &k.transpose(D::Minus2, D::Minus1)?)?;
+        let attn = softmax_last_scaled(&attn, self.scale as f32, Some(&self.ab))?;
+        let x =
+            contiguous(&threads::matmul(&attn, &v)?.transpose(1, 2)?)?.reshape((b, n, self.dh))?;
         self.proj.forward(&x)
     }
 }
@@ -664,19 +659,15 @@ impl TinyViTBlock {
             let n_h = p_h / ws;
             let n_w = p_w / ws;
             // window partition
-            let x = x
-                .reshape((b, n_h, ws, n_w, ws, c))?
-                .transpose(2, 3)?
+            let x = contiguous(&x.reshape((b, n_h, ws, n_w, ws, c))?.transpose(2, 3)?)?
                 .reshape((b * n_h * n_w, ws * ws, c))?;
             let x = self.attn.forward(&x)?;
             // window reverse
-            let x = x
-                .reshape((b, n_h, n_w, ws, ws, c))?
-                .transpose(2, 3)?
+            let x = contiguous(&x.reshape((b, n_h, n_w, ws, ws, c))?.transpose(2, 3)?)?
                 .reshape((b, p_h, p_w, c))?;
 
             let x = if padding {
-                x.narrow(1, 0, h)?.narrow(2, 0, w)?.contiguous()?
+                contiguous(&x.narrow(1, 0, h)?.narrow(2, 0, w)?)?
             } else {
                 x
             };
@@ -686,9 +677,9 @@ impl TinyViTBlock {
 
         let x = (res_x + x)?;
 
-        let x = x.transpose(1, 2)?.reshape((b, c, h, w))?;
+        let x = contiguous(&x.transpose(1, 2)?)?.reshape((b, c, h, w))?;
         let x = self.local_conv.forward(&x, Activation::Identity)?;
-        let x = x.reshape((b, c, l))?.transpose(1, 2)?.contiguous()?;
+        let x = contiguous(&x.reshape((b, c, l))?.transpose(1, 2)?)?;
 
         let mlp = self.mlp.forward(&x)?;
         Ok((x + mlp)?)
@@ -862,10 +853,10 @@ impl TinyViT {
         }
         let b = x.dim(0)?;
         let side = self.out_resolution;
-        let x = x
-            .reshape((b, side, side, self.out_dim))?
-            .permute((0, 3, 1, 2))?
-            .contiguous()?;
+        let x = contiguous(
+            &x.reshape((b, side, side, self.out_dim))?
+                .permute((0, 3, 1, 2))?,
+        )?;
         self.neck(&x)
     }
 
