@@ -113,13 +113,14 @@ package() {
     "${CARGO_TARGET_DIR:-target}/$WASM_TARGET/release/websam.wasm"
   local raw
   raw=$(wc -c < pkg/websam_core_bg.wasm)
-  log "wasm-opt -O3"
-  node_modules/.bin/wasm-opt -O3 pkg/websam_core_bg.wasm -o pkg/websam_core_bg.opt.wasm
-  mv pkg/websam_core_bg.opt.wasm pkg/websam_core_bg.wasm
-  log "wasm32 release build with threads (nightly, std rebuilt with atomics)"
+  log "wasm-opt -O3 (in the background) and the wasm32 release build with threads (nightly, std rebuilt with atomics)"
+  node_modules/.bin/wasm-opt -O3 pkg/websam_core_bg.wasm -o pkg/websam_core_bg.opt.wasm &
+  local opt=$!
   local mt_dir="${CARGO_TARGET_DIR:-target}/mt"
   RUSTFLAGS="$MT_RUSTFLAGS" cargo +nightly build --release --lib --target "$WASM_TARGET" \
     --features threads -Z build-std=panic_abort,std --target-dir "$mt_dir"
+  wait "$opt"
+  mv pkg/websam_core_bg.opt.wasm pkg/websam_core_bg.wasm
   wasm-bindgen --target web --out-dir pkg --out-name websam_core_mt \
     "$mt_dir/$WASM_TARGET/release/websam.wasm"
   node_modules/.bin/wasm-opt -O3 --enable-threads pkg/websam_core_mt_bg.wasm -o pkg/websam_core_mt_bg.opt.wasm

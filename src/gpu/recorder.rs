@@ -82,15 +82,14 @@ impl Recorder {
                 GpuDType::F32
             };
             if t.dtype() != wanted {
+                let (side, at) = if i < kernel.inputs {
+                    ("input", i)
+                } else {
+                    ("output", i - kernel.inputs)
+                };
                 return Err(Error::gpu(format!(
-                    "kernel `{}` binds {} {} as {}, given a {} tensor {:?}",
+                    "kernel `{}` binds {side} {at} as {}, given a {} tensor {:?}",
                     kernel.key,
-                    if i < kernel.inputs { "input" } else { "output" },
-                    if i < kernel.inputs {
-                        i
-                    } else {
-                        i - kernel.inputs
-                    },
                     wanted.wgsl(),
                     t.dtype().wgsl(),
                     t.shape()

@@ -98,14 +98,14 @@ impl GpuTensor {
                         .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data))
                 }
                 GpuDType::F16 => {
-                    let mut half: Vec<u16> = data
+                    let mut bits: Vec<u16> = data
                         .iter()
                         .map(|&v| half::f16::from_f32(v).to_bits())
                         .collect();
                     // Buffer writes are whole 4-byte words.
-                    half.resize(numel.next_multiple_of(2), 0);
+                    bits.resize(numel.next_multiple_of(2), 0);
                     ctx.queue()
-                        .write_buffer(t.buffer(), 0, bytemuck::cast_slice(&half));
+                        .write_buffer(t.buffer(), 0, bytemuck::cast_slice(&bits));
                 }
             }
         }
