@@ -191,27 +191,22 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// `softmax(x * scale + bias)` over the last dim, in one pass per row, on the crate's threads
 /// (candle's softmax calls the scalar `expf`; this one runs [`exp_nonpositive`], which
-/// vectorizes). `bias`, when given, repeats over `x`'s leading dims: its dims are `x`'s last
-/// ones (TinyViT's attention biases `[heads, N, N]` for logits `[windows, heads, N, N]`).
-pub fn softmax_last_scaled(x: &Tensor, scale: f32, bias: Option<&Tensor>) -> Result<Tensor> {
+/// vectorizes). `bias`, when given, is flat and repeats every `bias.len()` values of `x`, a
+/// whole number of rows (TinyViT's attention biases `[heads, N, N]` for logits
+/// `[windows, heads, N, N]`).
+pub fn softmax_last_scaled(x: &Tensor, scale: f32, bias: Option<&[f32]>) -> Result<Tensor> {
     let x = x.contiguous()?;
-    let bias = match bias {
-        Some(b) => {
-            let dims = x.dims();
-            if b.rank() > dims.len() || b.dims() != &dims[dims.len() - b.rank()..] {
-                return Err(crate::Error::invalid(format!(
-                    "softmax: bias {:?} does not end the logits' shape {dims:?}",
-                    b.dims()
-                )));
-            }
-            Some(b.flatten_all()?.to_vec1::<f32>()?)
+    if let Some(b) = bias {
+        let row = x.dims().last().copied().unwrap_or(1);
+        if b.is_empty() || b.len() % row != 0 || x.elem_count() % b.len() != 0 {
+            return Err(crate::Error::invalid(format!(
+                "softmax: a bias of {} values does not repeat over logits of shape {:?}",
+                b.len(),
+                x.dims()
+            )));
         }
-        None => None,
-    };
-    Ok(x.apply_op1_no_bwd(&SoftmaxOp {
-        scale,
-        bias: bias.as_deref(),
-    })?)
+    }
+    Ok(x.apply_op1_no_bwd(&SoftmaxOp { scale, bias })?)
 }
 
 /// `e^x` for `x <= 0` (a softmax's logits less their maximum), within 2 ulp of `f32::exp`;
@@ -390,7 +385,8 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        let got = softmax_last_scaled(&x, scale, Some(&ab)).unwrap();
+        let ab_flat: Vec<f32> = ab.flatten_all().unwrap().to_vec1().unwrap();
+        let got = softmax_last_scaled(&x, scale, Some(&ab_flat)).unwrap();
         let d = max_abs_diff(&got, &want);
         assert!(d <= 1e-6, "with scale and bias: {d}");
         // Plain, on a strided view, rows of odd length.
@@ -403,8 +399,8 @@ mod tests {
             &candle_nn::ops::softmax_last_dim(&y.contiguous().unwrap()).unwrap(),
         );
         assert!(d <= 1e-6, "plain: {d}");
-        // A bias that does not end the logits' shape is refused.
-        let bad = Tensor::zeros((3, 49, 49), candle_core::DType::F32, &dev).unwrap();
-        assert!(softmax_last_scaled(&x, 1.0, Some(&bad)).is_err());
+        // A bias that does not repeat over the logits is refused.
+        assert!(softmax_last_scaled(&x, 1.0, Some(&vec![0.0; 3 * 49 * 49])).is_err());
+        assert!(softmax_last_scaled(&x, 1.0, Some(&[0.0; 50])).is_err());
     }
 }

@@ -12,7 +12,7 @@
 //!   ([`Epilogue`]), the same erf GELU computed with a vectorizable erf;
 //! - the classifier (`head`, `norm_head`) is not loaded: `forward` never used it.
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::model::config::{TinyVitConfig, LAYER_NORM_2D_EPS};
@@ -497,8 +497,9 @@ struct Attention {
     norm: LayerNorm,
     qkv: Linear,
     proj: Linear,
-    /// `attention_biases[:, attention_bias_idxs]`: `[num_heads, N, N]`.
-    ab: Tensor,
+    /// `attention_biases[:, attention_bias_idxs]`: `[num_heads, N, N]`, flat (the softmax adds
+    /// it to every window's logits).
+    ab: Vec<f32>,
 }
 
 impl Attention {
@@ -521,7 +522,9 @@ impl Attention {
         let idxs = Tensor::from_vec(idxs, n * n, attention_biases.device())?;
         let ab = attention_biases
             .index_select(&idxs, 1)?
-            .reshape((num_heads, n, n))?;
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
 
         Ok(Self {
             num_heads,
