@@ -195,7 +195,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// whole number of rows (TinyViT's attention biases `[heads, N, N]` for logits
 /// `[windows, heads, N, N]`).
 pub fn softmax_last_scaled(x: &Tensor, scale: f32, bias: Option<&[f32]>) -> Result<Tensor> {
-    let x = x.contiguous()?;
+    let x = contiguous(x)?;
     if let Some(b) = bias {
         let row = x.dims().last().copied().unwrap_or(1);
         if b.is_empty() || b.len() % row != 0 || x.elem_count() % b.len() != 0 {
@@ -281,7 +281,7 @@ struct SoftmaxOp<'a> {
     bias: Option<&'a [f32]>,
 }
 
-/// Rows per piece of work.
+/// Values per piece of a softmax (whole rows, at least one).
 const SOFTMAX_PIECE: usize = 1 << 14;
 
 impl candle_core::CustomOp1 for SoftmaxOp<'_> {
