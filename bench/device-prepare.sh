@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Run here, in the checkout the device tool sends, before the device call (bench/DEVICE.md):
 # fetches what the device machine lacks into ignored folders (.whl: mobilesam-mirror, a pure
-# Python wheel; .gl: the Vulkan and GL loaders as Debian packages), checks the release CLI and
-# what would travel, and prints the call.
+# Python wheel; .gl: the Vulkan and GL loaders as Debian packages), packs the release CLI into
+# .cli/websam.xz (about a third of its size: the working tree and the carried paths share 64
+# MiB), checks what would travel, and prints the call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WEBSAM=target/release/websam
 LIMIT=$((64 * 1024 * 1024))
 
 exclude=$(git rev-parse --git-path info/exclude)
-for dir in /.whl/ /.gl/; do
+for dir in /.whl/ /.gl/ /.cli/; do
     grep -qxF "$dir" "$exclude" || echo "$dir" >>"$exclude"
 done
 
@@ -39,10 +40,14 @@ fi
 newer=$(find src Cargo.toml Cargo.lock -newer "$WEBSAM" -type f | head -3)
 [[ -z $newer ]] || echo "warning: sources newer than $WEBSAM (rebuild?): $newer"
 
+rm -rf .cli
+mkdir -p .cli
+xz -T0 -6 -c "$WEBSAM" >.cli/websam.xz
+
 # What travels: tracked and untracked-not-ignored files, plus the carried paths.
 tree=$(git ls-files -z -co --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
-carried=$(du -cb .whl .gl "$WEBSAM" | tail -1 | cut -f1)
-du -sh .whl .gl "$WEBSAM"
+carried=$(du -cb .whl .gl .cli | tail -1 | cut -f1)
+du -sh .whl .gl .cli
 echo "working tree $((tree / 1024)) KiB + carried $((carried / 1024)) KiB = $(((tree + carried) / 1024)) KiB (limit $((LIMIT / 1024)) KiB)"
 if ((tree + carried > LIMIT)); then
     echo "error: over the device tool's 64 MiB" >&2
@@ -51,5 +56,5 @@ fi
 
 cat <<'EOF'
 device call:
-  run(command="bash bench/device.sh", carry=[".whl", ".gl", "target/release/websam"], timeout_s=540)
+  run(command="bash bench/device.sh", carry=[".whl", ".gl", ".cli"], timeout_s=540)
 EOF

@@ -4,7 +4,8 @@
 # fails; the failures are listed at the end and set the exit status. Output goes to the terminal
 # and to $OUT/device.log; the peer writes $OUT/torch.json.
 #
-# Overrides for a dry run elsewhere: OUT, PYTHON (python3), WEBSAM (target/release/websam),
+# Overrides for a dry run elsewhere: OUT, PYTHON (python3), WEBSAM (.cli/websam.xz unpacked, else
+# target/release/websam),
 # RUNS (20), PEER_ARGS (appended to the peer's arguments, e.g. "--device cpu --no-compile").
 # Each step has a time limit so that the whole job stays under 9 minutes.
 set -u -o pipefail
@@ -12,6 +13,12 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 : "${OUT:?OUT must name the folder for the results}"
 PYTHON=${PYTHON:-python3}
+if [[ -z ${WEBSAM:-} && -f .cli/websam.xz ]]; then
+    WEBSAM=/tmp/websam-cli
+    # Python's lzma: xz itself may be missing there.
+    "${PYTHON:-python3}" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+        .cli/websam.xz "$WEBSAM" && chmod +x "$WEBSAM"
+fi
 WEBSAM=${WEBSAM:-target/release/websam}
 RUNS=${RUNS:-20}
 PEER_ARGS=${PEER_ARGS:-}
