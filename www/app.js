@@ -14,6 +14,22 @@ const PALETTE = [
 ];
 const CURRENT = [30, 144, 255];
 
+// The checkpoints the model picker offers. The default is the trained MobileSAM that
+// `./build.sh setup` fetches into models/ and `./build.sh serve` serves at /models/ (the path is
+// relative to the page: www/ copied with pkg/ and models/ beside it works under any prefix).
+// The official file is fetched from raw.githubusercontent.com, which answers with
+// Access-Control-Allow-Origin: *; github.com's /raw/ address of the same file redirects there
+// without that header, and the browser refuses the redirect, so a page cannot use it.
+const MODELS = {
+  local: { name: 'MobileSAM (this server)', url: 'models/mobile_sam.pt', bytes: 40728226 },
+  github: {
+    name: 'MobileSAM (official, GitHub)',
+    url: 'https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/master/weights/mobile_sam.pt',
+    bytes: 40728226,
+  },
+};
+const DEFAULT_MODEL = 'local';
+
 const EMPTY = Object.freeze({
   prompt: { points: [], box: null },
   result: null, // { masks, best } of the prompt
@@ -24,6 +40,7 @@ const EMPTY = Object.freeze({
 
 let sam = null; // the SamWorker
 let modelLabel = '';
+let modelUrl = null; // the address of the model in use (null: a file)
 let image = null; // { name, width, height }
 let imageState = 'none'; // none | encoding | ready
 let history = new History(EMPTY);
@@ -441,6 +458,9 @@ function setupPointer() {
   layers.addEventListener('pointerdown', (e) => {
     if (!image || (e.button !== 0 && e.button !== 2)) return;
     layers.setPointerCapture(e.pointerId);
+    // preventDefault below also prevents the focus change a click would make: move the focus to
+    // the image, so that the keys (Enter, Escape, 1-3) reach the page after a toolbar control.
+    $('#stage').focus({ preventScroll: true });
     drag = { id: e.pointerId, start: toImage(e, true), cx: e.clientX, cy: e.clientY, button: e.button, alt: e.altKey, boxing: false };
     e.preventDefault();
   });
@@ -495,9 +515,17 @@ function setupPointer() {
   new ResizeObserver(layout).observe($('#stage'));
 }
 
+/** Whether keys pressed in `el` are its own: text fields and menus, not buttons or checkboxes. */
+function typesText(el) {
+  if (el.isContentEditable || el.closest?.('textarea, select')) return true;
+  return el.tagName === 'INPUT' && !['checkbox', 'radio', 'button', 'submit', 'reset', 'file', 'range', 'color'].includes(el.type);
+}
+
 function setupKeys() {
   document.addEventListener('keydown', (e) => {
-    if (e.target.closest?.('input, textarea, select')) return;
+    if (typesText(e.target)) return;
+    // Enter on a focused button is that button's click.
+    if (e.key === 'Enter' && e.target.closest?.('button, a[href], input[type=button], input[type=submit], input[type=file]')) return;
     const ctrl = e.ctrlKey || e.metaKey;
     if (ctrl && (e.key === 'z' || e.key === 'Z')) {
       e.preventDefault();
@@ -536,17 +564,61 @@ function showProgress({ stage, loaded, total }) {
     ? `${what}…` : `${what}: ${fmtBytes(loaded)}${total ? ` of ${fmtBytes(total)}` : ''}`;
 }
 
+/** Why a checkpoint could not be had, as a person reads it, and what to do about it. */
+function loadError(e, weights, label) {
+  const text = e.message ?? String(e);
+  // The package says `fetching weights from URL failed: REASON` when the download itself failed;
+  // REASON is the HTTP status, or the bare TypeError of fetch() ("Failed to fetch") when no
+  // answer came: no network, a host that cannot be reached, or one that refuses cross-origin
+  // requests (the browser does not say which).
+  const failed = typeof weights === 'string' && /^fetching weights from (\S+) failed: (.*)$/s.exec(text);
+  let url = null;
+  try {
+    if (failed) url = new URL(failed[1]);
+  } catch {
+    // not an address: said as it is below
+  }
+  if (!url) return `Could not load ${label}: ${text}`;
+  const reason = failed[2];
+  const sameServer = url.origin === location.origin;
+  if (/^HTTP 404\b/.test(reason) && sameServer) {
+    return `${label}: this server has no ${url.pathname} (\`./build.sh setup\` fetches it, \`./build.sh serve\` serves it). `
+      + `Choose another model above (${MODELS.github.name}, ${fmtBytes(MODELS.github.bytes)}), a URL or a file.`;
+  }
+  if (/^HTTP /.test(reason)) return `Could not download ${label}: ${url.host} answered ${reason}.`;
+  if (navigator.onLine === false) {
+    return `Could not download ${label}: this browser is offline. Try again online, or load a checkpoint from a file.`;
+  }
+  if (!sameServer) {
+    return `Could not download ${label}: ${url.host} cannot be reached (no network, or the server does not let `
+      + 'other sites fetch the file). Choose another model, or load a checkpoint from a file.';
+  }
+  return `Could not download ${label}: this page's server cannot be reached.`;
+}
+
+let loadGeneration = 0; // the latest model asked for; an older load that ends later is dropped
+let modelLoading = false; // the latest load is under way (an image opened meanwhile waits for it)
+
+/** Loads a checkpoint; true once it is in use, false if it failed, undefined if superseded. */
 async function loadModel(weights, label) {
+  const generation = ++loadGeneration;
+  const latest = () => generation === loadGeneration;
   const status = $('#model-status');
   status.classList.remove('error');
   const backend = $('#backend').value;
   const t = performance.now();
+  modelLoading = true;
   setPending(1);
   try {
-    const next = await SamWorker.load({ weights, backend, onProgress: showProgress });
+    const next = await SamWorker.load({ weights, backend, onProgress: (p) => latest() && showProgress(p) });
+    if (!latest()) {
+      next.dispose();
+      return undefined;
+    }
     sam?.dispose();
     sam = next;
     modelLabel = label;
+    modelUrl = typeof weights === 'string' ? new URL(weights, location.href).href : null;
     const on = sam.backend === 'webgpu' ? 'WebGPU' : 'CPU';
     status.textContent = `${label} loaded on ${on} in ${fmtMs(performance.now() - t)}.`
       + (sam.fallbackReason ? ` WebGPU not used: ${sam.fallbackReason}.` : '');
@@ -555,19 +627,58 @@ async function loadModel(weights, label) {
     $('#backend-status').title = sam.fallbackReason ?? sam.adapterName ?? '';
     document.body.dataset.backend = sam.backend;
     if (image) await encode();
+    return true;
   } catch (e) {
-    status.textContent = `Could not load ${label}: ${e.message}`;
+    if (!latest()) return undefined;
+    status.textContent = loadError(e, weights, label) + (sam ? ` Still using ${modelLabel}.` : '');
     status.classList.add('error');
+    if (image && !sam) $('#image-status').textContent = `${image.name}: ${image.width}×${image.height}. Load a model to segment it.`;
+    return false;
   } finally {
-    $('#load-progress').hidden = true;
+    if (latest()) {
+      $('#load-progress').hidden = true;
+      modelLoading = false;
+    }
     setPending(-1);
     render();
   }
 }
 
+/** The picker's preset (its key in MODELS) whose address is `url`, or 'custom'. */
+function presetOf(url) {
+  let href;
+  try {
+    href = new URL(url, location.href).href;
+  } catch {
+    return 'custom';
+  }
+  return Object.keys(MODELS).find((k) => new URL(MODELS[k].url, location.href).href === href) ?? 'custom';
+}
+
+/** Shows a checkpoint's address in the picker (as given when it is no URL: loading says so). */
+function showModelUrl(url) {
+  $('#model-preset').value = presetOf(url);
+  try {
+    $('#weights-url').value = new URL(url, location.href).href;
+  } catch {
+    $('#weights-url').value = url;
+  }
+}
+
+/** Loads a checkpoint by address, showing it in the picker. */
+async function loadUrl(url) {
+  const preset = presetOf(url);
+  showModelUrl(url);
+  const loaded = await loadModel(url, preset === 'custom' ? url.split('/').pop() || url : MODELS[preset].name);
+  // A preset that could not be had: the picker shows the model still in use (choosing the preset
+  // again tries again). A typed address stays, to be corrected.
+  if (loaded === false && preset !== 'custom' && modelUrl) showModelUrl(modelUrl);
+}
+
 // ---------------------------------------------------------------- image and embedding
 
-async function openImage(blob, name, embedding = null) {
+/** Shows an image and encodes it; `sample` is the address of a sample photograph shown. */
+async function openImage(blob, name, embedding = null, sample = null) {
   let bitmap;
   try {
     // The file's own pixels, as the Python reference reads them (no colour-profile conversion).
@@ -596,9 +707,24 @@ async function openImage(blob, name, embedding = null) {
   layout();
   render();
   $('#image-status').textContent = `${name}: ${image.width}×${image.height}`;
+  for (const b of $('#samples').children) b.setAttribute('aria-pressed', String(b.dataset.src === sample));
   if (embedding) await useEmbedding(embedding);
   else if (sam) await encode();
-  else $('#image-status').textContent += '. Load a model to segment it.';
+  else $('#image-status').textContent += modelLoading ? '. It is encoded once the model has loaded.' : '. Load a model to segment it.';
+}
+
+/** Opens an image by address (a sample photograph, `?image=`), as if it were a file. */
+async function openImageUrl(url, embedding = null) {
+  let blob;
+  try {
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    blob = await r.blob();
+  } catch (e) {
+    message(`Could not open ${url}: ${e.message}`, true);
+    return;
+  }
+  await openImage(blob, url.split('/').pop(), embedding, url);
 }
 
 async function encode() {
@@ -779,16 +905,31 @@ async function exportEmbedding() {
 // ---------------------------------------------------------------- start
 
 function setupControls() {
+  const presets = $('#model-preset');
+  for (const [key, m] of Object.entries(MODELS)) presets.add(new Option(`${m.name} · ${fmtBytes(m.bytes)}`, key));
+  presets.add(new Option('Custom URL…', 'custom'));
+  presets.addEventListener('change', () => {
+    if (presets.value === 'custom') {
+      $('#weights-url').select();
+      $('#weights-url').focus();
+    } else {
+      loadUrl(MODELS[presets.value].url);
+    }
+  });
+  $('#weights-url').addEventListener('input', (e) => {
+    presets.value = presetOf(e.target.value.trim());
+  });
   $('#model-form').addEventListener('submit', (e) => {
     e.preventDefault();
     const url = $('#weights-url').value.trim();
-    if (url) loadModel(url, url.split('/').pop() || url);
+    if (url) loadUrl(url);
   });
   $('#weights-file').addEventListener('change', (e) => {
     const f = e.target.files[0];
     if (f) loadModel(f, f.name);
   });
   $('#image-file').addEventListener('change', (e) => openFiles(e.target.files));
+  for (const b of $('#samples').children) b.addEventListener('click', () => openImageUrl(b.dataset.src));
   $('#commit').addEventListener('click', commit);
   $('#clear-prompt').addEventListener('click', discardPrompt);
   $('#undo').addEventListener('click', undo);
@@ -817,22 +958,27 @@ function setupControls() {
   });
 }
 
+/**
+ * The model and image the address asks for: `?weights=` (else the default model), `?image=`
+ * with its `?embedding=`, `?backend=`. The image is shown while the model loads, unless it
+ * comes with an embedding, which needs the model first.
+ */
 async function fromAddress() {
   const q = new URLSearchParams(location.search);
   if (q.get('backend')) $('#backend').value = q.get('backend');
-  const weights = q.get('weights');
-  if (weights) {
-    $('#weights-url').value = new URL(weights, location.href).href;
-    await loadModel(weights, weights.split('/').pop());
-  }
+  const model = loadUrl(q.get('weights') || MODELS[DEFAULT_MODEL].url);
   const img = q.get('image');
   if (img) {
-    const [blob, emb] = await Promise.all([
-      fetch(img).then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`${img}: HTTP ${r.status}`)))),
-      q.get('embedding') ? fetch(q.get('embedding')).then((r) => r.arrayBuffer()) : null,
-    ]);
-    await openImage(blob, img.split('/').pop(), emb);
+    let embedding = null;
+    if (q.get('embedding')) {
+      const r = await fetch(q.get('embedding'));
+      if (!r.ok) throw new Error(`${q.get('embedding')}: HTTP ${r.status}`);
+      embedding = await r.arrayBuffer();
+      await model;
+    }
+    await openImageUrl(img, embedding);
   }
+  await model;
 }
 
 setupControls();

@@ -1,20 +1,29 @@
-// Keeps the page working offline once loaded: the app shell and the package are fetched from
-// the network when it answers (so updates show at once) and from this cache when it does not.
-// Checkpoints are not handled here: the page keeps them in its own Cache API store.
-const SHELL = 'websam-shell-v2';
+// Keeps the page working offline once loaded: the app shell, the package and the sample
+// photographs are fetched from the network when it answers (so updates show at once) and from
+// this cache when it does not. Checkpoints are not handled here: the package keeps every one it
+// fetched by URL (the default models/mobile_sam.pt included) in its own Cache API store and
+// reads it from there on the next visit, online or not.
+const SHELL = 'websam-shell-v3';
 const FILES = [
   './', 'index.html', 'style.css', 'app.js', 'annotate.js',
   'pkg/worker.js', 'pkg/worker-entry.js', 'pkg/websam.js', 'pkg/internal.js',
   'pkg/websam_core.js', 'pkg/websam_core_bg.wasm',
   // The threaded build and its thread workers (a cross-origin isolated page).
   'pkg/thread-entry.js', 'pkg/websam_core_mt.js', 'pkg/websam_core_mt_bg.wasm',
+  'samples/chelsea.png', 'samples/coffee.png', 'samples/astronaut.png',
 ];
 
 self.addEventListener('install', (e) => {
   e.waitUntil(caches.open(SHELL).then((c) => c.addAll(FILES)).then(() => self.skipWaiting()));
 });
 
-self.addEventListener('activate', (e) => e.waitUntil(self.clients.claim()));
+// Earlier versions of the shell go; other stores (the package's weights) stay.
+self.addEventListener('activate', (e) => e.waitUntil((async () => {
+  for (const name of await caches.keys()) {
+    if (name.startsWith('websam-shell-') && name !== SHELL) await caches.delete(name);
+  }
+  await self.clients.claim();
+})()));
 
 self.addEventListener('fetch', (e) => {
   const url = new URL(e.request.url);

@@ -23,7 +23,7 @@ pub enum Precision {
     /// f32 weights and arithmetic: the reference's results (within 2.4e-5 on the low-res logits).
     #[default]
     F32,
-    /// Weights stored as f16 (half the memory) and products summed in f16 within each 16-long
+    /// Weights stored as f16 (half the memory) and products summed in f16 within each 4-long
     /// slice of the reduction, the slices summed in f32 (`shader-f16`). Activations stay f32
     /// in memory. Its tolerance is stated and tested in `tests/gpu_f16.rs`.
     F16,

@@ -1,15 +1,18 @@
-// The demo and annotation page (www/) in headless Chromium, driven as a user drives it: weights
-// by URL parameter and by file input, an image by file input, hover, clicks, a dragged box,
-// candidates, objects, undo/redo, every export, offline reload; on the CPU and on WebGPU. What
-// the page draws is compared with what the package's API returns for the same prompt (a
+// The demo and annotation page (www/) in headless Chromium, driven as a user drives it: the
+// default model (the trained MobileSAM from the page's own server) and a sample photograph, a
+// click on the cat checked against the official code's golden; keys after toolbar controls;
+// weights by URL parameter and by file input, an image by file input, hover, clicks, a dragged
+// box, candidates, objects, undo/redo, every export, offline reload; on the CPU and on WebGPU.
+// What the page draws is compared with what the package's API returns for the same prompt (a
 // reference model in the same page, on the page's own exported embedding), and the box with
 // the PyTorch golden.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { inflateSync } from 'node:zlib';
 import { serve } from '../../tools/serve.mjs';
 import { launch } from './browser.mjs';
 import { maskStats, rleDecode, rleFromString } from '../../www/annotate.js';
@@ -17,23 +20,32 @@ import { npy, rasterize } from '../support/fixtures.mjs';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const fixtures = join(root, 'tests/fixtures');
+const models = join(root, 'models');
 const W = 640;
 const H = 480;
+const DEFAULT_MODEL = '/models/mobile_sam.pt';
 let server;
+let bare; // the page deployed without models/: no default model to load
 let browser;
 let downloads;
 
 before(async () => {
+  assert.ok(existsSync(join(models, 'mobile_sam.pt')), 'models/mobile_sam.pt is missing: run ./build.sh setup');
   downloads = mkdtempSync(join(tmpdir(), 'websam-www-'));
-  server = await serve({
+  const mounts = {
     '/': join(root, 'www'), '/pkg/': join(root, 'pkg'), '/fixtures/': fixtures,
     '/test/': join(root, 'tests/browser'), '/downloads/': downloads,
-  }, { isolated: true }); // as ./build.sh serve: cross-origin isolated, so the CPU path has threads
+  };
+  // As ./build.sh serve: the trained model at /models/, cross-origin isolated (so the CPU path
+  // has threads).
+  server = await serve({ ...mounts, '/models/': models }, { isolated: true });
+  bare = await serve(mounts, { isolated: true });
   browser = await launch();
 });
 after(async () => {
   await browser?.close();
   await server?.close();
+  await bare?.close();
   rmSync(downloads, { recursive: true, force: true });
 });
 
@@ -63,8 +75,9 @@ const helpers = (page, fn, ...args) => page.evaluate(async ([f, a]) => (await im
 /** Client coordinates of an image position (pixel centre, or corner with `corner`). */
 async function at(page, x, y, corner = false) {
   const b = await page.locator('#layers').boundingBox();
+  const [w, h] = await page.evaluate(() => [document.getElementById('image').width, document.getElementById('image').height]);
   const d = corner ? 0 : 0.5;
-  return [b.x + ((x + d) * b.width) / W, b.y + ((y + d) * b.height) / H];
+  return [b.x + ((x + d) * b.width) / w, b.y + ((y + d) * b.height) / h];
 }
 
 function diffCount(a, b) {
@@ -83,6 +96,205 @@ async function download(page, button) {
 }
 
 const bitsOf = (data) => Array.from(data, (v) => (v ? '1' : '0')).join('');
+
+/** An 8-bit greyscale, non-interlaced PNG (the real goldens' logits): `{ width, height, data }`. */
+function greyPng(path) {
+  const bytes = readFileSync(path);
+  let width;
+  let height;
+  const idat = [];
+  for (let at = 8; at < bytes.length;) {
+    const len = bytes.readUInt32BE(at);
+    const type = bytes.toString('latin1', at + 4, at + 8);
+    const body = bytes.subarray(at + 8, at + 8 + len);
+    if (type === 'IHDR') {
+      width = body.readUInt32BE(0);
+      height = body.readUInt32BE(4);
+      assert.deepEqual([body[8], body[9], body[12]], [8, 0, 0], `${path}: not an 8-bit grey, non-interlaced PNG`);
+    } else if (type === 'IDAT') {
+      idat.push(body);
+    } else if (type === 'IEND') {
+      break;
+    }
+    at += 12 + len;
+  }
+  const raw = inflateSync(Buffer.concat(idat));
+  const data = new Uint8Array(width * height);
+  for (let y = 0; y < height; y++) {
+    const filter = raw[y * (width + 1)];
+    for (let x = 0; x < width; x++) {
+      const v = raw[y * (width + 1) + 1 + x];
+      const a = x > 0 ? data[y * width + x - 1] : 0;
+      const b = y > 0 ? data[(y - 1) * width + x] : 0;
+      const c = x > 0 && y > 0 ? data[(y - 1) * width + x - 1] : 0;
+      let p;
+      if (filter === 0) p = 0;
+      else if (filter === 1) p = a;
+      else if (filter === 2) p = b;
+      else if (filter === 3) p = (a + b) >> 1;
+      else if (filter === 4) {
+        const pa = Math.abs(b - c);
+        const pb = Math.abs(a - c);
+        const pc = Math.abs(a + b - 2 * c);
+        p = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+      } else throw new Error(`${path}: PNG filter ${filter}`);
+      data[y * width + x] = (v + p) & 255;
+    }
+  }
+  return { width, height, data };
+}
+
+/** A case of the real-weights goldens (tests/fixtures/real/cases.json): its photograph and prompt. */
+function realCase(photo, name) {
+  const cases = JSON.parse(readFileSync(join(fixtures, 'real/cases.json'), 'utf8'));
+  const p = cases.photos.find((q) => q.name === photo);
+  return { photo: p, ...p.cases.find((c) => c.name === name) };
+}
+
+/**
+ * The page's current mask (the overlay the person sees) against the reference's full-size
+ * logits, plane `plane` of the golden PNG (value = round(100 * logit) + 128, clipped): pixels
+ * off the reference's mask where |logit| >= `band`, and within the band.
+ */
+async function againstGolden(page, c, plane, band) {
+  const golden = greyPng(join(fixtures, c.logits_png));
+  const [h, w] = c.orig_size;
+  assert.equal(golden.width, w);
+  // Read in the page itself (no test module to import: the page may be offline).
+  const shown = await page.evaluate(() => {
+    const c = document.getElementById('current-layer');
+    const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let bits = '';
+    for (let i = 3; i < px.length; i += 4) bits += px[i] > 0 ? '1' : '0';
+    return bits;
+  });
+  assert.equal(shown.length, w * h);
+  let off = 0;
+  let inBand = 0;
+  let area = 0;
+  for (let i = 0; i < w * h; i++) {
+    const v = golden.data[plane * w * h + i];
+    if (shown[i] === '1') area++;
+    if ((v > 128) !== (shown[i] === '1')) {
+      if (Math.abs(v - 128) >= band * 100) off++;
+      else inBand++;
+    }
+  }
+  return { off, inBand, area: area / (w * h) };
+}
+
+describe('the trained MobileSAM, by default', () => {
+  let page;
+  const cat = realCase('chelsea', 'point_multimask');
+  const requests = () => server.requests.get(DEFAULT_MODEL) ?? 0;
+
+  test('the default model from this server; a sample photograph; a click on the cat gives the reference mask', async (t) => {
+    const before = requests();
+    page = await newPage();
+    // No model asked for: the page loads the default from its own server (on the CPU backend,
+    // whose masks match the reference exactly but for logits within ~1e-4 of 0).
+    await page.goto(`${server.url}/?backend=cpu`);
+    // One click on a sample photograph, while the model may still be loading.
+    await page.click('#samples button[data-src="samples/chelsea.png"]');
+    await page.waitForSelector('body[data-backend=cpu]', { timeout: 120000 });
+    assert.match(await page.textContent('#model-status'), /^MobileSAM \(this server\) loaded on CPU in /);
+    assert.equal(await page.inputValue('#model-preset'), 'local');
+    assert.equal(await page.inputValue('#weights-url'), `${server.url}${DEFAULT_MODEL}`);
+    assert.equal(requests() - before, 1, 'the default model fetched once from the page\'s server');
+    await page.waitForSelector('body[data-image=ready]', { timeout: 120000 });
+    assert.match(await page.textContent('#image-status'), /^chelsea\.png: 451×300, encoded in /);
+    assert.equal(await page.getAttribute('#samples button[data-src="samples/chelsea.png"]', 'aria-pressed'), 'true');
+    const [x, y] = cat.points[0];
+    await page.mouse.click(...(await at(page, x, y)));
+    await idle(page);
+    const s = await state(page);
+    assert.deepEqual(s.prompt.points, [{ x, y, label: 1 }]);
+    assert.equal(s.candidates, 3);
+    assert.equal(s.selected, cat.best, 'the best candidate is the reference\'s');
+    // Off the reference's mask only where the reference's logit is within 0.05 of 0.
+    const d = await againstGolden(page, cat, cat.best, 0.05);
+    t.diagnostic(`mask: ${(d.area * 100).toFixed(1)}% of the photograph; ${d.inBand} pixels off the reference's, all with |logit| < 0.05`);
+    assert.equal(d.off, 0, `pixels off the reference's mask with |logit| >= 0.05 (${d.inBand} within the band)`);
+    assert.ok(d.area > 0.6, `the cat: ${(d.area * 100).toFixed(1)}% of the photograph`);
+  });
+
+  test('keys after a toolbar control: Enter keeps the object, 1-3 choose a candidate, Escape discards', async () => {
+    // The background radio, then a click on the image: a background point refines the cat.
+    await page.click('#toolbar input[name=label][value="0"]');
+    await page.mouse.click(...(await at(page, 420, 40)));
+    await idle(page);
+    let s = await state(page);
+    assert.deepEqual(s.prompt.points.map((p) => p.label), [1, 0]);
+    assert.equal(s.candidates, 1);
+    await page.keyboard.press('Enter');
+    await idle(page);
+    s = await state(page);
+    assert.deepEqual(s.objects.map((o) => o.name), ['object 1'], 'Enter kept the object');
+    assert.deepEqual(s.prompt, { points: [], box: null });
+    // The foreground radio and the hover-preview checkbox, then a click: the keys still work.
+    await page.click('#toolbar input[name=label][value="1"]');
+    await page.click('#hover-preview');
+    assert.equal(await page.isChecked('#hover-preview'), false);
+    const [x, y] = cat.points[0];
+    await page.mouse.click(...(await at(page, x, y)));
+    await idle(page);
+    assert.equal((await state(page)).candidates, 3);
+    for (const key of ['3', '2', '1', '2']) {
+      await page.keyboard.press(key);
+      await idle(page);
+      assert.equal((await state(page)).selected, Number(key) - 1, `key ${key}`);
+    }
+    const candidate2 = await helpers(page, 'layer', 'current-layer');
+    assert.ok(candidate2.includes('1'), 'candidate 2 drawn');
+    await page.keyboard.press('Escape');
+    await idle(page);
+    s = await state(page);
+    assert.deepEqual(s.prompt, { points: [], box: null }, 'Escape discarded the prompt');
+    assert.equal(s.candidates, 0);
+    assert.equal(s.objects.length, 1, 'the kept object stays');
+    assert.equal((await helpers(page, 'layer', 'current-layer')).indexOf('1'), -1, 'no current mask');
+    await page.context().close();
+  });
+
+  test('offline: the page starts with the cached default model, a remote model that cannot be fetched says so', async (t) => {
+    const before = requests();
+    const page = await newPage();
+    await page.goto(`${server.url}/?backend=cpu`);
+    await page.waitForSelector('body[data-backend=cpu]', { timeout: 120000 });
+    await page.evaluate(() => navigator.serviceWorker.ready);
+    await page.reload();
+    await page.waitForSelector('body[data-backend=cpu]', { timeout: 60000 });
+    assert.equal(requests() - before, 1, 'the second visit reads the default model from the cache');
+    await page.context().setOffline(true);
+    await page.reload();
+    await page.waitForSelector('body[data-backend=cpu]', { timeout: 60000 });
+    assert.match(await page.textContent('#model-status'), /^MobileSAM \(this server\) loaded on CPU/);
+    assert.equal(requests() - before, 1);
+    // The official file on GitHub cannot be had offline: a readable message, the model kept.
+    await page.selectOption('#model-preset', 'github');
+    await page.waitForSelector('#model-status.error', { timeout: 30000 });
+    const said = await page.textContent('#model-status');
+    t.diagnostic(said);
+    assert.match(said, /^Could not download MobileSAM \(official, GitHub\): (this browser is offline|raw\.githubusercontent\.com cannot be reached)/);
+    assert.match(said, /Still using MobileSAM \(this server\)\.$/);
+    assert.doesNotMatch(said, /TypeError|Failed to fetch|NetworkError/);
+    assert.equal(await page.getAttribute('body', 'data-backend'), 'cpu');
+    assert.equal(await page.inputValue('#model-preset'), 'local', 'the picker shows the model in use again');
+    // The page still works: the sample photographs come from the service worker's cache.
+    assert.ok(await page.$eval('#samples img[src="samples/coffee.png"]', (img) => img.complete && img.naturalWidth === 600));
+    await page.click('#samples button[data-src="samples/chelsea.png"]');
+    await page.waitForSelector('body[data-image=ready]', { timeout: 120000 });
+    const [x, y] = cat.points[0];
+    await page.mouse.click(...(await at(page, x, y)));
+    await idle(page);
+    const s = await state(page);
+    assert.equal(s.candidates, 3);
+    assert.equal(s.selected, cat.best);
+    const d = await againstGolden(page, cat, cat.best, 0.05);
+    assert.equal(d.off, 0, `pixels off the reference's mask with |logit| >= 0.05 (${d.inBand} within the band)`);
+    await page.context().close();
+  });
+});
 
 describe('the demo page on the CPU', () => {
   let page;
@@ -293,12 +505,16 @@ describe('the demo page on the CPU', () => {
 });
 
 describe('loading', () => {
-  test('weights by file input; a file that is not a SAM checkpoint says so', async () => {
+  test('no default model on the server says so; weights by file input; a file that is not a SAM checkpoint says so', async () => {
     const page = await newPage();
-    await page.goto(`${server.url}/?nosw`);
+    await page.goto(`${bare.url}/?nosw`);
+    await page.waitForSelector('#model-status.error');
+    assert.match(await page.textContent('#model-status'),
+      /^MobileSAM \(this server\): this server has no \/models\/mobile_sam\.pt .*Choose another model above \(MobileSAM \(official, GitHub\), 40\.7 MB\), a URL or a file\.$/);
+    assert.equal(await page.inputValue('#model-preset'), 'local');
     await page.selectOption('#backend', 'cpu');
     await page.setInputFiles('#weights-file', join(fixtures, 'loader/dtypes.pth'));
-    await page.waitForSelector('#model-status.error');
+    await page.waitForFunction(() => /Could not load dtypes/.test(document.getElementById('model-status').textContent));
     assert.match(await page.textContent('#model-status'), /Could not load dtypes\.pth: .*not a SAM checkpoint/);
     await page.setInputFiles('#weights-file', join(fixtures, 'sam_decoder.safetensors'));
     await page.waitForSelector('body[data-backend=cpu]');
@@ -312,7 +528,7 @@ describe('loading', () => {
 
   test('drop a checkpoint, then paste an image with a drop of its embedding', async () => {
     const page = await newPage();
-    await page.goto(`${server.url}/?backend=cpu&nosw`);
+    await page.goto(`${bare.url}/?backend=cpu&nosw`);
     // Files made in the page from the served fixtures, delivered as the browser delivers a drop
     // and a paste: DataTransfer objects on drop and paste events.
     const deliver = (kind, files) => page.evaluate(async ([k, list]) => {

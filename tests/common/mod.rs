@@ -2,6 +2,8 @@
 //! `tools/golden/make_fixtures.py` from the official PyTorch code) and comparison helpers.
 #![allow(dead_code)]
 
+pub mod real;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};

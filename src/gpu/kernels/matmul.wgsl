@@ -10,7 +10,7 @@
 // The launcher prepends `const WG_X: u32; const WG_Y: u32;`, the element types `w_t` (of b in
 // memory) and `tile_t` (of the tiles and products), and writes the multiply loop's body at
 // the markers: f32 sums straight into the 64 accumulators; f16 (weights stored as f16,
-// `enable f16`) sums each BK slice in f16 partials, then adds them to the f32 accumulators.
+// `enable f16`) sums every 4 products in f16 partials, then adds them to the f32 accumulators.
 
 struct Params {
     m: u32,
