@@ -44,7 +44,10 @@ fn case(name: &str) -> Case {
 }
 
 fn points_arg(c: &Case) -> String {
-    let (p, l) = (c.points.as_ref().unwrap(), c.labels.as_ref().unwrap());
+    let (p, l) = (
+        c.input.points.as_ref().unwrap(),
+        c.input.labels.as_ref().unwrap(),
+    );
     p.iter()
         .zip(l)
         .map(|([x, y], l)| format!("{x},{y},{l}"))
@@ -90,7 +93,7 @@ fn decode_writes_the_reference_low_res_logits_and_iou() {
 fn decode_with_orig_size_writes_masks_and_png() {
     let dir = tempfile::tempdir().unwrap();
     let c = case("predictor_box");
-    let b = c.bbox.unwrap();
+    let b = c.input.bbox.unwrap();
     let out = websam(&[
         "decode",
         "--weights",
@@ -134,7 +137,7 @@ fn decode_with_mask_input_matches_reference() {
         "--points",
         &points_arg(&c),
         "--mask-input",
-        path(&fixture(c.mask_input.as_ref().unwrap())),
+        path(&fixture(c.input.mask_input.as_ref().unwrap())),
         "--out-dir",
         path(dir.path()),
     ]);
@@ -363,7 +366,7 @@ fn decode_on_the_gpu_backend_matches_reference() {
     for backend in ["gpu", "auto"] {
         let dir = tempfile::tempdir().unwrap();
         let c = case("predictor_box");
-        let b = c.bbox.unwrap();
+        let b = c.input.bbox.unwrap();
         let out = websam(&[
             "decode",
             "--backend",

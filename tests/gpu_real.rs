@@ -19,7 +19,7 @@ mod common;
 #[path = "common/gpu.rs"]
 mod gpu;
 
-use common::real::{argmax, manifest, mask_diff, weights_path};
+use common::real::{manifest, mask_diff, weights_path};
 use common::{max_abs_diff, npy_vec};
 use websam::gpu::context::Precision;
 use websam::gpu::model::GpuSam;
@@ -97,7 +97,7 @@ fn check(ctx: &GpuContext, label: &str, limits: &Limits) {
                     .iter()
                     .chain(&pred.iou)
                     .all(|v| v.is_finite());
-                let best = argmax(&pred.iou);
+                let best = pred.best();
                 let m = mask_diff(
                     &planes[best],
                     &reference[best * h * w..(best + 1) * h * w],

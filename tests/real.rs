@@ -14,7 +14,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::real::{argmax, manifest, mask_diff, weights_path};
+use common::real::{manifest, mask_diff, weights_path};
 use common::{max_abs_diff, npy_vec};
 use websam::model::sam::Sam;
 
@@ -51,7 +51,7 @@ fn real_decoder_matches_pytorch_from_the_reference_embedding() {
                 );
                 worst = (worst.0.max(d.outside_band), worst.1.min(d.iou));
             }
-            let best = argmax(&pred.iou);
+            let best = pred.best();
             println!(
                 "{what:>26}: low-res logits {d_logits:.2e}, iou {d_iou:.2e}; masks: {} pixels outside the band, IoU with the reference >= {:.5}; best {best} (reference {})",
                 worst.0, worst.1, case.best
@@ -84,7 +84,7 @@ fn real_photographs_to_masks_match_pytorch() {
         for case in &photo.cases {
             let pred = sam().decode(&emb, &case.prompt()).unwrap();
             let reference = case.reference_logits();
-            let best = argmax(&pred.iou);
+            let best = pred.best();
             let i = best;
             let m = mask_diff(
                 &pred.logits(i).unwrap(),

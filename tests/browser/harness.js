@@ -8,7 +8,7 @@ import { toRgba } from '/pkg/internal.js';
 export const apis = { Sam, SamWorker };
 export const FIXTURES = '/tests/fixtures/';
 
-async function fetchOk(url) {
+export async function fetchOk(url) {
   const r = await fetch(url);
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
   return r;
@@ -36,7 +36,7 @@ export function promptOf(c) {
   return prompt;
 }
 
-function maxAbsDiff(a, b) {
+export function maxAbsDiff(a, b) {
   if (a.length !== b.length) throw new Error(`${a.length} values, expected ${b.length}`);
   let worst = 0;
   for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));

@@ -3,27 +3,10 @@
 // photographs of www/samples, against the official code's goldens in tests/fixtures/real
 // (tools/golden/make_real.py). real.test.mjs calls these functions and asserts on what they
 // return.
-import { Sam } from '/pkg/websam.js';
-import { SamWorker } from '/pkg/worker.js';
+import { apis, fetchOk, maxAbsDiff, npy, promptOf } from '/tests/browser/harness.js';
 
-const apis = { Sam, SamWorker };
 const REAL = '/tests/fixtures/real/';
 const WEIGHTS = '/models/mobile_sam.pt';
-
-async function fetchOk(url) {
-  const r = await fetch(url);
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
-  return r;
-}
-
-/** A float32 .npy of the real fixtures as a Float32Array. */
-async function npy(file) {
-  const buf = await (await fetchOk(`/tests/fixtures/${file}`)).arrayBuffer();
-  const headerLen = new DataView(buf).getUint16(8, true);
-  const header = new TextDecoder('latin1').decode(new Uint8Array(buf, 10, headerLen));
-  if (!header.includes("'<f4'")) throw new Error(`${file}: not float32 (${header})`);
-  return new Float32Array(buf.slice(10 + headerLen));
-}
 
 /** The grey values of a PNG (the reference's quantized logits: (v - 128) / 100). */
 async function grey(file) {
@@ -36,20 +19,6 @@ async function grey(file) {
   const out = new Uint8Array(bitmap.width * bitmap.height);
   for (let i = 0; i < out.length; i++) out[i] = rgba[4 * i];
   return out;
-}
-
-function maxAbsDiff(a, b) {
-  if (a.length !== b.length) throw new Error(`${a.length} values, expected ${b.length}`);
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  return worst;
-}
-
-function promptOf(c) {
-  const prompt = { multimask: c.multimask };
-  if (c.points) prompt.points = c.points.map(([x, y], i) => [x, y, c.labels[i]]);
-  if (c.box) prompt.box = c.box;
-  return prompt;
 }
 
 /**

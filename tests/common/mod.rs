@@ -51,25 +51,18 @@ pub struct Resize {
     pub targets: Vec<String>,
 }
 
-/// One decoder case, with its inputs as given to `SamPredictor.predict`.
+/// A case's inputs as given to `SamPredictor.predict`.
 #[derive(Debug, Deserialize)]
-pub struct Case {
-    pub name: String,
+pub struct GoldenPrompt {
     pub points: Option<Vec<[f64; 2]>>,
     pub labels: Option<Vec<i32>>,
     #[serde(rename = "box")]
     pub bbox: Option<[f64; 4]>,
     pub mask_input: Option<String>,
     pub multimask: bool,
-    /// `[height, width]` of the original frame; `[1024, 1024]` is the identity transform.
-    pub orig_size: [usize; 2],
-    pub low_res_logits: String,
-    pub iou: String,
-    /// Full-resolution logits (f16), for the cases in a real image's frame.
-    pub logits: Option<String>,
 }
 
-impl Case {
+impl GoldenPrompt {
     pub fn prompt(&self) -> Prompt {
         let points = match (&self.points, &self.labels) {
             (Some(p), Some(l)) => p
@@ -89,6 +82,26 @@ impl Case {
             mask_input: self.mask_input.as_deref().map(npy_vec),
             multimask: self.multimask,
         }
+    }
+}
+
+/// One decoder case.
+#[derive(Debug, Deserialize)]
+pub struct Case {
+    pub name: String,
+    #[serde(flatten)]
+    pub input: GoldenPrompt,
+    /// `[height, width]` of the original frame; `[1024, 1024]` is the identity transform.
+    pub orig_size: [usize; 2],
+    pub low_res_logits: String,
+    pub iou: String,
+    /// Full-resolution logits (f16), for the cases in a real image's frame.
+    pub logits: Option<String>,
+}
+
+impl Case {
+    pub fn prompt(&self) -> Prompt {
+        self.input.prompt()
     }
 
     pub fn frame(&self) -> ImageFrame {

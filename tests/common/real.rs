@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use websam::image::{ImageFrame, RgbImage};
-use websam::model::sam::{ImageEmbedding, Point, PointLabel, Prompt};
+use websam::model::sam::{ImageEmbedding, Prompt};
 
-use super::{fixture, npy, npy_vec};
+use super::{fixture, npy, npy_vec, GoldenPrompt};
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -42,12 +42,8 @@ pub struct Photo {
 #[derive(Debug, Deserialize)]
 pub struct RealCase {
     pub name: String,
-    pub points: Option<Vec<[f64; 2]>>,
-    pub labels: Option<Vec<i32>>,
-    #[serde(rename = "box")]
-    pub bbox: Option<[f64; 4]>,
-    pub mask_input: Option<String>,
-    pub multimask: bool,
+    #[serde(flatten)]
+    pub input: GoldenPrompt,
     /// The reference's best candidate (argmax of its predicted IoU).
     pub best: usize,
     pub low_res_logits: String,
@@ -81,24 +77,7 @@ impl Photo {
 
 impl RealCase {
     pub fn prompt(&self) -> Prompt {
-        let points = match (&self.points, &self.labels) {
-            (Some(p), Some(l)) => p
-                .iter()
-                .zip(l)
-                .map(|(&[x, y], &label)| Point {
-                    x,
-                    y,
-                    label: PointLabel::from_i32(label).unwrap(),
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        Prompt {
-            points,
-            bbox: self.bbox,
-            mask_input: self.mask_input.as_deref().map(npy_vec),
-            multimask: self.multimask,
-        }
+        self.input.prompt()
     }
 
     /// The reference's full-size logits, quantized as the PNG stores them: `(v - 128) / 100`,
@@ -152,18 +131,4 @@ pub fn mask_diff(ours: &[f32], reference: &[f32], band: f32) -> MaskDiff {
             inter as f64 / union as f64
         },
     }
-}
-
-/// Index of the largest value (the candidate a predictor picks).
-pub fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
 }
