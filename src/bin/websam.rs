@@ -513,7 +513,28 @@ fn bench(weights: &Path, image: &Path, runs: usize, engine: Engine) -> Result<()
     Ok(())
 }
 
+/// glibc's malloc returns freed memory above 128 KiB to the system (munmap, or a trim of the
+/// heap) and takes it back on the next allocation, page faults included; it raises that bound
+/// only after a large block is freed, so the encoder's speed depended on what the load had
+/// freed: 10% slower with an f32 checkpoint than with an f16 one (whose conversions free large
+/// blocks), the same weights either way. Keeping freed memory for the next encode removes the
+/// difference and the faults (`websam bench --backend cpu`, the fixture image: encode 1881 /
+/// 2026 ms with the f16 / f32 file before, 1670 / 1718 ms after). The browser's allocator never
+/// returns memory, so the package is unaffected.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
