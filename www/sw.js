@@ -3,7 +3,7 @@
 // this cache when it does not. Checkpoints are not handled here: the package keeps every one it
 // fetched by URL (the default models/mobile_sam.pt included) in its own Cache API store and
 // reads it from there on the next visit, online or not.
-const SHELL = 'websam-shell-v3';
+const SHELL = 'websam-shell-v4';
 const FILES = [
   './', 'index.html', 'style.css', 'app.js', 'annotate.js',
   'pkg/worker.js', 'pkg/worker-entry.js', 'pkg/websam.js', 'pkg/internal.js',
@@ -11,6 +11,7 @@ const FILES = [
   // The threaded build and its thread workers (a cross-origin isolated page).
   'pkg/thread-entry.js', 'pkg/websam_core_mt.js', 'pkg/websam_core_mt_bg.wasm',
   'samples/chelsea.png', 'samples/coffee.png', 'samples/astronaut.png',
+  'samples/thumbs/chelsea.jpg', 'samples/thumbs/coffee.jpg', 'samples/thumbs/astronaut.jpg',
 ];
 
 self.addEventListener('install', (e) => {

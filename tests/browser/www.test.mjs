@@ -281,7 +281,7 @@ describe('the trained MobileSAM, by default', () => {
     assert.equal(await page.getAttribute('body', 'data-backend'), 'cpu');
     assert.equal(await page.inputValue('#model-preset'), 'local', 'the picker shows the model in use again');
     // The page still works: the sample photographs come from the service worker's cache.
-    assert.ok(await page.$eval('#samples img[src="samples/coffee.png"]', (img) => img.complete && img.naturalWidth === 600));
+    assert.ok(await page.$eval('#samples img[src="samples/thumbs/coffee.jpg"]', (img) => img.complete && img.naturalWidth === 180));
     await page.click('#samples button[data-src="samples/chelsea.png"]');
     await page.waitForSelector('body[data-image=ready]', { timeout: 120000 });
     const [x, y] = cat.points[0];

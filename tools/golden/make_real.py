@@ -7,7 +7,8 @@ Model: the official segment_anything `Sam` / `PromptEncoder` / `MaskDecoder` wit
 loaded strictly with the trained `mobile_sam.pt` (`./build.sh setup` puts it in models/).
 
 Photographs: scikit-image's bundled data (`skimage.data`), written to www/samples/ as PNG (the
-page offers them as samples; the tests read them from there):
+page offers them as samples, with JPEG thumbnails in www/samples/thumbs/; the tests read them
+from there):
 - chelsea.png  451x300, `skimage.data.chelsea` (Stefan van der Walt, CC0);
 - coffee.png   600x400, `skimage.data.coffee` (Rachel Michetti, CC0);
 - astronaut.png 320x512, columns 40..360 of `skimage.data.astronaut` (NASA, public domain).
@@ -48,6 +49,7 @@ from make_fixtures import build_mobile_sam, stats, versions  # noqa: E402
 from segment_anything import SamPredictor  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+THUMB_HEIGHT = 120
 CHECKPOINT_SHA256 = "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"
 
 
@@ -134,6 +136,10 @@ def main():
         Image.fromarray(pixels, mode="RGB").save(path, format="PNG", compress_level=9)
         image = np.array(Image.open(path).convert("RGB"))
         h, w = image.shape[:2]
+        # The page's thumbnail: 120 px high (twice its size in the page), JPEG.
+        os.makedirs(os.path.join(args.samples, "thumbs"), exist_ok=True)
+        Image.fromarray(image).resize((round(w * THUMB_HEIGHT / h), THUMB_HEIGHT), Image.LANCZOS).save(
+            os.path.join(args.samples, "thumbs", f"{name}.jpg"), format="JPEG", quality=80)
         with torch.no_grad():
             predictor.set_image(image)
         emb = predictor.features.detach().numpy().astype(np.float16)
