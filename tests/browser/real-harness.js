@@ -4,6 +4,7 @@
 // (tools/golden/make_real.py). real.test.mjs calls these functions and asserts on what they
 // return.
 import { apis, fetchOk, maxAbsDiff, npy, promptOf } from '/tests/browser/harness.js';
+import { f16 } from '/tests/support/half.mjs';
 
 const REAL = '/tests/fixtures/real/';
 const WEIGHTS = '/models/mobile_sam.pt';
@@ -111,14 +112,5 @@ function f16npy(buf) {
   const headerLen = new DataView(buf).getUint16(8, true);
   const header = new TextDecoder('latin1').decode(new Uint8Array(buf, 10, headerLen));
   if (!header.includes("'<f2'")) throw new Error(`not float16 (${header})`);
-  const bits = new Uint16Array(buf.slice(10 + headerLen));
-  const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) {
-    const h = bits[i];
-    const s = h & 0x8000 ? -1 : 1;
-    const e = (h >> 10) & 0x1f;
-    const m = h & 0x3ff;
-    out[i] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
-  }
-  return out;
+  return Float32Array.from(new Uint16Array(buf.slice(10 + headerLen)), f16);
 }

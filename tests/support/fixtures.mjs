@@ -1,15 +1,9 @@
 // Shared by the Node-side tests: the fixture .npy files (float32 and float16, C order, little
 // endian) and an even-odd polygon fill, written independently of the page's code they check.
 import { readFileSync } from 'node:fs';
+import { f16 } from './half.mjs';
 
 export const FIXTURES = new URL('../fixtures/', import.meta.url);
-
-function f16(u) {
-  const e = (u >> 10) & 0x1f;
-  const m = u & 0x3ff;
-  const v = e === 0 ? m * 2 ** -24 : e === 31 ? (m ? NaN : Infinity) : (1 + m / 1024) * 2 ** (e - 15);
-  return u & 0x8000 ? -v : v;
-}
 
 /** A fixture .npy: `{ shape, data: Float32Array }` (float16 files are widened). */
 export function npy(name) {

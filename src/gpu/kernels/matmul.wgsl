@@ -134,7 +134,6 @@ fn main(
             let b1 = b_tile[kk * TN4 + tx + WG_X];
             /*PRODUCTS*/
         }
-        /*FLUSH*/
         workgroupBarrier();
     }
 

@@ -94,8 +94,8 @@ pub(crate) fn gemm_source(
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let (enable, partials, products, flush) = match weights {
-        GpuDType::F32 => ("", String::new(), lines(&|_, a| f32_step(a)), String::new()),
+    let (enable, partials, products) = match weights {
+        GpuDType::F32 => ("", String::new(), lines(&|_, a| f32_step(a))),
         GpuDType::F16 => (
             "enable f16;\n",
             lines(&|i, _| format!("var part{i} = vec4<f16>(0.0);")),
@@ -108,13 +108,11 @@ pub(crate) fn gemm_source(
                     a.acc
                 )),
             ),
-            String::new(),
         ),
     };
     let body = body
         .replace("/*PARTIALS*/", &partials)
-        .replace("/*PRODUCTS*/", &products)
-        .replace("/*FLUSH*/", &flush);
+        .replace("/*PRODUCTS*/", &products);
     let ty = weights.wgsl();
     format!("{enable}{COMMON_WGSL}\n{header}\nalias w_t = {ty};\nalias tile_t = {ty};\n{body}")
 }
