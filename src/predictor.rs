@@ -1,13 +1,13 @@
 //! The predictor a page or a tool holds: the model on the backend chosen, the image set once,
 //! prompts decoded against it. Backend `Auto` uses the GPU when a hardware adapter exists (a
-//! software one, such as lavapipe or SwiftShader, is slower than the CPU backend); a lost GPU
-//! device is recovered (a new device, else the CPU) without losing the image: its embedding is
-//! always kept on the CPU side too.
+//! software one, such as lavapipe or SwiftShader, is slower than the CPU backend). The predictor
+//! holds one model on one backend; a lost GPU device is recovered (the model built again on a
+//! new device, else on the CPU, from the weights kept for that) without losing the image: its
+//! embedding is always kept on the CPU side too.
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Precision;
-use crate::gpu::model::{GpuEmbedding, GpuSam};
-use crate::gpu::GpuContext;
+use crate::gpu::{GpuContext, GpuEmbedding, GpuSam};
 use crate::image::RgbImage;
 use crate::model::sam::{ImageEmbedding, Mask, Prediction, Prompt, Sam};
 use crate::model::weights::Weights;
@@ -37,8 +37,10 @@ struct ImageState {
 
 /// SAM with an image set, on the CPU or the GPU.
 pub struct Predictor {
+    /// Kept to build the model again when the GPU device is lost.
     weights: Weights,
-    cpu: Sam,
+    /// The model, on the CPU when `gpu` is `None`.
+    cpu: Option<Sam>,
     gpu: Option<GpuSam>,
     /// Set when the GPU was asked for or found, so that a lost device is replaced.
     wants_gpu: bool,
@@ -61,7 +63,6 @@ impl Predictor {
         choice: BackendChoice,
         precision: Precision,
     ) -> Result<(Self, Option<Error>)> {
-        let cpu = Sam::new(&weights)?;
         let (gpu, why_not) = match choice {
             BackendChoice::Cpu => (None, None),
             BackendChoice::Gpu => (Some(open_gpu(&weights, precision).await?), None),
@@ -79,6 +80,10 @@ impl Predictor {
             },
         };
         let wants_gpu = gpu.is_some();
+        let cpu = match gpu {
+            Some(_) => None,
+            None => Some(Sam::new(&weights)?),
+        };
         Ok((
             Self {
                 weights,
@@ -113,9 +118,9 @@ impl Predictor {
         self.gpu.as_ref().map(|g| g.ctx().adapter_name())
     }
 
-    /// The CPU model (always present).
-    pub fn cpu(&self) -> &Sam {
-        &self.cpu
+    /// The CPU model, when in use.
+    pub fn cpu(&self) -> Option<&Sam> {
+        self.cpu.as_ref()
     }
 
     /// The GPU model, when in use.
@@ -126,7 +131,7 @@ impl Predictor {
     /// `SamPredictor.set_image`: embeds the image once (on the GPU when its encoder runs there).
     pub async fn set_image(&mut self, image: &RgbImage) -> Result<()> {
         self.image = None;
-        let state = match self.gpu_encoder().await? {
+        let state = match self.live_gpu().await? {
             Some(gpu) => {
                 let (embedding, g) = gpu.embed(image).await?;
                 ImageState {
@@ -135,8 +140,9 @@ impl Predictor {
                 }
             }
             None => {
-                let embedding = self.cpu.embed(image)?;
-                self.cpu.prepare_decoder(&embedding)?;
+                let cpu = self.cpu_model()?;
+                let embedding = cpu.embed(image)?;
+                cpu.prepare_decoder(&embedding)?;
                 ImageState {
                     embedding,
                     gpu: None,
@@ -153,7 +159,7 @@ impl Predictor {
         let gpu = match self.live_gpu().await? {
             Some(gpu) => Some(gpu.upload_embedding(&embedding).await?),
             None => {
-                self.cpu.prepare_decoder(&embedding)?;
+                self.cpu_model()?.prepare_decoder(&embedding)?;
                 None
             }
         };
@@ -194,7 +200,7 @@ impl Predictor {
             let state = self.image.as_ref().ok_or_else(no_image)?;
             let out = match (&self.gpu, &state.gpu) {
                 (Some(gpu), Some(g)) => gpu_predict(gpu, g, prompt, with_masks).await,
-                _ => cpu_predict(&self.cpu, &state.embedding, prompt, with_masks),
+                _ => cpu_predict(self.cpu_model()?, &state.embedding, prompt, with_masks),
             };
             match out {
                 Err(_) if attempt == 0 && self.gpu_lost() => continue,
@@ -222,15 +228,22 @@ impl Predictor {
                 }
                 self.gpu = Some(gpu);
             } else {
+                // No device to be had: the CPU from now on, the image's embedding kept.
                 self.wants_gpu = false;
+                self.cpu = Some(Sam::new(&self.weights)?);
+                if let Some(state) = &self.image {
+                    self.cpu_model()?.prepare_decoder(&state.embedding)?;
+                }
             }
         }
         Ok(self.gpu.as_ref())
     }
 
-    /// The GPU model when its encoder can embed the image.
-    async fn gpu_encoder(&mut self) -> Result<Option<&GpuSam>> {
-        Ok(self.live_gpu().await?.filter(|g| g.has_encoder()))
+    /// The CPU model, when the predictor runs on the CPU.
+    fn cpu_model(&self) -> Result<&Sam> {
+        self.cpu
+            .as_ref()
+            .ok_or_else(|| Error::gpu("the GPU model is in use, not the CPU one"))
     }
 }
 
@@ -242,7 +255,7 @@ async fn open_gpu(weights: &Weights, precision: Precision) -> Result<GpuSam> {
         Precision::F16 if ctx.supports_f16() => ctx.with_precision(Precision::F16)?,
         _ => ctx,
     };
-    GpuSam::new(&ctx, weights).await
+    GpuSam::upload(&ctx, weights).await
 }
 
 fn no_image() -> Error {

@@ -8,7 +8,7 @@ mod common;
 mod gpu;
 
 use common::{cases, fixture, max_abs_diff, npy, npy_vec};
-use websam::gpu::model::GpuSam;
+use websam::gpu::GpuSam;
 use websam::model::sam::{ImageEmbedding, Sam};
 use websam::model::weights::Weights;
 
@@ -19,7 +19,7 @@ const GPU_TOLERANCE: f32 = 1e-3;
 fn gpu_decoder_matches_cpu_and_pytorch_on_every_case() {
     let weights = Weights::from_file(fixture("mobile_sam.pth")).unwrap();
     let cpu = Sam::new(&weights).unwrap();
-    let gpu = pollster::block_on(GpuSam::new(gpu::ctx(), &weights)).expect("GPU model");
+    let gpu = pollster::block_on(GpuSam::upload(gpu::ctx(), &weights)).expect("GPU model");
     let mut failures = Vec::new();
     for case in &cases().cases {
         let emb = ImageEmbedding::new(npy("embedding.npy"), case.frame()).unwrap();
@@ -51,7 +51,7 @@ fn gpu_decoder_matches_cpu_and_pytorch_on_every_case() {
 #[test]
 fn gpu_postprocessing_matches_cpu_and_pytorch() {
     let weights = Weights::from_file(fixture("sam_decoder.safetensors")).unwrap();
-    let gpu = pollster::block_on(GpuSam::new(gpu::ctx(), &weights)).expect("GPU model");
+    let gpu = pollster::block_on(GpuSam::upload(gpu::ctx(), &weights)).expect("GPU model");
     let mut checked = 0;
     for case in cases().cases.iter().filter(|c| !c.in_1024_frame()) {
         let emb = ImageEmbedding::new(npy("embedding.npy"), case.frame()).unwrap();

@@ -22,8 +22,8 @@ mod gpu;
 use common::real::{manifest, mask_diff, weights_path};
 use common::{max_abs_diff, npy_vec};
 use websam::gpu::context::Precision;
-use websam::gpu::model::GpuSam;
 use websam::gpu::GpuContext;
+use websam::gpu::GpuSam;
 use websam::model::weights::Weights;
 
 struct Limits {
@@ -61,7 +61,7 @@ const F16: Limits = Limits {
 
 fn model(ctx: &GpuContext) -> GpuSam {
     let weights = Weights::from_file(weights_path()).unwrap();
-    pollster::block_on(GpuSam::new(ctx, &weights)).expect("GPU model")
+    pollster::block_on(GpuSam::upload(ctx, &weights)).expect("GPU model")
 }
 
 fn check(ctx: &GpuContext, label: &str, limits: &Limits) {

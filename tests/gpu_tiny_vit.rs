@@ -11,7 +11,7 @@ mod gpu;
 use std::time::Instant;
 
 use common::{cases, fixture, mask_mismatches, max_abs_diff, npy_vec};
-use websam::gpu::model::GpuSam;
+use websam::gpu::GpuSam;
 use websam::image::RgbImage;
 use websam::model::sam::Sam;
 use websam::model::weights::Weights;
@@ -26,7 +26,7 @@ fn gpu_tiny_vit_matches_cpu_and_pytorch_then_decodes_masks() {
     let all = cases();
     let weights = Weights::from_file(fixture("mobile_sam.pth")).unwrap();
     let image = RgbImage::open(fixture(&all.image)).unwrap();
-    let gpu = pollster::block_on(GpuSam::new(gpu::ctx(), &weights)).expect("GPU model");
+    let gpu = pollster::block_on(GpuSam::upload(gpu::ctx(), &weights)).expect("GPU model");
 
     let start = Instant::now();
     let (emb, gemb, dispatches) = pollster::block_on(gpu.embed_counted(&image)).expect("GPU embed");

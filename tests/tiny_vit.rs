@@ -3,6 +3,7 @@
 //! in `tests/parity.rs`; its conv kernels are unit-tested in `src/model/conv.rs`.
 
 use candle_core::{DType, Device, Tensor};
+use websam::model::backend::Cpu;
 use websam::model::config::SamConfig;
 use websam::model::tiny_vit::TinyViT;
 use websam::model::weights::Weights;
@@ -18,7 +19,8 @@ fn fixture_weights() -> Weights {
 #[test]
 fn loads_the_official_checkpoint() {
     let weights = fixture_weights();
-    TinyViT::new(
+    TinyViT::<Cpu>::new(
+        &(),
         &SamConfig::mobile_sam().tiny_vit,
         &weights.pp("image_encoder"),
     )
@@ -31,7 +33,8 @@ fn a_missing_weight_names_its_key() {
     let mut weights = fixture_weights();
     let key = "image_encoder.layers.1.blocks.0.attn.attention_biases";
     assert!(weights.remove(key).is_some(), "{key} is in the fixture");
-    let err = TinyViT::new(
+    let err = TinyViT::<Cpu>::new(
+        &(),
         &SamConfig::mobile_sam().tiny_vit,
         &weights.pp("image_encoder"),
     )
@@ -49,9 +52,9 @@ fn forward_shapes_on_a_small_frame() {
     let mut cfg = SamConfig::mobile_sam().tiny_vit;
     // 64 -> patch grid 16 -> 8 -> 4 -> 4 (the last merge keeps the grid).
     cfg.img_size = 64;
-    let model = TinyViT::new(&cfg, &weights.pp("image_encoder")).unwrap();
+    let model = TinyViT::<Cpu>::new(&(), &cfg, &weights.pp("image_encoder")).unwrap();
     let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &Device::Cpu).unwrap();
-    let y = model.forward(&x).unwrap();
+    let y = model.forward(&mut Cpu, &x).unwrap();
     assert_eq!(y.dims(), [1, 256, 4, 4]);
     assert_eq!(y.dtype(), DType::F32);
     let values = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -59,6 +62,6 @@ fn forward_shapes_on_a_small_frame() {
 
     // A frame of the wrong size is refused with the expected shape in the message.
     let wrong = Tensor::zeros((1, 3, 32, 64), DType::F32, &Device::Cpu).unwrap();
-    let err = model.forward(&wrong).unwrap_err().to_string();
+    let err = model.forward(&mut Cpu, &wrong).unwrap_err().to_string();
     assert!(err.contains("[B, 3, 64, 64]"), "{err}");
 }

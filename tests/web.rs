@@ -71,7 +71,8 @@ macro_rules! fixture {
 /// as at full size), with the fixture's MobileSAM weights.
 #[wasm_bindgen_test]
 async fn webgpu_tiny_vit_matches_the_cpu_port_on_a_small_frame() {
-    use websam::gpu::model::tiny_vit::GpuTinyViT;
+    use websam::gpu::backend::Gpu;
+    use websam::model::backend::{Backend, Cpu};
     use websam::model::config::SamConfig;
     use websam::model::tiny_vit::TinyViT;
     use websam::model::weights::Weights;
@@ -82,13 +83,16 @@ async fn webgpu_tiny_vit_matches_the_cpu_port_on_a_small_frame() {
     let mut cfg = SamConfig::mobile_sam().tiny_vit;
     cfg.img_size = 128;
     let x = Tensor::randn(0f32, 1.0, (1, 3, 128, 128), &Device::Cpu).unwrap();
-    let want = TinyViT::new(&cfg, &vb).unwrap().forward(&x).unwrap();
+    let want = TinyViT::<Cpu>::new(&(), &cfg, &vb)
+        .unwrap()
+        .forward(&mut Cpu, &x)
+        .unwrap();
 
-    let gpu = GpuTinyViT::new(&ctx, &cfg, &vb).expect("GPU TinyViT");
-    let mut rec = Recorder::new(&ctx);
-    let y = gpu
-        .forward(&mut rec, &GpuTensor::from_candle(&ctx, &x).unwrap())
-        .expect("record TinyViT");
+    let gpu = TinyViT::<Gpu>::new(&ctx, &cfg, &vb).expect("GPU TinyViT");
+    let mut g = Gpu::begin(&ctx);
+    let input = g.input(&x).unwrap();
+    let y = gpu.forward(&mut g, &input).expect("record TinyViT");
+    let mut rec = g.into_recorder();
     assert_eq!(y.shape(), want.dims());
     let dispatches = rec.dispatch_count();
     rec.read(&y);

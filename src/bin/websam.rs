@@ -445,28 +445,26 @@ fn bench(weights: &Path, image: &Path, runs: usize, engine: Engine) -> Result<()
     };
     println!("image {}x{}, {runs} runs", img.width, img.height);
 
-    // The CPU encoder (its embedding feeds both decoders).
+    // The CPU encoder and decoder.
     let threads = candle_core::utils::get_num_threads(); // what candle runs on (RAYON_NUM_THREADS)
-    let emb = model.cpu().embed(&img)?; // warm-up
-    let mut encode = Vec::new();
-    for _ in 0..runs {
-        encode.push(timed(|| model.cpu().embed(&img))?.1);
-    }
-    println!(
-        "cpu (candle, {threads} threads) encoder          {}",
-        summary(&mut encode)
-    );
-
-    // CPU decoder.
-    if engine.backend != Backend::Gpu {
-        model.cpu().decode(&emb, &prompt)?;
+    if let Some(cpu) = model.cpu() {
+        let emb = cpu.embed(&img)?; // warm-up
+        let mut encode = Vec::new();
+        for _ in 0..runs {
+            encode.push(timed(|| cpu.embed(&img))?.1);
+        }
+        println!(
+            "cpu (candle, {threads} threads) encoder          {}",
+            summary(&mut encode)
+        );
+        cpu.decode(&emb, &prompt)?;
         let (mut first, mut further) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             // The first decode after an image does the decoder's per-image work: a copy of the
             // features is a new image to the cache.
             let fresh = ImageEmbedding::new(emb.features.copy()?, emb.frame)?;
-            first.push(timed(|| model.cpu().decode(&fresh, &prompt))?.1);
-            further.push(timed(|| model.cpu().decode(&fresh, &prompt))?.1);
+            first.push(timed(|| cpu.decode(&fresh, &prompt))?.1);
+            further.push(timed(|| cpu.decode(&fresh, &prompt))?.1);
         }
         println!(
             "cpu (candle, {threads} threads) first decode     {}",
@@ -485,16 +483,14 @@ fn bench(weights: &Path, image: &Path, runs: usize, engine: Engine) -> Result<()
             gpu.ctx().adapter_name(),
             gpu.ctx().precision().name()
         );
-        if gpu.has_encoder() {
-            pollster::block_on(gpu.embed(&img))?; // warm-up: pipelines, pool
-            let mut encode = Vec::new();
-            for _ in 0..runs {
-                encode.push(timed(|| pollster::block_on(gpu.embed(&img)))?.1);
-            }
-            println!("gpu ({name}) encoder          {}", summary(&mut encode));
+        let (emb, _) = pollster::block_on(gpu.embed(&img))?; // warm-up: pipelines, pool
+        let mut encode = Vec::new();
+        for _ in 0..runs {
+            encode.push(timed(|| pollster::block_on(gpu.embed(&img)))?.1);
         }
+        println!("gpu ({name}) encoder          {}", summary(&mut encode));
         let g = pollster::block_on(gpu.upload_embedding(&emb))?;
-        pollster::block_on(gpu.decode(&g, &prompt))?; // warm-up: pipelines, pool
+        let (_, dispatches) = pollster::block_on(gpu.decode_counted(&g, &prompt))?; // warm-up
         let (mut first, mut further) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let t = Instant::now();
@@ -504,7 +500,10 @@ fn bench(weights: &Path, image: &Path, runs: usize, engine: Engine) -> Result<()
             further.push(timed(|| pollster::block_on(gpu.decode(&g, &prompt)))?.1);
         }
         println!("gpu ({name}) first decode     {}", summary(&mut first));
-        println!("gpu ({name}) further decodes  {}", summary(&mut further));
+        println!(
+            "gpu ({name}) further decodes  {} ({dispatches} dispatches)",
+            summary(&mut further)
+        );
         println!(
             "gpu ({name}) storage buffers  {:.1} MB (weights, embedding and the largest pass's intermediates)",
             gpu.ctx().pool().allocated_bytes() as f64 / 1e6

@@ -9,10 +9,12 @@
 //!   with dynamic offsets for every op's parameters, one submit, and readback of only the
 //!   outputs asked for.
 //! - [`kernels`]: one `.wgsl` file and one launcher per kernel family.
+//! - [`backend::Gpu`]: the model's primitives on these kernels (the model itself is written
+//!   once, in [`crate::model`]).
 
+pub mod backend;
 pub mod context;
 pub mod kernels;
-pub mod model;
 pub mod pipeline;
 pub mod pool;
 pub mod recorder;
@@ -21,3 +23,8 @@ pub mod tensor;
 pub use context::GpuContext;
 pub use recorder::Recorder;
 pub use tensor::GpuTensor;
+
+/// SAM on the GPU.
+pub type GpuSam = crate::model::sam::Sam<backend::Gpu>;
+/// An image prepared for decoding on the GPU.
+pub type GpuEmbedding = crate::model::sam::PreparedImage<backend::Gpu>;

@@ -123,28 +123,24 @@ fn valid_columns(kx: usize, w: usize, out_w: usize, s: usize, p: usize) -> (usiz
     (lo.min(out_w), hi.max(lo.min(out_w)))
 }
 
-/// An activation fused into a kernel's output pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    Identity,
-    /// GELU, exact erf form (PyTorch's `nn.GELU()`), through [`erf`].
-    Gelu,
-}
+pub use crate::model::backend::Activation;
 
 impl Activation {
     #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
         match self {
-            Activation::Identity => x,
+            Activation::None => x,
             Activation::Gelu => gelu(x),
+            Activation::Relu => x.max(0.0),
         }
     }
 
     /// Applies the activation to every value of `xs`.
     pub fn apply_slice(self, xs: &mut [f32]) {
         match self {
-            Activation::Identity => {}
+            Activation::None => {}
             Activation::Gelu => xs.iter_mut().for_each(|x| *x = gelu(*x)),
+            Activation::Relu => xs.iter_mut().for_each(|x| *x = x.max(0.0)),
         }
     }
 }
@@ -481,7 +477,7 @@ mod tests {
             .unwrap();
         let conv = DepthwiseConv2d::new(&wt, &bias, stride, padding).unwrap();
         let what = format!("b{b} c{c} {h}x{w} k{k} s{stride} p{padding}");
-        let got = conv.forward(&x, Activation::Identity).unwrap();
+        let got = conv.forward(&x, Activation::None).unwrap();
         assert_eq!(got.dims(), expected.dims(), "{what}");
         let diff = max_abs_diff(&got, &expected);
         assert!(diff <= 1e-5, "{what}: max abs diff {diff}");
@@ -558,7 +554,7 @@ mod tests {
         let bias = Tensor::new(&[0.5f32], &dev).unwrap();
         let y = DepthwiseConv2d::new(&wt, &bias, 1, 1)
             .unwrap()
-            .forward(&x, Activation::Identity)
+            .forward(&x, Activation::None)
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -574,7 +570,7 @@ mod tests {
         let bias = Tensor::zeros(4, DType::F32, &dev).unwrap();
         let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &dev).unwrap();
         let conv = DepthwiseConv2d::new(&wt, &bias, 1, 1).unwrap();
-        assert!(conv.forward(&x, Activation::Identity).is_err());
+        assert!(conv.forward(&x, Activation::None).is_err());
     }
 
     #[test]
@@ -621,7 +617,7 @@ mod tests {
                 Activation::Gelu,
                 (&xb + &r).unwrap().gelu_erf().unwrap(),
             ),
-            (bias, Some(&r), Activation::Identity, (&xb + &r).unwrap()),
+            (bias, Some(&r), Activation::None, (&xb + &r).unwrap()),
             (None, None, Activation::Gelu, x.gelu_erf().unwrap()),
         ];
         for (i, (bias, residual, act, expected)) in cases.into_iter().enumerate() {

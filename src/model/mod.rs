@@ -1,7 +1,12 @@
-//! SAM itself: one file per reference module, written on candle for the CPU.
+//! SAM itself: one file per reference module, each written once against the primitives of
+//! [`backend::Backend`], which the CPU ([`cpu::Cpu`], candle) and the GPU
+//! ([`crate::gpu::backend::Gpu`], the WebGPU engine) implement.
 
+pub mod backend;
+pub mod common;
 pub mod config;
 pub mod conv;
+pub mod cpu;
 pub mod mask_decoder;
 pub mod ops;
 pub mod prompt_encoder;

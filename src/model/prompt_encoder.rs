@@ -3,8 +3,9 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{Error, Result};
+use crate::model::backend::{load, Activation, Backend, ConvOpts, Param};
+use crate::model::common::LayerNorm2d;
 use crate::model::config::{PromptEncoderConfig, LAYER_NORM_2D_EPS};
-use crate::model::ops::{self, LayerNorm2d};
 use crate::model::weights::WeightPath;
 
 /// Positional encoding using random spatial frequencies.
@@ -73,9 +74,12 @@ impl PositionEmbeddingRandom {
     }
 }
 
-/// Encodes prompts (points, boxes, masks) for the mask decoder.
+/// Encodes prompts (points, boxes, masks) for the mask decoder. The sparse prompts (a few
+/// 256-wide tokens from sin/cos of the clicks) are computed on the host with candle, for every
+/// backend: that is less work than one dispatch. The dense path (`mask_downscaling`, the
+/// no-mask embedding, the dense positional encoding) lives on the backend.
 #[derive(Debug, Clone)]
-pub struct PromptEncoder {
+pub struct PromptEncoder<B: Backend> {
     embed_dim: usize,
     embedding_side: usize,
     input_image_size: usize,
@@ -84,74 +88,104 @@ pub struct PromptEncoder {
     /// box top-left corner, box bottom-right corner.
     point_embeddings: Vec<Tensor>,
     not_a_point_embed: Tensor,
-    mask_downscaling: MaskDownscaling,
+    mask_downscaling: MaskDownscaling<B>,
+    /// `no_mask_embed.weight` `[1, embed_dim]`, on the host and on the backend.
     no_mask_embed: Tensor,
+    no_mask_embed_b: B::Tensor,
     /// `get_dense_pe()`, computed once at load: it depends only on the weights.
     dense_pe: Tensor,
+    /// The same as tokens `[1, 64*64, embed_dim]`, on the backend.
+    dense_pe_tokens: B::Tensor,
 }
 
 /// `mask_downscaling`: Conv(1->c/4, k2, s2), LN2d, GELU, Conv(c/4->c, k2, s2), LN2d, GELU,
 /// Conv(c->embed_dim, k1), with `c = mask_in_chans`.
 #[derive(Debug, Clone)]
-struct MaskDownscaling {
-    conv0: Conv2d,
-    norm1: LayerNorm2d,
-    conv3: Conv2d,
-    norm4: LayerNorm2d,
-    conv6: Conv2d,
+struct MaskDownscaling<B: Backend> {
+    conv0: Conv2d<B>,
+    norm1: LayerNorm2d<B>,
+    conv3: Conv2d<B>,
+    norm4: LayerNorm2d<B>,
+    conv6: Conv2d<B>,
 }
 
 /// A plain `nn.Conv2d` with bias, no padding, stride = kernel size.
 #[derive(Debug, Clone)]
-struct Conv2d {
-    weight: Tensor,
-    bias: Tensor,
+struct Conv2d<B: Backend> {
+    weight: B::Tensor,
+    bias: B::Tensor,
     stride: usize,
 }
 
-impl Conv2d {
-    fn new(vb: &WeightPath, c_in: usize, c_out: usize, kernel: usize) -> Result<Self> {
+impl<B: Backend> Conv2d<B> {
+    fn new(
+        dev: &B::Device,
+        vb: &WeightPath,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+    ) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(&[c_out, c_in, kernel, kernel], "weight")?,
-            bias: vb.get(&[c_out], "bias")?.reshape((1, c_out, 1, 1))?,
+            weight: load::<B>(
+                dev,
+                vb,
+                &[c_out, c_in, kernel, kernel],
+                "weight",
+                Param::Conv,
+            )?,
+            bias: load::<B>(dev, vb, &[c_out], "bias", Param::Plain)?,
             stride: kernel,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(
+    fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
+        let opts = ConvOpts::new(self.stride, /* padding */ 0);
+        b.conv2d(
+            x,
             &self.weight,
-            /* padding */ 0,
-            self.stride,
-            /* dilation */ 1,
-            /* groups */ 1,
-        )?;
-        Ok(y.broadcast_add(&self.bias)?)
+            Some(&self.bias),
+            opts,
+            Activation::None,
+            None,
+        )
     }
 }
 
-impl MaskDownscaling {
-    fn new(vb: &WeightPath, mask_in_chans: usize, embed_dim: usize) -> Result<Self> {
+impl<B: Backend> MaskDownscaling<B> {
+    fn new(
+        dev: &B::Device,
+        vb: &WeightPath,
+        mask_in_chans: usize,
+        embed_dim: usize,
+    ) -> Result<Self> {
         let hidden = mask_in_chans / 4;
         Ok(Self {
-            conv0: Conv2d::new(&vb.pp(0), 1, hidden, /* kernel */ 2)?,
-            norm1: LayerNorm2d::new(&vb.pp(1), hidden, LAYER_NORM_2D_EPS)?,
-            conv3: Conv2d::new(&vb.pp(3), hidden, mask_in_chans, /* kernel */ 2)?,
-            norm4: LayerNorm2d::new(&vb.pp(4), mask_in_chans, LAYER_NORM_2D_EPS)?,
-            conv6: Conv2d::new(&vb.pp(6), mask_in_chans, embed_dim, /* kernel */ 1)?,
+            conv0: Conv2d::new(dev, &vb.pp(0), 1, hidden, /* kernel */ 2)?,
+            norm1: LayerNorm2d::new(dev, &vb.pp(1), hidden, LAYER_NORM_2D_EPS)?,
+            conv3: Conv2d::new(dev, &vb.pp(3), hidden, mask_in_chans, /* kernel */ 2)?,
+            norm4: LayerNorm2d::new(dev, &vb.pp(4), mask_in_chans, LAYER_NORM_2D_EPS)?,
+            conv6: Conv2d::new(
+                dev,
+                &vb.pp(6),
+                mask_in_chans,
+                embed_dim,
+                /* kernel */ 1,
+            )?,
         })
     }
 
-    fn forward(&self, masks: &Tensor) -> Result<Tensor> {
-        let x = ops::gelu(&self.norm1.forward(&self.conv0.forward(masks)?)?)?;
-        let x = ops::gelu(&self.norm4.forward(&self.conv3.forward(&x)?)?)?;
-        self.conv6.forward(&x)
+    fn forward(&self, b: &mut B, masks: &B::Tensor) -> Result<B::Tensor> {
+        let x = self.conv0.forward(b, masks)?;
+        let x = self.norm1.forward(b, &x, Activation::Gelu)?;
+        let x = self.conv3.forward(b, &x)?;
+        let x = self.norm4.forward(b, &x, Activation::Gelu)?;
+        self.conv6.forward(b, &x)
     }
 }
 
-impl PromptEncoder {
+impl<B: Backend> PromptEncoder<B> {
     /// `vb` is `weights.pp("prompt_encoder")`.
-    pub fn new(cfg: &PromptEncoderConfig, vb: &WeightPath) -> Result<Self> {
+    pub fn new(dev: &B::Device, cfg: &PromptEncoderConfig, vb: &WeightPath) -> Result<Self> {
         let embed_dim = cfg.embed_dim;
         let pe_layer = PositionEmbeddingRandom::new(&vb.pp("pe_layer"), embed_dim / 2)?;
         let point_embeddings = (0..cfg.num_point_embeddings)
@@ -162,13 +196,19 @@ impl PromptEncoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let not_a_point_embed = vb.pp("not_a_point_embed").get(&[1, embed_dim], "weight")?;
-        let mask_downscaling =
-            MaskDownscaling::new(&vb.pp("mask_downscaling"), cfg.mask_in_chans, embed_dim)?;
+        let mask_downscaling = MaskDownscaling::new(
+            dev,
+            &vb.pp("mask_downscaling"),
+            cfg.mask_in_chans,
+            embed_dim,
+        )?;
         let no_mask_embed = vb.pp("no_mask_embed").get(&[1, embed_dim], "weight")?;
         let dense_pe = pe_layer
             .forward(cfg.embedding_side, cfg.embedding_side)?
             .unsqueeze(0)?
             .contiguous()?;
+        // [1, C, H, W] -> [1, HW, C]
+        let dense_pe_tokens = dense_pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
         Ok(Self {
             embed_dim,
             embedding_side: cfg.embedding_side,
@@ -177,8 +217,10 @@ impl PromptEncoder {
             point_embeddings,
             not_a_point_embed,
             mask_downscaling,
+            no_mask_embed_b: B::param(dev, &no_mask_embed, Param::Plain)?,
             no_mask_embed,
             dense_pe,
+            dense_pe_tokens: B::param(dev, &dense_pe_tokens, Param::Plain)?,
         })
     }
 
@@ -242,9 +284,19 @@ impl PromptEncoder {
         Ok(corner_embedding.broadcast_add(&corners)?)
     }
 
+    /// The dense positional encoding as tokens `[1, 64*64, C]`, on the backend.
+    pub fn dense_pe_tokens(&self) -> &B::Tensor {
+        &self.dense_pe_tokens
+    }
+
+    /// `no_mask_embed.weight` `[1, C]`, on the backend: the dense prompt without a mask input.
+    pub fn no_mask_embed(&self) -> &B::Tensor {
+        &self.no_mask_embed_b
+    }
+
     /// Embeds mask inputs: `[B, 1, 256, 256]` -> `[B, C, 64, 64]`.
-    fn embed_masks(&self, masks: &Tensor) -> Result<Tensor> {
-        self.mask_downscaling.forward(masks)
+    pub fn embed_masks(&self, b: &mut B, masks: &B::Tensor) -> Result<B::Tensor> {
+        self.mask_downscaling.forward(b, masks)
     }
 
     /// The batch size of the output given the batch size of the input prompts.
@@ -306,19 +358,19 @@ impl PromptEncoder {
         Ok(())
     }
 
-    /// Embeds the prompts, returning sparse embeddings `[B, n_tokens, C]` and dense embeddings
-    /// `[B, C, 64, 64]`.
+    /// The sparse prompt embeddings `[B, n_tokens, C]`, on the host.
     ///
     /// `points`: coords `[B, N, 2]` in the input frame (not yet shifted by 0.5) and labels
     /// `[B, N]` (1 positive, 0 negative, -1 padding). `boxes`: `[B, 4]` (x0, y0, x1, y1) in the
-    /// input frame. `masks`: `[B, 1, 256, 256]` low-res logits. As in the reference, a padding
-    /// point (0, 0) with label -1 is appended to the points when no box is given.
-    pub fn forward(
+    /// input frame. `masks`, when given, only sets the batch size and is checked. As in the
+    /// reference, a padding point (0, 0) with label -1 is appended to the points when no box
+    /// is given.
+    pub fn sparse(
         &self,
         points: Option<(&Tensor, &Tensor)>,
         boxes: Option<&Tensor>,
         masks: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<Tensor> {
         self.check_inputs(points, boxes, masks)?;
         let bs = Self::get_batch_size(points, boxes, masks)?;
         let device = self.no_mask_embed.device();
@@ -329,18 +381,36 @@ impl PromptEncoder {
         if let Some(boxes) = boxes {
             sparse.push(self.embed_boxes(boxes)?);
         }
-        let sparse_embeddings = match sparse.len() {
+        Ok(match sparse.len() {
             0 => Tensor::zeros((bs, 0, self.embed_dim), DType::F32, device)?,
             1 => sparse.pop().expect("one"),
             _ => Tensor::cat(&sparse, 1)?,
-        };
+        })
+    }
 
+    /// Embeds the prompts, returning sparse embeddings `[B, n_tokens, C]` (on the host) and
+    /// dense embeddings `[B, C, 64, 64]` (on the backend), as the reference's `forward`.
+    pub fn forward(
+        &self,
+        b: &mut B,
+        points: Option<(&Tensor, &Tensor)>,
+        boxes: Option<&Tensor>,
+        masks: Option<&Tensor>,
+    ) -> Result<(Tensor, B::Tensor)> {
+        let sparse_embeddings = self.sparse(points, boxes, masks)?;
+        let bs = sparse_embeddings.dim(0)?;
         let dense_embeddings = match masks {
-            Some(masks) => self.embed_masks(masks)?,
-            None => self
-                .no_mask_embed
-                .reshape((1, self.embed_dim, 1, 1))?
-                .broadcast_as((bs, self.embed_dim, self.embedding_side, self.embedding_side))?,
+            Some(masks) => {
+                let masks = b.input(masks)?;
+                self.embed_masks(b, &masks)?
+            }
+            None => b.input(
+                &self
+                    .no_mask_embed
+                    .reshape((1, self.embed_dim, 1, 1))?
+                    .broadcast_as((bs, self.embed_dim, self.embedding_side, self.embedding_side))?
+                    .contiguous()?,
+            )?,
         };
         Ok((sparse_embeddings, dense_embeddings))
     }
@@ -349,12 +419,13 @@ impl PromptEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::backend::Cpu;
     use crate::model::config::SamConfig;
     use crate::model::weights::Weights;
     use candle_core::Device;
 
     /// A prompt encoder with random weights under the official keys.
-    fn random_prompt_encoder() -> (PromptEncoder, PromptEncoderConfig) {
+    fn random_prompt_encoder() -> (PromptEncoder<Cpu>, PromptEncoderConfig) {
         let cfg = SamConfig::mobile_sam().prompt_encoder;
         let (d, m) = (cfg.embed_dim, cfg.mask_in_chans);
         let shapes: Vec<(String, Vec<usize>)> = vec![
@@ -384,7 +455,8 @@ mod tests {
             (format!("prompt_encoder.{k}"), t)
         }))
         .expect("weights");
-        let pe = PromptEncoder::new(&cfg, &weights.pp("prompt_encoder")).expect("prompt encoder");
+        let pe =
+            PromptEncoder::new(&(), &cfg, &weights.pp("prompt_encoder")).expect("prompt encoder");
         (pe, cfg)
     }
 
@@ -397,7 +469,9 @@ mod tests {
         let boxes = Tensor::new(&[[1f32, 2.0, 300.0, 400.0]], &dev).unwrap();
         let side = cfg.embedding_side;
 
-        let (sparse, dense) = pe.forward(Some((&coords, &labels)), None, None).unwrap();
+        let (sparse, dense) = pe
+            .forward(&mut Cpu, Some((&coords, &labels)), None, None)
+            .unwrap();
         assert_eq!(sparse.dims(), [1, 3, cfg.embed_dim]); // 2 points + padding point
         assert_eq!(dense.dims(), [1, cfg.embed_dim, side, side]);
         // The padding token is exactly `not_a_point_embed`.
@@ -406,12 +480,12 @@ mod tests {
         assert_eq!(diff.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
 
         let (sparse, _) = pe
-            .forward(Some((&coords, &labels)), Some(&boxes), None)
+            .forward(&mut Cpu, Some((&coords, &labels)), Some(&boxes), None)
             .unwrap();
         assert_eq!(sparse.dims(), [1, 4, cfg.embed_dim]); // 2 points + 2 box corners
-        let (sparse, _) = pe.forward(None, Some(&boxes), None).unwrap();
+        let (sparse, _) = pe.forward(&mut Cpu, None, Some(&boxes), None).unwrap();
         assert_eq!(sparse.dims(), [1, 2, cfg.embed_dim]);
-        let (sparse, dense) = pe.forward(None, None, None).unwrap();
+        let (sparse, dense) = pe.forward(&mut Cpu, None, None, None).unwrap();
         assert_eq!(sparse.dims(), [1, 0, cfg.embed_dim]);
         assert_eq!(dense.dims(), [1, cfg.embed_dim, side, side]);
         assert_eq!(
@@ -427,11 +501,11 @@ mod tests {
         let coords = Tensor::zeros((1, 2, 3), DType::F32, &dev).unwrap();
         let labels = Tensor::zeros((1, 2), DType::F32, &dev).unwrap();
         let err = pe
-            .forward(Some((&coords, &labels)), None, None)
+            .forward(&mut Cpu, Some((&coords, &labels)), None, None)
             .unwrap_err();
         assert!(err.to_string().contains("[1, 2, 3]"), "{err}");
         let mask = Tensor::zeros((1, 1, 64, 64), DType::F32, &dev).unwrap();
-        let err = pe.forward(None, None, Some(&mask)).unwrap_err();
+        let err = pe.forward(&mut Cpu, None, None, Some(&mask)).unwrap_err();
         assert!(err.to_string().contains("[1, 1, 64, 64]"), "{err}");
     }
 }

@@ -6,11 +6,15 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor, TensorId};
 
 use crate::error::{Error, Result};
+use crate::gpu::backend::{expect_outputs, Gpu};
+use crate::gpu::kernels::resize::resize_bilinear;
+use crate::gpu::{GpuContext, Recorder};
 use crate::image::{
     postprocess_logits, preprocess, stability_score, threshold, ImageFrame, RgbImage,
 };
-use crate::model::config::{SamConfig, EMBEDDING_SIDE, EMBED_DIM, LOW_RES_SIDE};
-use crate::model::mask_decoder::MaskDecoder;
+use crate::model::backend::{dims4, Backend, Cpu};
+use crate::model::config::{SamConfig, EMBEDDING_SIDE, EMBED_DIM, IMAGE_SIZE, LOW_RES_SIDE};
+use crate::model::mask_decoder::{ImageInput, MaskDecoder};
 use crate::model::prompt_encoder::PromptEncoder;
 use crate::model::tiny_vit::TinyViT;
 use crate::model::transformer::ImageSide;
@@ -250,48 +254,181 @@ impl Prediction {
     }
 }
 
-/// SAM with MobileSAM's encoder (when the checkpoint has it), prompt encoder and mask decoder.
-pub struct Sam {
-    prompt_encoder: PromptEncoder,
-    mask_decoder: MaskDecoder,
-    image_encoder: Option<TinyViT>,
-    encoder_kind: EncoderKind,
-    /// The dense positional encoding, the same for every image.
-    image_pe: Tensor,
-    /// The decoder's image-only work for the last embedding decoded without a mask input,
-    /// keyed by the features' tensor (tensors are immutable: a new embedding has a new id).
-    image_side: Mutex<Option<(TensorId, ImageSide)>>,
+/// An image prepared for decoding on a backend: its embedding as the decoder's tokens and the
+/// decoder's image-only work without a mask input, done once per image.
+#[derive(Debug, Clone)]
+pub struct PreparedImage<B: Backend> {
+    /// The image embedding as tokens `[1, 64*64, 256]`.
+    tokens: B::Tensor,
+    side: ImageSide<B>,
+    pub frame: ImageFrame,
 }
 
-impl Sam {
-    /// Builds the model from loaded weights. The prompt encoder and mask decoder are required;
-    /// the TinyViT encoder is built when the checkpoint has it.
-    pub fn new(weights: &Weights) -> Result<Self> {
+/// SAM with MobileSAM's encoder (when the checkpoint has it), prompt encoder and mask decoder,
+/// on one backend: [`Cpu`] (the default) or the GPU ([`crate::gpu::GpuSam`]).
+pub struct Sam<B: Backend = Cpu> {
+    device: B::Device,
+    prompt_encoder: PromptEncoder<B>,
+    mask_decoder: MaskDecoder<B>,
+    image_encoder: Option<TinyViT<B>>,
+    encoder_kind: EncoderKind,
+    /// The last embedding [`Sam::decode`] prepared, keyed by its features' tensor (tensors are
+    /// immutable: a new embedding has a new id).
+    prepared: Mutex<Option<(TensorId, PreparedImage<B>)>>,
+}
+
+impl<B: Backend> Sam<B> {
+    /// Builds the model on `device` from loaded weights. The prompt encoder and mask decoder
+    /// are required (kept at full precision on every device); the TinyViT encoder is built
+    /// when the checkpoint has it.
+    pub fn on(device: &B::Device, weights: &Weights) -> Result<Self> {
         let cfg = SamConfig::mobile_sam();
         if !weights.has_prefix("mask_decoder.") && !weights.has_prefix("prompt_encoder.") {
             return Err(Error::format(
                 "no `prompt_encoder.*` or `mask_decoder.*` tensors: not a SAM checkpoint",
             ));
         }
+        // The decoder keeps full precision (see `Precision::F16`); the encoder takes the
+        // device's.
+        let full = B::full_precision(device);
         let prompt_encoder =
-            PromptEncoder::new(&cfg.prompt_encoder, &weights.pp("prompt_encoder"))?;
-        let mask_decoder = MaskDecoder::new(&cfg.mask_decoder, &weights.pp("mask_decoder"))?;
+            PromptEncoder::new(&full, &cfg.prompt_encoder, &weights.pp("prompt_encoder"))?;
+        let mask_decoder = MaskDecoder::new(&full, &cfg.mask_decoder, &weights.pp("mask_decoder"))?;
         let encoder_kind = EncoderKind::detect(weights);
         let image_encoder = match encoder_kind {
-            EncoderKind::TinyVit => {
-                Some(TinyViT::new(&cfg.tiny_vit, &weights.pp("image_encoder"))?)
-            }
+            EncoderKind::TinyVit => Some(TinyViT::new(
+                device,
+                &cfg.tiny_vit,
+                &weights.pp("image_encoder"),
+            )?),
             EncoderKind::Vit | EncoderKind::None => None,
         };
-        let image_pe = prompt_encoder.get_dense_pe()?;
         Ok(Self {
+            device: device.clone(),
             prompt_encoder,
             mask_decoder,
             image_encoder,
             encoder_kind,
-            image_pe,
-            image_side: Mutex::new(None),
+            prepared: Mutex::new(None),
         })
+    }
+
+    /// Where the model lives.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Which image encoder the checkpoint carries.
+    pub fn encoder_kind(&self) -> EncoderKind {
+        self.encoder_kind
+    }
+
+    /// Whether the checkpoint's image encoder runs here (MobileSAM's TinyViT).
+    pub fn has_encoder(&self) -> bool {
+        self.image_encoder.is_some()
+    }
+
+    fn encoder(&self) -> Result<&TinyViT<B>> {
+        self.image_encoder
+            .as_ref()
+            .ok_or_else(|| match self.encoder_kind {
+                EncoderKind::Vit => Error::UnsupportedModel(
+                    "this checkpoint's image encoder is SAM's ViT, which websam does not run yet; \
+                 decode works from an embedding made elsewhere"
+                        .into(),
+                ),
+                _ => Error::UnsupportedModel(
+                    "this checkpoint has no image encoder (decoder only); decode from an embedding"
+                        .into(),
+                ),
+            })
+    }
+
+    /// Records the image encoder on `input` (the preprocessed image `[1, 3, 1024, 1024]`):
+    /// the features `[1, 256, 64, 64]`.
+    pub fn record_embed(&self, b: &mut B, input: &Tensor) -> Result<B::Tensor> {
+        let encoder = self.encoder()?;
+        let x = b.input(input)?;
+        encoder.forward(b, &x)
+    }
+
+    /// Records the per-image work of the decoder on `features` `[1, 256, 64, 64]`: the tokens
+    /// and the image side of a decode without mask input.
+    pub fn record_prepare(
+        &self,
+        b: &mut B,
+        features: &B::Tensor,
+        frame: ImageFrame,
+    ) -> Result<PreparedImage<B>> {
+        let (n, c, h, w) = dims4::<B>(features)?;
+        if (n, c, h, w) != (1, EMBED_DIM, EMBEDDING_SIDE, EMBEDDING_SIDE) {
+            return Err(Error::invalid(format!(
+                "image embedding has shape {:?}, expected [1, {EMBED_DIM}, {EMBEDDING_SIDE}, {EMBEDDING_SIDE}]",
+                B::dims(features)
+            )));
+        }
+        let tokens = b.reshape(features, &[1, c, h * w])?;
+        let tokens = b.permute(&tokens, &[0, 2, 1])?;
+        // src = image embedding + the dense prompt without a mask (no_mask_embed)
+        let src = b.add(&tokens, self.prompt_encoder.no_mask_embed())?;
+        let side = self
+            .mask_decoder
+            .image_side(b, &src, self.prompt_encoder.dense_pe_tokens())?;
+        Ok(PreparedImage {
+            tokens,
+            side,
+            frame,
+        })
+    }
+
+    /// Records `SamPredictor.predict` for a prompt given in the original image's coordinates:
+    /// the low-res logits `[1, M, 256, 256]` and the IoU predictions `[1, M]`.
+    pub fn record_decode(
+        &self,
+        b: &mut B,
+        image: &PreparedImage<B>,
+        prompt: &Prompt,
+    ) -> Result<(B::Tensor, B::Tensor)> {
+        let p = PromptTensors::new(prompt, &image.frame)?;
+        // Embed prompts: the sparse ones on the host, joined to the output tokens.
+        let sparse = self.prompt_encoder.sparse(
+            p.points.as_ref().map(|(c, l)| (c, l)),
+            p.boxes.as_ref(),
+            p.mask_input.as_ref(),
+        )?;
+        let tokens = b.input(&self.mask_decoder.tokens(&sparse)?)?;
+        // src = image embedding + dense prompt; without a mask input, the per-image work.
+        let src = match &p.mask_input {
+            None => None,
+            Some(mask) => {
+                let mask = b.input(mask)?;
+                let dense = self.prompt_encoder.embed_masks(b, &mask)?;
+                let hw = EMBEDDING_SIDE * EMBEDDING_SIDE;
+                let dense = b.reshape(&dense, &[1, EMBED_DIM, hw])?;
+                let dense = b.permute(&dense, &[0, 2, 1])?;
+                Some(b.add(&image.tokens, &dense)?)
+            }
+        };
+        let input = match &src {
+            Some(src) => ImageInput::Src(src),
+            None => ImageInput::Cached(&image.side),
+        };
+        // Predict masks
+        self.mask_decoder.forward(
+            b,
+            input,
+            self.prompt_encoder.dense_pe_tokens(),
+            &tokens,
+            prompt.multimask,
+            (EMBEDDING_SIDE, EMBEDDING_SIDE),
+        )
+    }
+}
+
+impl Sam<Cpu> {
+    /// Builds the model on the CPU (see [`Sam::on`]).
+    pub fn new(weights: &Weights) -> Result<Self> {
+        Self::on(&(), weights)
     }
 
     /// Reads a checkpoint file (`.pth`, `.pt`, `.safetensors`) and builds the model.
@@ -304,85 +441,181 @@ impl Sam {
         Self::new(&Weights::from_bytes(bytes)?)
     }
 
-    /// Which image encoder the checkpoint carries.
-    pub fn encoder_kind(&self) -> EncoderKind {
-        self.encoder_kind
-    }
-
     /// `SamPredictor.set_image`: the embedding of an RGB image, computed once per image.
     pub fn embed(&self, image: &RgbImage) -> Result<ImageEmbedding> {
-        let encoder = self
-            .image_encoder
-            .as_ref()
-            .ok_or_else(|| match self.encoder_kind {
-                EncoderKind::Vit => Error::UnsupportedModel(
-                    "this checkpoint's image encoder is SAM's ViT, which websam does not run yet; \
-                 decode works from an embedding made elsewhere"
-                        .into(),
-                ),
-                _ => Error::UnsupportedModel(
-                    "this checkpoint has no image encoder (decoder only); decode from an embedding"
-                        .into(),
-                ),
-            })?;
+        self.encoder()?;
         let (input, frame) = preprocess(image)?;
-        let features = encoder.forward(&input)?;
+        let features = self.record_embed(&mut Cpu, &input)?;
         ImageEmbedding::new(features, frame)
     }
 
-    /// `SamPredictor.predict`: masks for a prompt given in the original image's coordinates.
-    /// The decoder's image-only work for `embedding` with the no-mask `dense` prompt, from the
-    /// cache when it holds this embedding.
-    fn image_side(&self, embedding: &ImageEmbedding, dense: &Tensor) -> Result<ImageSide> {
+    /// `embedding` prepared for decoding, from the cache when it holds this embedding.
+    fn prepared(&self, embedding: &ImageEmbedding) -> Result<PreparedImage<Cpu>> {
         let id = embedding.features.id();
-        let mut cache = self.image_side.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((cached, side)) = cache.as_ref() {
+        let mut cache = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached, image)) = cache.as_ref() {
             if *cached == id {
-                return Ok(side.clone());
+                return Ok(image.clone());
             }
         }
-        let side = self
-            .mask_decoder
-            .image_side(&embedding.features, &self.image_pe, dense)?;
-        *cache = Some((id, side.clone()));
-        Ok(side)
+        let image = self.record_prepare(&mut Cpu, &embedding.features, embedding.frame)?;
+        *cache = Some((id, image.clone()));
+        Ok(image)
     }
 
     /// Does the decoder's image-only work for `embedding` now (after `embed`, so that the first
     /// prompt does not wait for it); `decode` takes it from the cache.
     pub fn prepare_decoder(&self, embedding: &ImageEmbedding) -> Result<()> {
-        let (_, dense) = self.prompt_encoder.forward(None, None, None)?;
-        self.image_side(embedding, &dense).map(|_| ())
+        self.prepared(embedding).map(|_| ())
     }
 
+    /// `SamPredictor.predict`: masks for a prompt given in the original image's coordinates.
     pub fn decode(&self, embedding: &ImageEmbedding, prompt: &Prompt) -> Result<Prediction> {
-        let p = PromptTensors::new(prompt, &embedding.frame)?;
-        // Embed prompts
-        let (sparse, dense) = self.prompt_encoder.forward(
-            p.points.as_ref().map(|(c, l)| (c, l)),
-            p.boxes.as_ref(),
-            p.mask_input.as_ref(),
-        )?;
-        // The dense prompt is the no-mask embedding without a mask input: then the decoder's
-        // image-only work is done once per image.
-        let side = match p.mask_input {
-            Some(_) => None,
-            None => Some(self.image_side(embedding, &dense)?),
-        };
-        // Predict masks
-        let (low_res, iou) = self.mask_decoder.forward(
-            &embedding.features,
-            &self.image_pe,
-            &sparse,
-            &dense,
-            prompt.multimask,
-            side.as_ref(),
-        )?;
+        let image = self.prepared(embedding)?;
+        let (low_res, iou) = self.record_decode(&mut Cpu, &image, prompt)?;
         Ok(Prediction {
             low_res_logits: low_res.flatten_all()?.to_vec1()?,
             iou: iou.flatten_all()?.to_vec1()?,
             frame: embedding.frame,
         })
+    }
+}
+
+impl Sam<Gpu> {
+    /// Builds the model on the GPU, its weights uploaded once; upload errors (out of memory, a
+    /// lost device) surface here rather than at the first decode.
+    pub async fn upload(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
+        let sam = Self::on(ctx, weights)?;
+        Recorder::new(ctx).finish().await?;
+        Ok(sam)
+    }
+
+    pub fn ctx(&self) -> &GpuContext {
+        &self.device
+    }
+
+    /// `SamPredictor.set_image` on the GPU: preprocesses on the CPU, encodes and prepares the
+    /// decoder's per-image work in one recording (one submit), and reads the features back
+    /// once for the [`ImageEmbedding`].
+    pub async fn embed(&self, image: &RgbImage) -> Result<(ImageEmbedding, PreparedImage<Gpu>)> {
+        let (embedding, prepared, _) = self.embed_counted(image).await?;
+        Ok((embedding, prepared))
+    }
+
+    /// [`Sam::embed`], also returning the number of kernel dispatches it recorded.
+    pub async fn embed_counted(
+        &self,
+        image: &RgbImage,
+    ) -> Result<(ImageEmbedding, PreparedImage<Gpu>, usize)> {
+        self.encoder()?;
+        let (input, frame) = preprocess(image)?;
+        let mut g = Gpu::begin(&self.device);
+        let features = self.record_embed(&mut g, &input)?;
+        let prepared = self.record_prepare(&mut g, &features, frame)?;
+        let mut rec = g.into_recorder();
+        let dispatches = rec.dispatch_count();
+        rec.read(&features);
+        let out = rec.finish().await?;
+        expect_outputs(&out, 1, "embed")?;
+        let features = Tensor::from_vec(
+            out.into_iter().next().unwrap_or_default(),
+            (1, EMBED_DIM, EMBEDDING_SIDE, EMBEDDING_SIDE),
+            &Device::Cpu,
+        )?;
+        Ok((ImageEmbedding::new(features, frame)?, prepared, dispatches))
+    }
+
+    /// Uploads an image embedding once per image and prepares it for decoding.
+    pub async fn upload_embedding(&self, embedding: &ImageEmbedding) -> Result<PreparedImage<Gpu>> {
+        let mut g = Gpu::begin(&self.device);
+        let features = g.input(&embedding.features)?;
+        let prepared = self.record_prepare(&mut g, &features, embedding.frame)?;
+        g.into_recorder().finish().await?;
+        Ok(prepared)
+    }
+
+    /// `SamPredictor.predict` on the GPU: one recording, one submit, and a readback of only the
+    /// low-res logits and the IoU predictions.
+    pub async fn decode(&self, image: &PreparedImage<Gpu>, prompt: &Prompt) -> Result<Prediction> {
+        let (prediction, _) = self.decode_counted(image, prompt).await?;
+        Ok(prediction)
+    }
+
+    /// [`Sam::decode`], also returning the number of kernel dispatches it recorded.
+    pub async fn decode_counted(
+        &self,
+        image: &PreparedImage<Gpu>,
+        prompt: &Prompt,
+    ) -> Result<(Prediction, usize)> {
+        let (prediction, _, dispatches) = self.decode_inner(image, prompt, false).await?;
+        Ok((prediction, dispatches))
+    }
+
+    /// [`Sam::decode`] plus the masks' logits at the original image size
+    /// (`Sam.postprocess_masks`: upsample to 1024, crop, resize), computed on the GPU in the
+    /// same submit. Returns one `height * width` plane per mask.
+    pub async fn decode_with_logits(
+        &self,
+        image: &PreparedImage<Gpu>,
+        prompt: &Prompt,
+    ) -> Result<(Prediction, Vec<Vec<f32>>)> {
+        let (prediction, logits, _) = self.decode_inner(image, prompt, true).await?;
+        let (h, w) = image.frame.original;
+        let planes = logits
+            .unwrap_or_default()
+            .chunks_exact(h * w)
+            .map(<[f32]>::to_vec)
+            .collect();
+        Ok((prediction, planes))
+    }
+
+    async fn decode_inner(
+        &self,
+        image: &PreparedImage<Gpu>,
+        prompt: &Prompt,
+        upsample: bool,
+    ) -> Result<(Prediction, Option<Vec<f32>>, usize)> {
+        let mut g = Gpu::begin(&self.device);
+        let (masks, iou) = self.record_decode(&mut g, image, prompt)?;
+        let mut rec = g.into_recorder();
+        // Postprocess: low-res logits to the original image size.
+        let full = if upsample {
+            let frame = image.frame;
+            let (in_h, in_w) = frame.input;
+            let (h, w) = frame.original;
+            let up = resize_bilinear(&mut rec, &masks, IMAGE_SIZE, IMAGE_SIZE, in_h, in_w)?;
+            Some(if (h, w) == (in_h, in_w) {
+                up
+            } else {
+                resize_bilinear(&mut rec, &up, h, w, h, w)?
+            })
+        } else {
+            None
+        };
+        let dispatches = rec.dispatch_count();
+        rec.read(&masks);
+        rec.read(&iou);
+        if let Some(full) = &full {
+            rec.read(full);
+        }
+        let out = rec.finish().await?;
+        expect_outputs(&out, 2 + full.is_some() as usize, "decode")?;
+        let mut out = out.into_iter();
+        let low_res_logits = out.next().unwrap_or_default();
+        let iou = out.next().unwrap_or_default();
+        debug_assert_eq!(
+            low_res_logits.len(),
+            iou.len() * LOW_RES_SIDE * LOW_RES_SIDE
+        );
+        Ok((
+            Prediction {
+                low_res_logits,
+                iou,
+                frame: image.frame,
+            },
+            out.next(),
+            dispatches,
+        ))
     }
 }
 
@@ -541,19 +774,24 @@ mod tests {
         ] {
             let cached = sam.decode(embedding, &prompt).unwrap();
             let p = PromptTensors::new(&prompt, &embedding.frame).unwrap();
+            let mut b = Cpu;
             let (sparse, dense) = sam
                 .prompt_encoder
-                .forward(p.points.as_ref().map(|(c, l)| (c, l)), None, None)
+                .forward(&mut b, p.points.as_ref().map(|(c, l)| (c, l)), None, None)
                 .unwrap();
+            let tokens = sam.mask_decoder.tokens(&sparse).unwrap();
+            // src = image tokens + dense prompt, the transformer's input without the cache.
+            let to_tokens = |t: &Tensor| t.flatten_from(2).unwrap().transpose(1, 2).unwrap();
+            let src = (to_tokens(&embedding.features) + to_tokens(&dense)).unwrap();
             let (low_res, iou) = sam
                 .mask_decoder
                 .forward(
-                    &embedding.features,
-                    &sam.image_pe,
-                    &sparse,
-                    &dense,
+                    &mut b,
+                    ImageInput::Src(&src),
+                    sam.prompt_encoder.dense_pe_tokens(),
+                    &tokens,
                     prompt.multimask,
-                    None,
+                    (EMBEDDING_SIDE, EMBEDDING_SIDE),
                 )
                 .unwrap();
             let full: Vec<f32> = low_res.flatten_all().unwrap().to_vec1().unwrap();

@@ -6,20 +6,22 @@
 //! - every `Conv2d_BN` is folded into one conv with bias at load, as the reference's `fuse()`;
 //! - the attention bias table `attention_biases[:, attention_bias_idxs]` is gathered once at
 //!   load, as the reference does in `train(False)` (`self.ab`);
-//! - depthwise convs run on [`DepthwiseConv2d`], a direct kernel, instead of candle's grouped
-//!   conv2d (one small conv per channel);
-//! - the GELU after a conv (and the residual of `MBConv`) is fused into the conv's output pass
-//!   ([`Epilogue`]), the same erf GELU computed with a vectorizable erf;
+//! - conv stages run NCHW; attention stages run on tokens `[B, H*W, C]`, as the reference;
+//! - a conv's bias, GELU and residual are fused into the conv, an `Mlp`'s GELU into `fc1`, the
+//!   window padding into the partition and the crop plus residual into the reverse;
+//! - the neck's 1x1 conv runs as a linear layer on the tokens and its first `LayerNorm2d` as a
+//!   `LayerNorm` over their channels (the same normalisation), so only one transpose to NCHW
+//!   is needed, before the 3x3 conv;
 //! - the classifier (`head`, `norm_head`) is not loaded: `forward` never used it.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 
 use crate::error::{Error, Result};
+use crate::model::backend::{load, Activation, Backend, ConvOpts, Param};
+use crate::model::common::{LayerNorm, LayerNorm2d, Linear};
 use crate::model::config::{TinyVitConfig, LAYER_NORM_2D_EPS};
-use crate::model::conv::{conv2d, conv_out_size, Activation, DepthwiseConv2d, Epilogue};
-use crate::model::ops::{contiguous, softmax_last_scaled, LayerNorm, LayerNorm2d, Linear};
+use crate::model::conv::conv_out_size;
 use crate::model::weights::WeightPath;
-use crate::threads;
 
 /// `PatchEmbed`: two 3x3 convs of stride 2 (padding 1), so the grid is a quarter of the image.
 const PATCH_EMBED_KERNEL: usize = 3;
@@ -29,8 +31,6 @@ const PATCH_EMBED_STRIDE: usize = 2;
 const DEPTHWISE_KERNEL: usize = 3;
 /// `PatchMerging` halves the grid unless its `out_dim` is in `STRIDE_ONE_OUT_DIMS`.
 const PATCH_MERGING_STRIDE: usize = 2;
-/// `TinyViTBlock` builds its `Attention` with `attn_ratio=1` (values as wide as keys).
-const BLOCK_ATTN_RATIO: usize = 1;
 /// The neck's second conv is 3x3 with padding 1.
 const NECK_KERNEL: usize = 3;
 
@@ -39,61 +39,35 @@ fn same_padding(kernel: usize) -> usize {
     kernel / 2
 }
 
-/// The arguments of `Conv2d_BN(a, b, ks=1, stride=1, pad=0, groups=1)`.
-#[derive(Debug, Clone, Copy)]
-struct Conv2dBnArgs {
-    in_chans: usize,
-    out_chans: usize,
-    kernel_size: usize,
-    stride: usize,
-    padding: usize,
-    groups: usize,
+/// `NCHW [B, C, H, W]` -> tokens `[B, H*W, C]`.
+fn to_tokens<B: Backend>(b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
+    let &[n, c, h, w] = B::dims(x) else {
+        return Err(Error::invalid(format!(
+            "expected NCHW, got {:?}",
+            B::dims(x)
+        )));
+    };
+    let x = b.reshape(x, &[n, c, h * w])?;
+    b.permute(&x, &[0, 2, 1])
 }
 
-impl Conv2dBnArgs {
-    /// `Conv2d_BN(a, b)`: a 1x1 conv.
-    fn new(in_chans: usize, out_chans: usize) -> Self {
-        Self {
-            in_chans,
-            out_chans,
-            kernel_size: 1,
-            stride: 1,
-            padding: 0,
-            groups: 1,
-        }
+/// Tokens `[B, h*w, C]` -> `NCHW [B, C, h, w]`.
+fn to_nchw<B: Backend>(b: &mut B, x: &B::Tensor, (h, w): (usize, usize)) -> Result<B::Tensor> {
+    let &[n, l, c] = B::dims(x) else {
+        return Err(Error::invalid(format!(
+            "expected tokens, got {:?}",
+            B::dims(x)
+        )));
+    };
+    if l != h * w {
+        return Err(Error::invalid(format!("{l} tokens for a {h}x{w} grid")));
     }
-
-    fn kernel(self, kernel_size: usize, stride: usize, padding: usize) -> Self {
-        Self {
-            kernel_size,
-            stride,
-            padding,
-            ..self
-        }
-    }
-
-    fn groups(self, groups: usize) -> Self {
-        Self { groups, ..self }
-    }
-}
-
-/// A conv with folded batch norm: dense on candle (its bias added by the [`Epilogue`]),
-/// depthwise on the direct kernel.
-#[derive(Debug, Clone)]
-enum FoldedConv {
-    Dense {
-        weight: Tensor,
-        /// `[out]`.
-        bias: Vec<f32>,
-        stride: usize,
-        padding: usize,
-    },
-    Depthwise(DepthwiseConv2d),
+    let x = b.reshape(x, &[n, h, w, c])?;
+    b.permute(&x, &[0, 3, 1, 2])
 }
 
 /// The folded weight `[out, in_per_group, k, k]` and bias `[out]` of the `Conv2d_BN` at `vb`
-/// (also used by the GPU port, so that both fold the same way).
-pub(crate) fn fold_conv2d_bn(
+fn fold_conv2d_bn(
     vb: &WeightPath,
     out_chans: usize,
     in_per_group: usize,
@@ -119,20 +93,24 @@ pub(crate) fn fold_conv2d_bn(
 /// `Conv2d_BN`: `c` (conv, no bias) then `bn` (BatchNorm2d in eval mode), folded at load into
 /// one conv with `w' = w * gamma / sqrt(var + eps)` and `b' = beta - mean * gamma / sqrt(var + eps)`.
 #[derive(Debug, Clone)]
-struct Conv2dBN {
-    conv: FoldedConv,
+struct Conv2dBN<B: Backend> {
+    weight: B::Tensor,
+    bias: B::Tensor,
+    opts: ConvOpts,
 }
 
-impl Conv2dBN {
-    fn new(vb: &WeightPath, args: Conv2dBnArgs, bn_eps: f64) -> Result<Self> {
-        let Conv2dBnArgs {
-            in_chans,
-            out_chans,
-            kernel_size: k,
-            stride,
-            padding,
-            groups,
-        } = args;
+impl<B: Backend> Conv2dBN<B> {
+    /// `Conv2d_BN(in_chans, out_chans, k, stride, padding, groups)`: dense (groups 1) or
+    /// depthwise (groups = channels).
+    fn new(
+        dev: &B::Device,
+        vb: &WeightPath,
+        (in_chans, out_chans): (usize, usize),
+        k: usize,
+        opts: ConvOpts,
+        bn_eps: f64,
+    ) -> Result<Self> {
+        let groups = opts.groups;
         let depthwise = groups > 1 && groups == in_chans && groups == out_chans;
         if groups != 1 && !depthwise {
             return Err(Error::UnsupportedModel(format!(
@@ -141,82 +119,75 @@ impl Conv2dBN {
             )));
         }
         let (weight, bias) = fold_conv2d_bn(vb, out_chans, in_chans / groups, k, bn_eps)?;
-
-        let conv = if depthwise {
-            FoldedConv::Depthwise(DepthwiseConv2d::new(&weight, &bias, stride, padding)?)
+        let use_ = if depthwise {
+            Param::Depthwise
         } else {
-            FoldedConv::Dense {
-                weight,
-                bias: bias.to_vec1::<f32>()?,
-                stride,
-                padding,
-            }
+            Param::Conv
         };
-        Ok(Self { conv })
+        Ok(Self {
+            weight: B::param(dev, &weight, use_)?,
+            bias: B::param(dev, &bias, Param::Plain)?,
+            opts,
+        })
     }
 
-    /// `x`: `[B, C, H, W]` -> `act(conv(x))`.
-    fn forward(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        match &self.conv {
-            FoldedConv::Dense {
-                weight,
-                bias,
-                stride,
-                padding,
-            } => Epilogue {
-                bias: Some(bias),
-                act,
-            }
-            .apply(conv2d(x, weight, *stride, *padding)?),
-            FoldedConv::Depthwise(conv) => conv.forward(x, act),
-        }
+    /// A 1x1 `Conv2d_BN(a, b)`.
+    fn pointwise(
+        dev: &B::Device,
+        vb: &WeightPath,
+        chans: (usize, usize),
+        bn_eps: f64,
+    ) -> Result<Self> {
+        Self::new(dev, vb, chans, 1, ConvOpts::new(1, 0), bn_eps)
     }
 
-    /// `act(conv(x) + residual)`.
-    fn forward_residual(&self, x: &Tensor, residual: &Tensor, act: Activation) -> Result<Tensor> {
-        match &self.conv {
-            FoldedConv::Dense {
-                weight,
-                bias,
-                stride,
-                padding,
-            } => Epilogue {
-                bias: Some(bias),
-                act,
-            }
-            .apply_with_residual(conv2d(x, weight, *stride, *padding)?, residual),
-            FoldedConv::Depthwise(conv) => {
-                let y = conv.forward(x, Activation::Identity)?;
-                Epilogue { bias: None, act }.apply_with_residual(y, residual)
-            }
-        }
+    /// A depthwise `Conv2d_BN(c, c, k, stride, k // 2, groups=c)`.
+    fn depthwise(
+        dev: &B::Device,
+        vb: &WeightPath,
+        c: usize,
+        k: usize,
+        stride: usize,
+        bn_eps: f64,
+    ) -> Result<Self> {
+        let opts = ConvOpts::new(stride, same_padding(k)).groups(c);
+        Self::new(dev, vb, (c, c), k, opts, bn_eps)
+    }
+
+    /// `x`: `[B, C, H, W]` -> `act(conv(x) (+ residual))`.
+    fn forward(
+        &self,
+        b: &mut B,
+        x: &B::Tensor,
+        act: Activation,
+        residual: Option<&B::Tensor>,
+    ) -> Result<B::Tensor> {
+        b.conv2d(x, &self.weight, Some(&self.bias), self.opts, act, residual)
     }
 }
 
 /// `PatchEmbed`: `seq` = Conv2d_BN(in, n/2, 3, 2, 1), GELU, Conv2d_BN(n/2, n, 3, 2, 1).
 #[derive(Debug, Clone)]
-struct PatchEmbed {
-    seq_0: Conv2dBN,
-    seq_2: Conv2dBN,
+struct PatchEmbed<B: Backend> {
+    seq_0: Conv2dBN<B>,
+    seq_2: Conv2dBN<B>,
 }
 
-impl PatchEmbed {
-    fn new(vb: &WeightPath, in_chans: usize, embed_dim: usize, bn_eps: f64) -> Result<Self> {
+impl<B: Backend> PatchEmbed<B> {
+    fn new(
+        dev: &B::Device,
+        vb: &WeightPath,
+        in_chans: usize,
+        embed_dim: usize,
+        bn_eps: f64,
+    ) -> Result<Self> {
         let n = embed_dim;
-        let (k, s) = (PATCH_EMBED_KERNEL, PATCH_EMBED_STRIDE);
-        let p = same_padding(k);
+        let k = PATCH_EMBED_KERNEL;
+        let opts = ConvOpts::new(PATCH_EMBED_STRIDE, same_padding(k));
         let seq = vb.pp("seq");
         Ok(Self {
-            seq_0: Conv2dBN::new(
-                &seq.pp(0),
-                Conv2dBnArgs::new(in_chans, n / 2).kernel(k, s, p),
-                bn_eps,
-            )?,
-            seq_2: Conv2dBN::new(
-                &seq.pp(2),
-                Conv2dBnArgs::new(n / 2, n).kernel(k, s, p),
-                bn_eps,
-            )?,
+            seq_0: Conv2dBN::new(dev, &seq.pp(0), (in_chans, n / 2), k, opts, bn_eps)?,
+            seq_2: Conv2dBN::new(dev, &seq.pp(2), (n / 2, n), k, opts, bn_eps)?,
         })
     }
 
@@ -227,98 +198,81 @@ impl PatchEmbed {
         conv_out_size(conv_out_size(img_size, k, s, p), k, s, p)
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
         // seq.0, seq.1 (GELU)
-        let x = self.seq_0.forward(x, Activation::Gelu)?;
-        self.seq_2.forward(&x, Activation::Identity)
+        let x = self.seq_0.forward(b, x, Activation::Gelu, None)?;
+        self.seq_2.forward(b, &x, Activation::None, None)
     }
 }
 
 /// `MBConv`: 1x1 expand, 3x3 depthwise, 1x1 project, residual, each conv with BN, GELU between.
 #[derive(Debug, Clone)]
-struct MBConv {
-    conv1: Conv2dBN,
-    conv2: Conv2dBN,
-    conv3: Conv2dBN,
+struct MBConv<B: Backend> {
+    conv1: Conv2dBN<B>,
+    conv2: Conv2dBN<B>,
+    conv3: Conv2dBN<B>,
 }
 
-impl MBConv {
+impl<B: Backend> MBConv<B> {
     fn new(
+        dev: &B::Device,
         vb: &WeightPath,
-        in_chans: usize,
-        out_chans: usize,
+        dim: usize,
         expand_ratio: usize,
         bn_eps: f64,
     ) -> Result<Self> {
-        let hidden_chans = in_chans * expand_ratio;
-        let k = DEPTHWISE_KERNEL;
+        let hidden = dim * expand_ratio;
         Ok(Self {
-            conv1: Conv2dBN::new(
-                &vb.pp("conv1"),
-                Conv2dBnArgs::new(in_chans, hidden_chans),
-                bn_eps,
-            )?,
-            conv2: Conv2dBN::new(
-                &vb.pp("conv2"),
-                Conv2dBnArgs::new(hidden_chans, hidden_chans)
-                    .kernel(k, /* stride */ 1, same_padding(k))
-                    .groups(hidden_chans),
-                bn_eps,
-            )?,
-            conv3: Conv2dBN::new(
-                &vb.pp("conv3"),
-                Conv2dBnArgs::new(hidden_chans, out_chans),
-                bn_eps,
-            )?,
+            conv1: Conv2dBN::pointwise(dev, &vb.pp("conv1"), (dim, hidden), bn_eps)?,
+            conv2: Conv2dBN::depthwise(dev, &vb.pp("conv2"), hidden, DEPTHWISE_KERNEL, 1, bn_eps)?,
+            conv3: Conv2dBN::pointwise(dev, &vb.pp("conv3"), (hidden, dim), bn_eps)?,
         })
     }
 
     /// `x`: `[B, C, H, W]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
         let shortcut = x;
-
         // conv1, act1
-        let x = self.conv1.forward(x, Activation::Gelu)?;
-
+        let h = self.conv1.forward(b, x, Activation::Gelu, None)?;
         // conv2, act2
-        let x = self.conv2.forward(&x, Activation::Gelu)?;
-
+        let h = self.conv2.forward(b, &h, Activation::Gelu, None)?;
         // conv3, x += shortcut, act3
-        self.conv3.forward_residual(&x, shortcut, Activation::Gelu)
+        self.conv3.forward(b, &h, Activation::Gelu, Some(shortcut))
     }
 }
 
 /// `PatchMerging`: 1x1 conv, GELU, 3x3 depthwise conv (stride 2, or 1 for the widths in
 /// `STRIDE_ONE_OUT_DIMS`), GELU, 1x1 conv; returns tokens `[B, L, out_dim]`.
 #[derive(Debug, Clone)]
-struct PatchMerging {
+struct PatchMerging<B: Backend> {
     /// `(H, W)` of token inputs.
     input_resolution: (usize, usize),
-    conv1: Conv2dBN,
-    conv2: Conv2dBN,
-    conv3: Conv2dBN,
+    conv1: Conv2dBN<B>,
+    conv2: Conv2dBN<B>,
+    conv3: Conv2dBN<B>,
 }
 
-impl PatchMerging {
+impl<B: Backend> PatchMerging<B> {
     fn new(
+        dev: &B::Device,
         vb: &WeightPath,
-        input_resolution: (usize, usize),
+        input_resolution: usize,
         dim: usize,
         out_dim: usize,
         bn_eps: f64,
     ) -> Result<Self> {
-        let k = DEPTHWISE_KERNEL;
         Ok(Self {
-            input_resolution,
-            conv1: Conv2dBN::new(&vb.pp("conv1"), Conv2dBnArgs::new(dim, out_dim), bn_eps)?,
-            conv2: Conv2dBN::new(
+            input_resolution: (input_resolution, input_resolution),
+            conv1: Conv2dBN::pointwise(dev, &vb.pp("conv1"), (dim, out_dim), bn_eps)?,
+            conv2: Conv2dBN::depthwise(
+                dev,
                 &vb.pp("conv2"),
-                Conv2dBnArgs::new(out_dim, out_dim)
-                    .kernel(k, Self::stride(out_dim), same_padding(k))
-                    .groups(out_dim),
+                out_dim,
+                DEPTHWISE_KERNEL,
+                Self::stride(out_dim),
                 bn_eps,
             )?,
-            conv3: Conv2dBN::new(&vb.pp("conv3"), Conv2dBnArgs::new(out_dim, out_dim), bn_eps)?,
+            conv3: Conv2dBN::pointwise(dev, &vb.pp("conv3"), (out_dim, out_dim), bn_eps)?,
         })
     }
 
@@ -336,129 +290,50 @@ impl PatchMerging {
         conv_out_size(input, k, Self::stride(out_dim), same_padding(k))
     }
 
-    /// `x`: `[B, C, H, W]` or tokens `[B, H*W, C]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = if x.rank() == 3 {
-            let (h, w) = self.input_resolution;
-            let b = x.dim(0)?;
-            // (B, C, H, W)
-            contiguous(&x.reshape((b, h, w, ()))?.permute((0, 3, 1, 2))?)?
+    /// `x`: `[B, C, H, W]` or tokens `[B, H*W, C]` -> tokens `[B, H'*W', out_dim]`.
+    fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
+        let x = if B::dims(x).len() == 3 {
+            to_nchw(b, x, self.input_resolution)?
         } else {
             x.clone()
         };
-
         // conv1, act
-        let x = self.conv1.forward(&x, Activation::Gelu)?;
-
+        let x = self.conv1.forward(b, &x, Activation::Gelu, None)?;
         // conv2, act
-        let x = self.conv2.forward(&x, Activation::Gelu)?;
-        let x = self.conv3.forward(&x, Activation::Identity)?;
-        contiguous(&x.flatten_from(2)?.transpose(1, 2)?)
+        let x = self.conv2.forward(b, &x, Activation::Gelu, None)?;
+        let x = self.conv3.forward(b, &x, Activation::None, None)?;
+        to_tokens(b, &x)
     }
 }
 
-/// `ConvLayer`: the first stage, `MBConv` blocks then `PatchMerging`.
+/// `Mlp`: LayerNorm, fc1, GELU (fused), fc2 (dropout is 0).
 #[derive(Debug, Clone)]
-struct ConvLayer {
-    blocks: Vec<MBConv>,
-    downsample: Option<PatchMerging>,
+struct Mlp<B: Backend> {
+    norm: LayerNorm<B>,
+    fc1: Linear<B>,
+    fc2: Linear<B>,
 }
 
-/// What a stage needs to know beyond its weights (the reference's `BasicLayer` kwargs).
-#[derive(Debug, Clone, Copy)]
-struct StageArgs {
-    dim: usize,
-    /// Side of the square token grid the stage sees.
-    input_resolution: usize,
-    depth: usize,
-    /// `Some(out_dim)`: end with a `PatchMerging` to `out_dim`.
-    downsample_to: Option<usize>,
-}
-
-impl ConvLayer {
-    fn new(vb: &WeightPath, args: StageArgs, cfg: &TinyVitConfig) -> Result<Self> {
-        // build blocks
-        let blocks = (0..args.depth)
-            .map(|i| {
-                MBConv::new(
-                    &vb.pp("blocks").pp(i),
-                    args.dim,
-                    args.dim,
-                    cfg.mbconv_expand_ratio,
-                    cfg.batch_norm_eps,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-
-        // patch merging layer
-        let res = args.input_resolution;
-        let downsample = args
-            .downsample_to
-            .map(|out_dim| {
-                PatchMerging::new(
-                    &vb.pp("downsample"),
-                    (res, res),
-                    args.dim,
-                    out_dim,
-                    cfg.batch_norm_eps,
-                )
-            })
-            .transpose()?;
-        Ok(Self { blocks, downsample })
-    }
-
-    /// `x`: `[B, C, H, W]`; tokens `[B, L, out_dim]` after the downsample.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
-        for blk in &self.blocks {
-            x = blk.forward(&x)?;
-        }
-        match &self.downsample {
-            Some(downsample) => downsample.forward(&x),
-            None => Ok(x),
-        }
-    }
-}
-
-/// `Mlp`: LayerNorm, fc1, GELU, fc2 (dropout is 0).
-#[derive(Debug, Clone)]
-struct Mlp {
-    norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl Mlp {
-    fn new(vb: &WeightPath, in_features: usize, hidden_features: usize, eps: f64) -> Result<Self> {
+impl<B: Backend> Mlp<B> {
+    fn new(
+        dev: &B::Device,
+        vb: &WeightPath,
+        in_features: usize,
+        hidden_features: usize,
+        eps: f64,
+    ) -> Result<Self> {
         Ok(Self {
-            norm: LayerNorm::new(&vb.pp("norm"), in_features, eps)?,
-            fc1: Linear::new(&vb.pp("fc1"), in_features, hidden_features, true)?,
-            fc2: Linear::new(&vb.pp("fc2"), hidden_features, in_features, true)?,
+            norm: LayerNorm::new(dev, &vb.pp("norm"), in_features, eps)?,
+            fc1: Linear::new(dev, &vb.pp("fc1"), in_features, hidden_features, true)?,
+            fc2: Linear::new(dev, &vb.pp("fc2"), hidden_features, in_features, true)?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.norm.forward(x)?;
-
-        let x = self.fc1.forward(&x)?;
-        let x = Epilogue {
-            bias: None,
-            act: Activation::Gelu,
-        }
-        .apply(x)?;
-        self.fc2.forward(&x)
+    fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
+        let x = self.norm.forward(b, x)?;
+        let x = self.fc1.forward(b, &x, Activation::Gelu)?;
+        self.fc2.forward(b, &x, Activation::None)
     }
-}
-
-/// `Attention(dim, key_dim, num_heads, attn_ratio, resolution)`.
-#[derive(Debug, Clone, Copy)]
-struct AttentionArgs {
-    dim: usize,
-    key_dim: usize,
-    num_heads: usize,
-    attn_ratio: usize,
-    /// `(h, w)` of the window.
-    resolution: (usize, usize),
 }
 
 /// `attention_bias_idxs` as the reference builds it: for every pair of points of the window
@@ -483,268 +358,183 @@ pub(crate) fn attention_bias_idxs((h, w): (usize, usize)) -> (Vec<u32>, usize) {
     (idxs, num_offsets as usize)
 }
 
-/// `Attention`: LayerNorm, fused qkv, multi-head attention with a learned bias per head and
-/// window offset, output projection.
+/// `Attention` with `attn_ratio = 1` (as `TinyViTBlock` builds it: values as wide as keys):
+/// LayerNorm, fused qkv, multi-head attention with a learned bias per head and window offset,
+/// output projection.
 #[derive(Debug, Clone)]
-struct Attention {
+struct Attention<B: Backend> {
     num_heads: usize,
-    scale: f64,
     key_dim: usize,
-    /// Value width per head (`attn_ratio * key_dim`).
-    d: usize,
-    /// Value width over all heads.
-    dh: usize,
-    norm: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
-    /// `attention_biases[:, attention_bias_idxs]`: `[num_heads, N, N]`, flat (the softmax adds
-    /// it to every window's logits).
-    ab: Vec<f32>,
+    scale: f32,
+    norm: LayerNorm<B>,
+    qkv: Linear<B>,
+    proj: Linear<B>,
+    /// `attention_biases[:, attention_bias_idxs]`: `[num_heads, N, N]`.
+    ab: B::Tensor,
 }
 
-impl Attention {
-    fn new(vb: &WeightPath, args: AttentionArgs, eps: f64) -> Result<Self> {
-        let AttentionArgs {
-            dim,
-            key_dim,
-            num_heads,
-            attn_ratio,
-            resolution,
-        } = args;
-        let nh_kd = key_dim * num_heads;
-        let d = attn_ratio * key_dim;
-        let dh = d * num_heads;
-        let h = dh + nh_kd * 2;
-
-        let (idxs, num_offsets) = attention_bias_idxs(resolution);
-        let n = resolution.0 * resolution.1;
+impl<B: Backend> Attention<B> {
+    /// `Attention(dim, key_dim = dim / num_heads, num_heads, attn_ratio=1, resolution=(ws, ws))`.
+    fn new(
+        dev: &B::Device,
+        vb: &WeightPath,
+        dim: usize,
+        num_heads: usize,
+        window_size: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        let key_dim = dim / num_heads;
+        let dh = key_dim * num_heads;
+        let (idxs, num_offsets) = attention_bias_idxs((window_size, window_size));
+        let n = window_size * window_size;
         let attention_biases = vb.get(&[num_heads, num_offsets], "attention_biases")?;
-        let idxs = Tensor::from_vec(idxs, n * n, attention_biases.device())?;
+        let idxs = candle_core::Tensor::from_vec(idxs, n * n, attention_biases.device())?;
         let ab = attention_biases
             .index_select(&idxs, 1)?
-            .flatten_all()?
-            .to_dtype(DType::F32)?
-            .to_vec1()?;
-
+            .reshape((num_heads, n, n))?;
         Ok(Self {
             num_heads,
-            scale: (key_dim as f64).powf(-0.5),
             key_dim,
-            d,
-            dh,
-            norm: LayerNorm::new(&vb.pp("norm"), dim, eps)?,
-            qkv: Linear::new(&vb.pp("qkv"), dim, h, true)?,
-            proj: Linear::new(&vb.pp("proj"), dh, dim, true)?,
-            ab,
+            scale: (key_dim as f64).powf(-0.5) as f32,
+            norm: LayerNorm::new(dev, &vb.pp("norm"), dim, eps)?,
+            qkv: Linear::new(dev, &vb.pp("qkv"), dim, 3 * dh, true)?,
+            proj: Linear::new(dev, &vb.pp("proj"), dh, dim, true)?,
+            ab: B::param(dev, &ab, Param::Plain)?,
         })
     }
 
     /// `x`: `[B, N, C]` (B windows of N tokens).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-
+    fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
+        let &[n_b, n, _] = B::dims(x) else {
+            return Err(Error::invalid(format!(
+                "TinyViT attention of {:?}",
+                B::dims(x)
+            )));
+        };
+        let (heads, kd) = (self.num_heads, self.key_dim);
         // Normalization
-        let x = self.norm.forward(x)?;
-
-        let qkv = self.qkv.forward(&x)?;
-        // (B, N, num_heads, d)
-        let qkv = qkv.reshape((b, n, self.num_heads, ()))?;
-        let (kd, d) = (self.key_dim, self.d);
-        // (B, num_heads, N, d)
-        let q = contiguous(&qkv.narrow(3, 0, kd)?.permute((0, 2, 1, 3))?)?;
-        let k = contiguous(&qkv.narrow(3, kd, kd)?.permute((0, 2, 1, 3))?)?;
-        let v = contiguous(&qkv.narrow(3, 2 * kd, d)?.permute((0, 2, 1, 3))?)?;
-
-        let attn = threads::matmul(&q, &k.transpose(D::Minus2, D::Minus1)?)?;
-        let attn = softmax_last_scaled(&attn, self.scale as f32, Some(&self.ab))?;
-        let x =
-            contiguous(&threads::matmul(&attn, &v)?.transpose(1, 2)?)?.reshape((b, n, self.dh))?;
-        self.proj.forward(&x)
+        let x = self.norm.forward(b, x)?;
+        let qkv = self.qkv.forward(b, &x, Activation::None)?;
+        // (B, N, heads, [q k v]) -> (B, heads, N, [q k v])
+        let qkv = b.reshape(&qkv, &[n_b, n, heads, 3 * kd])?;
+        let qkv = b.permute(&qkv, &[0, 2, 1, 3])?;
+        let q = b.slice(&qkv, 3, 0, kd)?;
+        let k = b.slice(&qkv, 3, kd, kd)?;
+        let v = b.slice(&qkv, 3, 2 * kd, kd)?;
+        let o = b.attention(&q, &k, &v, Some(&self.ab), self.scale)?;
+        // (B, heads, N, d) -> (B, N, heads * d)
+        let o = b.permute(&o, &[0, 2, 1, 3])?;
+        let o = b.reshape(&o, &[n_b, n, heads * kd])?;
+        self.proj.forward(b, &o, Activation::None)
     }
 }
 
 /// `TinyViTBlock`: windowed attention (the grid padded to a multiple of the window), residual;
 /// a depthwise `local_conv`; MLP, residual.
 #[derive(Debug, Clone)]
-struct TinyViTBlock {
+struct TinyViTBlock<B: Backend> {
     input_resolution: (usize, usize),
     window_size: usize,
-    attn: Attention,
-    mlp: Mlp,
-    local_conv: Conv2dBN,
+    attn: Attention<B>,
+    local_conv: Conv2dBN<B>,
+    mlp: Mlp<B>,
 }
 
-/// `TinyViTBlock(dim, input_resolution, num_heads, window_size)`.
-#[derive(Debug, Clone, Copy)]
-struct BlockArgs {
-    dim: usize,
-    input_resolution: (usize, usize),
-    num_heads: usize,
-    window_size: usize,
-}
-
-impl TinyViTBlock {
-    fn new(vb: &WeightPath, args: BlockArgs, cfg: &TinyVitConfig) -> Result<Self> {
-        let BlockArgs {
-            dim,
-            input_resolution,
-            num_heads,
-            window_size,
-        } = args;
+impl<B: Backend> TinyViTBlock<B> {
+    /// `TinyViTBlock(dim, input_resolution, num_heads, window_size)`.
+    fn new(
+        dev: &B::Device,
+        vb: &WeightPath,
+        (dim, resolution): (usize, usize),
+        num_heads: usize,
+        window_size: usize,
+        cfg: &TinyVitConfig,
+    ) -> Result<Self> {
         if window_size == 0 || num_heads == 0 || dim % num_heads != 0 {
             return Err(Error::invalid(format!(
                 "TinyViT block `{}`: dim {dim} must split into {num_heads} heads and the window ({window_size}) be non-empty",
                 vb.key("")
             )));
         }
-        let head_dim = dim / num_heads;
-
-        let attn = Attention::new(
-            &vb.pp("attn"),
-            AttentionArgs {
-                dim,
-                key_dim: head_dim,
-                num_heads,
-                attn_ratio: BLOCK_ATTN_RATIO,
-                resolution: (window_size, window_size),
-            },
-            cfg.layer_norm_eps,
-        )?;
-
-        let mlp_hidden_dim = dim * cfg.mlp_ratio;
-        let mlp = Mlp::new(&vb.pp("mlp"), dim, mlp_hidden_dim, cfg.layer_norm_eps)?;
-
-        let k = cfg.local_conv_size;
-        let local_conv = Conv2dBN::new(
-            &vb.pp("local_conv"),
-            Conv2dBnArgs::new(dim, dim)
-                .kernel(k, /* stride */ 1, same_padding(k))
-                .groups(dim),
-            cfg.batch_norm_eps,
-        )?;
+        let eps = cfg.layer_norm_eps;
         Ok(Self {
-            input_resolution,
+            input_resolution: (resolution, resolution),
             window_size,
-            attn,
-            mlp,
-            local_conv,
+            attn: Attention::new(dev, &vb.pp("attn"), dim, num_heads, window_size, eps)?,
+            local_conv: Conv2dBN::depthwise(
+                dev,
+                &vb.pp("local_conv"),
+                dim,
+                cfg.local_conv_size,
+                1,
+                cfg.batch_norm_eps,
+            )?,
+            mlp: Mlp::new(dev, &vb.pp("mlp"), dim, dim * cfg.mlp_ratio, eps)?,
         })
     }
 
     /// `x`: tokens `[B, H*W, C]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
         let (h, w) = self.input_resolution;
         let ws = self.window_size;
-        let (b, l, c) = x.dims3()?;
-        if l != h * w {
+        let dims = B::dims(x);
+        if dims.len() != 3 || dims[1] != h * w {
             return Err(Error::invalid(format!(
-                "TinyViT block: input feature has wrong size ({l} tokens for a {h}x{w} grid)"
+                "TinyViT block: input feature has wrong size ({dims:?} for a {h}x{w} grid)"
             )));
         }
-        let res_x = x;
+        // x = res_x + attn(x), windowed: padding in the partition, crop + residual in the
+        // reverse.
         let x = if h == ws && w == ws {
-            self.attn.forward(x)?
+            let a = self.attn.forward(b, x)?;
+            b.add(x, &a)?
         } else {
-            let x = x.reshape((b, h, w, c))?;
-            let pad_b = (ws - h % ws) % ws;
-            let pad_r = (ws - w % ws) % ws;
-            let padding = pad_b > 0 || pad_r > 0;
-
-            // Zero tokens, as F.pad: they go through the attention's LayerNorm and are
-            // attended to like any other token.
-            let x = if padding {
-                x.pad_with_zeros(1, 0, pad_b)?.pad_with_zeros(2, 0, pad_r)?
-            } else {
-                x
-            };
-
-            let (p_h, p_w) = (h + pad_b, w + pad_r);
-            let n_h = p_h / ws;
-            let n_w = p_w / ws;
-            // window partition
-            let x = contiguous(&x.reshape((b, n_h, ws, n_w, ws, c))?.transpose(2, 3)?)?
-                .reshape((b * n_h * n_w, ws * ws, c))?;
-            let x = self.attn.forward(&x)?;
-            // window reverse
-            let x = contiguous(&x.reshape((b, n_h, n_w, ws, ws, c))?.transpose(2, 3)?)?
-                .reshape((b, p_h, p_w, c))?;
-
-            let x = if padding {
-                contiguous(&x.narrow(1, 0, h)?.narrow(2, 0, w)?)?
-            } else {
-                x
-            };
-
-            x.reshape((b, l, c))?
+            let windows = b.window_partition(x, (h, w), ws)?;
+            let a = self.attn.forward(b, &windows)?;
+            b.window_reverse(&a, (h, w), ws, Some(x))?
         };
-
-        let x = (res_x + x)?;
-
-        let x = contiguous(&x.transpose(1, 2)?)?.reshape((b, c, h, w))?;
-        let x = self.local_conv.forward(&x, Activation::Identity)?;
-        let x = contiguous(&x.reshape((b, c, l))?.transpose(1, 2)?)?;
-
-        let mlp = self.mlp.forward(&x)?;
-        Ok((x + mlp)?)
+        let x = to_nchw(b, &x, (h, w))?;
+        let x = self.local_conv.forward(b, &x, Activation::None, None)?;
+        let x = to_tokens(b, &x)?;
+        let mlp = self.mlp.forward(b, &x)?;
+        b.add(&x, &mlp)
     }
 }
 
-/// `BasicLayer`: one attention stage, `TinyViTBlock`s then an optional `PatchMerging`.
+/// A stage's blocks: `layers.0` is a `ConvLayer` (MBConvs), the rest `BasicLayer`s (TinyViT
+/// blocks).
 #[derive(Debug, Clone)]
-struct BasicLayer {
-    blocks: Vec<TinyViTBlock>,
-    downsample: Option<PatchMerging>,
+enum Blocks<B: Backend> {
+    Conv(Vec<MBConv<B>>),
+    Attention(Vec<TinyViTBlock<B>>),
 }
 
-impl BasicLayer {
-    fn new(
-        vb: &WeightPath,
-        args: StageArgs,
-        num_heads: usize,
-        window_size: usize,
-        cfg: &TinyVitConfig,
-    ) -> Result<Self> {
-        let res = args.input_resolution;
-        // build blocks
-        let blocks = (0..args.depth)
-            .map(|i| {
-                TinyViTBlock::new(
-                    &vb.pp("blocks").pp(i),
-                    BlockArgs {
-                        dim: args.dim,
-                        input_resolution: (res, res),
-                        num_heads,
-                        window_size,
-                    },
-                    cfg,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+/// `ConvLayer` / `BasicLayer`: the blocks, then an optional `PatchMerging`.
+#[derive(Debug, Clone)]
+struct Stage<B: Backend> {
+    blocks: Blocks<B>,
+    downsample: Option<PatchMerging<B>>,
+}
 
-        // patch merging layer
-        let downsample = args
-            .downsample_to
-            .map(|out_dim| {
-                PatchMerging::new(
-                    &vb.pp("downsample"),
-                    (res, res),
-                    args.dim,
-                    out_dim,
-                    cfg.batch_norm_eps,
-                )
-            })
-            .transpose()?;
-        Ok(Self { blocks, downsample })
-    }
-
-    /// `x`: tokens `[B, L, C]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl<B: Backend> Stage<B> {
+    /// `x`: `[B, C, H, W]` (the conv stage) or tokens `[B, L, C]`; tokens `[B, L', out_dim]`
+    /// after a downsample.
+    fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
         let mut x = x.clone();
-        for blk in &self.blocks {
-            x = blk.forward(&x)?;
+        match &self.blocks {
+            Blocks::Conv(blocks) => {
+                for blk in blocks {
+                    x = blk.forward(b, &x)?;
+                }
+            }
+            Blocks::Attention(blocks) => {
+                for blk in blocks {
+                    x = blk.forward(b, &x)?;
+                }
+            }
         }
         match &self.downsample {
-            Some(downsample) => downsample.forward(&x),
+            Some(d) => d.forward(b, &x),
             None => Ok(x),
         }
     }
@@ -752,128 +542,152 @@ impl BasicLayer {
 
 /// `TinyViT` with MobileSAM's neck: `[1, 3, 1024, 1024]` -> `[1, 256, 64, 64]`.
 #[derive(Debug, Clone)]
-pub struct TinyViT {
+pub struct TinyViT<B: Backend> {
     img_size: usize,
     in_chans: usize,
-    patch_embed: PatchEmbed,
-    /// `layers.0`.
-    conv_layer: ConvLayer,
-    /// `layers.1..`.
-    layers: Vec<BasicLayer>,
+    patch_embed: PatchEmbed<B>,
+    layers: Vec<Stage<B>>,
     /// Side of the last stage's grid (the reference hard-codes 64 in `view(B, 64, 64, C)`).
     out_resolution: usize,
-    out_dim: usize,
-    /// `neck.0`: 1x1 conv, no bias, `[out_chans, embed_dims[-1], 1, 1]`.
-    neck_0: Tensor,
-    neck_1: LayerNorm2d,
+    out_chans: usize,
+    /// `neck.0` (1x1 conv, no bias) as a linear weight `[out_chans, embed_dims[-1]]`.
+    neck_0: Linear<B>,
+    /// `neck.1` (LayerNorm2d), applied over the channels of tokens.
+    neck_1: LayerNorm<B>,
     /// `neck.2`: 3x3 conv, no bias, `[out_chans, out_chans, 3, 3]`.
-    neck_2: Tensor,
-    neck_3: LayerNorm2d,
+    neck_2: B::Tensor,
+    neck_3: LayerNorm2d<B>,
 }
 
-impl TinyViT {
+impl<B: Backend> TinyViT<B> {
     /// `vb`: the weights under `image_encoder` (`weights.pp("image_encoder")`).
-    pub fn new(cfg: &TinyVitConfig, vb: &WeightPath) -> Result<Self> {
+    pub fn new(dev: &B::Device, cfg: &TinyVitConfig, vb: &WeightPath) -> Result<Self> {
         let embed_dims = cfg.embed_dims;
         let num_layers = cfg.depths.len();
-
         let patch_embed = PatchEmbed::new(
+            dev,
             &vb.pp("patch_embed"),
             cfg.in_chans,
             embed_dims[0],
             cfg.batch_norm_eps,
         )?;
-        let patches_resolution = PatchEmbed::patches_resolution(cfg.img_size);
-
         // build layers
-        let mut resolution = patches_resolution;
-        let mut conv_layer = None;
-        let mut layers = Vec::with_capacity(num_layers - 1);
+        let mut resolution = PatchEmbed::<B>::patches_resolution(cfg.img_size);
+        let mut layers = Vec::with_capacity(num_layers);
         for i_layer in 0..num_layers {
             let dim = embed_dims[i_layer];
-            let downsample_to = (i_layer < num_layers - 1).then(|| embed_dims[i_layer + 1]);
-            let args = StageArgs {
-                dim,
-                input_resolution: resolution,
-                depth: cfg.depths[i_layer],
-                downsample_to,
-            };
             let vb_layer = vb.pp("layers").pp(i_layer);
-            if i_layer == 0 {
-                conv_layer = Some(ConvLayer::new(&vb_layer, args, cfg)?);
+            let vb_blocks = vb_layer.pp("blocks");
+            let blocks = if i_layer == 0 {
+                Blocks::Conv(
+                    (0..cfg.depths[i_layer])
+                        .map(|i| {
+                            MBConv::new(
+                                dev,
+                                &vb_blocks.pp(i),
+                                dim,
+                                cfg.mbconv_expand_ratio,
+                                cfg.batch_norm_eps,
+                            )
+                        })
+                        .collect::<Result<_>>()?,
+                )
             } else {
-                layers.push(BasicLayer::new(
-                    &vb_layer,
-                    args,
-                    cfg.num_heads[i_layer],
-                    cfg.window_sizes[i_layer],
-                    cfg,
-                )?);
-            }
-            if let Some(out_dim) = downsample_to {
-                resolution = PatchMerging::output_resolution(resolution, out_dim);
-            }
+                Blocks::Attention(
+                    (0..cfg.depths[i_layer])
+                        .map(|i| {
+                            TinyViTBlock::new(
+                                dev,
+                                &vb_blocks.pp(i),
+                                (dim, resolution),
+                                cfg.num_heads[i_layer],
+                                cfg.window_sizes[i_layer],
+                                cfg,
+                            )
+                        })
+                        .collect::<Result<_>>()?,
+                )
+            };
+            // patch merging layer
+            let downsample = if i_layer < num_layers - 1 {
+                let out_dim = embed_dims[i_layer + 1];
+                let d = PatchMerging::new(
+                    dev,
+                    &vb_layer.pp("downsample"),
+                    resolution,
+                    dim,
+                    out_dim,
+                    cfg.batch_norm_eps,
+                )?;
+                resolution = PatchMerging::<B>::output_resolution(resolution, out_dim);
+                Some(d)
+            } else {
+                None
+            };
+            layers.push(Stage { blocks, downsample });
         }
-        let conv_layer = conv_layer.expect("TinyViT has at least one stage");
-
         let out_dim = embed_dims[num_layers - 1];
         let out_chans = cfg.out_chans;
         let neck = vb.pp("neck");
+        let neck_0 = neck
+            .pp(0)
+            .get(&[out_chans, out_dim, 1, 1], "weight")?
+            .reshape((out_chans, out_dim))?;
         Ok(Self {
             img_size: cfg.img_size,
             in_chans: cfg.in_chans,
             patch_embed,
-            conv_layer,
             layers,
             out_resolution: resolution,
-            out_dim,
-            neck_0: neck.pp(0).get(&[out_chans, out_dim, 1, 1], "weight")?,
-            neck_1: LayerNorm2d::new(&neck.pp(1), out_chans, LAYER_NORM_2D_EPS)?,
-            neck_2: neck
-                .pp(2)
-                .get(&[out_chans, out_chans, NECK_KERNEL, NECK_KERNEL], "weight")?,
-            neck_3: LayerNorm2d::new(&neck.pp(3), out_chans, LAYER_NORM_2D_EPS)?,
+            out_chans,
+            neck_0: Linear::from_weight(B::param(dev, &neck_0, Param::Linear)?),
+            neck_1: LayerNorm::new(dev, &neck.pp(1), out_chans, LAYER_NORM_2D_EPS)?,
+            neck_2: load::<B>(
+                dev,
+                &neck.pp(2),
+                &[out_chans, out_chans, NECK_KERNEL, NECK_KERNEL],
+                "weight",
+                Param::Conv,
+            )?,
+            neck_3: LayerNorm2d::new(dev, &neck.pp(3), out_chans, LAYER_NORM_2D_EPS)?,
         })
     }
 
     /// `x`: the preprocessed image `[B, 3, 1024, 1024]` -> the image embedding `[B, 256, 64, 64]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, c, h, w) = x.dims4()?;
-        if c != self.in_chans || h != self.img_size || w != self.img_size {
-            return Err(Error::invalid(format!(
+    pub fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
+        let s = self.img_size;
+        let bad = || {
+            Error::invalid(format!(
                 "TinyViT expects [B, {}, {s}, {s}], got {:?}",
                 self.in_chans,
-                x.dims(),
-                s = self.img_size
-            )));
+                B::dims(x)
+            ))
+        };
+        let &[_, c, h, w] = B::dims(x) else {
+            return Err(bad());
+        };
+        if c != self.in_chans || h != s || w != s {
+            return Err(bad());
         }
         // x: (N, C, H, W)
-        let x = self.patch_embed.forward(x)?;
-
-        let mut x = self.conv_layer.forward(&x)?;
+        let mut x = self.patch_embed.forward(b, x)?;
         for layer in &self.layers {
-            x = layer.forward(&x)?;
+            x = layer.forward(b, &x)?;
         }
-        let b = x.dim(0)?;
+        // neck: 1x1 conv and LayerNorm2d on the tokens, then NCHW for the 3x3 conv.
+        let x = self.neck_0.forward(b, &x, Activation::None)?;
+        let x = self.neck_1.forward(b, &x)?;
         let side = self.out_resolution;
-        let x = contiguous(
-            &x.reshape((b, side, side, self.out_dim))?
-                .permute((0, 3, 1, 2))?,
-        )?;
-        self.neck(&x)
+        let x = to_nchw(b, &x, (side, side))?;
+        let opts = ConvOpts::new(1, same_padding(NECK_KERNEL));
+        let x = b.conv2d(&x, &self.neck_2, None, opts, Activation::None, None)?;
+        debug_assert_eq!(B::dims(&x)[1], self.out_chans);
+        self.neck_3.forward(b, &x, Activation::None)
     }
 
-    /// `neck`: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d.
-    fn neck(&self, x: &Tensor) -> Result<Tensor> {
-        let x = conv2d(x, &self.neck_0, /* stride */ 1, /* padding */ 0)?;
-        let x = self.neck_1.forward(&x)?;
-        let x = conv2d(
-            &x,
-            &self.neck_2,
-            /* stride */ 1,
-            same_padding(NECK_KERNEL),
-        )?;
-        self.neck_3.forward(&x)
+    /// Side of the embedding grid (64).
+    pub fn out_resolution(&self) -> usize {
+        self.out_resolution
     }
 }
 
@@ -895,10 +709,10 @@ mod tests {
     #[test]
     fn stage_resolutions_follow_the_reference() {
         // patches_resolution // 2**(i-1 if i == 3 else i) for a 1024 image: 256, 128, 64, 64.
-        let r0 = PatchEmbed::patches_resolution(1024);
-        let r1 = PatchMerging::output_resolution(r0, 128);
-        let r2 = PatchMerging::output_resolution(r1, 160);
-        let r3 = PatchMerging::output_resolution(r2, 320);
+        let r0 = PatchEmbed::<crate::model::backend::Cpu>::patches_resolution(1024);
+        let r1 = PatchMerging::<crate::model::backend::Cpu>::output_resolution(r0, 128);
+        let r2 = PatchMerging::<crate::model::backend::Cpu>::output_resolution(r1, 160);
+        let r3 = PatchMerging::<crate::model::backend::Cpu>::output_resolution(r2, 320);
         assert_eq!((r0, r1, r2, r3), (256, 128, 64, 64));
     }
 }

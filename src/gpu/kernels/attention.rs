@@ -20,6 +20,10 @@ struct AttentionParams {
     has_bias: u32,
     q_tiles: u32,
     _pad: u32,
+    /// Elements between batches, heads and rows of q, of k and v, and of the output.
+    q_s: [u32; 4],
+    kv_s: [u32; 4],
+    o_s: [u32; 4],
 }
 
 /// Threads per workgroup, both entry points.
@@ -36,6 +40,24 @@ const SPLIT_MAX_HEAD_DIM: usize = 32;
 /// keys, else a thread per query row.
 fn use_split(nq: usize, nk: usize, d: usize) -> bool {
     d <= SPLIT_MAX_HEAD_DIM && nk >= 4 * WG && nq <= WG
+}
+
+/// Where the rows of q, k and v lie: heads apart (`[B, H, N, D]`) or side by side in each
+/// token (`[B, N, H * D]`, a linear layer's output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Heads,
+    Tokens,
+}
+
+impl Layout {
+    /// (batch, head, row) strides of a tensor of `n` rows.
+    fn strides(self, h: usize, n: usize, d: usize) -> [usize; 3] {
+        match self {
+            Layout::Heads => [h * n * d, n * d, d],
+            Layout::Tokens => [n * h * d, d, h * d],
+        }
+    }
 }
 
 /// `softmax(scale * q @ k^T + bias) @ v` with q `[B, H, Nq, D]`, k and v `[B, H, Nk, D]`,
@@ -79,8 +101,86 @@ pub fn attention(
     if d > MAX_HEAD_DIM {
         return Err(bad(format!("head dim over {MAX_HEAD_DIM}")));
     }
+    record(
+        rec,
+        [q, k, v],
+        bias,
+        scale,
+        (b, h, nq, nk, d),
+        Layout::Heads,
+    )
+}
+
+/// Multi-head attention of tokens as linear layers give them: q `[B, Nq, H * D]`, k and v
+/// `[B, Nk, H * D]`, head `h` in channels `h * D .. (h + 1) * D`; the result `[B, Nq, H * D]`
+/// holds each head's `softmax(scale * q_h @ k_h^T) @ v_h` in its channels. The same kernel as
+/// [`attention`], reading and writing the tokens where they lie (no transposes).
+pub fn attention_tokens(
+    rec: &mut Recorder,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    heads: usize,
+    scale: f32,
+) -> Result<GpuTensor> {
+    let bad = |why: String| {
+        Error::invalid(format!(
+            "attention of q {:?}, k {:?}, v {:?} in {heads} heads: {why}",
+            q.shape(),
+            k.shape(),
+            v.shape(),
+        ))
+    };
+    let (&[b, nq, c], &[kb, nk, kc]) = (q.shape(), k.shape()) else {
+        return Err(bad("q, k and v must be [B, N, H * D]".into()));
+    };
+    if heads == 0 || c % heads != 0 || (kb, kc) != (b, c) || v.shape() != k.shape() {
+        return Err(bad(
+            "q, k and v must be [B, N, H * D] with the same B and H * D".into(),
+        ));
+    }
+    let d = c / heads;
+    if d > MAX_HEAD_DIM {
+        return Err(bad(format!("head dim over {MAX_HEAD_DIM}")));
+    }
+    record(
+        rec,
+        [q, k, v],
+        None,
+        scale,
+        (b, heads, nq, nk, d),
+        Layout::Tokens,
+    )
+}
+
+/// Records the kernel for `(B, H, Nq, Nk, D)` with q, k, v and the output in `layout`.
+fn record(
+    rec: &mut Recorder,
+    [q, k, v]: [&GpuTensor; 3],
+    bias: Option<&GpuTensor>,
+    scale: f32,
+    (b, h, nq, nk, d): (usize, usize, usize, usize, usize),
+    layout: Layout,
+) -> Result<GpuTensor> {
+    let bad = |why: String| {
+        Error::invalid(format!(
+            "attention of q {:?}, k {:?}, v {:?}: {why}",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        ))
+    };
     let ctx = rec.ctx().clone();
     let out = GpuTensor::empty(&ctx, q.shape())?;
+    let strides = |n: usize| -> Result<[u32; 4]> {
+        let [sb, sh, sn] = layout.strides(h, n, d);
+        Ok([
+            u32_of(sb, "batch stride")?,
+            u32_of(sh, "head stride")?,
+            u32_of(sn, "row stride")?,
+            0,
+        ])
+    };
     if out.numel() == 0 {
         return Ok(out);
     }
@@ -129,6 +229,9 @@ pub fn attention(
         has_bias: bias.is_some() as u32,
         q_tiles: u32_of(q_tiles, "query tiles")?,
         _pad: 0,
+        q_s: strides(nq)?,
+        kv_s: strides(nk)?,
+        o_s: strides(nq)?,
     };
     let grid = ctx.grid(u32_of(groups, "workgroups")?)?;
     // Without a bias, `q` stands in for the unused binding.

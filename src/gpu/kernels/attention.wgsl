@@ -1,5 +1,6 @@
 // Fused attention: out = softmax(scale * q @ k^T + bias) @ v, for q [B, H, Nq, D],
-// k and v [B, H, Nk, D], bias [H, Nq, Nk] shared over B. Scores never reach memory: each
+// k and v [B, H, Nk, D], bias [H, Nq, Nk] shared over B; or, through the strides, for heads
+// side by side in tokens [B, N, H * D]. Scores never reach memory: each
 // output row keeps a running max m, a running sum l of exp(s - m) and the running weighted
 // sum o of v, rescaled whenever m grows (online softmax).
 //
@@ -26,6 +27,16 @@ struct Params {
     has_bias: u32,
     q_tiles: u32,  // attn_rows: workgroups per (b, h)
     _pad: u32,
+    // Elements between batches, heads and rows (x, y, z) of q, of k and v, and of out:
+    // [B, H, N, D] or tokens [B, N, H * D].
+    q_s: vec4<u32>,
+    kv_s: vec4<u32>,
+    o_s: vec4<u32>,
+}
+
+// The first element of row `n` of head `bh` (= batch * H + head) in a tensor of strides `s`.
+fn row(s: vec4<u32>, bh: u32, n: u32) -> u32 {
+    return (bh / p.h) * s.x + (bh % p.h) * s.y + n * s.z;
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -111,8 +122,7 @@ fn attn_rows(
     // Threads past the last query compute a copy of it (they must still help load tiles
     // and meet the barriers) and write nothing.
     let qr = min(qi, p.nq - 1u);
-    let q_base = (bh * p.nq + qr) * D;
-    let kv_base = bh * p.nk * D;
+    let q_base = row(p.q_s, bh, qr);
     let bias_base = ((bh % p.h) * p.nq + qr) * p.nk;
 
     var qv: array<vec4<f32>, D4>;
@@ -130,7 +140,7 @@ fn attn_rows(
             var kv = vec4(0.0);
             var vv = vec4(0.0);
             if (j < n) {
-                let base = kv_base + (k0 + j) * D;
+                let base = row(p.kv_s, bh, k0 + j);
                 kv = k4(base, e - j * D4);
                 vv = v4(base, e - j * D4);
             }
@@ -163,7 +173,7 @@ fn attn_rows(
         workgroupBarrier();
     }
     if (qi < p.nq) {
-        store_row(q_base, o, 1.0 / l);
+        store_row(row(p.o_s, bh, qr), o, 1.0 / l);
     }
 }
 
@@ -183,8 +193,7 @@ fn attn_split(
         return;
     }
     let qi = g - bh * p.nq;
-    let q_base = g * D;
-    let kv_base = bh * p.nk * D;
+    let q_base = row(p.q_s, bh, qi);
     let bias_base = ((bh % p.h) * p.nq + qi) * p.nk;
 
     var qv: array<vec4<f32>, D4>;
@@ -195,7 +204,7 @@ fn attn_split(
     var m = NEG_MAX;
     var l = 0.0;
     for (var j = t; j < p.nk; j += WG) {
-        let base = kv_base + j * D;
+        let base = row(p.kv_s, bh, j);
         var s = 0.0;
         for (var i = 0u; i < D4; i++) {
             s += dot(qv[i], k4(base, i));
@@ -244,9 +253,10 @@ fn attn_split(
     }
     if (t < D4) {
         let r = red_o[t] / red_l[0];
+        let o_base = row(p.o_s, bh, qi);
         for (var c = 0u; c < 4u; c++) {
             if (4u * t + c < D) {
-                out[q_base + 4u * t + c] = r[c];
+                out[o_base + 4u * t + c] = r[c];
             }
         }
     }

@@ -45,6 +45,7 @@ struct MatmulParams {
     batch_shape: [u32; 4],
     a_bstride: [u32; 4],
     b_bstride: [u32; 4],
+    bias_bstride: [u32; 4],
 }
 
 /// Batch dims the kernel walks (more are an error).
@@ -139,7 +140,7 @@ fn u32x4(v: [usize; 4], what: &str) -> Result<[u32; 4]> {
 
 /// `act(alpha * a @ b + bias)`: `a` is `[..batch, M, K]`, `b` is `[..batch, K, N]` (or
 /// `[..batch, N, K]` with `trans_b`), batch dims broadcast as numpy does (up to four), `bias`
-/// is `[N]`. The result is `[..batch, M, N]`. An f16 `b` (weights of a model built for f16)
+/// is `[N]` or `[..batch, 1, N]` (one row per matrix of the batch, broadcast likewise). The result is `[..batch, M, N]`. An f16 `b` (weights of a model built for f16)
 /// runs the f16 kernel (see [`gemm_source`]); `a`, `bias` and the result are f32.
 pub fn matmul(
     rec: &mut Recorder,
@@ -172,14 +173,16 @@ pub fn matmul(
                 "batch dims do not broadcast (at most {MAX_BATCH_DIMS})"
             ))
         })?;
-    if let Some(bias) = opts.bias {
-        if bias.shape() != [n] {
-            return Err(bad(&format!(
-                "bias has shape {:?}, expected [{n}]",
+    // The bias: `[N]`, or `[..batch, 1, N]` with batch dims that broadcast to the output's.
+    let bias_bstride = match opts.bias {
+        None => [0; MAX_BATCH_DIMS],
+        Some(bias) => bias_strides(bias.shape(), &batch.shape, n).ok_or_else(|| {
+            bad(&format!(
+                "bias has shape {:?}, expected [{n}] or [..batch, 1, {n}]",
                 bias.shape()
-            )));
-        }
-    }
+            ))
+        })?,
+    };
 
     let ctx = rec.ctx().clone();
     let mut out_shape = batch.out.clone();
@@ -231,6 +234,7 @@ pub fn matmul(
         batch_shape: u32x4(batch.shape, "batch dim")?,
         a_bstride: u32x4(batch.a_stride, "batch stride")?,
         b_bstride: u32x4(batch.b_stride, "batch stride")?,
+        bias_bstride: u32x4(bias_bstride, "bias batch stride")?,
     };
     for (t, what) in [
         (a, "elements of a"),
@@ -260,6 +264,36 @@ pub fn matmul(
         grid.map(|g| g as u32),
     )?;
     Ok(out)
+}
+
+/// The batch strides of a bias of shape `shape` (`[N]` or `[..batch, 1, N]`) over an output
+/// with batch dims `out` (padded to [`MAX_BATCH_DIMS`]); `None` if it does not broadcast.
+fn bias_strides(
+    shape: &[usize],
+    out: &[usize; MAX_BATCH_DIMS],
+    n: usize,
+) -> Option<[usize; MAX_BATCH_DIMS]> {
+    let (&last, lead) = shape.split_last()?;
+    let lead = match lead.split_last() {
+        None => lead,
+        Some((&1, lead)) => lead,
+        Some(_) => return None,
+    };
+    if last != n || lead.len() > MAX_BATCH_DIMS {
+        return None;
+    }
+    let mut padded = [1usize; MAX_BATCH_DIMS];
+    padded[MAX_BATCH_DIMS - lead.len()..].copy_from_slice(lead);
+    let mut strides = [0usize; MAX_BATCH_DIMS];
+    let mut acc = n;
+    for d in (0..MAX_BATCH_DIMS).rev() {
+        if padded[d] != 1 && padded[d] != out[d] {
+            return None;
+        }
+        strides[d] = if padded[d] == 1 { 0 } else { acc };
+        acc *= padded[d];
+    }
+    Some(strides)
 }
 
 /// The 8x2 vec4 accumulators of a thread in `matmul.wgsl`: row r of its 8 takes a0.x ..

@@ -1,5 +1,6 @@
-// out[z] = act(alpha * a[z] @ b[z] + bias), a: [M, K], b: [K, N] (or [N, K] when trans_b),
-// batch z broadcast numpy-style through per-operand batch strides (0 repeats a matrix).
+// out[z] = act(alpha * a[z] @ b[z] + bias[z]), a: [M, K], b: [K, N] (or [N, K] when trans_b),
+// bias: a row of N; batch z broadcast numpy-style through per-operand batch strides (0
+// repeats a matrix or a bias row).
 //
 // Tiled through workgroup memory: WG_X x WG_Y threads, each computing 8x8 outputs of a
 // (8 WG_Y) x (8 WG_X) output tile, BK values of K at a time. Tiles are stored K-major as
@@ -9,8 +10,8 @@
 // named vec4s: arrays indexed at run time stay in memory on CPU drivers such as lavapipe.
 // The launcher prepends `const WG_X: u32; const WG_Y: u32;`, the element types `w_t` (of b in
 // memory) and `tile_t` (of the tiles and products), and writes the multiply loop's body at
-// the markers: f32 sums straight into the 64 accumulators; f16 (weights stored as f16,
-// `enable f16`) sums every 4 products in f16 partials, then adds them to the f32 accumulators.
+// the markers: f32 sums a tile's 16 products in f32 partials, f16 (weights stored as f16,
+// `enable f16`) every 2 in f16 partials, then adds them to the f32 accumulators.
 
 struct Params {
     m: u32,
@@ -24,6 +25,7 @@ struct Params {
     batch_shape: vec4<u32>,  // output batch dims, padded in front with 1s
     a_bstride: vec4<u32>,    // elements between consecutive matrices of a, per batch dim
     b_bstride: vec4<u32>,
+    bias_bstride: vec4<u32>, // elements between consecutive bias rows, per batch dim
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -55,11 +57,13 @@ fn main(
     var z = wid.z;
     var a_off = 0u;
     var b_off = 0u;
+    var bias_off = 0u;
     for (var d = 3i; d >= 0i; d--) {
         let c = z % p.batch_shape[d];
         z = z / p.batch_shape[d];
         a_off += c * p.a_bstride[d];
         b_off += c * p.b_bstride[d];
+        bias_off += c * p.bias_bstride[d];
     }
     let o_off = wid.z * p.m * p.n;
 
@@ -142,8 +146,8 @@ fn main(
     let r1 = m0 + 4u * (ty + WG_Y);
     let c0 = n0 + 4u * tx;
     let c1 = n0 + 4u * (tx + WG_X);
-    let bias0 = bias4(c0);
-    let bias1 = bias4(c1);
+    let bias0 = bias4(bias_off, c0);
+    let bias1 = bias4(bias_off, c1);
     store_row(o_off, r0 + 0u, c0, acc00, bias0);
     store_row(o_off, r0 + 0u, c1, acc01, bias1);
     store_row(o_off, r0 + 1u, c0, acc10, bias0);
@@ -162,13 +166,13 @@ fn main(
     store_row(o_off, r1 + 3u, c1, acc71, bias1);
 }
 
-// bias[col..col + 4], zero past N or without a bias.
-fn bias4(col: u32) -> vec4<f32> {
+// bias[off + col..off + col + 4], zero past N or without a bias.
+fn bias4(off: u32, col: u32) -> vec4<f32> {
     var r = vec4(0.0);
     if (p.has_bias != 0u) {
         for (var c = 0u; c < 4u; c++) {
             if (col + c < p.n) {
-                r[c] = bias[col + c];
+                r[c] = bias[off + col + c];
             }
         }
     }

@@ -69,15 +69,25 @@ pub(crate) struct Accumulate {
 /// |diff| of the low-res logits against the reference from its embedding, and of the embedding:
 /// f16 weights with f32 arithmetic 0.026 and 9.6e-4; f16 tiles (activations rounded to f16),
 /// f32 sums 0.032 and 2.8e-3; 16-term f16 partials 0.11 and 5.6e-3; 4-term partials 0.076 and
-/// 4.1e-3. The partial sums' rounding was the largest share, and 4 terms cost no time on an
-/// H200 (encode 33.5 ms against 36.2 ms with 16; f32 arithmetic on f16 weights: 44.7 ms).
-pub const F16_PARTIAL_TERMS: u32 = 4;
+/// 4.1e-3. The partial sums' rounding was the largest share. With the decoder in f32 (see
+/// `Precision::F16`), the masks from f16 embeddings: 4-term partials left a mask IoU of 0.99895
+/// with the reference (coffee, points), 2-term partials 0.99948 (embeddings within 2.4e-3; the
+/// f32 path's lowest IoU on these cases is 0.99931, 2-term's 0.99930).
+pub const F16_PARTIAL_TERMS: u32 = 2;
+
+/// Products of an f32 GEMM summed in partials of this many terms (one tile of K) before they
+/// join the accumulators: a two-level sum, whose rounding grows with the number of tiles rather
+/// than with K. On the trained MobileSAM (tests/gpu_real.rs) the decoder's absorbed attention
+/// sums 4096 products per output (attention weights times the image's values); summed straight
+/// into one accumulator its error was 5x the CPU's GEMM (1.7e-5 against 3.6e-6) and the low-res
+/// logits moved 3.2e-4 from the reference.
+pub const F32_PARTIAL_TERMS: u32 = 16;
 
 /// The source of a GEMM kernel (`matmul.wgsl`, `conv.wgsl`) whose weights are `weights`:
 /// `header` (consts) and the type aliases `w_t` (weights in memory) and `tile_t` (tiles and
 /// products) go before `body`, and its markers become the multiply loop, whose index is `kk`.
-/// With f32 weights each product is summed straight into its f32 accumulator (`f32_step`);
-/// with f16 weights (`enable f16`) products are summed in f16 partials of
+/// With f32 weights products are summed (`f32_step`) in f32 partials of [`F32_PARTIAL_TERMS`]
+/// terms, each then added to its accumulator; with f16 weights (`enable f16`) products are summed in f16 partials of
 /// [`F16_PARTIAL_TERMS`] terms, each then added to its f32 accumulator: f16 products at the
 /// f16 rate, with the rounding of a short f16 sum.
 pub(crate) fn gemm_source(
@@ -95,7 +105,20 @@ pub(crate) fn gemm_source(
             .join("\n")
     };
     let (enable, partials, products) = match weights {
-        GpuDType::F32 => ("", String::new(), lines(&|_, a| f32_step(a))),
+        GpuDType::F32 => (
+            "",
+            lines(&|i, _| format!("var part{i} = vec4<f32>(0.0);")),
+            format!(
+                "{}\nif (kk % {F32_PARTIAL_TERMS}u == {}u) {{\n{}\n}}",
+                lines(&|i, a| f32_step(&Accumulate {
+                    acc: format!("part{i}"),
+                    a: a.a.clone(),
+                    b: a.b.clone(),
+                })),
+                F32_PARTIAL_TERMS - 1,
+                lines(&|i, a| format!("{} += part{i};\npart{i} = vec4<f32>(0.0);", a.acc)),
+            ),
+        ),
         GpuDType::F16 => (
             "enable f16;\n",
             lines(&|i, _| format!("var part{i} = vec4<f16>(0.0);")),

@@ -77,6 +77,18 @@ pub fn layer_norm(
     bias: &GpuTensor,
     eps: f32,
 ) -> Result<GpuTensor> {
+    layer_norm_act(rec, x, weight, bias, eps, Activation::None)
+}
+
+/// [`layer_norm`], then `act`.
+pub fn layer_norm_act(
+    rec: &mut Recorder,
+    x: &GpuTensor,
+    weight: &GpuTensor,
+    bias: &GpuTensor,
+    eps: f32,
+    act: Activation,
+) -> Result<GpuTensor> {
     let c = x.shape().last().copied().unwrap_or(0);
     check_affine("layer_norm", x, c, weight, bias)?;
     if x.numel() == 0 {
@@ -87,7 +99,7 @@ pub fn layer_norm(
         rows: u32_of(rows, "rows")?,
         c: u32_of(c, "channels")?,
         hw: 1,
-        act: Activation::None.code(),
+        act: act.code(),
         eps,
         _pad: [0; 3],
     };
