@@ -226,6 +226,23 @@ fn matmul_broadcasts_batches_and_transposes() {
             Activation::Gelu,
         ),
         (vec![5, 13], vec![13, 7], false, 1.0, None, Activation::None),
+        // Long reductions on few workgroups: the GPU splits K in slices.
+        (
+            vec![1, 1, 56, 4096],
+            vec![1, 1, 4096, 256],
+            false,
+            0.5,
+            None,
+            Activation::None,
+        ),
+        (
+            vec![9, 3072],
+            vec![3072, 40],
+            false,
+            1.0,
+            None,
+            Activation::None,
+        ),
     ] {
         let k = sa[sa.len() - 1];
         let a = randn(&sa);

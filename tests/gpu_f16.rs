@@ -1,7 +1,6 @@
-//! The f16 GPU path (`Precision::F16`: the encoder's GEMM weights stored as f16, products summed
-//! in f16 per 2-long slice of the reduction, slices summed in f32; the decoder in f32) against
-//! f32 references, and the whole f16 model against the PyTorch goldens, with the tolerances
-//! this path states:
+//! The f16 GPU path (`Precision::F16`: GEMM weights stored as f16, products summed in f16 per
+//! 2-long slice of the reduction, slices summed in f32) against f32 references, and the whole
+//! model in f16 against the PyTorch goldens, with the tolerances this path states:
 //! - kernels, unit-variance outputs: |f16 - f32| <= 1e-2 + 1e-2 |f32|;
 //! - the TinyViT embedding: max |diff| <= 2e-2 (f32 path: 2e-3);
 //! - low-res logits and IoU of every decoder case: max |diff| <= 5e-2 (f32 path: 1e-3);

@@ -55,10 +55,6 @@ impl Backend for Gpu {
         }
     }
 
-    fn full_precision(ctx: &GpuContext) -> GpuContext {
-        ctx.f32()
-    }
-
     fn param(ctx: &GpuContext, t: &candle_core::Tensor, use_: Param) -> Result<GpuTensor> {
         match use_ {
             Param::Plain | Param::Depthwise => GpuTensor::from_candle(ctx, t),

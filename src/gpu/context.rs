@@ -23,13 +23,9 @@ pub enum Precision {
     /// f32 weights and arithmetic: the reference's results (within 2.4e-5 on the low-res logits).
     #[default]
     F32,
-    /// The image encoder's GEMM weights stored as f16 (half the memory) and products summed
-    /// in f16 within each 2-long slice of the reduction, the slices summed in f32
-    /// (`shader-f16`). Activations stay f32 in memory. The prompt encoder and mask decoder keep
-    /// f32 weights: a decode is a few small products, and their f16 rounding was most of the
-    /// f16 model's error on the masks (low-res logits 2e-2 from the reference's embedding,
-    /// 5.5e-5 with the decoder in f32). Its tolerance is stated and tested in
-    /// `tests/gpu_f16.rs`.
+    /// Weights stored as f16 (half the memory) and products summed in f16 within each 2-long
+    /// slice of the reduction, the slices summed in f32 (`shader-f16`). Activations stay f32
+    /// in memory. Its tolerance is stated and tested in `tests/gpu_f16.rs`.
     F16,
 }
 
@@ -146,14 +142,6 @@ impl GpuContext {
             inner: Arc::clone(&self.inner),
             precision,
         })
-    }
-
-    /// The same device for models kept in f32.
-    pub fn f32(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-            precision: Precision::F32,
-        }
     }
 
     pub fn precision(&self) -> Precision {

@@ -131,10 +131,6 @@ pub trait Backend: Sized {
     /// A new pass on `device`.
     fn begin(device: &Self::Device) -> Self;
 
-    /// The same device for weights kept at full precision whatever the device's own (the
-    /// decoder's, see [`crate::model::sam::Sam::on`]).
-    fn full_precision(device: &Self::Device) -> Self::Device;
-
     /// Uploads a weight for `use_` (checked against its shape by the caller's
     /// [`WeightPath::get`]).
     fn param(device: &Self::Device, t: &candle_core::Tensor, use_: Param) -> Result<Self::Tensor>;

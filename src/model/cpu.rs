@@ -124,8 +124,6 @@ impl Backend for Cpu {
         Cpu
     }
 
-    fn full_precision(_: &()) {}
-
     fn param(_: &(), t: &Tensor, use_: Param) -> Result<Tensor> {
         let t = t.to_dtype(DType::F32)?;
         Ok(match use_ {

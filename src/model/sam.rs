@@ -279,8 +279,7 @@ pub struct Sam<B: Backend = Cpu> {
 
 impl<B: Backend> Sam<B> {
     /// Builds the model on `device` from loaded weights. The prompt encoder and mask decoder
-    /// are required (kept at full precision on every device); the TinyViT encoder is built
-    /// when the checkpoint has it.
+    /// are required; the TinyViT encoder is built when the checkpoint has it.
     pub fn on(device: &B::Device, weights: &Weights) -> Result<Self> {
         let cfg = SamConfig::mobile_sam();
         if !weights.has_prefix("mask_decoder.") && !weights.has_prefix("prompt_encoder.") {
@@ -288,12 +287,10 @@ impl<B: Backend> Sam<B> {
                 "no `prompt_encoder.*` or `mask_decoder.*` tensors: not a SAM checkpoint",
             ));
         }
-        // The decoder keeps full precision (see `Precision::F16`); the encoder takes the
-        // device's.
-        let full = B::full_precision(device);
         let prompt_encoder =
-            PromptEncoder::new(&full, &cfg.prompt_encoder, &weights.pp("prompt_encoder"))?;
-        let mask_decoder = MaskDecoder::new(&full, &cfg.mask_decoder, &weights.pp("mask_decoder"))?;
+            PromptEncoder::new(device, &cfg.prompt_encoder, &weights.pp("prompt_encoder"))?;
+        let mask_decoder =
+            MaskDecoder::new(device, &cfg.mask_decoder, &weights.pp("mask_decoder"))?;
         let encoder_kind = EncoderKind::detect(weights);
         let image_encoder = match encoder_kind {
             EncoderKind::TinyVit => Some(TinyViT::new(

@@ -41,7 +41,8 @@ struct MatmulParams {
     has_bias: u32,
     act: u32,
     alpha: f32,
-    _pad: u32,
+    /// Elements between rows of `a` (K, or more when a slice of K is multiplied).
+    lda: u32,
     batch_shape: [u32; 4],
     a_bstride: [u32; 4],
     b_bstride: [u32; 4],
@@ -184,10 +185,114 @@ pub fn matmul(
         })?,
     };
 
-    let ctx = rec.ctx().clone();
     let mut out_shape = batch.out.clone();
     out_shape.extend([m, n]);
-    let out = GpuTensor::empty(&ctx, &out_shape)?;
+    let matrices: usize = batch.shape.iter().product();
+    let tile = Tile::for_rows(m);
+    let groups = n.div_ceil(tile.cols()) * m.div_ceil(tile.rows()) * matrices;
+    if let Some(split) = split_k(k, groups, matrices, opts) {
+        return matmul_split_k(rec, a, b, opts, (m, n, k), split, &out_shape);
+    }
+    record_gemm(
+        rec,
+        a,
+        b,
+        opts,
+        (m, n, k, k),
+        &batch,
+        bias_bstride,
+        &out_shape,
+    )
+}
+
+/// A long reduction (K at least this) over a product of few workgroups is split.
+const SPLIT_MIN_K: usize = 2048;
+/// Workgroups below which a product is split along K.
+const SPLIT_BELOW_GROUPS: usize = 32;
+/// Products per slice of a split reduction (at least).
+const SPLIT_SLICE: usize = 256;
+
+/// The number of slices to split K into, when a single product (no batch, `b` not transposed,
+/// no bias or activation to fuse) would run on few workgroups over a long K: each workgroup
+/// walks all of K in order, so a product of `[56, 4096] x [4096, 256]` (the decoder's
+/// attention over the image's channels) runs on 4 workgroups for 256 steps.
+fn split_k(k: usize, groups: usize, matrices: usize, opts: &MatmulOpts) -> Option<usize> {
+    if matrices != 1
+        || opts.trans_b
+        || opts.bias.is_some()
+        || opts.act != Activation::None
+        || k < SPLIT_MIN_K
+        || groups >= SPLIT_BELOW_GROUPS
+    {
+        return None;
+    }
+    [16, 8, 4, 2]
+        .into_iter()
+        .find(|&s| k.is_multiple_of(s) && k / s >= SPLIT_SLICE)
+}
+
+/// `alpha * a @ b` as `split` products over slices of K (one dispatch, the slices a batch),
+/// then their sum (a product with a row of ones, scaled by alpha).
+fn matmul_split_k(
+    rec: &mut Recorder,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    opts: &MatmulOpts,
+    (m, n, k): (usize, usize, usize),
+    split: usize,
+    out_shape: &[usize],
+) -> Result<GpuTensor> {
+    let slice = k / split;
+    let mut shape = [1; MAX_BATCH_DIMS];
+    shape[MAX_BATCH_DIMS - 1] = split;
+    let mut a_stride = [0; MAX_BATCH_DIMS];
+    a_stride[MAX_BATCH_DIMS - 1] = slice;
+    let mut b_stride = [0; MAX_BATCH_DIMS];
+    b_stride[MAX_BATCH_DIMS - 1] = slice * n;
+    let batch = Batch {
+        out: vec![split],
+        shape,
+        a_stride,
+        b_stride,
+    };
+    let plain = MatmulOpts::default();
+    let parts = record_gemm(
+        rec,
+        a,
+        b,
+        &plain,
+        (m, n, slice, k),
+        &batch,
+        [0; MAX_BATCH_DIMS],
+        &[split, m, n],
+    )?;
+    let ones = GpuTensor::from_slice(rec.ctx(), &vec![1.0; split], &[1, split])?;
+    let sum = matmul(
+        rec,
+        &ones,
+        &parts.reshape(&[split, m * n])?,
+        &MatmulOpts {
+            alpha: opts.alpha,
+            ..plain
+        },
+    )?;
+    sum.reshape(out_shape)
+}
+
+/// Records one GEMM dispatch: `(m, n, k, lda)`, the batch's strides, the bias's batch strides.
+#[allow(clippy::too_many_arguments)]
+fn record_gemm(
+    rec: &mut Recorder,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    opts: &MatmulOpts,
+    (m, n, k, lda): (usize, usize, usize, usize),
+    batch: &Batch,
+    bias_bstride: [usize; MAX_BATCH_DIMS],
+    out_shape: &[usize],
+) -> Result<GpuTensor> {
+    let ctx = rec.ctx().clone();
+    let out = GpuTensor::empty(&ctx, out_shape)?;
     if out.numel() == 0 {
         return Ok(out);
     }
@@ -230,7 +335,7 @@ pub fn matmul(
         has_bias: opts.bias.is_some() as u32,
         act: opts.act.code(),
         alpha: opts.alpha,
-        _pad: 0,
+        lda: u32_of(lda, "row stride of a")?,
         batch_shape: u32x4(batch.shape, "batch dim")?,
         a_bstride: u32x4(batch.a_stride, "batch stride")?,
         b_bstride: u32x4(batch.b_stride, "batch stride")?,

@@ -21,7 +21,7 @@ struct Params {
     has_bias: u32,
     act: u32,        // Activation::code
     alpha: f32,
-    _pad: u32,
+    lda: u32,        // elements between rows of a (K, or more for a slice of K)
     batch_shape: vec4<u32>,  // output batch dims, padded in front with 1s
     a_bstride: vec4<u32>,    // elements between consecutive matrices of a, per batch dim
     b_bstride: vec4<u32>,
@@ -96,7 +96,7 @@ fn main(
             let gk = k0 + kk;
             var v = 0.0;
             if (gm < p.m && gk < p.k) {
-                v = a[a_off + gm * p.k + gk];
+                v = a[a_off + gm * p.lda + gk];
             }
             a_tile[kk * TM4 + mm / 4u][mm % 4u] = tile_t(v);
         }

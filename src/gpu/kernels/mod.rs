@@ -69,10 +69,11 @@ pub(crate) struct Accumulate {
 /// |diff| of the low-res logits against the reference from its embedding, and of the embedding:
 /// f16 weights with f32 arithmetic 0.026 and 9.6e-4; f16 tiles (activations rounded to f16),
 /// f32 sums 0.032 and 2.8e-3; 16-term f16 partials 0.11 and 5.6e-3; 4-term partials 0.076 and
-/// 4.1e-3. The partial sums' rounding was the largest share. With the decoder in f32 (see
-/// `Precision::F16`), the masks from f16 embeddings: 4-term partials left a mask IoU of 0.99895
-/// with the reference (coffee, points), 2-term partials 0.99948 (embeddings within 2.4e-3; the
-/// f32 path's lowest IoU on these cases is 0.99931, 2-term's 0.99930).
+/// 4.1e-3. The partial sums' rounding was the largest share. On the masks from f16 embeddings,
+/// 4-term partials left a mask IoU of 0.99896 with the reference on one case (coffee, points),
+/// under the 0.999 the tests ask; 2-term partials 0.99928 at the lowest (the f32 path's lowest
+/// on these cases is 0.99931), embeddings within 2.4e-3, at 4% more encode time on an H100
+/// (docs/PERFORMANCE.md).
 pub const F16_PARTIAL_TERMS: u32 = 2;
 
 /// Products of an f32 GEMM summed in partials of this many terms (one tile of K) before they
