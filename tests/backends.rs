@@ -309,6 +309,8 @@ struct Mha {
     k: Tensor,
     v: Tensor,
     heads: usize,
+    /// Keys and values given split into heads, `[B, H, Nk, D]`.
+    kv_heads: bool,
 }
 
 impl Case for Mha {
@@ -316,7 +318,20 @@ impl Case for Mha {
         vec![]
     }
     fn inputs(&self) -> Vec<Tensor> {
-        vec![self.q.clone(), self.k.clone(), self.v.clone()]
+        let split = |t: &Tensor| {
+            let (b, n, c) = t.dims3().unwrap();
+            t.reshape((b, n, self.heads, c / self.heads))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        if self.kv_heads {
+            vec![self.q.clone(), split(&self.k), split(&self.v)]
+        } else {
+            vec![self.q.clone(), self.k.clone(), self.v.clone()]
+        }
     }
     fn run<B: Backend>(&self, b: &mut B, _: &[B::Tensor], x: &[B::Tensor]) -> B::Tensor {
         let d = B::dims(&x[0])[2] / self.heads;
@@ -329,7 +344,12 @@ impl Case for Mha {
 fn multi_head_attention_of_tokens() {
     // The decoder's self attention, its cached token-to-image attention (few queries, many
     // keys) and odd sizes.
-    for (b, heads, nq, nk, d) in [(1, 8, 7, 7, 32), (1, 8, 9, 4096, 16), (2, 3, 13, 29, 5)] {
+    for (b, heads, nq, nk, d, kv_heads) in [
+        (1, 8, 7, 7, 32, false),
+        (1, 8, 9, 4096, 16, true),
+        (2, 3, 13, 29, 5, false),
+        (2, 3, 13, 29, 5, true),
+    ] {
         let q = randn(&[b, nq, heads * d]);
         let k = randn(&[b, nk, heads * d]);
         let v = randn(&[b, nk, heads * d]);
@@ -353,7 +373,13 @@ fn multi_head_attention_of_tokens() {
             .unwrap()
             .reshape((b, nq, heads * d))
             .unwrap();
-        let case = Mha { q, k, v, heads };
+        let case = Mha {
+            q,
+            k,
+            v,
+            heads,
+            kv_heads,
+        };
         check(
             &case,
             &want,

@@ -210,8 +210,9 @@ pub trait Backend: Sized {
         scale: f32,
     ) -> Result<Self::Tensor>;
     /// Multi-head attention of tokens as linear layers give them: q `[B, Nq, H * D]`, k and v
-    /// `[B, Nk, H * D]`, head `h` in channels `h * D .. (h + 1) * D`; the result
-    /// `[B, Nq, H * D]` holds each head's `softmax(scale * q_h @ k_h^T) @ v_h` in its channels.
+    /// `[B, Nk, H * D]` (or split into heads beforehand, `[B, H, Nk, D]`), head `h` in channels
+    /// `h * D .. (h + 1) * D`; the result `[B, Nq, H * D]` holds each head's
+    /// `softmax(scale * q_h @ k_h^T) @ v_h` in its channels.
     fn multi_head_attention(
         &mut self,
         q: &Self::Tensor,

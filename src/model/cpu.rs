@@ -334,21 +334,30 @@ impl Backend for Cpu {
         scale: f32,
     ) -> Result<Tensor> {
         let (b, nq, c) = q.dims3()?;
-        let (kb, nk, kc) = k.dims3()?;
-        if heads == 0 || c % heads != 0 || (kb, kc) != (b, c) || v.dims() != k.dims() {
-            return Err(Error::invalid(format!(
+        let bad = || {
+            Error::invalid(format!(
                 "attention of q {:?}, k {:?}, v {:?} in {heads} heads",
                 q.dims(),
                 k.dims(),
                 v.dims()
-            )));
+            ))
+        };
+        if heads == 0 || c % heads != 0 || v.dims() != k.dims() {
+            return Err(bad());
         }
         let d = c / heads;
-        // [B, N, H * D] -> [B, H, N, D], views the attention's GEMMs copy as they need.
-        let split = |x: &Tensor, n: usize| -> Result<Tensor> {
-            Ok(contiguous(x)?.reshape((b, n, heads, d))?.transpose(1, 2)?)
+        // [B, N, H * D] -> [B, H, N, D], views the attention's GEMMs copy as they need; keys
+        // and values already split into heads are taken as they are.
+        let split = |x: &Tensor| -> Result<Tensor> {
+            match *x.dims() {
+                [xb, n, xc] if (xb, xc) == (b, c) => {
+                    Ok(contiguous(x)?.reshape((b, n, heads, d))?.transpose(1, 2)?)
+                }
+                [xb, xh, _, xd] if (xb, xh, xd) == (b, heads, d) => Ok(x.clone()),
+                _ => Err(bad()),
+            }
         };
-        let out = self.attention(&split(q, nq)?, &split(k, nk)?, &split(v, nk)?, None, scale)?;
+        let out = self.attention(&split(q)?, &split(k)?, &split(v)?, None, scale)?;
         Ok(contiguous(&out.transpose(1, 2)?)?.reshape((b, nq, c))?)
     }
 

@@ -88,7 +88,7 @@ impl<B: Backend> Attention<B> {
     }
 
     /// Tokens `[B, N, C']` -> heads `[B, heads, N, C' / heads]`.
-    fn heads(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
+    pub fn heads(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
         let (n_b, n, c) = dims3::<B>(x)?;
         let x = b.reshape(x, &[n_b, n, self.num_heads, c / self.num_heads])?;
         b.permute(&x, &[0, 2, 1, 3])
@@ -310,9 +310,13 @@ impl<B: Backend> TwoWayAttentionBlock<B> {
         key_pe: &B::Tensor,
     ) -> Result<ImageSide<B>> {
         let keys_pe = b.add(keys, key_pe)?;
+        let attn = &self.cross_attn_token_to_image;
+        let k = attn.project_k(b, &keys_pe)?;
+        let v = attn.project_v(b, keys)?;
         Ok(ImageSide {
-            token_to_image_k: self.cross_attn_token_to_image.project_k(b, &keys_pe)?,
-            token_to_image_v: self.cross_attn_token_to_image.project_v(b, keys)?,
+            // In heads: read as they lie by every decode's attention.
+            token_to_image_k: attn.heads(b, &k)?,
+            token_to_image_v: attn.heads(b, &v)?,
             image_to_token_q: self
                 .cross_attn_image_to_token
                 .project_q_heads(b, &keys_pe)?,
@@ -387,8 +391,8 @@ impl<B: Backend> TwoWayAttentionBlock<B> {
 }
 
 /// The first block's image-only work, done once per image: the image tokens and those plus
-/// their positional encoding, the token-to-image attention's keys and values (as tokens) and
-/// the image-to-token attention's queries (split into heads).
+/// their positional encoding, the token-to-image attention's keys and values and the
+/// image-to-token attention's queries, split into heads.
 #[derive(Debug, Clone)]
 pub struct ImageSide<B: Backend> {
     keys: B::Tensor,

@@ -107,14 +107,15 @@ pub fn attention(
         bias,
         scale,
         (b, h, nq, nk, d),
-        Layout::Heads,
+        [Layout::Heads, Layout::Heads],
     )
 }
 
 /// Multi-head attention of tokens as linear layers give them: q `[B, Nq, H * D]`, k and v
-/// `[B, Nk, H * D]`, head `h` in channels `h * D .. (h + 1) * D`; the result `[B, Nq, H * D]`
-/// holds each head's `softmax(scale * q_h @ k_h^T) @ v_h` in its channels. The same kernel as
-/// [`attention`], reading and writing the tokens where they lie (no transposes).
+/// `[B, Nk, H * D]` (or, split into heads beforehand, `[B, H, Nk, D]`), head `h` in channels
+/// `h * D .. (h + 1) * D`; the result `[B, Nq, H * D]` holds each head's
+/// `softmax(scale * q_h @ k_h^T) @ v_h` in its channels. The same kernel as [`attention`],
+/// reading and writing the tokens where they lie (no transposes).
 pub fn attention_tokens(
     rec: &mut Recorder,
     q: &GpuTensor,
@@ -131,15 +132,22 @@ pub fn attention_tokens(
             v.shape(),
         ))
     };
-    let (&[b, nq, c], &[kb, nk, kc]) = (q.shape(), k.shape()) else {
-        return Err(bad("q, k and v must be [B, N, H * D]".into()));
+    let &[b, nq, c] = q.shape() else {
+        return Err(bad("q must be [B, N, H * D]".into()));
     };
-    if heads == 0 || c % heads != 0 || (kb, kc) != (b, c) || v.shape() != k.shape() {
-        return Err(bad(
-            "q, k and v must be [B, N, H * D] with the same B and H * D".into(),
-        ));
+    if heads == 0 || c % heads != 0 || v.shape() != k.shape() {
+        return Err(bad("q must be [B, N, H * D], v of k's shape".into()));
     }
     let d = c / heads;
+    let (nk, kv_layout) = match *k.shape() {
+        [kb, nk, kc] if (kb, kc) == (b, c) => (nk, Layout::Tokens),
+        [kb, kh, nk, kd] if (kb, kh, kd) == (b, heads, d) => (nk, Layout::Heads),
+        _ => {
+            return Err(bad(format!(
+                "k and v must be [B, Nk, H * D] or [B, H, Nk, D] with B = {b}, H = {heads}, D = {d}"
+            )))
+        }
+    };
     if d > MAX_HEAD_DIM {
         return Err(bad(format!("head dim over {MAX_HEAD_DIM}")));
     }
@@ -149,18 +157,19 @@ pub fn attention_tokens(
         None,
         scale,
         (b, heads, nq, nk, d),
-        Layout::Tokens,
+        [Layout::Tokens, kv_layout],
     )
 }
 
-/// Records the kernel for `(B, H, Nq, Nk, D)` with q, k, v and the output in `layout`.
+/// Records the kernel for `(B, H, Nq, Nk, D)` with q and the output in `layouts[0]`, k and v
+/// in `layouts[1]`.
 fn record(
     rec: &mut Recorder,
     [q, k, v]: [&GpuTensor; 3],
     bias: Option<&GpuTensor>,
     scale: f32,
     (b, h, nq, nk, d): (usize, usize, usize, usize, usize),
-    layout: Layout,
+    layouts: [Layout; 2],
 ) -> Result<GpuTensor> {
     let bad = |why: String| {
         Error::invalid(format!(
@@ -172,7 +181,7 @@ fn record(
     };
     let ctx = rec.ctx().clone();
     let out = GpuTensor::empty(&ctx, q.shape())?;
-    let strides = |n: usize| -> Result<[u32; 4]> {
+    let strides = |layout: Layout, n: usize| -> Result<[u32; 4]> {
         let [sb, sh, sn] = layout.strides(h, n, d);
         Ok([
             u32_of(sb, "batch stride")?,
@@ -229,9 +238,9 @@ fn record(
         has_bias: bias.is_some() as u32,
         q_tiles: u32_of(q_tiles, "query tiles")?,
         _pad: 0,
-        q_s: strides(nq)?,
-        kv_s: strides(nk)?,
-        o_s: strides(nq)?,
+        q_s: strides(layouts[0], nq)?,
+        kv_s: strides(layouts[1], nk)?,
+        o_s: strides(layouts[0], nq)?,
     };
     let grid = ctx.grid(u32_of(groups, "workgroups")?)?;
     // Without a bias, `q` stands in for the unused binding.
