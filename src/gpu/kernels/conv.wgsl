@@ -146,6 +146,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
             let b = b_tile[kk * 16u + tx];
             /*PRODUCTS*/
         }
+        /*FLUSH*/
         workgroupBarrier();
     }
 

@@ -138,6 +138,7 @@ fn main(
             let b1 = b_tile[kk * TN4 + tx + WG_X];
             /*PRODUCTS*/
         }
+        /*FLUSH*/
         workgroupBarrier();
     }
 

@@ -76,19 +76,16 @@ pub(crate) struct Accumulate {
 /// (docs/PERFORMANCE.md).
 pub const F16_PARTIAL_TERMS: u32 = 2;
 
-/// Products of an f32 GEMM summed in partials of this many terms (one tile of K) before they
-/// join the accumulators: a two-level sum, whose rounding grows with the number of tiles rather
-/// than with K. On the trained MobileSAM (tests/gpu_real.rs) the decoder's absorbed attention
-/// sums 4096 products per output (attention weights times the image's values); summed straight
-/// into one accumulator its error was 5x the CPU's GEMM (1.7e-5 against 3.6e-6) and the low-res
-/// logits moved 3.2e-4 from the reference.
-pub const F32_PARTIAL_TERMS: u32 = 16;
-
 /// The source of a GEMM kernel (`matmul.wgsl`, `conv.wgsl`) whose weights are `weights`:
 /// `header` (consts) and the type aliases `w_t` (weights in memory) and `tile_t` (tiles and
 /// products) go before `body`, and its markers become the multiply loop, whose index is `kk`.
-/// With f32 weights products are summed (`f32_step`) in f32 partials of [`F32_PARTIAL_TERMS`]
-/// terms, each then added to its accumulator; with f16 weights (`enable f16`) products are summed in f16 partials of
+/// With f32 weights products are summed (`f32_step`) in f32 partials over one tile of K (the
+/// kernel's `BK` = 16), each added to its accumulator after the tile's loop (at `/*FLUSH*/`):
+/// a two-level sum, whose rounding grows with the number of tiles rather than with K. On the
+/// trained MobileSAM (tests/gpu_real.rs) the decoder's absorbed attention sums 4096 products
+/// per output (attention weights times the image's values); summed straight into one
+/// accumulator its error was 5x the CPU GEMM's (1.7e-5 against 3.6e-6) and the low-res logits
+/// moved 3.2e-4 from the reference. With f16 weights (`enable f16`) products are summed in f16 partials of
 /// [`F16_PARTIAL_TERMS`] terms, each then added to its f32 accumulator: f16 products at the
 /// f16 rate, with the rounding of a short f16 sum.
 pub(crate) fn gemm_source(
@@ -105,20 +102,18 @@ pub(crate) fn gemm_source(
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let (enable, partials, products) = match weights {
+    let (enable, partials, products, flush) = match weights {
         GpuDType::F32 => (
             "",
             lines(&|i, _| format!("var part{i} = vec4<f32>(0.0);")),
-            format!(
-                "{}\nif (kk % {F32_PARTIAL_TERMS}u == {}u) {{\n{}\n}}",
-                lines(&|i, a| f32_step(&Accumulate {
+            lines(&|i, a| {
+                f32_step(&Accumulate {
                     acc: format!("part{i}"),
                     a: a.a.clone(),
                     b: a.b.clone(),
-                })),
-                F32_PARTIAL_TERMS - 1,
-                lines(&|i, a| format!("{} += part{i};\npart{i} = vec4<f32>(0.0);", a.acc)),
-            ),
+                })
+            }),
+            lines(&|i, a| format!("{} += part{i};", a.acc)),
         ),
         GpuDType::F16 => (
             "enable f16;\n",
@@ -132,11 +127,13 @@ pub(crate) fn gemm_source(
                     a.acc
                 )),
             ),
+            String::new(),
         ),
     };
     let body = body
         .replace("/*PARTIALS*/", &partials)
-        .replace("/*PRODUCTS*/", &products);
+        .replace("/*PRODUCTS*/", &products)
+        .replace("/*FLUSH*/", &flush);
     let ty = weights.wgsl();
     format!("{enable}{COMMON_WGSL}\n{header}\nalias w_t = {ty};\nalias tile_t = {ty};\n{body}")
 }
