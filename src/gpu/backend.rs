@@ -12,7 +12,6 @@ use crate::gpu::kernels::layout::{concat, permute, slice, window_partition, wind
 use crate::gpu::kernels::matmul::{linear, matmul, MatmulOpts};
 use crate::gpu::kernels::norm::{layer_norm_2d, layer_norm_act};
 use crate::gpu::kernels::softmax::softmax_last;
-use crate::gpu::kernels::Activation as Act;
 use crate::gpu::tensor::GpuDType;
 use crate::gpu::{GpuContext, GpuTensor, Recorder};
 use crate::model::backend::{Activation, Backend, ConvOpts, Gemm, Param};
@@ -26,14 +25,6 @@ impl Gpu {
     /// The recording, to read tensors back and submit it.
     pub fn into_recorder(self) -> Recorder {
         self.rec
-    }
-}
-
-fn act(a: Activation) -> Act {
-    match a {
-        Activation::None => Act::None,
-        Activation::Gelu => Act::Gelu,
-        Activation::Relu => Act::Relu,
     }
 }
 
@@ -132,7 +123,7 @@ impl Backend for Gpu {
         bias: Option<&GpuTensor>,
         a: Activation,
     ) -> Result<GpuTensor> {
-        linear(&mut self.rec, x, weight, bias, act(a))
+        linear(&mut self.rec, x, weight, bias, a)
     }
 
     fn matmul(
@@ -145,7 +136,7 @@ impl Backend for Gpu {
             trans_b: opts.trans_b,
             alpha: opts.alpha,
             bias: opts.bias,
-            act: act(opts.act),
+            act: opts.act,
         };
         matmul(&mut self.rec, a, b, &opts)
     }
@@ -196,7 +187,7 @@ impl Backend for Gpu {
         eps: f32,
         a: Activation,
     ) -> Result<GpuTensor> {
-        layer_norm_act(&mut self.rec, x, weight, bias, eps, act(a))
+        layer_norm_act(&mut self.rec, x, weight, bias, eps, a)
     }
 
     fn layer_norm_2d(
@@ -207,7 +198,7 @@ impl Backend for Gpu {
         eps: f32,
         a: Activation,
     ) -> Result<GpuTensor> {
-        layer_norm_2d(&mut self.rec, x, weight, bias, eps, act(a))
+        layer_norm_2d(&mut self.rec, x, weight, bias, eps, a)
     }
 
     fn conv2d(
@@ -225,8 +216,8 @@ impl Backend for Gpu {
             groups: opts.groups,
         };
         match residual {
-            Some(r) => conv2d_residual(&mut self.rec, x, weight, bias, r, &opts, act(a)),
-            None => conv2d(&mut self.rec, x, weight, bias, &opts, act(a)),
+            Some(r) => conv2d_residual(&mut self.rec, x, weight, bias, r, &opts, a),
+            None => conv2d(&mut self.rec, x, weight, bias, &opts, a),
         }
     }
 
@@ -237,7 +228,7 @@ impl Backend for Gpu {
         bias: Option<&GpuTensor>,
         a: Activation,
     ) -> Result<GpuTensor> {
-        conv_transpose2x2(&mut self.rec, x, weight, bias, act(a))
+        conv_transpose2x2(&mut self.rec, x, weight, bias, a)
     }
 }
 

@@ -16,15 +16,8 @@ use crate::model::weights::WeightPath;
 
 pub use crate::model::cpu::Cpu;
 
-/// An activation fused into an op's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Activation {
-    #[default]
-    None,
-    /// GELU, exact erf form (PyTorch's `nn.GELU()`).
-    Gelu,
-    Relu,
-}
+/// An activation fused into an op's output (the engine's enum: one list for both backends).
+pub use crate::gpu::kernels::Activation;
 
 /// How a weight is used, so that each backend keeps it in the layout and precision its kernels
 /// read: the model never looks inside a weight after load.
