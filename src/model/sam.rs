@@ -272,8 +272,10 @@ pub struct Sam<B: Backend = Cpu> {
     mask_decoder: MaskDecoder<B>,
     image_encoder: Option<TinyViT<B>>,
     encoder_kind: EncoderKind,
-    /// The last embedding [`Sam::decode`] prepared, keyed by its features' tensor (tensors are
-    /// immutable: a new embedding has a new id).
+    /// The last embedding the CPU's `decode` prepared, keyed by its features' tensor (tensors
+    /// are immutable: a new embedding has a new id). The GPU's `decode` takes the
+    /// [`PreparedImage`] from the caller instead (it lives on the device), so this stays empty
+    /// there.
     prepared: Mutex<Option<(TensorId, PreparedImage<B>)>>,
 }
 
