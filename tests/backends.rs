@@ -13,7 +13,7 @@
 mod gpu;
 
 use candle_core::{DType, Tensor, D};
-use gpu::{assert_close, ctx, randn, values};
+use gpu::{assert_close, ctx, partition_reference, randn, reverse_reference, values};
 use websam::gpu::backend::Gpu;
 use websam::model::backend::{Activation, Backend, ConvOpts, Cpu, Gemm, Param};
 
@@ -896,40 +896,8 @@ fn window_partition_and_reverse_pad_crop_and_add() {
         let (nh, nw) = (h.div_ceil(ws), w.div_ceil(ws));
         let d = randn(&[b * nh * nw, ws * ws, c]);
         // Reference: pad, partition, add, reverse, crop, add the input.
-        let grid = x
-            .reshape((b, h, w, c))
-            .unwrap()
-            .pad_with_zeros(1, 0, nh * ws - h)
-            .unwrap()
-            .pad_with_zeros(2, 0, nw * ws - w)
-            .unwrap();
-        let windows = grid
-            .reshape((b, nh, ws, nw, ws, c))
-            .unwrap()
-            .transpose(2, 3)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .reshape((b * nh * nw, ws * ws, c))
-            .unwrap();
-        let back = (windows + &d)
-            .unwrap()
-            .reshape((b, nh, nw, ws, ws, c))
-            .unwrap()
-            .transpose(2, 3)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .reshape((b, nh * ws, nw * ws, c))
-            .unwrap()
-            .narrow(1, 0, h)
-            .unwrap()
-            .narrow(2, 0, w)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .reshape((b, h * w, c))
-            .unwrap();
+        let windows = (partition_reference(&x, (h, w), ws) + &d).unwrap();
+        let back = reverse_reference(&windows, b, (h, w), ws);
         let want = (back + &x).unwrap();
         let case = program(Op::Windows { hw: (h, w), ws }, vec![x, d]);
         check(

@@ -9,7 +9,7 @@
 mod gpu;
 
 use candle_core::{DType, Device, Tensor};
-use gpu::{assert_close, randn, run, up, values};
+use gpu::{assert_close, partition_reference, randn, reverse_reference, run, up, values};
 use websam::gpu::kernels::conv::{conv2d, conv2d_residual, conv_transpose2x2, Conv2dOpts};
 use websam::gpu::kernels::Activation;
 use websam::gpu::Recorder;
@@ -638,46 +638,6 @@ fn concat_matches_candle() {
             &format!("{shapes:?} dim {dim}"),
         );
     }
-}
-
-/// TinyViTBlock's window partition as candle does it in `websam::model::tiny_vit`.
-fn partition_reference(x: &Tensor, (h, w): (usize, usize), ws: usize) -> Tensor {
-    let (b, _, c) = x.dims3().unwrap();
-    let (pad_b, pad_r) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
-    let x = x
-        .reshape((b, h, w, c))
-        .unwrap()
-        .pad_with_zeros(1, 0, pad_b)
-        .unwrap()
-        .pad_with_zeros(2, 0, pad_r)
-        .unwrap();
-    let (n_h, n_w) = ((h + pad_b) / ws, (w + pad_r) / ws);
-    x.reshape((b, n_h, ws, n_w, ws, c))
-        .unwrap()
-        .transpose(2, 3)
-        .unwrap()
-        .reshape((b * n_h * n_w, ws * ws, c))
-        .unwrap()
-}
-
-/// ... and its window reverse with the crop.
-fn reverse_reference(x: &Tensor, b: usize, (h, w): (usize, usize), ws: usize) -> Tensor {
-    let c = x.dim(2).unwrap();
-    let (n_h, n_w) = (h.div_ceil(ws), w.div_ceil(ws));
-    x.reshape((b, n_h, n_w, ws, ws, c))
-        .unwrap()
-        .transpose(2, 3)
-        .unwrap()
-        .reshape((b, n_h * ws, n_w * ws, c))
-        .unwrap()
-        .narrow(1, 0, h)
-        .unwrap()
-        .narrow(2, 0, w)
-        .unwrap()
-        .contiguous()
-        .unwrap()
-        .reshape((b, h * w, c))
-        .unwrap()
 }
 
 #[test]

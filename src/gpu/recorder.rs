@@ -31,6 +31,8 @@ pub struct Recorder {
     ops: Vec<Op>,
     reads: Vec<GpuTensor>,
     align: usize,
+    /// A row of ones, uploaded once per recording (the sum of a split reduction).
+    ones: Option<GpuTensor>,
 }
 
 impl Recorder {
@@ -42,6 +44,19 @@ impl Recorder {
             ops: Vec::new(),
             reads: Vec::new(),
             align: ctx.limits().min_uniform_buffer_offset_alignment as usize,
+            ones: None,
+        }
+    }
+
+    /// `[1, n]` ones, uploaded at most once per recording for each length asked.
+    pub fn ones(&mut self, n: usize) -> Result<GpuTensor> {
+        match &self.ones {
+            Some(t) if t.numel() == n => Ok(t.clone()),
+            _ => {
+                let t = GpuTensor::from_slice(&self.ctx, &vec![1.0; n], &[1, n])?;
+                self.ones = Some(t.clone());
+                Ok(t)
+            }
         }
     }
 

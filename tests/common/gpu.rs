@@ -63,3 +63,43 @@ pub fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str)
         want[worst.0]
     );
 }
+
+/// TinyViTBlock's window partition as candle does it in `websam::model::tiny_vit`.
+pub fn partition_reference(x: &Tensor, (h, w): (usize, usize), ws: usize) -> Tensor {
+    let (b, _, c) = x.dims3().unwrap();
+    let (pad_b, pad_r) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+    let x = x
+        .reshape((b, h, w, c))
+        .unwrap()
+        .pad_with_zeros(1, 0, pad_b)
+        .unwrap()
+        .pad_with_zeros(2, 0, pad_r)
+        .unwrap();
+    let (n_h, n_w) = ((h + pad_b) / ws, (w + pad_r) / ws);
+    x.reshape((b, n_h, ws, n_w, ws, c))
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap()
+        .reshape((b * n_h * n_w, ws * ws, c))
+        .unwrap()
+}
+
+/// ... and its window reverse with the crop.
+pub fn reverse_reference(x: &Tensor, b: usize, (h, w): (usize, usize), ws: usize) -> Tensor {
+    let c = x.dim(2).unwrap();
+    let (n_h, n_w) = (h.div_ceil(ws), w.div_ceil(ws));
+    x.reshape((b, n_h, n_w, ws, ws, c))
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap()
+        .reshape((b, n_h * ws, n_w * ws, c))
+        .unwrap()
+        .narrow(1, 0, h)
+        .unwrap()
+        .narrow(2, 0, w)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((b, h * w, c))
+        .unwrap()
+}

@@ -266,7 +266,7 @@ fn matmul_split_k(
         [0; MAX_BATCH_DIMS],
         &[split, m, n],
     )?;
-    let ones = GpuTensor::from_slice(rec.ctx(), &vec![1.0; split], &[1, split])?;
+    let ones = rec.ones(split)?;
     let sum = matmul(
         rec,
         &ones,
