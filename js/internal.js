@@ -344,3 +344,111 @@ export function toEmbedding(data, size) {
   }
   return { kind: 'npy', data: bytes, width, height };
 }
+
+const OUTPUT_MODES = ['coco_rle', 'uncompressed_rle', 'binary_mask'];
+/** The generator's options (camelCase), checked in the wasm module; these stay in JS. */
+const GENERATE_JS_OPTIONS = ['outputMode'];
+
+/**
+ * Checks the options of `generate` and the call's `{ onProgress, signal }`. Returns the JSON of
+ * the generator's options (the wasm module checks their values and names) and the JS ones.
+ */
+export function generateOptions(options, call) {
+  if (options === undefined || options === null) options = {};
+  if (typeof options !== 'object' || Array.isArray(options)) {
+    throw new TypeError(`generate: options must be an object, not ${describe(options)}`);
+  }
+  const { outputMode = 'coco_rle' } = options;
+  if (!OUTPUT_MODES.includes(outputMode)) {
+    throw new TypeError(`generate: outputMode ${JSON.stringify(outputMode)}; use "coco_rle", "uncompressed_rle" or "binary_mask"`);
+  }
+  const generator = {};
+  for (const [key, value] of Object.entries(options)) {
+    if (GENERATE_JS_OPTIONS.includes(key) || value === undefined) continue;
+    if (typeof value === 'number' && !Number.isFinite(value)) {
+      throw new RangeError(`generate: ${key} must be a finite number, not ${value}`);
+    }
+    generator[key] = value;
+  }
+  const { onProgress, signal } = call ?? {};
+  if (onProgress !== undefined && typeof onProgress !== 'function') {
+    throw new TypeError(`generate: onProgress must be a function, not ${describe(onProgress)}`);
+  }
+  if (signal !== undefined && !(typeof signal === 'object' && signal !== null && typeof signal.aborted === 'boolean')) {
+    throw new TypeError(`generate: signal must be an AbortSignal, not ${describe(signal)}`);
+  }
+  return { json: JSON.stringify(generator), outputMode, onProgress, signal };
+}
+
+/** What an aborted generate rejects with: the signal's reason, else an AbortError. */
+export function abortReason(signal) {
+  return signal?.reason ?? new DOMException('generate was aborted', 'AbortError');
+}
+
+/** The run lengths of a COCO RLE string (pycocotools' `rleFrString`), checked. */
+export function rleCountsFromString(s, pixels) {
+  const counts = [];
+  let p = 0;
+  while (p < s.length) {
+    let x = 0;
+    let k = 0;
+    let more = true;
+    while (more) {
+      const c = s.charCodeAt(p) - 48;
+      if (!(c >= 0 && c <= 63) || k > 6) throw new Error(`COCO RLE string: bad character at ${p}`);
+      x |= (c & 0x1f) << (5 * k);
+      more = c & 0x20;
+      p++;
+      k++;
+      if (!more && c & 0x10) x |= -1 << (5 * k);
+    }
+    if (counts.length > 2) x += counts[counts.length - 2];
+    if (x < 0) throw new Error('COCO RLE string: a negative run length');
+    counts.push(x);
+  }
+  const total = counts.reduce((a, b) => a + b, 0);
+  if (total !== pixels) throw new Error(`COCO RLE string: the runs cover ${total} pixels, the mask has ${pixels}`);
+  return counts;
+}
+
+/**
+ * The mask of a record's `segmentation` (COCO RLE `{ size: [h, w], counts }`, counts a string
+ * or an array of run lengths): `{ data: Uint8Array (1 inside, row-major), width, height }`.
+ */
+export function decodeMask(segmentation) {
+  const size = segmentation?.size;
+  if (!Array.isArray(size) || size.length !== 2 || !size.every((v) => Number.isInteger(v) && v > 0)) {
+    throw new TypeError('decodeMask: give a COCO RLE { size: [height, width], counts }');
+  }
+  const [height, width] = size;
+  const counts = typeof segmentation.counts === 'string'
+    ? rleCountsFromString(segmentation.counts, width * height)
+    : segmentation.counts;
+  if (!Array.isArray(counts)) throw new TypeError('decodeMask: counts must be a string or an array');
+  const data = new Uint8Array(width * height);
+  let i = 0;
+  counts.forEach((run, j) => {
+    if (j % 2 === 1) {
+      for (let k = i; k < i + run && k < data.length; k++) {
+        const x = Math.floor(k / height);
+        data[(k - x * height) * width + x] = 1;
+      }
+    }
+    i += run;
+  });
+  if (i !== width * height) throw new Error(`decodeMask: the runs cover ${i} pixels, the mask has ${width * height}`);
+  return { data, width, height };
+}
+
+/** Records as `generate` returns them in `outputMode`, from the wasm module's JSON (coco_rle). */
+export function recordsIn(json, outputMode) {
+  const records = JSON.parse(json);
+  if (outputMode === 'coco_rle') return records;
+  for (const r of records) {
+    const { size, counts } = r.segmentation;
+    r.segmentation = outputMode === 'binary_mask'
+      ? decodeMask(r.segmentation)
+      : { size, counts: rleCountsFromString(counts, size[0] * size[1]) };
+  }
+  return records;
+}

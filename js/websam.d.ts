@@ -123,6 +123,92 @@ export interface EmbeddingOptions {
   format?: 'f32' | 'npy';
 }
 
+/** Options of `generate`: `SamAutomaticMaskGenerator`'s, in camelCase, with its defaults. */
+export interface GenerateOptions {
+  /** Points along one side of the prompt grid (default 32); exclusive with `pointGrids`. */
+  pointsPerSide?: number | null;
+  /** Explicit grids of points in [0, 1]^2, one per crop layer (with `pointsPerSide: null`). */
+  pointGrids?: Array<Array<[number, number]>> | null;
+  /** Prompts per batch: one GPU submit, one progress step (default 64). */
+  pointsPerBatch?: number;
+  /** Keep masks whose predicted IoU is above this (default 0.88). */
+  predIouThresh?: number;
+  /** Keep masks whose stability score is at least this (default 0.95). */
+  stabilityScoreThresh?: number;
+  /** The logit offset of the stability score (default 1). */
+  stabilityScoreOffset?: number;
+  /** Box IoU above which NMS drops a duplicate within a crop (default 0.7). */
+  boxNmsThresh?: number;
+  /** Crop layers: layer i adds (2^i)^2 crops, each encoded (default 0). */
+  cropNLayers?: number;
+  /** Box IoU above which NMS drops a duplicate across crops (default 0.7). */
+  cropNmsThresh?: number;
+  /** Overlap of the first layer's crops, as a fraction of the short side (default 512/1500). */
+  cropOverlapRatio?: number;
+  /** Points per side are divided by this to the power of the layer (default 1). */
+  cropNPointsDownscaleFactor?: number;
+  /** Holes and islands smaller than this many pixels are removed (default 0: none). */
+  minMaskRegionArea?: number;
+  /** How `segmentation` is given (default "coco_rle"). */
+  outputMode?: 'coco_rle' | 'uncompressed_rle' | 'binary_mask';
+}
+
+/** COCO's run-length encoding of a mask: column-major runs, compressed as pycocotools does. */
+export interface CocoRle {
+  /** [height, width]. */
+  size: [number, number];
+  counts: string;
+}
+
+/** Uncompressed run lengths (column-major, starting with a run of zeros). */
+export interface UncompressedRle {
+  size: [number, number];
+  counts: number[];
+}
+
+/** A mask as `decodeMask` gives it: 1 inside, row-major. */
+export interface BinaryMask {
+  data: Uint8Array;
+  width: number;
+  height: number;
+}
+
+/** A mask of `generate`, as the reference's records. */
+export interface MaskRecord<S = CocoRle | UncompressedRle | BinaryMask> {
+  segmentation: S;
+  /** Pixels in the mask. */
+  area: number;
+  /** [x, y, width, height] of the mask (inclusive pixel extents, as the reference). */
+  bbox: [number, number, number, number];
+  predicted_iou: number;
+  /** The prompt that made it, in image pixels: [[x, y]]. */
+  point_coords: [[number, number]];
+  /** null only for a mask empty at every threshold (NaN in the reference). */
+  stability_score: number | null;
+  /** [x, y, width, height] of the crop whose embedding made it. */
+  crop_box: [number, number, number, number];
+}
+
+/** Where a `generate` call stands, after each step. */
+export interface GenerateProgress {
+  /** Steps done and in all (a crop's embedding, or a batch of prompts). */
+  done: number;
+  total: number;
+  /** The crop being processed (0: the whole image) and the number of crops. */
+  crop: number;
+  crops: number;
+  /** Masks kept so far (before the de-duplication that ends each crop). */
+  masks: number;
+  /** The masks this step's batch kept, before de-duplication (a preview). */
+  preview: MaskRecord<CocoRle>[];
+}
+
+export interface GenerateCall {
+  onProgress?: (progress: GenerateProgress) => void;
+  /** Stops the generation between steps; the call rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
 /** The methods of `Sam` and `SamWorker`. */
 export interface SamPredictor {
   /** The backend in use: "cpu" after a lost GPU device that could not be replaced. */
@@ -149,6 +235,13 @@ export interface SamPredictor {
     data: Float32Array | ArrayBuffer | Uint8Array | Embedding<Float32Array | Uint8Array>,
     size?: { width: number; height: number },
   ): Promise<void>;
+  /**
+   * Segment everything: every mask of the image set, as segment-anything's
+   * `SamAutomaticMaskGenerator.generate` returns them (same records, same order).
+   */
+  generate(options?: GenerateOptions & { outputMode?: 'coco_rle' }, call?: GenerateCall): Promise<MaskRecord<CocoRle>[]>;
+  generate(options: GenerateOptions & { outputMode: 'uncompressed_rle' }, call?: GenerateCall): Promise<MaskRecord<UncompressedRle>[]>;
+  generate(options: GenerateOptions & { outputMode: 'binary_mask' }, call?: GenerateCall): Promise<MaskRecord<BinaryMask>[]>;
   /** Frees the model after the calls already made; later calls are refused. */
   dispose(): void;
   /** Destroys the WebGPU device as a driver reset would; the next call recovers. For tests. */
@@ -162,6 +255,9 @@ export declare class Sam {
 }
 /** The methods, declared once in `SamPredictor`. */
 export interface Sam extends SamPredictor {}
+
+/** The mask of a COCO RLE (string or uncompressed counts): 1 inside, row-major. */
+export declare function decodeMask(segmentation: CocoRle | UncompressedRle): BinaryMask;
 
 /** Removes weights kept by `load` from the Cache API: one URL, or all. */
 export declare function clearWeightsCache(url?: string | URL): Promise<boolean>;

@@ -8,8 +8,11 @@ import initThreaded, {
   WebSam as WebSamThreaded, initThreadPool, threadResources,
 } from './websam_core_mt.js';
 import {
-  CACHE_NAME, loadOptions, readWeights, toEmbedding, toPrompt, toRgba, withMaskLogits,
+  CACHE_NAME, abortReason, generateOptions, loadOptions, readWeights, recordsIn, toEmbedding,
+  toPrompt, toRgba, withMaskLogits,
 } from './internal.js';
+
+export { decodeMask } from './internal.js';
 
 let wasmReady = null;
 
@@ -240,6 +243,43 @@ export class Sam {
     return this.#run('setEmbedding', (core) => (e.kind === 'npy'
       ? core.setEmbeddingNpy(e.data, e.width, e.height)
       : core.setEmbedding(e.data, e.width, e.height)));
+  }
+
+  /**
+   * Segment everything: the official automatic mask generator (`SamAutomaticMaskGenerator`) on
+   * the image set. `options`: its options in camelCase (`pointsPerSide` 32, `pointsPerBatch` 64,
+   * `predIouThresh` 0.88, `stabilityScoreThresh` 0.95, ...; see docs/API.md) and `outputMode`
+   * ("coco_rle", the default, "uncompressed_rle" or "binary_mask"). `onProgress` is called after
+   * each step (a crop's embedding or a batch of prompts) with `{ done, total, crop, crops, masks }`
+   * and `preview`, the records that batch kept (coco_rle, before de-duplication); `signal` (an
+   * AbortSignal) stops it between steps, rejecting with the signal's reason, the model still
+   * usable. Resolves to the records, in the reference's order and form.
+   */
+  generate(options, { onProgress, signal } = {}) {
+    let opts;
+    try {
+      opts = generateOptions(options, { onProgress, signal });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#run('generate', async (core) => {
+      if (signal?.aborted) throw abortReason(signal);
+      await core.generateStart(opts.json);
+      for (;;) {
+        if (signal?.aborted) {
+          await core.generateCancel();
+          throw abortReason(signal);
+        }
+        const step = JSON.parse(await core.generateStep());
+        try {
+          onProgress?.({ ...step.progress, preview: step.masks });
+        } catch (e) {
+          await core.generateCancel();
+          throw e;
+        }
+        if (step.done) return recordsIn(core.generateResult(), opts.outputMode);
+      }
+    });
   }
 
   /** Frees the model once the calls already made finish; later calls are refused. */

@@ -4,6 +4,8 @@
 import { Sam } from './websam.js';
 
 let sam = null;
+/** The AbortController of each generate call in progress, by call id. */
+const aborts = new Map();
 
 function state() {
   return {
@@ -34,6 +36,20 @@ const ops = {
   async predict(id, { prompt }) {
     const r = await model().predict(prompt);
     return [r, resultBuffers(r)];
+  },
+  async generate(id, { options }) {
+    // Aborted through an `abort` message, handled as it arrives (not after this call).
+    const controller = aborts.get(id) ?? new AbortController();
+    aborts.set(id, controller);
+    try {
+      const records = await model().generate(JSON.parse(options), {
+        signal: controller.signal,
+        onProgress: (progress) => self.postMessage({ id, progress }),
+      });
+      return [JSON.stringify(records), []];
+    } finally {
+      aborts.delete(id);
+    }
   },
   async getEmbedding(id, { options }) {
     const e = await model().getEmbedding(options);
@@ -73,5 +89,12 @@ async function handle({ id, op, args }) {
 // calls made before it.
 let chain = Promise.resolve();
 self.onmessage = ({ data }) => {
+  if (data?.op === 'abort') {
+    // Also for a generate still waiting in the chain: it stops before its first step.
+    const target = data.args?.target;
+    if (!aborts.has(target)) aborts.set(target, new AbortController());
+    aborts.get(target).abort();
+    return;
+  }
   chain = chain.then(() => handle(data));
 };

@@ -1,6 +1,7 @@
 import type { LoadOptions, SamPredictor } from './websam.js';
 
 export type * from './websam.js';
+export { decodeMask } from './websam.js';
 
 export interface WorkerLoadOptions extends LoadOptions {
   /**

@@ -1,8 +1,10 @@
 // SamWorker: the Sam API with the model in a module worker, so the page never blocks. Inputs are
 // checked and images read to RGBA here; buffers cross to and from the worker transferred.
 import {
-  loadOptions, resolveUrl, toEmbedding, toPrompt, toRgba,
+  abortReason, generateOptions, loadOptions, recordsIn, resolveUrl, toEmbedding, toPrompt, toRgba,
 } from './internal.js';
+
+export { decodeMask } from './internal.js';
 
 const ERRORS = { TypeError, RangeError, Error };
 
@@ -64,7 +66,9 @@ export class SamWorker {
     if (state) this.#state = state;
     if (error) {
       const E = ERRORS[error.name] ?? Error;
-      call.reject(new E(error.message));
+      call.reject(error.name === 'AbortError'
+        ? new DOMException(error.message, 'AbortError')
+        : new E(error.message));
     } else {
       call.resolve(result);
     }
@@ -77,10 +81,11 @@ export class SamWorker {
     this.#worker.terminate();
   }
 
-  #call(op, args, transfer = [], onProgress) {
+  #call(op, args, transfer = [], onProgress, onId) {
     if (this.#dead) return Promise.reject(this.#dead);
     return new Promise((resolve, reject) => {
       const id = this.#nextId++;
+      onId?.(id);
       this.#pending.set(id, { resolve, reject, onProgress });
       try {
         this.#worker.postMessage({ id, op, args }, transfer);
@@ -126,6 +131,27 @@ export class SamWorker {
   async predict(prompt) {
     toPrompt(prompt); // Checked here too, so that a mistake is reported before any round trip.
     return this.#call('predict', { prompt: prompt ?? {} });
+  }
+
+  /**
+   * As `Sam.generate`: the generator runs in the worker; progress arrives per step, and an
+   * aborted `signal` stops it there between steps.
+   */
+  async generate(options, { onProgress, signal } = {}) {
+    const opts = generateOptions(options, { onProgress, signal });
+    if (signal?.aborted) throw abortReason(signal);
+    let id;
+    const abort = () => this.#worker.postMessage({ op: 'abort', args: { target: id } });
+    signal?.addEventListener('abort', abort, { once: true });
+    try {
+      const json = await this.#call('generate', { options: opts.json }, [], (p) => onProgress?.(p), (i) => { id = i; });
+      return recordsIn(json, opts.outputMode);
+    } catch (e) {
+      if (signal?.aborted && e?.name === 'AbortError') throw abortReason(signal);
+      throw e;
+    } finally {
+      signal?.removeEventListener('abort', abort);
+    }
   }
 
   /** As `Sam.getEmbedding`. */

@@ -66,6 +66,21 @@ impl RgbImage {
         Self::new(w as usize, h as usize, rgb.into_raw())
     }
 
+    /// The pixels of `[x0, y0, x1, y1]` (exclusive ends), as `image[y0:y1, x0:x1]`.
+    pub fn crop(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> Result<Self> {
+        if x0 >= x1 || y0 >= y1 || x1 > self.width || y1 > self.height {
+            return Err(Error::invalid(format!(
+                "crop [{x0}, {y0}, {x1}, {y1}] is empty or outside the {}x{} image",
+                self.width, self.height
+            )));
+        }
+        let data = (y0..y1)
+            .flat_map(|y| &self.data[(y * self.width + x0) * 3..(y * self.width + x1) * 3])
+            .copied()
+            .collect();
+        Self::new(x1 - x0, y1 - y0, data)
+    }
+
     /// Reads and decodes an image file.
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();

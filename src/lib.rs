@@ -4,6 +4,7 @@
 //! [`model::sam::Sam::decode`] per prompt. Weights load from the official PyTorch
 //! checkpoints or from safetensors ([`model::weights`]).
 
+pub mod amg;
 pub mod error;
 pub mod gpu;
 pub mod image;

@@ -186,6 +186,34 @@ impl Predictor {
         Ok((pred, masks.unwrap_or_default()))
     }
 
+    /// Low-res logits and IoU predictions for each prompt: on the GPU one recording and one
+    /// submit for the whole batch, on the CPU one decode after another; the image's per-image
+    /// work is shared by all.
+    pub async fn predict_batch(&mut self, prompts: &[Prompt]) -> Result<Vec<Prediction>> {
+        if self.image.is_none() {
+            return Err(no_image());
+        }
+        for attempt in 0..2 {
+            self.live_gpu().await?;
+            let state = self.image.as_ref().ok_or_else(no_image)?;
+            let out = match (&self.gpu, &state.gpu) {
+                (Some(gpu), Some(g)) => gpu.decode_batch(g, prompts).await,
+                _ => {
+                    let cpu = self.cpu_model()?;
+                    prompts
+                        .iter()
+                        .map(|p| cpu.decode(&state.embedding, p))
+                        .collect()
+                }
+            };
+            match out {
+                Err(_) if attempt == 0 && self.gpu_lost() => continue,
+                other => return other,
+            }
+        }
+        Err(Error::gpu("the GPU device was lost twice in a row"))
+    }
+
     async fn run(
         &mut self,
         prompt: &Prompt,

@@ -13,6 +13,7 @@ use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+use crate::amg::{records_to_json, GeneratorOptions, MaskGenerator};
 use crate::gpu::context::Precision;
 use crate::image::{ImageFrame, RgbImage};
 use crate::model::sam::{ImageEmbedding, Point, PointLabel, Prompt};
@@ -28,6 +29,11 @@ struct Shared {
     backend: Cell<Backend>,
     adapter: RefCell<Option<String>>,
     precision: Cell<Precision>,
+    /// The pixels of the image set by `setImage` (the generator's crop layers encode crops of
+    /// it); `None` after `setEmbedding`.
+    image: RefCell<Option<RgbImage>>,
+    /// The "segment everything" run in progress, between its steps.
+    generation: RefCell<Option<MaskGenerator>>,
 }
 
 impl Shared {
@@ -48,6 +54,15 @@ impl Shared {
         self.precision.set(p.precision());
         *self.predictor.borrow_mut() = Some(p);
         r.map_err(js_err)
+    }
+
+    /// Ends a generation left between steps, setting the whole image's embedding back.
+    async fn stop_generation(&self) {
+        let generation = self.generation.borrow_mut().take();
+        if let Some(g) = generation {
+            // The image is being replaced: a failure to restore the old one does not matter.
+            let _ = self.call(async |p| g.cancel(p).await).await;
+        }
     }
 }
 
@@ -109,6 +124,8 @@ impl WebSam {
             adapter: RefCell::new(predictor.adapter_name()),
             precision: Cell::new(predictor.precision()),
             predictor: RefCell::new(Some(predictor)),
+            image: RefCell::new(None),
+            generation: RefCell::new(None),
         };
         Ok(WebSam {
             shared: Rc::new(shared),
@@ -151,7 +168,10 @@ impl WebSam {
         future_to_promise(async move {
             let image =
                 RgbImage::from_rgba(width as usize, height as usize, &rgba).map_err(js_err)?;
+            shared.stop_generation().await;
+            *shared.image.borrow_mut() = None;
             shared.call(async |p| p.set_image(&image).await).await?;
+            *shared.image.borrow_mut() = Some(image);
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -176,6 +196,8 @@ impl WebSam {
                 })
                 .map_err(js_err)?;
             let embedding = ImageEmbedding::new(t, frame).map_err(js_err)?;
+            shared.stop_generation().await;
+            *shared.image.borrow_mut() = None;
             shared
                 .call(async |p| p.set_embedding(embedding).await)
                 .await?;
@@ -191,6 +213,8 @@ impl WebSam {
         future_to_promise(async move {
             let frame = ImageFrame::new(height as usize, width as usize).map_err(js_err)?;
             let embedding = ImageEmbedding::from_npy_bytes(&npy, frame).map_err(js_err)?;
+            shared.stop_generation().await;
+            *shared.image.borrow_mut() = None;
             shared
                 .call(async |p| p.set_embedding(embedding).await)
                 .await?;
@@ -238,6 +262,87 @@ impl WebSam {
         Ok(())
     }
 
+    /// Starts "segment everything" on the image set, with the generator's options as JSON
+    /// (camelCase keys; see `GeneratorOptions`). Returns the progress as JSON. Steps follow
+    /// with `generateStep`; one generation at a time (a new one replaces an unfinished one).
+    #[wasm_bindgen(js_name = generateStart)]
+    pub fn generate_start(&self, options: String) -> Promise {
+        let shared = Rc::clone(&self.shared);
+        future_to_promise(async move {
+            let options = GeneratorOptions::from_json(&options).map_err(js_err)?;
+            shared.stop_generation().await;
+            let image = shared.image.borrow().clone();
+            let generator = {
+                let guard = shared.predictor.borrow();
+                let p = guard.as_ref().ok_or_else(busy)?;
+                MaskGenerator::new(options, p, image).map_err(js_err)?
+            };
+            let progress = json_string(&generator.progress())?;
+            *shared.generation.borrow_mut() = Some(generator);
+            Ok(progress)
+        })
+    }
+
+    /// Runs the next step of the generation (a crop's embedding or a batch of prompts):
+    /// resolves to JSON `{ progress, done, masks }`, `masks` the records this batch kept
+    /// (before de-duplication). A failed step ends the generation.
+    #[wasm_bindgen(js_name = generateStep)]
+    pub fn generate_step(&self) -> Promise {
+        let shared = Rc::clone(&self.shared);
+        future_to_promise(async move {
+            let mut g = shared
+                .generation
+                .borrow_mut()
+                .take()
+                .ok_or_else(|| js_err("no generation in progress: call generate first"))?;
+            let kept = match shared.call(async |p| g.step(p).await).await {
+                Ok(kept) => kept,
+                Err(e) => {
+                    let _ = shared.call(async |p| g.cancel(p).await).await;
+                    return Err(e);
+                }
+            };
+            let out = format!(
+                r#"{{"progress":{},"done":{},"masks":{}}}"#,
+                json_string(&g.progress())?.as_string().unwrap_or_default(),
+                g.is_done(),
+                records_to_json(&kept)
+            );
+            *shared.generation.borrow_mut() = Some(g);
+            Ok(JsValue::from_str(&out))
+        })
+    }
+
+    /// The records of the finished generation, as JSON (the reference's `coco_rle` records).
+    #[wasm_bindgen(js_name = generateResult)]
+    pub fn generate_result(&self) -> Result<String, JsValue> {
+        let g = self
+            .shared
+            .generation
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| js_err("no generation in progress"))?;
+        match g.records() {
+            Some(records) => Ok(records_to_json(records)),
+            None => {
+                *self.shared.generation.borrow_mut() = Some(g);
+                Err(js_err(
+                    "the generation is not finished: step it to the end first",
+                ))
+            }
+        }
+    }
+
+    /// Stops the generation in progress (if any), leaving the model with the whole image.
+    #[wasm_bindgen(js_name = generateCancel)]
+    pub fn generate_cancel(&self) -> Promise {
+        let shared = Rc::clone(&self.shared);
+        future_to_promise(async move {
+            shared.stop_generation().await;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
     /// Masks for a prompt in image pixels: `points` flat `[x, y, label, ...]` (label 1, 0 or
     /// -1), `box` `[x0, y0, x1, y1]`, `mask_input` a previous `lowResLogits` channel (256*256).
     /// Resolves to `{ masks: [{data, width, height, score, stabilityScore}], best,
@@ -275,6 +380,12 @@ impl WebSam {
             Ok(out.into())
         })
     }
+}
+
+fn json_string(v: &impl serde::Serialize) -> Result<JsValue, JsValue> {
+    serde_json::to_string(v)
+        .map(|s| JsValue::from_str(&s))
+        .map_err(js_err)
 }
 
 /// Builds a prompt from the flat arrays JS passes, checking their lengths and labels.

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
+use websam::amg::{records_to_json, GeneratorOptions, MaskGenerator, MaskRecord};
 use websam::gpu::context::Precision;
 use websam::image::{ImageFrame, RgbImage};
 use websam::model::config::{IMAGE_SIZE, LOW_RES_SIDE};
@@ -151,6 +152,35 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Segment everything: the official automatic mask generator
+    /// (`SamAutomaticMaskGenerator`, output_mode "coco_rle"). One image to one JSON list of
+    /// records, or a folder to one JSON per image plus a COCO dataset file.
+    Everything {
+        /// Checkpoint with an image encoder (.pth, .pt or .safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// PNG or JPEG image (with --out).
+        #[arg(long, required_unless_present = "images", conflicts_with = "images")]
+        image: Option<PathBuf>,
+        /// Output JSON: the records as the reference's generate() returns them.
+        #[arg(long, requires = "image")]
+        out: Option<PathBuf>,
+        /// A folder of PNG and JPEG images (with --out-dir).
+        #[arg(long, requires = "out_dir")]
+        images: Option<PathBuf>,
+        /// Output folder: <image stem>.json per image and coco.json (or
+        /// coco.shard-I-of-N.json), a COCO dataset of every mask.
+        #[arg(long, requires = "images")]
+        out_dir: Option<PathBuf>,
+        /// "I/N": only the images whose index in the sorted folder is I modulo N, so that N
+        /// processes (on any machines) share a folder; image ids are the same in every shard.
+        #[arg(long, value_parser = parse_shard, requires = "images")]
+        shard: Option<(usize, usize)>,
+        #[command(flatten)]
+        options: GeneratorArgs,
+        #[command(flatten)]
+        engine: Engine,
+    },
     /// Time the encoder, the first decode after an image and further decodes (one point,
     /// multimask): median and spread over N runs.
     Bench {
@@ -188,6 +218,66 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     let t = Instant::now();
     let v = f()?;
     Ok((v, t.elapsed().as_secs_f64() * 1e3))
+}
+
+/// The generator's options (segment-anything's names and defaults).
+#[derive(clap::Args, Debug)]
+struct GeneratorArgs {
+    #[arg(long, default_value_t = 32)]
+    points_per_side: usize,
+    #[arg(long, default_value_t = 64)]
+    points_per_batch: usize,
+    #[arg(long, default_value_t = 0.88)]
+    pred_iou_thresh: f64,
+    #[arg(long, default_value_t = 0.95)]
+    stability_score_thresh: f64,
+    #[arg(long, default_value_t = 1.0)]
+    stability_score_offset: f64,
+    #[arg(long, default_value_t = 0.7)]
+    box_nms_thresh: f64,
+    #[arg(long, default_value_t = 0)]
+    crop_n_layers: usize,
+    #[arg(long, default_value_t = 0.7)]
+    crop_nms_thresh: f64,
+    #[arg(long, default_value_t = 512.0 / 1500.0)]
+    crop_overlap_ratio: f64,
+    #[arg(long, default_value_t = 1)]
+    crop_n_points_downscale_factor: usize,
+    #[arg(long, default_value_t = 0.0)]
+    min_mask_region_area: f64,
+}
+
+impl GeneratorArgs {
+    fn options(&self) -> GeneratorOptions {
+        GeneratorOptions {
+            points_per_side: Some(self.points_per_side),
+            point_grids: None,
+            points_per_batch: self.points_per_batch,
+            pred_iou_thresh: self.pred_iou_thresh,
+            stability_score_thresh: self.stability_score_thresh,
+            stability_score_offset: self.stability_score_offset,
+            box_nms_thresh: self.box_nms_thresh,
+            crop_n_layers: self.crop_n_layers,
+            crop_nms_thresh: self.crop_nms_thresh,
+            crop_overlap_ratio: self.crop_overlap_ratio,
+            crop_n_points_downscale_factor: self.crop_n_points_downscale_factor,
+            min_mask_region_area: self.min_mask_region_area,
+        }
+    }
+}
+
+fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("shard \"{s}\": expected \"I/N\" with 0 <= I < N");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n) = (
+        i.trim().parse::<usize>().map_err(|_| bad())?,
+        n.trim().parse::<usize>().map_err(|_| bad())?,
+    );
+    if i < n {
+        Ok((i, n))
+    } else {
+        Err(bad())
+    }
 }
 
 #[derive(clap::Args)]
@@ -423,7 +513,132 @@ fn run(cli: Cli) -> Result<()> {
             runs,
             engine,
         } => bench(&weights, &image, runs, engine),
+        Command::Everything {
+            weights,
+            image,
+            out,
+            images,
+            out_dir,
+            shard,
+            options,
+            engine,
+        } => {
+            let options = options.options();
+            options.point_grids()?;
+            let mut sam = load(&weights, engine)?;
+            match (image, out, images, out_dir) {
+                (Some(image), Some(out), None, None) => {
+                    let img = RgbImage::open(&image)?;
+                    let records = everything(&mut sam, &img, &options, &image)?;
+                    write_text(&out, &records_to_json(&records))
+                }
+                (None, None, Some(images), Some(out_dir)) => {
+                    everything_folder(&mut sam, &images, &out_dir, shard, &options)
+                }
+                _ => Err(Error::invalid(
+                    "give --image with --out, or --images with --out-dir",
+                )),
+            }
+        }
     }
+}
+
+/// Generates every mask of one image, reporting the time taken on stderr.
+fn everything(
+    sam: &mut Predictor,
+    img: &RgbImage,
+    options: &GeneratorOptions,
+    path: &Path,
+) -> Result<Vec<MaskRecord>> {
+    let t = Instant::now();
+    pollster::block_on(sam.set_image(img))?;
+    let embed_ms = t.elapsed().as_secs_f64() * 1e3;
+    let generator = MaskGenerator::new(options.clone(), sam, Some(img.clone()))?;
+    let total = generator.progress().total;
+    let records = pollster::block_on(generator.run(sam))?;
+    eprintln!(
+        "{}: {} masks from {} steps in {:.0} ms ({:.0} ms of it encoding the image)",
+        path.display(),
+        records.len(),
+        total,
+        t.elapsed().as_secs_f64() * 1e3,
+        embed_ms
+    );
+    Ok(records)
+}
+
+/// `--images DIR --out-dir DIR [--shard I/N]`: one JSON per image and a COCO dataset file.
+fn everything_folder(
+    sam: &mut Predictor,
+    dir: &Path,
+    out_dir: &Path,
+    shard: Option<(usize, usize)>,
+    options: &GeneratorOptions,
+) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str())
+                })
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no PNG or JPEG images in this folder",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let (shard_i, shard_n) = shard.unwrap_or((0, 1));
+    let mut images = Vec::new();
+    let mut annotations = Vec::new();
+    for (index, path) in files.iter().enumerate() {
+        if index % shard_n != shard_i {
+            continue;
+        }
+        let img = RgbImage::open(path)?;
+        let records = everything(sam, &img, options, path)?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+        write_text(
+            &out_dir.join(format!("{stem}.json")),
+            &records_to_json(&records),
+        )?;
+        // Ids from the image's place in the whole folder: the same in every shard.
+        let image_id = index + 1;
+        let file_name = path.file_name().and_then(|s| s.to_str()).unwrap_or(stem);
+        images.push(serde_json::json!({
+            "id": image_id, "file_name": file_name, "width": img.width, "height": img.height,
+        }));
+        for (k, r) in records.iter().enumerate() {
+            let mut ann = r.to_json();
+            if let Some(obj) = ann.as_object_mut() {
+                obj.insert("id".into(), (image_id * 10_000_000 + k + 1).into());
+                obj.insert("image_id".into(), image_id.into());
+                obj.insert("category_id".into(), 1.into());
+                obj.insert("iscrowd".into(), 0.into());
+            }
+            annotations.push(ann);
+        }
+    }
+    let coco = serde_json::json!({
+        "info": { "description": "websam everything (SamAutomaticMaskGenerator)" },
+        "images": images,
+        "annotations": annotations,
+        "categories": [{ "id": 1, "name": "object", "supercategory": "object" }],
+    });
+    let name = match shard {
+        Some((i, n)) => format!("coco.shard-{i}-of-{n}.json"),
+        None => "coco.json".to_owned(),
+    };
+    write_text(&out_dir.join(name), &coco.to_string())
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(io_err(path))
 }
 
 fn bench(weights: &Path, image: &Path, runs: usize, engine: Engine) -> Result<()> {

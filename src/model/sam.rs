@@ -540,6 +540,39 @@ impl Sam<Gpu> {
         Ok(prediction)
     }
 
+    /// [`Sam::decode`] for each prompt, recorded together: one submit and one readback for
+    /// the batch. Each decode's intermediates go back to the pool as soon as the next one is
+    /// recorded, so the batch needs the memory of one decode plus its outputs.
+    pub async fn decode_batch(
+        &self,
+        image: &PreparedImage<Gpu>,
+        prompts: &[Prompt],
+    ) -> Result<Vec<Prediction>> {
+        let mut g = Gpu::begin(&self.device);
+        let mut outputs = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            outputs.push(self.record_decode(&mut g, image, prompt)?);
+        }
+        let mut rec = g.into_recorder();
+        for (masks, iou) in &outputs {
+            rec.read(masks);
+            rec.read(iou);
+        }
+        drop(outputs);
+        let out = rec.finish().await?;
+        expect_outputs(&out, 2 * prompts.len(), "decode")?;
+        let mut out = out.into_iter();
+        let mut predictions = Vec::with_capacity(prompts.len());
+        while let (Some(low_res_logits), Some(iou)) = (out.next(), out.next()) {
+            predictions.push(Prediction {
+                low_res_logits,
+                iou,
+                frame: image.frame,
+            });
+        }
+        Ok(predictions)
+    }
+
     /// [`Sam::decode`], also returning the number of kernel dispatches it recorded.
     pub async fn decode_counted(
         &self,

@@ -1,8 +1,11 @@
 // Compiled (not run) by `./build.sh test` with tsc --strict against pkg/'s declarations: the
 // documented API type-checks, and misuse the declarations should catch is rejected
 // (@ts-expect-error fails the compile when a line stops being an error).
-import { Sam, clearWeightsCache, type LoadProgress, type Prediction, type SamPredictor } from '../../pkg/websam.js';
-import { SamWorker } from '../../pkg/worker.js';
+import {
+  Sam, clearWeightsCache, decodeMask, type GenerateProgress, type LoadProgress, type MaskRecord,
+  type Prediction, type SamPredictor,
+} from '../../pkg/websam.js';
+import { SamWorker, decodeMask as decodeMaskToo } from '../../pkg/worker.js';
 
 async function demo(canvas: HTMLCanvasElement, file: File): Promise<number> {
   const onProgress = (p: LoadProgress) => console.log(p.stage, p.loaded, p.total ?? '?');
@@ -19,6 +22,21 @@ async function demo(canvas: HTMLCanvasElement, file: File): Promise<number> {
   const bytes: Uint8Array = npy.data;
   await sam.setEmbedding(f32, { width: e.width, height: e.height });
   await sam.setEmbedding(npy);
+  const controller = new AbortController();
+  const records = await sam.generate({ pointsPerSide: 16, minMaskRegionArea: 100 }, {
+    signal: controller.signal,
+    onProgress: (p: GenerateProgress) => console.log(p.done, p.total, p.preview.length),
+  });
+  const rle: string = records[0].segmentation.counts;
+  const mask: Uint8Array = decodeMask(records[0].segmentation).data;
+  const binary = await sam.generate({ outputMode: 'binary_mask', cropNLayers: 1 });
+  const pixels: Uint8Array = binary[0].segmentation.data;
+  const counts: number[] = (await sam.generate({ outputMode: 'uncompressed_rle' }))[0].segmentation.counts;
+  const first: MaskRecord = records[0];
+  const [x, y, bw, bh] = first.bbox;
+  decodeMaskToo({ size: [2, 2], counts: [1, 3] });
+  // @ts-expect-error output modes are coco_rle, uncompressed_rle and binary_mask
+  await sam.generate({ outputMode: 'polygons' });
   sam.dispose();
 
   const half = await Sam.load({ weights: '/mobile_sam.pt', backend: 'webgpu', precision: 'f16' });
@@ -40,7 +58,8 @@ async function demo(canvas: HTMLCanvasElement, file: File): Promise<number> {
   await sam.predict({ box: [1, 2, 3] });
   // @ts-expect-error use Sam.load
   new Sam();
-  return backend.length + precision.length + refined.iou.length + w.masks.length + bytes.length;
+  return backend.length + precision.length + refined.iou.length + w.masks.length + bytes.length
+    + rle.length + mask.length + pixels.length + counts.length + x + y + bw + bh;
 }
 
 export { demo };
