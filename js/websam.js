@@ -278,6 +278,8 @@ export class Sam {
           throw e;
         }
         if (step.done) return recordsIn(core.generateResult(), opts.outputMode);
+        // A turn of the event loop between steps: an abort (in a worker, a message) gets in.
+        await new Promise((resolve) => setTimeout(resolve, 0));
       }
     });
   }

@@ -1,5 +1,6 @@
 // The annotation model of the page, free of the DOM: undo/redo history, COCO RLE (as
-// pycocotools writes it) and polygons from binary masks, mask statistics. Masks are
+// pycocotools writes it) and polygons from binary masks, mask statistics, overlap of masks
+// (which masks of "segment everything" to add to the objects kept). Masks are
 // `{ data: Uint8Array(width*height) of 0/1, width, height }`, row by row.
 
 /** Undo/redo over immutable states: every action pushes the state it leads to. */
@@ -146,6 +147,48 @@ export function maskStats({ data, width, height }) {
     }
   }
   return { area, bbox: area ? [x0, y0, x1 - x0 + 1, y1 - y0 + 1] : null };
+}
+
+/** The union of masks of one size: 1 wherever any of them is 1 (all 0 for no masks). */
+export function maskUnion(masks, width, height) {
+  const data = new Uint8Array(width * height);
+  for (const m of masks) {
+    if (m.width !== width || m.height !== height) throw new Error(`a ${m.width}x${m.height} mask in a ${width}x${height} union`);
+    const d = m.data;
+    for (let i = 0; i < d.length; i++) if (d[i]) data[i] = 1;
+  }
+  return { data, width, height };
+}
+
+/** The fraction of `mask`'s pixels that are also in `other` (of the same size); 0 if it is empty. */
+export function overlapFraction(mask, other) {
+  if (mask.width !== other.width || mask.height !== other.height) {
+    throw new Error(`overlap of a ${mask.width}x${mask.height} mask with a ${other.width}x${other.height} one`);
+  }
+  const a = mask.data;
+  const b = other.data;
+  let area = 0;
+  let both = 0;
+  for (let i = 0; i < a.length; i++) {
+    if (a[i]) {
+      area++;
+      if (b[i]) both++;
+    }
+  }
+  return area ? both / area : 0;
+}
+
+/**
+ * The indices of the `masks` that may join the `existing` ones (the objects kept): those whose
+ * overlap with the union of `existing` is at most `maxOverlap` of their own area. All of them
+ * when there is nothing existing; the new masks are not compared with each other.
+ */
+export function nonOverlapping(masks, existing, maxOverlap) {
+  const all = masks.map((_, i) => i);
+  if (!masks.length || !existing.length) return all;
+  const { width, height } = masks[0];
+  const union = maskUnion(existing, width, height);
+  return all.filter((i) => overlapFraction(masks[i], union) <= maxOverlap);
 }
 
 // Directions of boundary edges between pixel corners: right, down, left, up (y down).

@@ -1,9 +1,10 @@
 // The websam demo and annotation page: a SamWorker (the model off the page's thread), an image
 // on a canvas, prompts from pointer events, masks drawn on overlay canvases, objects with undo,
-// and exports. The state is immutable and every action pushes the next one onto the history.
-import { SamWorker } from './pkg/worker.js';
+// "segment everything", and exports. The state is immutable and every action pushes the next
+// one onto the history.
+import { SamWorker, decodeMask } from './pkg/worker.js';
 import {
-  History, maskPolygons, maskStats, rleCounts, rleToString,
+  History, maskPolygons, maskStats, maskUnion, nonOverlapping, overlapFraction, rleCounts, rleToString,
 } from './annotate.js';
 
 const $ = (sel) => document.querySelector(sel);
@@ -47,6 +48,8 @@ let history = new History(EMPTY);
 let nextObjectId = 1;
 let pending = 0; // actions queued or running
 let chain = Promise.resolve();
+let everything = null; // the "segment everything" run under way: { controller, reason, done, total }
+let nextAutoName = 1; // the number in the name of the next object "segment everything" adds
 
 // ---------------------------------------------------------------- status and messages
 
@@ -233,13 +236,153 @@ function clearPreview() {
   c.getContext('2d').clearRect(0, 0, c.width, c.height);
 }
 
+// ---------------------------------------------------------------- segment everything
+
+const MAX_OVERLAP = 0.1; // the default of the overlap control
+
+/** The largest share of a new mask's area that may lie on the objects kept (the control, in [0, 1]). */
+function maxOverlap() {
+  const v = $('#max-overlap').valueAsNumber;
+  return Number.isFinite(v) ? Math.min(1, Math.max(0, v)) : MAX_OVERLAP;
+}
+
+/**
+ * Prompts per batch, one progress step (and one GPU submit) each: at most 64 (the reference's
+ * default) and small enough that a small grid still shows progress. The records do not depend
+ * on it.
+ */
+const pointsPerBatch = (pointsPerSide) => Math.max(16, Math.min(64, Math.ceil((pointsPerSide * pointsPerSide) / 16)));
+
+/**
+ * Segments the whole image (the package's `generate`, a grid of point prompts), showing each
+ * batch's masks as they come, then adds the masks as objects in one step: with objects kept,
+ * only those that overlap their union by at most the control's share of their own area.
+ * Prompting on the image is off until it ends (the model is busy); Cancel, Escape, a new image,
+ * embedding or model stop it with nothing added.
+ */
+async function segmentEverything() {
+  if (everything || !canDecode()) return;
+  // `done` of `total` steps: the model's, also those it makes after a Cancel before it sees it.
+  const run = { controller: new AbortController(), reason: null, done: 0, total: 0 };
+  everything = run;
+  const current = () => everything === run;
+  const pointsPerSide = Number($('#points-per-side').value);
+  const limit = maxOverlap();
+  const { signal } = run.controller;
+  const status = $('#everything-status');
+  const bar = $('#everything-progress');
+  const layer = $('#everything-layer');
+  const ctx = layer.getContext('2d');
+  const shown = ctx.createImageData(layer.width, layer.height);
+  ctx.clearRect(0, 0, layer.width, layer.height);
+  // The objects kept as it starts: the preview shows only the masks that could join them (the
+  // objects kept when it ends decide which do).
+  const kept = history.current.objects.map((o) => o.mask);
+  const union = kept.length ? maskUnion(kept, image.width, image.height) : null;
+  let previewed = 0;
+  Object.assign(bar, { hidden: false, max: 1, value: 0 });
+  status.classList.remove('error');
+  status.textContent = `Segmenting everything: ${pointsPerSide}×${pointsPerSide} points…`;
+  document.body.dataset.everything = 'running';
+  hover = null;
+  clearPreview();
+  setPending(1);
+  render();
+  const t = performance.now();
+  try {
+    const records = await sam.generate({ pointsPerSide, pointsPerBatch: pointsPerBatch(pointsPerSide) }, {
+      signal,
+      onProgress: ({ done, total, masks, preview }) => {
+        Object.assign(run, { done, total });
+        if (!current() || signal.aborted) return;
+        bar.max = total;
+        bar.value = done;
+        const fresh = [];
+        for (const r of preview) {
+          const mask = decodeMask(r.segmentation);
+          if (union && overlapFraction(mask, union) > limit) continue;
+          fresh.push({ mask, color: PALETTE[previewed++ % PALETTE.length], fill: 70, edge: 180 });
+        }
+        if (fresh.length) {
+          paintInto(shown, fresh);
+          ctx.putImageData(shown, 0, 0);
+        }
+        status.textContent = `Segmenting everything: step ${done} of ${total}, ${masks} mask${masks === 1 ? '' : 's'} so far…`;
+      },
+    });
+    let added = -1; // the objects added; -1: none, the run was stopped or adding failed
+    await act((s) => {
+      if (!current() || signal.aborted) return undefined;
+      const masks = records.map((r) => decodeMask(r.segmentation));
+      const objects = nonOverlapping(masks, s.objects.map((o) => o.mask), limit).map((i) => {
+        const id = nextObjectId++;
+        return {
+          id,
+          name: `auto ${nextAutoName++}`,
+          color: PALETTE[(id - 1) % PALETTE.length],
+          visible: true,
+          mask: masks[i],
+          score: records[i].predicted_iou,
+          stabilityScore: records[i].stability_score,
+        };
+      });
+      added = objects.length;
+      return objects.length ? { ...s, objects: [...s.objects, ...objects] } : undefined;
+    });
+    if (added < 0) {
+      if (!current() || signal.aborted) throw new DOMException('generate was aborted', 'AbortError');
+      throw new Error('the masks could not be added as objects');
+    }
+    const skipped = records.length - added;
+    const over = skipped ? `; ${skipped} skipped, over ${limit} of their area on the objects kept` : '';
+    status.textContent = records.length
+      ? `Everything: ${added} object${added === 1 ? '' : 's'} added in ${fmtMs(performance.now() - t)}${over}.`
+      : `Everything found no masks (${fmtMs(performance.now() - t)}).`;
+    document.body.dataset.everything = 'done';
+  } catch (e) {
+    if (!current()) return;
+    if (e?.name === 'AbortError') {
+      const after = run.total ? ` after ${run.done} of ${run.total} steps` : '';
+      status.textContent = `Everything cancelled${run.reason ? ` (${run.reason})` : ''}${after}: no objects added.`;
+      document.body.dataset.everything = 'cancelled';
+    } else {
+      status.textContent = `Everything failed: ${e.message ?? e}`;
+      status.classList.add('error');
+      document.body.dataset.everything = 'failed';
+    }
+  } finally {
+    if (current()) {
+      everything = null;
+      bar.hidden = true;
+      ctx.clearRect(0, 0, layer.width, layer.height);
+    }
+    setPending(-1);
+    render();
+  }
+}
+
+/** Stops the run under way, if any (`reason`: why, when it is not the Cancel button). */
+function cancelEverything(reason = null) {
+  if (!everything || everything.controller.signal.aborted) return;
+  everything.reason = reason;
+  everything.controller.abort();
+  $('#everything-status').textContent = 'Cancelling…';
+  $('#everything-cancel').disabled = true;
+}
+
 // ---------------------------------------------------------------- drawing
 
 /** Paints masks onto a canvas of the image's size: fill, and a full-alpha outline. */
 function paintMasks(canvas, layers) {
   const ctx = canvas.getContext('2d');
-  const { width: w, height: h } = canvas;
-  const out = ctx.createImageData(w, h);
+  const out = ctx.createImageData(canvas.width, canvas.height);
+  paintInto(out, layers);
+  ctx.putImageData(out, 0, 0);
+}
+
+/** Paints masks into ImageData of the image's size, over what it holds. */
+function paintInto(out, layers) {
+  const { width: w, height: h } = out;
   const px = out.data;
   for (const { mask, color, fill, edge } of layers) {
     const d = mask.data;
@@ -257,7 +400,6 @@ function paintMasks(canvas, layers) {
       }
     }
   }
-  ctx.putImageData(out, 0, 0);
 }
 
 function drawMask(canvas, mask, color, fill, edge) {
@@ -291,7 +433,11 @@ function render() {
   $('#export-cutout').disabled = !selectedMask(s);
   $('#export-coco').disabled = !s.objects.length;
   $('#export-polygons').disabled = !s.objects.length;
-  $('#export-embedding').disabled = !canDecode();
+  $('#export-embedding').disabled = !canDecode() || !!everything;
+  $('#everything').disabled = !canDecode() || !!everything;
+  $('#everything-cancel').disabled = !everything || everything.controller.signal.aborted;
+  $('#points-per-side').disabled = !!everything;
+  $('#max-overlap').disabled = !!everything;
 }
 
 const SVG = 'http://www.w3.org/2000/svg';
@@ -456,7 +602,8 @@ function setupPointer() {
   const layers = $('#layers');
   layers.addEventListener('contextmenu', (e) => e.preventDefault());
   layers.addEventListener('pointerdown', (e) => {
-    if (!image || (e.button !== 0 && e.button !== 2)) return;
+    // No prompts while "segment everything" runs: the model is busy until it ends.
+    if (!image || everything || (e.button !== 0 && e.button !== 2)) return;
     layers.setPointerCapture(e.pointerId);
     // preventDefault below also prevents the focus change a click would make: move the focus to
     // the image, so that the keys (Enter, Escape, 1-3) reach the page after a toolbar control.
@@ -538,7 +685,8 @@ function setupKeys() {
       e.preventDefault();
       commit();
     } else if (e.key === 'Escape') {
-      discardPrompt();
+      if (everything) cancelEverything();
+      else discardPrompt();
     } else if (['1', '2', '3'].includes(e.key) && !ctrl) {
       selectCandidate(Number(e.key) - 1);
     } else if ((e.key === 'Delete' || e.key === 'Backspace') && history.current.active) {
@@ -615,6 +763,7 @@ async function loadModel(weights, label) {
       next.dispose();
       return undefined;
     }
+    cancelEverything('a new model');
     sam?.dispose();
     sam = next;
     modelLabel = label;
@@ -687,13 +836,14 @@ async function openImage(blob, name, embedding = null, sample = null) {
     message(`${name} is not an image this browser can decode.`, true);
     return;
   }
+  cancelEverything('a new image');
   await chain;
   const canvas = $('#image');
   canvas.width = bitmap.width;
   canvas.height = bitmap.height;
   canvas.getContext('2d').drawImage(bitmap, 0, 0);
   bitmap.close();
-  for (const id of ['#objects-layer', '#current-layer', '#preview-layer']) {
+  for (const id of ['#objects-layer', '#everything-layer', '#current-layer', '#preview-layer']) {
     Object.assign($(id), { width: canvas.width, height: canvas.height });
   }
   image = { name, width: canvas.width, height: canvas.height };
@@ -760,6 +910,7 @@ async function useEmbedding(bytes) {
     message('Load a model before importing an embedding.', true);
     return;
   }
+  cancelEverything('a new embedding');
   setPending(1);
   try {
     await sam.setEmbedding(bytes, { width: image.width, height: image.height });
@@ -935,6 +1086,8 @@ function setupControls() {
   $('#undo').addEventListener('click', undo);
   $('#redo').addEventListener('click', redo);
   $('#clear-all').addEventListener('click', clearAll);
+  $('#everything').addEventListener('click', segmentEverything);
+  $('#everything-cancel').addEventListener('click', () => cancelEverything());
   $('#export-mask').addEventListener('click', exportMask);
   $('#export-cutout').addEventListener('click', exportCutout);
   $('#export-coco').addEventListener('click', () => exportCoco('rle'));
@@ -987,6 +1140,7 @@ setupKeys();
 render();
 document.body.dataset.pending = '0';
 document.body.dataset.image = 'none';
+document.body.dataset.everything = 'idle';
 if ('serviceWorker' in navigator && !new URLSearchParams(location.search).has('nosw')) {
   navigator.serviceWorker.register('sw.js').catch(() => {});
 }

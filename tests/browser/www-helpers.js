@@ -1,6 +1,7 @@
 // Runs in the demo page during tests/browser/www.test.mjs: a reference model through the
 // package's own API (the same embedding as the page), and reads of the page's overlay canvases.
 import { Sam } from '/pkg/websam.js';
+import { SamWorker } from '/pkg/worker.js';
 
 let ref = null;
 
@@ -26,6 +27,24 @@ export async function predict(prompt, maskFrom = null) {
     stability: r.masks.map((m) => m.stabilityScore),
     masks: r.masks.map((m) => bits(m.data)),
   };
+}
+
+/**
+ * What `generate` gives through the package's API for `options`: the trained model in a
+ * SamWorker on the CPU (as the page), on the page's exported embedding at `url` of a
+ * `width`x`height` image. The records' COCO RLE strings, areas and scores, in their order.
+ */
+export async function everything(url, width, height, options) {
+  const sam = await SamWorker.load({ weights: '/models/mobile_sam.pt', backend: 'cpu' });
+  try {
+    await sam.setEmbedding(await (await fetch(url)).arrayBuffer(), { width, height });
+    const records = await sam.generate(options);
+    return records.map((r) => ({
+      counts: r.segmentation.counts, size: r.segmentation.size, area: r.area, iou: r.predicted_iou, stability: r.stability_score,
+    }));
+  } finally {
+    sam.dispose();
+  }
 }
 
 const bits = (data) => Array.from(data, (v) => (v ? '1' : '0')).join('');

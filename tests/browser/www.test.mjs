@@ -2,7 +2,8 @@
 // default model (the trained MobileSAM from the page's own server) and a sample photograph, a
 // click on the cat checked against the official code's golden; keys after toolbar controls;
 // weights by URL parameter and by file input, an image by file input, hover, clicks, a dragged
-// box, candidates, objects, undo/redo, every export, offline reload; on the CPU and on WebGPU.
+// box, candidates, objects, undo/redo, every export, offline reload, "segment everything" (with
+// cancel, and added to objects kept); on the CPU and on WebGPU.
 // What the page draws is compared with what the package's API returns for the same prompt (a
 // reference model in the same page, on the page's own exported embedding), and the box with
 // the PyTorch golden.
@@ -500,6 +501,189 @@ describe('the demo page on the CPU', () => {
     await page.keyboard.press('Control+z');
     await idle(page);
     assert.equal((await state(page)).objects.length, 2);
+    await page.context().close();
+  });
+});
+
+describe('segment everything on the CPU', () => {
+  // The trained model on a sample photograph; small grids, so that a run takes seconds.
+  let page;
+  let reference; // the API's records for an 8x8 grid, on the page's embedding
+  const [PW, PH] = [451, 300];
+  const cat = realCase('chelsea', 'point_multimask');
+  const status = () => page.textContent('#everything-status');
+  const maskOf = (counts) => rleDecode(rleFromString(counts), PW, PH);
+  /** Records each change of the progress bar, with the pixels of the preview layer then. */
+  const watch = () => page.evaluate(() => {
+    const bar = document.getElementById('everything-progress');
+    const layer = document.getElementById('everything-layer');
+    window.everythingSeen = [];
+    window.everythingObserver?.disconnect();
+    window.everythingObserver = new MutationObserver(() => {
+      const px = layer.getContext('2d').getImageData(0, 0, layer.width, layer.height).data;
+      let shown = 0;
+      for (let i = 3; i < px.length; i += 4) if (px[i]) shown++;
+      window.everythingSeen.push({ value: bar.value, max: bar.max, hidden: bar.hidden, shown });
+    });
+    window.everythingObserver.observe(bar, { attributes: true });
+  });
+  const seen = () => page.evaluate(() => window.everythingSeen.filter((p) => !p.hidden));
+  const layerEmpty = async () => (await helpers(page, 'layer', 'everything-layer')).indexOf('1') === -1;
+  /** The fraction of `a`'s pixels in `b` (counted here, not by the page's annotate.js). */
+  function overlap(a, b) {
+    let area = 0;
+    let both = 0;
+    for (let i = 0; i < a.data.length; i++) {
+      if (a.data[i]) {
+        area++;
+        if (b.data[i]) both++;
+      }
+    }
+    return both / area;
+  }
+
+  test('Everything: progress, masks as they come, the API\'s records as objects in one undo step, exported', async (t) => {
+    page = await newPage();
+    await page.goto(`${server.url}/?backend=cpu&nosw&image=samples/chelsea.png`);
+    await page.waitForSelector('body[data-backend=cpu]', { timeout: 120000 });
+    await page.waitForSelector('body[data-image=ready]', { timeout: 120000 });
+    assert.equal(await page.isEnabled('#everything'), true, 'Everything is ready with the model and the image');
+    assert.equal(await page.isDisabled('#everything-cancel'), true);
+    assert.equal(await page.inputValue('#points-per-side'), '32');
+    assert.equal(await page.inputValue('#max-overlap'), '0.1');
+    await page.selectOption('#points-per-side', '8');
+    await watch();
+    const start = Date.now();
+    await page.click('#everything');
+    await page.waitForSelector('body[data-everything=done]', { timeout: 120000 });
+    await idle(page);
+    const ms = Date.now() - start;
+    // The bar went up step by step to the end, and masks were drawn before the end.
+    const steps = await seen();
+    t.diagnostic(`8x8 grid in ${ms} ms; progress ${steps.map((p) => `${p.value}/${p.max}`).join(' ')}; preview pixels ${steps.map((p) => p.shown).join(' ')}`);
+    const values = [...new Set(steps.map((p) => p.value))];
+    assert.ok(values.length >= 3, `the progress bar moved: ${values}`);
+    values.forEach((v, i) => assert.ok(i === 0 || v > values[i - 1], `progress goes up: ${values}`));
+    assert.equal(steps.at(-1).value, steps.at(-1).max, 'the bar reached its end');
+    assert.ok(steps.some((p) => p.value < p.max && p.shown > 0), 'masks shown as the batches finished');
+    assert.equal(await page.isHidden('#everything-progress'), true, 'the bar goes when done');
+    assert.ok(await layerEmpty(), 'the preview goes when done');
+    assert.equal(await page.isEnabled('#everything'), true);
+
+    // The objects are the records generate gives through the API, in their order.
+    await download(page, '#export-embedding');
+    reference = await helpers(page, 'everything', '/downloads/chelsea.npy', PW, PH, { pointsPerSide: 8 });
+    const n = reference.length;
+    t.diagnostic(`${n} records`);
+    assert.ok(n >= 5, `${n} records`);
+    const names = reference.map((_, i) => `auto ${i + 1}`);
+    assert.deepEqual((await state(page)).objects.map((o) => o.name), names);
+    assert.equal(await page.locator('#objects li').count(), n);
+    assert.match(await status(), new RegExp(`^Everything: ${n} objects added in \\S+ m?s\\.$`));
+    assert.ok((await helpers(page, 'colours', 'objects-layer')).length > 1, 'drawn as objects');
+
+    // One step of the history.
+    await page.click('#undo');
+    await idle(page);
+    assert.equal((await state(page)).objects.length, 0, 'one Undo removes them all');
+    await page.click('#redo');
+    await idle(page);
+    assert.deepEqual((await state(page)).objects.map((o) => o.name), names, 'Redo brings them back');
+
+    // Exported as objects made by clicks are: the same masks, areas and scores.
+    const coco = JSON.parse((await download(page, '#export-coco')).bytes);
+    assert.deepEqual(coco.images, [{ id: 1, file_name: 'chelsea.png', width: PW, height: PH }]);
+    assert.deepEqual(coco.annotations.map((a) => a.name), names);
+    assert.deepEqual(coco.annotations.map((a) => a.segmentation.counts), reference.map((r) => r.counts), 'the API\'s masks');
+    coco.annotations.forEach((a, i) => {
+      assert.deepEqual(a.segmentation.size, [PH, PW]);
+      assert.equal(a.area, reference[i].area);
+      assert.equal(a.predicted_iou, reference[i].iou);
+      assert.equal(a.stability_score, reference[i].stability);
+    });
+  });
+
+  test('Cancel half-way: no objects added, the page still segments a click', async (t) => {
+    const before = (await state(page)).objects;
+    await page.selectOption('#points-per-side', '16');
+    await watch();
+    await page.click('#everything');
+    await page.waitForFunction(() => window.everythingSeen.some((p) => p.value >= 1), null, { timeout: 60000 });
+    assert.equal(await page.isDisabled('#everything'), true, 'one run at a time');
+    assert.equal(await page.isDisabled('#points-per-side'), true);
+    // A click on the image while it runs adds no prompt.
+    await page.mouse.click(...(await at(page, ...cat.points[0])));
+    assert.deepEqual((await state(page)).prompt.points, []);
+    const atCancel = (await seen()).at(-1).value;
+    const start = Date.now();
+    await page.click('#everything-cancel');
+    await page.waitForSelector('body[data-everything=cancelled]', { timeout: 120000 });
+    await idle(page);
+    const said = await status();
+    t.diagnostic(`Cancel at step ${atCancel}; ${said} (${Date.now() - start} ms)`);
+    const [, done, total] = /^Everything cancelled after (\d+) of (\d+) steps: no objects added\.$/.exec(said) ?? [];
+    assert.ok(done, said);
+    // The step under way when Cancel was pressed ends; the next one is not started.
+    assert.ok(Number(done) <= atCancel + 2 && Number(done) < Number(total),
+      `the model went on to step ${done} of ${total} after Cancel at step ${atCancel}: the worker did not see the abort between steps`);
+    assert.deepEqual((await state(page)).objects, before, 'no objects added');
+    assert.equal(await page.isHidden('#everything-progress'), true);
+    assert.ok(await layerEmpty(), 'the preview cleared');
+    assert.equal(await page.isEnabled('#everything'), true);
+    assert.equal(await page.isEnabled('#points-per-side'), true);
+    // The model still has the image: a click segments.
+    await page.mouse.click(...(await at(page, ...cat.points[0])));
+    await idle(page);
+    const s = await state(page);
+    assert.deepEqual(s.prompt.points, [{ x: cat.points[0][0], y: cat.points[0][1], label: 1 }]);
+    assert.equal(s.candidates, 3);
+    assert.equal(s.selected, cat.best);
+  });
+
+  test('with an object kept, Everything adds only the masks that do not overlap it', async (t) => {
+    // Keep the cat (the click of the test before) alone.
+    await page.click('#clear-all');
+    await idle(page);
+    await page.mouse.click(...(await at(page, ...cat.points[0])));
+    await idle(page);
+    await page.keyboard.press('Enter');
+    await idle(page);
+    const kept = (await state(page)).objects;
+    assert.equal(kept.length, 1);
+    await page.selectOption('#points-per-side', '8');
+    await page.click('#everything');
+    await page.waitForSelector('body[data-everything=done]', { timeout: 120000 });
+    await idle(page);
+    const coco = JSON.parse((await download(page, '#export-coco')).bytes);
+    const catMask = maskOf(coco.annotations[0].segmentation.counts);
+    const added = coco.annotations.slice(1);
+    // The reference's records with at most 0.1 of their area on the cat, in their order.
+    const want = reference.filter((r) => overlap(maskOf(r.counts), catMask) <= 0.1);
+    t.diagnostic(`${added.length} of ${reference.length} masks added next to the cat`);
+    assert.ok(added.length > 0 && added.length < reference.length, `${added.length} of ${reference.length} added`);
+    assert.deepEqual(added.map((a) => a.segmentation.counts), want.map((r) => r.counts));
+    for (const a of added) assert.ok(overlap(maskOf(a.segmentation.counts), catMask) <= 0.1, `${a.name} overlaps the cat`);
+    assert.deepEqual((await state(page)).objects.map((o) => o.name).slice(0, 1), kept.map((o) => o.name));
+    const skipped = reference.length - added.length;
+    assert.match(await status(), new RegExp(`^Everything: ${added.length} objects? added in .*; ${skipped} skipped, over 0\\.1 of their area on the objects kept\\.$`));
+    await page.click('#undo');
+    await idle(page);
+    assert.deepEqual((await state(page)).objects, kept, 'Undo leaves the object kept before');
+  });
+
+  test('a new image during a run cancels it', async () => {
+    await watch();
+    await page.click('#everything');
+    await page.waitForFunction(() => window.everythingSeen.some((p) => p.value >= 1), null, { timeout: 60000 });
+    await page.click('#samples button[data-src="samples/coffee.png"]');
+    await page.waitForSelector('body[data-everything=cancelled]', { timeout: 120000 });
+    await page.waitForSelector('body[data-image=ready]', { timeout: 120000 });
+    await idle(page);
+    assert.match(await status(), /^Everything cancelled \(a new image\) after \d+ of \d+ steps: no objects added\.$/);
+    assert.match(await page.textContent('#image-status'), /^coffee\.png: /);
+    assert.deepEqual((await state(page)).objects, []);
+    assert.ok(await layerEmpty());
+    assert.equal(await page.isEnabled('#everything'), true);
     await page.context().close();
   });
 });

@@ -1,12 +1,14 @@
 // The page's annotation model (www/annotate.js) under Node: COCO RLE against pycocotools'
 // encoding of the fixture masks (tests/fixtures/coco_rle.json, tools/golden/make_coco_rle.py),
-// polygons that rasterize back to their mask, and undo/redo.
+// polygons that rasterize back to their mask, undo/redo, and the overlap rule of "segment
+// everything".
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { FIXTURES, npy, rasterize } from '../support/fixtures.mjs';
 import {
-  History, maskPolygons, maskStats, rleCounts, rleDecode, rleFromString, rleToString,
+  History, maskPolygons, maskStats, maskUnion, nonOverlapping, overlapFraction, rleCounts, rleDecode,
+  rleFromString, rleToString,
 } from '../../www/annotate.js';
 
 /** Channel `c` of a logits fixture thresholded at 0, as SamPredictor does. */
@@ -86,4 +88,31 @@ test('history: undo, redo, and a new action drops the redo branch', () => {
   assert.equal(h.redo(), 'd');
   assert.equal(h.undo(), 'b');
   assert.equal(h.redo(), 'd');
+});
+
+test('overlap: union of masks, fraction of a mask on another, masks that may join the objects', () => {
+  // 4x2 masks from rows of bits.
+  const m = (...rows) => ({ data: Uint8Array.from(rows.join(''), Number), width: rows[0].length, height: rows.length });
+  const a = m('1100', '1100');
+  const b = m('0110', '0000');
+  const c = m('0001', '0001');
+  const empty = m('0000', '0000');
+  assert.deepEqual(maskUnion([a, b], 4, 2), m('1110', '1100'));
+  assert.deepEqual(maskUnion([], 4, 2), empty);
+  assert.throws(() => maskUnion([m('11', '11')], 4, 2), /2x2 mask in a 4x2 union/);
+  assert.equal(overlapFraction(b, a), 0.5);
+  assert.equal(overlapFraction(a, b), 0.25);
+  assert.equal(overlapFraction(c, a), 0);
+  assert.equal(overlapFraction(a, a), 1);
+  assert.equal(overlapFraction(empty, a), 0, 'an empty mask overlaps nothing');
+  // Against the union of the objects, as a fraction of the new mask: b has half of its pixels
+  // on a, c none; the threshold is inclusive.
+  assert.deepEqual(nonOverlapping([b, c, a], [a], 0.1), [1]);
+  assert.deepEqual(nonOverlapping([b, c, a], [a], 0.5), [0, 1]);
+  assert.deepEqual(nonOverlapping([b, c, a], [a], 1), [0, 1, 2]);
+  assert.deepEqual(nonOverlapping([b, c, a], [], 0), [0, 1, 2], 'no objects: every mask');
+  assert.deepEqual(nonOverlapping([a, m('0010', '0010')], [b, c], 0.3), [0], 'the union of the objects');
+  assert.deepEqual(nonOverlapping([], [a], 0.1), []);
+  // The new masks are not compared with each other.
+  assert.deepEqual(nonOverlapping([a, a], [c], 0), [0, 1]);
 });
