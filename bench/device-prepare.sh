@@ -14,13 +14,13 @@ for dir in /.whl/ /.gl/ /.cli/; do
     grep -qxF "$dir" "$exclude" || echo "$dir" >>"$exclude"
 done
 
-# mobile_sam for Python 3.12 on x86-64 (the machine's python3); torch, torchvision, timm, numpy
-# and pillow are there already.
+# mobile_sam and segment_anything (its automatic mask generator) for Python 3.12 on x86-64 (the
+# machine's python3); torch, torchvision, timm, numpy and pillow are there already.
 rm -rf .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform manylinux1_x86_64 -d .whl mobilesam-mirror==1.0.0
+    --platform manylinux1_x86_64 -d .whl mobilesam-mirror==1.0.0 segment-anything==1.0
 
 # The loaders, as the device tool's notes fetch them.
 rm -rf .gl

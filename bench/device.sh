@@ -86,6 +86,14 @@ websam() {
         --image tests/fixtures/image.png --runs "$RUNS" --backend gpu --precision "$1"
 }
 
+# Segment everything, the default 32x32 grid (and 16x16 for the PyTorch side), on the fixture
+# weights and image (the trained checkpoint does not fit the device tool's 64 MiB): websam's
+# native GPU engine, then the official generator on the card (bench/amg_reference.py).
+everything() {
+    timeout -k 10 120 "$WEBSAM" everything --weights tests/fixtures/mobile_sam.pth \
+        --image tests/fixtures/image.png --out "$OUT/everything.json" --backend gpu
+}
+
 main() {
     [[ -d .whl ]] && step "wheels" wheels
     [[ -d .gl ]] && step "vulkan loader" vulkan
@@ -95,6 +103,10 @@ main() {
     # shellcheck disable=SC2086  # PEER_ARGS holds several arguments
     step "torch peer" timeout -k 10 300 "$PYTHON" bench/gpu_peer.py --device cuda --runs "$RUNS" \
         --json "$OUT/torch.json" $PEER_ARGS
+    step "websam everything" everything
+    step "torch everything" timeout -k 10 180 "$PYTHON" bench/amg_reference.py --device cuda \
+        --grids 32,16 --runs 3 --weights tests/fixtures/mobile_sam.pth \
+        --image tests/fixtures/image.png --json "$OUT/everything_torch.json"
     if ((${#failed[@]})); then
         printf 'FAILED: %s\n' "${failed[@]}"
         return 1

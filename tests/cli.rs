@@ -414,3 +414,200 @@ fn decode_on_the_gpu_backend_matches_reference() {
         assert_eq!(mask_mismatches(&ours, &reference, 1e-3), 0, "{backend}");
     }
 }
+
+/// The generator's options of an `amg` golden as command-line flags (its Python names).
+fn generator_flags(golden: &serde_json::Value) -> Vec<String> {
+    let mut flags = Vec::new();
+    for (k, v) in golden["options"].as_object().unwrap() {
+        if v.is_null() || k == "output_mode" || k == "point_grids" {
+            continue;
+        }
+        flags.push(format!("--{}", k.replace('_', "-")));
+        flags.push(v.to_string());
+    }
+    flags
+}
+
+fn amg_golden(case: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(&format!("amg/{case}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// What the records of two runs must share exactly on the same backend and inputs: everything.
+fn records(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn everything_writes_the_reference_generators_records() {
+    // The fixture weights with the thresholds lowered (tests/everything.rs compares every value
+    // with the reference's on each backend; here: the file's form and its records).
+    let golden = amg_golden("fixture_min_region");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    let weights = fixture("mobile_sam.pth");
+    let image = fixture("image.png");
+    let mut args = vec![
+        "everything".to_owned(),
+        "--weights".into(),
+        path(&weights).into(),
+        "--image".into(),
+        path(&image).into(),
+        "--out".into(),
+        path(&out).into(),
+    ];
+    args.extend(generator_flags(&golden));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = websam(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let ours = records(&out);
+    let want = golden["records"].as_array().unwrap();
+    let ours = ours.as_array().unwrap();
+    assert_eq!(ours.len(), want.len());
+    for (a, b) in ours.iter().zip(want) {
+        let keys: Vec<&String> = a.as_object().unwrap().keys().collect();
+        let want_keys: Vec<&String> = b.as_object().unwrap().keys().collect();
+        assert_eq!(keys, want_keys, "the reference's keys, in its order");
+        for key in ["point_coords", "crop_box"] {
+            let numbers = |v: &serde_json::Value| -> Vec<f64> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|x| match x.as_array() {
+                        Some(inner) => inner.iter().map(|n| n.as_f64().unwrap()).collect(),
+                        None => vec![x.as_f64().unwrap()],
+                    })
+                    .collect()
+            };
+            assert_eq!(numbers(&a[key]), numbers(&b[key]), "{key}");
+        }
+        assert_eq!(a["segmentation"]["size"], b["segmentation"]["size"]);
+    }
+}
+
+#[test]
+fn everything_over_a_folder_in_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    // Three images (the fixture and two crops of it), and a file that is not an image.
+    let img = websam::image::RgbImage::open(fixture("image.png")).unwrap();
+    for (name, (x0, y0, x1, y1)) in [
+        ("a.png", (0, 0, 640, 480)),
+        ("b.png", (100, 50, 420, 290)),
+        ("c.jpg", (300, 200, 640, 480)),
+    ] {
+        let c = img.crop(x0, y0, x1, y1).unwrap();
+        image::RgbImage::from_raw(c.width as u32, c.height as u32, c.data)
+            .unwrap()
+            .save(images.join(name))
+            .unwrap();
+    }
+    std::fs::write(images.join("notes.txt"), "not an image").unwrap();
+    let weights = fixture("mobile_sam.pth");
+    let run = |out: &Path, shard: Option<&str>| {
+        let mut args = vec![
+            "everything",
+            "--weights",
+            path(&weights),
+            "--images",
+            path(&images),
+            "--out-dir",
+            path(out),
+            "--points-per-side",
+            "2",
+            "--pred-iou-thresh",
+            "0",
+            "--stability-score-thresh",
+            "0",
+        ];
+        if let Some(s) = shard {
+            args.extend(["--shard", s]);
+        }
+        let r = websam(&args);
+        assert!(r.status.success(), "{}", stderr(&r));
+    };
+    let all = dir.path().join("all");
+    run(&all, None);
+    let (s0, s1) = (dir.path().join("s0"), dir.path().join("s1"));
+    run(&s0, Some("0/2"));
+    run(&s1, Some("1/2"));
+    // One JSON per image, the same records whether or not the folder was split.
+    for (stem, shard) in [("a", &s0), ("b", &s1), ("c", &s0)] {
+        let whole = records(&all.join(format!("{stem}.json")));
+        assert_eq!(
+            whole,
+            records(&shard.join(format!("{stem}.json"))),
+            "{stem}"
+        );
+        assert!(!whole.as_array().unwrap().is_empty(), "{stem}: no masks");
+    }
+    assert!(!s0.join("b.json").exists() && !s1.join("a.json").exists());
+    // COCO files: ids from the folder's order, the same in every shard; together the whole.
+    let coco = records(&all.join("coco.json"));
+    let c0 = records(&s0.join("coco.shard-0-of-2.json"));
+    let c1 = records(&s1.join("coco.shard-1-of-2.json"));
+    let ids = |c: &serde_json::Value| -> Vec<u64> {
+        c["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&coco), [1, 2, 3]);
+    assert_eq!(ids(&c0), [1, 3]);
+    assert_eq!(ids(&c1), [2]);
+    let anns = |c: &serde_json::Value| c["annotations"].as_array().unwrap().len();
+    assert_eq!(anns(&coco), anns(&c0) + anns(&c1));
+    let first = &coco["annotations"][0];
+    for key in [
+        "id",
+        "image_id",
+        "category_id",
+        "segmentation",
+        "area",
+        "bbox",
+        "iscrowd",
+    ] {
+        assert!(!first[key].is_null(), "COCO annotation without {key}");
+    }
+    assert_eq!(coco["images"][2]["file_name"], "c.jpg");
+    // Bad arguments are one-line errors.
+    let e = expect_error(&[
+        "everything",
+        "--weights",
+        path(&weights),
+        "--images",
+        path(&images),
+        "--out-dir",
+        path(&all),
+        "--shard",
+        "2/2",
+    ]);
+    assert!(e.contains("shard"), "{e}");
+    let e = expect_error(&[
+        "everything",
+        "--weights",
+        path(&weights),
+        "--image",
+        path(&fixture("image.png")),
+        "--out",
+        path(&all.join("x.json")),
+        "--points-per-side",
+        "0",
+    ]);
+    assert!(e.contains("pointsPerSide must be at least 1"), "{e}");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = expect_error(&[
+        "everything",
+        "--weights",
+        path(&weights),
+        "--images",
+        path(&empty),
+        "--out-dir",
+        path(&all),
+    ]);
+    assert!(e.contains("no PNG or JPEG images"), "{e}");
+}
