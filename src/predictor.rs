@@ -35,6 +35,12 @@ struct ImageState {
     gpu: Option<GpuEmbedding>,
 }
 
+/// The model a decode runs on: the GPU's with the image prepared there, or the CPU's.
+enum Model<'a> {
+    Gpu(&'a GpuSam, &'a GpuEmbedding),
+    Cpu(&'a Sam),
+}
+
 /// SAM with an image set, on the CPU or the GPU.
 pub struct Predictor {
     /// Kept to build the model again when the GPU device is lost.
@@ -190,28 +196,14 @@ impl Predictor {
     /// submit for the whole batch, on the CPU one decode after another; the image's per-image
     /// work is shared by all.
     pub async fn predict_batch(&mut self, prompts: &[Prompt]) -> Result<Vec<Prediction>> {
-        if self.image.is_none() {
-            return Err(no_image());
-        }
-        for attempt in 0..2 {
-            self.live_gpu().await?;
-            let state = self.image.as_ref().ok_or_else(no_image)?;
-            let out = match (&self.gpu, &state.gpu) {
-                (Some(gpu), Some(g)) => gpu.decode_batch(g, prompts).await,
-                _ => {
-                    let cpu = self.cpu_model()?;
-                    prompts
-                        .iter()
-                        .map(|p| cpu.decode(&state.embedding, p))
-                        .collect()
-                }
-            };
-            match out {
-                Err(_) if attempt == 0 && self.gpu_lost() => continue,
-                other => return other,
-            }
-        }
-        Err(Error::gpu("the GPU device was lost twice in a row"))
+        self.decoding(async |model, state| match model {
+            Model::Gpu(gpu, g) => gpu.decode_batch(g, prompts).await,
+            Model::Cpu(cpu) => prompts
+                .iter()
+                .map(|p| cpu.decode(&state.embedding, p))
+                .collect(),
+        })
+        .await
     }
 
     async fn run(
@@ -219,18 +211,30 @@ impl Predictor {
         prompt: &Prompt,
         with_masks: bool,
     ) -> Result<(Prediction, Option<Vec<Mask>>)> {
+        self.decoding(async |model, state| match model {
+            Model::Gpu(gpu, g) => gpu_predict(gpu, g, prompt, with_masks).await,
+            Model::Cpu(cpu) => cpu_predict(cpu, &state.embedding, prompt, with_masks),
+        })
+        .await
+    }
+
+    /// Runs `decode` on the model in use and the image set, with one retry: a device lost
+    /// since the image was set (or during the call) is replaced first.
+    async fn decoding<T>(
+        &mut self,
+        decode: impl AsyncFn(Model<'_>, &ImageState) -> Result<T>,
+    ) -> Result<T> {
         if self.image.is_none() {
             return Err(no_image());
         }
-        // One retry: a device lost since the image was set is replaced first.
         for attempt in 0..2 {
             self.live_gpu().await?;
             let state = self.image.as_ref().ok_or_else(no_image)?;
-            let out = match (&self.gpu, &state.gpu) {
-                (Some(gpu), Some(g)) => gpu_predict(gpu, g, prompt, with_masks).await,
-                _ => cpu_predict(self.cpu_model()?, &state.embedding, prompt, with_masks),
+            let model = match (&self.gpu, &state.gpu) {
+                (Some(gpu), Some(g)) => Model::Gpu(gpu, g),
+                _ => Model::Cpu(self.cpu_model()?),
             };
-            match out {
+            match decode(model, state).await {
                 Err(_) if attempt == 0 && self.gpu_lost() => continue,
                 other => return other,
             }
