@@ -193,15 +193,17 @@ impl Predictor {
     }
 
     /// Low-res logits and IoU predictions for each prompt: on the GPU one recording and one
-    /// submit for the whole batch, on the CPU one decode after another; the image's per-image
-    /// work is shared by all.
+    /// submit for the whole batch; on the CPU the prompts spread over the crate's threads (in
+    /// the threaded wasm build, where one decode alone uses them poorly), else one after
+    /// another. The image's per-image work is shared by all.
     pub async fn predict_batch(&mut self, prompts: &[Prompt]) -> Result<Vec<Prediction>> {
         self.decoding(async |model, state| match model {
             Model::Gpu(gpu, g) => gpu.decode_batch(g, prompts).await,
-            Model::Cpu(cpu) => prompts
-                .iter()
-                .map(|p| cpu.decode(&state.embedding, p))
-                .collect(),
+            Model::Cpu(cpu) => {
+                let embedding = &state.embedding;
+                cpu.prepare_decoder(embedding)?;
+                crate::threads::map(prompts.len(), |i| cpu.decode(embedding, &prompts[i]))
+            }
         })
         .await
     }
