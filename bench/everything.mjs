@@ -2,14 +2,14 @@
 // MobileSAM and a photograph: SamWorker on the CPU path with 1 and 2 threads, and Sam on WebGPU
 // (SwiftShader here: a small grid only). Prints one JSON row per measurement: the grid, the
 // records found, setImage and generate wall times (generate alone, the image already set).
-//   node bench/everything.mjs [grids, default "32,16"] [webgpu grid, default 4; 0 skips]
+//   node bench/everything.mjs [grids, default "32,16"] [webgpu grid, default 2; 0 skips]
 import { fileURLToPath } from 'node:url';
 import { serve } from '../tools/serve.mjs';
 import { launch } from '../tests/browser/browser.mjs';
 
 const root = fileURLToPath(new URL('../', import.meta.url));
 const grids = (process.argv[2] ?? '32,16').split(',').map(Number);
-const webgpuGrid = Number(process.argv[3] ?? 4);
+const webgpuGrid = Number(process.argv[3] ?? 2);
 const server = await serve(root, { isolated: true });
 const browser = await launch();
 

@@ -5,12 +5,12 @@
 # path with 1 and 2 threads, WebGPU on SwiftShader with a small grid), on the trained MobileSAM and
 # www/samples/chelsea.png. Needs `./build.sh build` and a Python with torch and segment-anything
 # (BENCH_PYTHON, default target/golden-venv/bin/python).
-#   bash bench/everything.sh [grids, default "32,16"] [lavapipe grids, default "16"] [SwiftShader grid, default 4]
+#   bash bench/everything.sh [grids, default "32,16"] [lavapipe grids, default "16"] [SwiftShader grid, default 2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRIDS=${1:-32,16}
 GPU_GRIDS=${2:-16}
-WEBGPU_GRID=${3:-4}
+WEBGPU_GRID=${3:-2}
 PY=${BENCH_PYTHON:-target/golden-venv/bin/python}
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$PWD/target/xdg-runtime} XDG_CACHE_HOME=${XDG_CACHE_HOME:-$PWD/target/xdg-cache}
 mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
