@@ -421,18 +421,29 @@ pub fn threshold(logits: &[f32]) -> Vec<u8> {
         .collect()
 }
 
-/// `calculate_stability_score`: the IoU between the masks thresholded at `t + 1` and `t - 1`.
-/// An empty union gives 0.
+/// `calculate_stability_score` with offset 1: the IoU between the masks thresholded at `t + 1`
+/// and `t - 1`. An empty union gives 0.
 pub fn stability_score(logits: &[f32]) -> f32 {
-    let hi = MASK_THRESHOLD + STABILITY_SCORE_OFFSET;
-    let lo = MASK_THRESHOLD - STABILITY_SCORE_OFFSET;
-    let inter = logits.iter().filter(|&&v| v > hi).count();
-    let union = logits.iter().filter(|&&v| v > lo).count();
-    if union == 0 {
+    let s = stability_score_at(logits, STABILITY_SCORE_OFFSET as f64);
+    if s.is_nan() {
         0.0
     } else {
-        inter as f32 / union as f32
+        s
     }
+}
+
+/// `calculate_stability_score` with any offset: the IoU of the masks thresholded at
+/// `t + offset` and `t - offset` (f32 thresholds and ratio, as the reference's tensors); NaN
+/// when both are empty, as the reference's 0 / 0.
+pub fn stability_score_at(logits: &[f32], offset: f64) -> f32 {
+    let hi = (MASK_THRESHOLD as f64 + offset) as f32;
+    let lo = (MASK_THRESHOLD as f64 - offset) as f32;
+    let (mut inter, mut union) = (0u32, 0u32);
+    for &v in logits {
+        inter += u32::from(v > hi);
+        union += u32::from(v > lo);
+    }
+    inter as f32 / union as f32
 }
 
 #[cfg(test)]

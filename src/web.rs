@@ -13,7 +13,7 @@ use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::amg::{records_to_json, GeneratorOptions, MaskGenerator};
+use crate::amg::{records_to_json, step_to_json, GeneratorOptions, MaskGenerator};
 use crate::gpu::context::Precision;
 use crate::image::{ImageFrame, RgbImage};
 use crate::model::sam::{ImageEmbedding, Point, PointLabel, Prompt};
@@ -302,12 +302,7 @@ impl WebSam {
                     return Err(e);
                 }
             };
-            let out = format!(
-                r#"{{"progress":{},"done":{},"masks":{}}}"#,
-                json_string(&g.progress())?.as_string().unwrap_or_default(),
-                g.is_done(),
-                records_to_json(&kept)
-            );
+            let out = step_to_json(&g, &kept);
             *shared.generation.borrow_mut() = Some(g);
             Ok(JsValue::from_str(&out))
         })

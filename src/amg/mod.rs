@@ -13,8 +13,7 @@ pub mod rle;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::image::{postprocess_logits, ImageFrame, RgbImage};
-use crate::model::config::MASK_THRESHOLD;
+use crate::image::{postprocess_logits, stability_score_at, threshold, ImageFrame, RgbImage};
 use crate::model::sam::{ImageEmbedding, Point, PointLabel, Prediction, Prompt};
 use crate::predictor::Predictor;
 pub use regions::{remove_small_regions, Regions};
@@ -326,7 +325,22 @@ impl MaskRecord {
 
 /// Records as a JSON array (see [`MaskRecord::to_json`]).
 pub fn records_to_json(records: &[MaskRecord]) -> String {
-    serde_json::Value::Array(records.iter().map(MaskRecord::to_json).collect()).to_string()
+    records_json(records).to_string()
+}
+
+fn records_json(records: &[MaskRecord]) -> serde_json::Value {
+    serde_json::Value::Array(records.iter().map(MaskRecord::to_json).collect())
+}
+
+/// A step's outcome as the page's wrapper reads it: `{ progress, done, masks }`, `masks` the
+/// records the step's batch kept.
+pub fn step_to_json(generator: &MaskGenerator, kept: &[MaskRecord]) -> String {
+    serde_json::json!({
+        "progress": generator.progress(),
+        "done": generator.is_done(),
+        "masks": records_json(kept),
+    })
+    .to_string()
 }
 
 /// Where a generation stands.
@@ -515,11 +529,6 @@ impl MaskGenerator {
         self.records.as_deref()
     }
 
-    /// Takes the records, once [`Self::is_done`].
-    pub fn into_records(self) -> Option<Vec<MaskRecord>> {
-        self.records
-    }
-
     /// Every step, then the records.
     pub async fn run(mut self, predictor: &mut Predictor) -> Result<Vec<MaskRecord>> {
         while !self.is_done() {
@@ -576,17 +585,14 @@ impl MaskGenerator {
     ) -> Result<Option<MaskRecord>> {
         let frame: &ImageFrame = &pred.frame;
         let logits = postprocess_logits(pred.low_res(m), frame)?;
-        let stability = stability_score(&logits, self.opts.stability_score_offset);
+        let stability = stability_score_at(&logits, self.opts.stability_score_offset);
         // NaN (both thresholds empty) is dropped, as the reference's comparison drops it.
         let kept = stability >= self.opts.stability_score_thresh as f32;
         if self.opts.stability_score_thresh > 0.0 && !kept {
             return Ok(None);
         }
         let (h, w) = frame.original;
-        let mask: Vec<u8> = logits
-            .iter()
-            .map(|&v| u8::from(v > MASK_THRESHOLD))
-            .collect();
+        let mask = threshold(&logits);
         let b = mask_to_box(&mask, h, w);
         if near_crop_edge(b, crop, self.size) {
             return Ok(None);
@@ -646,33 +652,37 @@ impl MaskGenerator {
 /// `postprocess_small_regions`: holes then islands below `area` removed from each mask, then
 /// NMS preferring the masks that did not change.
 fn postprocess_small_regions(masks: Vec<MaskRecord>, area: f64, thresh: f64) -> Vec<MaskRecord> {
-    // (new mask's run lengths when it changed, its box, unchanged)
-    let cleaned: Vec<(Option<Rle>, [usize; 4], bool)> = masks
+    // Each mask's run lengths and box after the clean-up, when it changed.
+    let cleaned: Vec<Option<(Rle, [usize; 4])>> = masks
         .iter()
         .map(|r| {
             let (h, w) = (r.rle.height, r.rle.width);
-            let Ok(mut mask) = r.rle.to_mask() else {
-                return (None, r.box_xyxy, true);
-            };
+            let mut mask = r.rle.to_mask().ok()?;
             let holes = remove_small_regions(&mut mask, h, w, area, Regions::Holes);
             let islands = remove_small_regions(&mut mask, h, w, area, Regions::Islands);
-            if holes || islands {
-                let rle = Rle::from_mask(&mask, h, w).ok();
-                (rle, mask_to_box(&mask, h, w), false)
-            } else {
-                (None, r.box_xyxy, true)
+            if !(holes || islands) {
+                return None;
             }
+            Some((Rle::from_mask(&mask, h, w).ok()?, mask_to_box(&mask, h, w)))
         })
         .collect();
-    let boxes: Vec<[f32; 4]> = cleaned.iter().map(|c| box_f32(c.1)).collect();
-    let scores: Vec<f32> = cleaned.iter().map(|c| f32::from(u8::from(c.2))).collect();
+    let boxes: Vec<[f32; 4]> = masks
+        .iter()
+        .zip(&cleaned)
+        .map(|(r, c)| box_f32(c.as_ref().map_or(r.box_xyxy, |c| c.1)))
+        .collect();
+    // Unchanged masks score 1, changed ones 0: NMS prefers the masks the clean-up left alone.
+    let scores: Vec<f32> = cleaned
+        .iter()
+        .map(|c| f32::from(u8::from(c.is_none())))
+        .collect();
     let keep = nms(&boxes, &scores, thresh);
-    let mut masks: Vec<Option<MaskRecord>> = masks.into_iter().map(Some).collect();
     let mut cleaned: Vec<_> = cleaned.into_iter().map(Some).collect();
+    let mut masks: Vec<Option<MaskRecord>> = masks.into_iter().map(Some).collect();
     keep.iter()
         .filter_map(|&i| {
             let mut r = masks[i].take()?;
-            if let Some((Some(rle), b, false)) = cleaned[i].take() {
+            if let Some(Some((rle, b))) = cleaned[i].take() {
                 r.rle = rle;
                 r.box_xyxy = b;
             }
@@ -689,19 +699,6 @@ fn box_f32(b: [usize; 4]) -> [f32; 4] {
 fn select<T>(items: Vec<T>, keep: &[usize]) -> Vec<T> {
     let mut items: Vec<Option<T>> = items.into_iter().map(Some).collect();
     keep.iter().filter_map(|&i| items[i].take()).collect()
-}
-
-/// `calculate_stability_score`: the IoU of the masks thresholded at `offset` and `-offset`
-/// (f32 thresholds and ratio, as the reference's tensors); NaN when both are empty.
-pub fn stability_score(logits: &[f32], offset: f64) -> f32 {
-    let hi = (MASK_THRESHOLD as f64 + offset) as f32;
-    let lo = (MASK_THRESHOLD as f64 - offset) as f32;
-    let (mut inter, mut union) = (0u32, 0u32);
-    for &v in logits {
-        inter += u32::from(v > hi);
-        union += u32::from(v > lo);
-    }
-    inter as f32 / union as f32
 }
 
 #[cfg(test)]
