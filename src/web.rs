@@ -16,7 +16,7 @@ use wasm_bindgen_futures::future_to_promise;
 use crate::amg::{records_to_json, step_to_json, GeneratorOptions, MaskGenerator};
 use crate::gpu::context::Precision;
 use crate::image::{ImageFrame, RgbImage};
-use crate::model::sam::{ImageEmbedding, Point, PointLabel, Prompt};
+use crate::model::sam::{ImageEmbedding, Prompt};
 use crate::model::weights::Weights;
 use crate::predictor::{Backend, BackendChoice, Predictor};
 
@@ -351,7 +351,7 @@ impl WebSam {
     ) -> Promise {
         let shared = Rc::clone(&self.shared);
         future_to_promise(async move {
-            let prompt = prompt_from(points, bbox, mask_input, multimask).map_err(js_err)?;
+            let prompt = Prompt::from_flat(points, bbox, mask_input, multimask).map_err(js_err)?;
             let (pred, masks) = shared.call(async |p| p.predict(&prompt).await).await?;
             let out = Object::new();
             let list = Array::new();
@@ -381,52 +381,4 @@ fn json_string(v: &impl serde::Serialize) -> Result<JsValue, JsValue> {
     serde_json::to_string(v)
         .map(|s| JsValue::from_str(&s))
         .map_err(js_err)
-}
-
-/// Builds a prompt from the flat arrays JS passes, checking their lengths and labels.
-fn prompt_from(
-    points: Option<Vec<f32>>,
-    bbox: Option<Vec<f32>>,
-    mask_input: Option<Vec<f32>>,
-    multimask: bool,
-) -> crate::Result<Prompt> {
-    let points = match points {
-        None => Vec::new(),
-        Some(flat) => {
-            if flat.len() % 3 != 0 {
-                return Err(crate::Error::invalid(format!(
-                    "points: {} numbers; give [x, y, label] triples",
-                    flat.len()
-                )));
-            }
-            flat.chunks_exact(3)
-                .map(|c| {
-                    if c[2].fract() != 0.0 {
-                        return Err(crate::Error::invalid(format!("point label {}", c[2])));
-                    }
-                    Ok(Point {
-                        x: c[0] as f64,
-                        y: c[1] as f64,
-                        label: PointLabel::from_i32(c[2] as i32)?,
-                    })
-                })
-                .collect::<crate::Result<_>>()?
-        }
-    };
-    let bbox = match bbox {
-        None => None,
-        Some(b) if b.len() == 4 => Some([b[0] as f64, b[1] as f64, b[2] as f64, b[3] as f64]),
-        Some(b) => {
-            return Err(crate::Error::invalid(format!(
-                "box: {} numbers; give [x0, y0, x1, y1]",
-                b.len()
-            )))
-        }
-    };
-    Ok(Prompt {
-        points,
-        bbox,
-        mask_input,
-        multimask,
-    })
 }

@@ -104,6 +104,58 @@ pub struct Prompt {
     pub multimask: bool,
 }
 
+impl Prompt {
+    /// Builds a prompt from flat arrays, as JS passes them: `points` `[x, y, label, ...]`,
+    /// `bbox` `[x0, y0, x1, y1]`, `mask_input` 256x256 low-res logits; lengths and labels checked
+    /// here, positions against the image by [`PromptTensors::new`].
+    pub fn from_flat(
+        points: Option<Vec<f32>>,
+        bbox: Option<Vec<f32>>,
+        mask_input: Option<Vec<f32>>,
+        multimask: bool,
+    ) -> Result<Prompt> {
+        let points = match points {
+            None => Vec::new(),
+            Some(flat) => {
+                if flat.len() % 3 != 0 {
+                    return Err(Error::invalid(format!(
+                        "points: {} numbers; give [x, y, label] triples",
+                        flat.len()
+                    )));
+                }
+                flat.chunks_exact(3)
+                    .map(|c| {
+                        if c[2].fract() != 0.0 {
+                            return Err(Error::invalid(format!("point label {}", c[2])));
+                        }
+                        Ok(Point {
+                            x: c[0] as f64,
+                            y: c[1] as f64,
+                            label: PointLabel::from_i32(c[2] as i32)?,
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        let bbox = match bbox {
+            None => None,
+            Some(b) if b.len() == 4 => Some([b[0] as f64, b[1] as f64, b[2] as f64, b[3] as f64]),
+            Some(b) => {
+                return Err(Error::invalid(format!(
+                    "box: {} numbers; give [x0, y0, x1, y1]",
+                    b.len()
+                )))
+            }
+        };
+        Ok(Prompt {
+            points,
+            bbox,
+            mask_input,
+            multimask,
+        })
+    }
+}
+
 /// The image embedding and the frame of the image it was computed from.
 #[derive(Debug, Clone)]
 pub struct ImageEmbedding {
