@@ -172,7 +172,9 @@ package() {
   log "wasm32 release build (library)"
   cargo build --release --lib --target "$WASM_TARGET"
   rm -rf pkg
-  wasm-bindgen --target web --out-dir pkg --out-name websam_core \
+  # --experimental-reset-state-function: `__wbg_reset_state`, with which the package replaces
+  # the instance after a panic (js/websam.js).
+  wasm-bindgen --target web --experimental-reset-state-function --out-dir pkg --out-name websam_core \
     "${CARGO_TARGET_DIR:-target}/$WASM_TARGET/release/websam.wasm"
   local raw
   raw=$(wc -c < pkg/websam_core_bg.wasm)

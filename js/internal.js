@@ -39,15 +39,72 @@ export function loadOptions(options) {
   if (typeof cache !== 'boolean') {
     throw new TypeError(`load: cache must be true or false, not ${describe(cache)}`);
   }
-  const { threads, precision = 'f32' } = options;
+  const { threads, precision = 'f32', integrity } = options;
+  if (integrity !== undefined) parseIntegrity(integrity);
   if (!PRECISIONS.includes(precision)) {
     throw new TypeError(`load: precision ${JSON.stringify(precision)}; use "f32" or "f16"`);
   }
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
     throw new TypeError(`load: threads must be an integer from 1 to 64, not ${describe(threads)}`);
   }
-  return { ...options, weights, backend, onProgress, cache, threads, precision };
+  return { ...options, weights, backend, onProgress, cache, threads, precision, integrity };
 }
+
+/** The hash functions of Subresource Integrity, strongest last, by SRI prefix. */
+const SRI_ALGORITHMS = { sha256: 'SHA-256', sha384: 'SHA-384', sha512: 'SHA-512' };
+
+/**
+ * Reads an SRI string ("sha256-<base64>", several separated by spaces): `[{ algorithm, digest }]`
+ * for its strongest algorithm only, as browsers check `<script integrity>`.
+ */
+export function parseIntegrity(integrity) {
+  if (typeof integrity !== 'string') {
+    throw new TypeError(`load: integrity must be a string such as "sha256-<base64 digest>", not ${describe(integrity)}`);
+  }
+  const entries = integrity.trim().split(/\s+/).filter(Boolean).map((token) => {
+    const m = /^(sha256|sha384|sha512)-([A-Za-z0-9+/]+={0,2})(\?.*)?$/.exec(token);
+    if (!m) {
+      throw new TypeError(`load: integrity ${JSON.stringify(token)} is not "sha256-", "sha384-" or "sha512-" followed by a base64 digest`);
+    }
+    return { algorithm: m[1], digest: m[2] };
+  });
+  if (entries.length === 0) throw new TypeError('load: integrity is empty');
+  const order = Object.keys(SRI_ALGORITHMS);
+  const strongest = Math.max(...entries.map((e) => order.indexOf(e.algorithm)));
+  return entries.filter((e) => order.indexOf(e.algorithm) === strongest);
+}
+
+function subtleCrypto() {
+  const subtle = globalThis.crypto?.subtle;
+  if (!subtle) {
+    throw new Error('load: checking weights needs crypto.subtle, which browsers give secure contexts only (https or localhost)');
+  }
+  return subtle;
+}
+
+/** The base64 digest of `bytes` with `algorithm` ("sha256", "sha384" or "sha512"). */
+export async function digestOf(bytes, algorithm) {
+  const hash = new Uint8Array(await subtleCrypto().digest(SRI_ALGORITHMS[algorithm], bytes));
+  let binary = '';
+  for (const b of hash) binary += String.fromCharCode(b);
+  return btoa(binary);
+}
+
+/**
+ * Checks `bytes` against an SRI string; an Error naming both digests when they differ. Nothing
+ * of the bytes is used (or cached) before this.
+ */
+export async function checkIntegrity(bytes, integrity, source) {
+  const wanted = parseIntegrity(integrity);
+  const { algorithm } = wanted[0];
+  const got = await digestOf(bytes, algorithm);
+  if (!wanted.some((w) => w.digest === got)) {
+    throw new Error(`load: the weights from ${source} have integrity ${algorithm}-${got}, expected ${wanted.map((w) => `${w.algorithm}-${w.digest}`).join(' or ')}`);
+  }
+}
+
+/** The header that keeps a cached checkpoint's own SHA-256, checked on every read. */
+const CACHE_DIGEST_HEADER = 'x-websam-sha256';
 
 /** A URL string resolved against the page (or worker) address; other values unchanged. */
 export function resolveUrl(weights) {
@@ -115,21 +172,25 @@ async function openCache(enabled) {
  * an ArrayBuffer, a typed array or a Blob. `keep()` stores bytes fetched from the network in
  * the cache; call it once they proved to be a checkpoint.
  */
-export async function readWeights(weights, { onProgress, cache }) {
+export async function readWeights(weights, { onProgress, cache, integrity }) {
   const none = async () => {};
+  const checked = async (bytes, source) => {
+    if (integrity !== undefined) await checkIntegrity(bytes, integrity, source);
+    return { bytes, keep: none };
+  };
   if (weights instanceof ArrayBuffer) {
     report(onProgress, 'read', weights.byteLength, weights.byteLength);
-    return { bytes: new Uint8Array(weights), keep: none };
+    return checked(new Uint8Array(weights), 'the ArrayBuffer');
   }
   if (ArrayBuffer.isView(weights)) {
     const bytes = new Uint8Array(weights.buffer, weights.byteOffset, weights.byteLength);
     report(onProgress, 'read', bytes.byteLength, bytes.byteLength);
-    return { bytes, keep: none };
+    return checked(bytes, `the ${weights.constructor.name}`);
   }
   if (typeof Blob !== 'undefined' && weights instanceof Blob) {
     const bytes = await readBody(new Response(weights, { headers: { 'content-length': String(weights.size) } }),
       'read', onProgress, weights.name ?? 'the Blob');
-    return { bytes, keep: none };
+    return checked(bytes, weights.name ?? 'the Blob');
   }
   if (typeof weights !== 'string' && !(weights instanceof URL)) {
     throw new TypeError(`load: weights must be a URL, an ArrayBuffer, a Uint8Array or a Blob, not ${describe(weights)}`);
@@ -138,7 +199,20 @@ export async function readWeights(weights, { onProgress, cache }) {
   const store = await openCache(cache);
   if (store) {
     const hit = await store.match(url);
-    if (hit) return { bytes: await readBody(hit, 'cache', onProgress, url), keep: none };
+    if (hit) {
+      // Verified on every read: against the digest stored with it, and the caller's integrity.
+      // A corrupt or unverifiable entry is dropped and the weights fetched again.
+      const bytes = await readBody(hit, 'cache', onProgress, url);
+      const stored = hit.headers.get(CACHE_DIGEST_HEADER);
+      let why = stored ? null : 'it has no stored digest';
+      if (!why && (await digestOf(bytes, 'sha256')) !== stored) why = 'its bytes do not match their stored SHA-256';
+      if (!why && integrity !== undefined) {
+        why = await checkIntegrity(bytes, integrity, url).then(() => null, (e) => e.message);
+      }
+      if (!why) return { bytes, keep: none };
+      console.warn(`websam: the cached weights of ${url} were dropped (${why}); fetching them again`);
+      await store.delete(url);
+    }
   }
   let response;
   try {
@@ -150,11 +224,16 @@ export async function readWeights(weights, { onProgress, cache }) {
     throw new Error(`fetching weights from ${url} failed: HTTP ${response.status} ${response.statusText}`.trim());
   }
   const bytes = await readBody(response, 'download', onProgress, url);
+  if (integrity !== undefined) await checkIntegrity(bytes, integrity, url);
   const keep = async () => {
     if (!store) return;
     try {
       await store.put(url, new Response(bytes, {
-        headers: { 'content-type': 'application/octet-stream', 'content-length': String(bytes.byteLength) },
+        headers: {
+          'content-type': 'application/octet-stream',
+          'content-length': String(bytes.byteLength),
+          [CACHE_DIGEST_HEADER]: await digestOf(bytes, 'sha256'),
+        },
       }));
     } catch (e) {
       // Over quota: the model still loads, it is fetched again next time.

@@ -28,8 +28,18 @@ export interface LoadOptions {
   /** Default "auto". */
   backend?: BackendChoice;
   onProgress?: (progress: LoadProgress) => void;
-  /** Keep weights fetched by URL in the Cache API and read them from it next time. Default true. */
+  /**
+   * Keep weights fetched by URL in the Cache API and read them from it next time. Default true.
+   * A cached copy is checked against the SHA-256 stored with it on every read; a corrupt one is
+   * dropped and fetched again.
+   */
   cache?: boolean;
+  /**
+   * Subresource Integrity of the checkpoint ("sha256-<base64 digest>"; sha384 and sha512 too,
+   * several separated by spaces): the bytes are checked before they are used or cached, and a
+   * mismatch rejects with an Error naming both digests. Needs a secure context (crypto.subtle).
+   */
+  integrity?: string;
   /**
    * Threads of the CPU path, 1 to 64. They run only in a worker of a cross-origin isolated page
    * (SamWorker on a page served with `Cross-Origin-Opener-Policy: same-origin` and
@@ -242,10 +252,24 @@ export interface SamPredictor {
   generate(options?: GenerateOptions & { outputMode?: 'coco_rle' }, call?: GenerateCall): Promise<MaskRecord<CocoRle>[]>;
   generate(options: GenerateOptions & { outputMode: 'uncompressed_rle' }, call?: GenerateCall): Promise<MaskRecord<UncompressedRle>[]>;
   generate(options: GenerateOptions & { outputMode: 'binary_mask' }, call?: GenerateCall): Promise<MaskRecord<BinaryMask>[]>;
-  /** Frees the model after the calls already made; later calls are refused. */
+  /**
+   * Frees the model: a call running finishes, calls still waiting reject (SamWorker: every
+   * pending call, its worker stopped at once), later calls are refused.
+   */
   dispose(): void;
+  /**
+   * What the model holds: the wasm module's linear memory (it only grows) and the WebGPU
+   * buffer pool (0 on the CPU), in bytes.
+   */
+  memoryStats(): Promise<{ wasmMemoryBytes: number; gpuPoolBytes: number }>;
   /** Destroys the WebGPU device as a driver reset would; the next call recovers. For tests. */
   destroyDeviceForTesting(): Promise<void>;
+  /**
+   * Fails inside the wasm module as a bug would: "panic", or "oom" (memory growth refused). The
+   * call rejects; the package replaces the module's instance (SamWorker: its worker) and the
+   * next call runs on the model reloaded, with its image set again. For tests.
+   */
+  failForTesting(kind: 'panic' | 'oom'): Promise<void>;
 }
 
 /** SAM on the thread that imports it. Calls run one after another, in order. */

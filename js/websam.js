@@ -1,7 +1,7 @@
 // websam: Segment Anything (SAM, MobileSAM) in the browser, on WebGPU with a CPU fallback.
 // `Sam` runs in the thread that imports it; `SamWorker` (websam/worker) runs the same API in a
 // module worker. Both follow the official SamPredictor: set an image once, predict per prompt.
-import initWasm, { WebSam } from './websam_core.js';
+import initWasm, { WebSam, __wbg_reset_state as resetWasm } from './websam_core.js';
 // The threaded build: instantiated only where threads can run (its import alone does nothing).
 // A static import, so that bundlers' workers need no code splitting.
 import initThreaded, {
@@ -15,6 +15,40 @@ import {
 export { decodeMask } from './internal.js';
 
 let wasmReady = null;
+
+/**
+ * A panic (or a failed memory growth, or any trap) leaves a wasm instance unusable. Each
+ * instance has a generation; the Sams on it are told when it dies, reject the call in flight,
+ * and on their next call the package replaces the instance (`__wbg_reset_state`: the same
+ * compiled module, fresh memory) once for all of them and rebuilds each model.
+ */
+const single = { generation: 0, dead: false, sams: new Set() };
+
+/** Marks `instance` dead and tells its Sams, once per death. */
+function instanceDied(instance, message) {
+  if (instance.dead) return;
+  instance.dead = true;
+  for (const sam of instance.sams) sam.died(message);
+}
+
+/** A trap reported by the browser (a call in a microtask traps outside any promise chain). */
+function watchTraps(instance) {
+  const onTrap = (e) => {
+    const error = e?.error ?? e?.reason;
+    if (error instanceof WebAssembly.RuntimeError) instanceDied(instance, error.message);
+  };
+  globalThis.addEventListener?.('error', onTrap);
+  globalThis.addEventListener?.('unhandledrejection', onTrap);
+}
+
+/** Replaces the single-threaded module's dead instance (once per death). */
+function renewSingle() {
+  if (!single.dead) return;
+  resetWasm();
+  single.generation += 1;
+  single.dead = false;
+  WebSam.setPanicHandler((message) => instanceDied(single, message));
+}
 
 function wasmLoadError(e) {
   const message = String(e?.message ?? e);
@@ -30,7 +64,11 @@ function wasmLoadError(e) {
 function initOnce(wasm) {
   if (!wasmReady) {
     wasmReady = initWasm(wasm === undefined ? undefined : { module_or_path: wasm })
-      .then(() => ({ WebSam, threads: 1 }))
+      .then(() => {
+        WebSam.setPanicHandler((message) => instanceDied(single, message));
+        watchTraps(single);
+        return { WebSam, threads: 1, instance: single, renew: renewSingle };
+      })
       .catch((e) => {
         wasmReady = null;
         throw wasmLoadError(e);
@@ -95,7 +133,12 @@ function initThreads(n) {
         throw new Error(`a websam thread did not start: ${e.message}`);
       });
       initThreadPool(n);
-      return { WebSam: WebSamThreaded, threads: n };
+      // Its memory is shared with the pool's threads: a dead instance cannot be replaced in
+      // place (SamWorker replaces its whole worker instead).
+      const instance = { generation: 0, dead: false, sams: new Set() };
+      WebSamThreaded.setPanicHandler((message) => instanceDied(instance, message));
+      watchTraps(instance);
+      return { WebSam: WebSamThreaded, threads: n, instance, renew: null };
     })();
     // A failed start is not retried: the pool may be half built.
   }
@@ -107,18 +150,66 @@ function asError(e) {
   return e instanceof Error ? e : new Error(String(e));
 }
 
+/** The error of a call cut short by a panic: `fatal` marks it for SamWorker. */
+function panicError(message, recoverable) {
+  const e = new Error(`websam stopped on an internal error (${message}); ${recoverable
+    ? 'the model is reloaded on the next call' : 'load the model again'}`);
+  e.fatal = true;
+  e.panic = message;
+  return e;
+}
+
 /** Segment Anything on one thread: the model, the image set, and predictions per prompt. */
 export class Sam {
   #core;
   #threads;
   #queue = Promise.resolve();
   #disposed = false;
+  /** The module: `{ WebSam, instance, renew }` (see `instanceDied`). */
+  #module;
+  /** The instance generation `#core` lives on. */
+  #generation;
+  /** Rebuilds the model after a panic: `{ weights(), backend, precision }`. */
+  #rebuild;
+  /** What the model was last given, set again after a rebuild: `[method, ...args]`. */
+  #input = null;
+  /** Rejects the call in flight when the instance dies. */
+  #onDeath = null;
+  /** The message of the panic that killed `#core`, until it is rebuilt. */
+  #death = null;
 
   /** Use `Sam.load`. */
-  constructor(core, secret, threads) {
+  constructor(core, secret, threads, module, rebuild) {
     if (secret !== Sam.#token) throw new TypeError('use Sam.load({ weights }) to make a Sam');
     this.#core = core;
     this.#threads = threads;
+    this.#module = module;
+    this.#generation = module.instance.generation;
+    this.#rebuild = rebuild;
+    module.instance.sams.add(this);
+  }
+
+  /** Called when the wasm instance under this model dies (a panic, a failed memory growth). */
+  died(message) {
+    this.#death = message;
+    this.#onDeath?.(panicError(message, Boolean(this.#module.renew)));
+  }
+
+  /** A fresh model on a fresh instance, with the last image or embedding set again. */
+  async #revive() {
+    const { instance, renew } = this.#module;
+    if (!renew) throw panicError(this.#death, false);
+    renew();
+    instance.sams.delete(this);
+    const bytes = await this.#rebuild.weights();
+    this.#core = await this.#module.WebSam.load(bytes, this.#rebuild.backend, this.#rebuild.precision);
+    this.#generation = instance.generation;
+    this.#death = null;
+    instance.sams.add(this);
+    if (this.#input) {
+      const [method, ...args] = this.#input;
+      await this.#core[method](...args);
+    }
   }
 
   static #token = Symbol('Sam');
@@ -138,17 +229,28 @@ export class Sam {
     const core = threads > 1 ? initThreads(threads) : initOnce(opts.wasm);
     core.catch(() => {});
     const { bytes, keep } = await readWeights(opts.weights, opts);
-    const { WebSam: Core, threads: running } = await core;
+    const module = await core;
     opts.onProgress?.({ stage: 'init', loaded: bytes.byteLength, total: bytes.byteLength });
     let model;
     try {
-      model = await Core.load(bytes, opts.backend, opts.precision);
+      module.renew?.();
+      model = await module.WebSam.load(bytes, opts.backend, opts.precision);
     } catch (e) {
       throw asError(e);
     }
     await keep();
     opts.onProgress?.({ stage: 'ready', loaded: bytes.byteLength, total: bytes.byteLength });
-    return new Sam(model, Sam.#token, running);
+    // After a panic the weights are read again: from the Cache API where they were kept there,
+    // else from the bytes given or fetched (kept by reference).
+    const cached = (typeof opts.weights === 'string' || opts.weights instanceof URL) && opts.cache;
+    const rebuild = {
+      backend: opts.backend,
+      precision: opts.precision,
+      weights: async () => (cached
+        ? (await readWeights(opts.weights, { cache: true, integrity: opts.integrity })).bytes
+        : bytes),
+    };
+    return new Sam(model, Sam.#token, module.threads, module, rebuild);
   }
 
   /** Threads of the CPU path: more than 1 only in a worker of a cross-origin isolated page. */
@@ -176,14 +278,25 @@ export class Sam {
     return this.#core.fallbackReason;
   }
 
-  /** Runs calls one after another, in the order they were made. */
+  /**
+   * Runs calls one after another, in the order they were made. A call in flight when the wasm
+   * instance dies rejects with the panic's message; the next call first rebuilds the model.
+   */
   #run(name, fn) {
     const next = this.#queue.then(async () => {
       if (this.#disposed) throw new Error(`${name}: this model was disposed`);
+      if (this.#death !== null || this.#generation !== this.#module.instance.generation
+        || this.#module.instance.dead) {
+        this.#death ??= 'the module was replaced';
+        await this.#revive();
+      }
+      const death = new Promise((_, reject) => { this.#onDeath = reject; });
       try {
-        return await fn(this.#core);
+        return await Promise.race([fn(this.#core), death]);
       } catch (e) {
         throw asError(e);
+      } finally {
+        this.#onDeath = null;
       }
     });
     this.#queue = next.catch(() => {});
@@ -197,7 +310,9 @@ export class Sam {
     rgba.catch(() => {});
     return this.#run('setImage', async (core) => {
       const { data, width, height } = await rgba;
+      this.#input = null;
       await core.setImage(data, width, height);
+      this.#input = ['setImage', data, width, height];
     });
   }
 
@@ -240,9 +355,12 @@ export class Sam {
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.#run('setEmbedding', (core) => (e.kind === 'npy'
-      ? core.setEmbeddingNpy(e.data, e.width, e.height)
-      : core.setEmbedding(e.data, e.width, e.height)));
+    return this.#run('setEmbedding', async (core) => {
+      const method = e.kind === 'npy' ? 'setEmbeddingNpy' : 'setEmbedding';
+      this.#input = null;
+      await core[method](e.data, e.width, e.height);
+      this.#input = [method, e.data, e.width, e.height];
+    });
   }
 
   /**
@@ -284,11 +402,31 @@ export class Sam {
     });
   }
 
-  /** Frees the model once the calls already made finish; later calls are refused. */
+  /**
+   * Frees the model: the call running finishes, calls still waiting reject ("disposed"), later
+   * calls are refused.
+   */
   dispose() {
     if (this.#disposed) return;
     this.#disposed = true;
-    this.#queue.then(() => this.#core.free());
+    this.#queue.then(() => {
+      this.#module.instance.sams.delete(this);
+      if (this.#death === null) this.#core.free();
+      this.#input = null;
+    });
+  }
+
+  /**
+   * What the model holds now: `{ wasmMemoryBytes, gpuPoolBytes }` (the module's memory, which
+   * only grows; the WebGPU buffer pool, 0 on the CPU). Answered after the calls already made.
+   */
+  memoryStats() {
+    return this.#run('memoryStats', (core) => core.memoryStats());
+  }
+
+  /** Fails inside the wasm module as a bug would ("panic", or "oom": memory growth refused). */
+  failForTesting(kind) {
+    return this.#run('failForTesting', (core) => core.failForTesting(kind));
   }
 
   /** Destroys the WebGPU device as a driver reset would; the next call recovers (tests). */

@@ -63,6 +63,13 @@ const ops = {
     await model().destroyDeviceForTesting();
     return [undefined, []];
   },
+  async memoryStats() {
+    return [await model().memoryStats(), []];
+  },
+  async failForTesting(id, { kind }) {
+    await model().failForTesting(kind);
+    return [undefined, []];
+  },
 };
 
 function model() {
@@ -81,9 +88,20 @@ async function handle({ id, op, args }) {
     const [result, transfer] = await ops[op](id, args);
     self.postMessage({ id, result, state: state() }, transfer);
   } catch (e) {
-    self.postMessage({ id, error: { name: e?.name ?? 'Error', message: e?.message ?? String(e) } });
+    self.postMessage({
+      id, error: { name: e?.name ?? 'Error', message: e?.message ?? String(e), fatal: e?.fatal === true, panic: e?.panic },
+    });
   }
 }
+
+// A trap in the wasm module (a panic, a refused memory growth) is reported to the caller as the
+// failed call's error (fatal: SamWorker then replaces this worker), not as the worker's own.
+self.addEventListener('error', (e) => {
+  if (e.error instanceof WebAssembly.RuntimeError) e.preventDefault();
+});
+self.addEventListener('unhandledrejection', (e) => {
+  if (e.reason instanceof WebAssembly.RuntimeError) e.preventDefault();
+});
 
 // One message at a time, in order: `dispose` closes the worker only after the replies to the
 // calls made before it.

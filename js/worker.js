@@ -8,16 +8,32 @@ export { decodeMask } from './internal.js';
 
 const ERRORS = { TypeError, RangeError, Error };
 
+/** The message of a call cut short by a panic in the worker. */
+function panicMessage(panic, restarts) {
+  return `websam stopped on an internal error (${panic}); ${restarts
+    ? 'the model is reloaded on the next call' : 'load the model again'}`;
+}
+
 export class SamWorker {
   #worker;
   #pending = new Map();
   #nextId = 1;
   #state = {};
   #dead = null;
+  /** How to make the worker again after a panic: `{ make(), args }`. */
+  #restart = null;
+  /** Waits for a restart in progress, else resolved. */
+  #ready = Promise.resolve();
+  /** The last setImage / setEmbedding message, sent again after a restart. */
+  #input = null;
 
   /** Use `SamWorker.load`. */
   constructor(worker, secret) {
     if (secret !== SamWorker.#token) throw new TypeError('use SamWorker.load({ weights }) to make a SamWorker');
+    this.#attach(worker);
+  }
+
+  #attach(worker) {
     this.#worker = worker;
     worker.onmessage = ({ data }) => this.#receive(data);
     worker.onerror = (e) => {
@@ -30,13 +46,36 @@ export class SamWorker {
   static #token = Symbol('SamWorker');
 
   /**
+   * After a panic in the worker (`fatal`): every call still pending rejects, the worker is
+   * replaced by a new one that loads the same weights (from the Cache API where they were kept)
+   * and is given the last image or embedding again; calls made meanwhile wait for it.
+   */
+  #revive(error) {
+    for (const call of this.#pending.values()) {
+      call.reject(new Error(`the call was not run: ${panicMessage(error.panic, true)}`));
+    }
+    this.#pending.clear();
+    this.#worker.terminate();
+    const { make, args } = this.#restart;
+    const input = this.#input;
+    this.#ready = (async () => {
+      this.#attach(make());
+      await this.#post('load', args);
+      if (input) await this.#post(input.op, input.args());
+    })().catch((e) => {
+      this.#fail(new Error(`the websam worker could not be restarted after an internal error: ${e.message}`));
+    });
+  }
+
+  /**
    * Starts the worker, loads the checkpoint in it and builds the model: the options of
    * `Sam.load`, plus `worker` (a Worker already made from websam's worker-entry.js, for
    * bundlers that need to make it themselves).
    */
   static async load(options) {
     const opts = loadOptions(options);
-    const worker = opts.worker ?? new Worker(new URL('./worker-entry.js', import.meta.url), { type: 'module', name: 'websam' });
+    const make = () => new Worker(new URL('./worker-entry.js', import.meta.url), { type: 'module', name: 'websam' });
+    const worker = opts.worker ?? make();
     const sw = new SamWorker(worker, SamWorker.#token);
     const args = {
       weights: resolveUrl(opts.weights),
@@ -44,14 +83,18 @@ export class SamWorker {
       cache: opts.cache,
       threads: opts.threads,
       precision: opts.precision,
+      integrity: opts.integrity,
       wasm: opts.wasm instanceof URL ? opts.wasm.href : resolveUrl(opts.wasm),
     };
     try {
-      await sw.#call('load', args, [], opts.onProgress);
+      await sw.#call('load', [args], opts.onProgress);
     } catch (e) {
       worker.terminate();
       throw e;
     }
+    // A worker the caller made (a bundler's) cannot be made again here: after a panic such a
+    // SamWorker must be loaded again.
+    sw.#restart = opts.worker ? null : { make, args };
     return sw;
   }
 
@@ -68,7 +111,11 @@ export class SamWorker {
       const E = ERRORS[error.name] ?? Error;
       call.reject(error.name === 'AbortError'
         ? new DOMException(error.message, 'AbortError')
-        : new E(error.message));
+        : new E(error.fatal ? panicMessage(error.panic, Boolean(this.#restart)) : error.message));
+      if (error.fatal) {
+        if (this.#restart && !this.#dead) this.#revive(error);
+        else this.#fail(new Error(panicMessage(error.panic, false)));
+      }
     } else {
       call.resolve(result);
     }
@@ -81,7 +128,24 @@ export class SamWorker {
     this.#worker.terminate();
   }
 
-  #call(op, args, transfer = [], onProgress, onId) {
+  /** Settles once the call made before has been posted: calls reach the worker in call order. */
+  #posted = Promise.resolve();
+
+  /**
+   * Posts `op` after the calls made before it (and after a restart in progress); `message` is
+   * `[args, transfer]` or a promise of it (pixels still being read). Resolves to the reply.
+   */
+  #call(op, message, onProgress, onId) {
+    const posting = this.#posted.then(async () => {
+      await this.#ready;
+      const [args, transfer = []] = await message;
+      return { reply: this.#post(op, args, transfer, onProgress, onId) };
+    });
+    this.#posted = posting.then(() => {}, () => {});
+    return posting.then(({ reply }) => reply);
+  }
+
+  #post(op, args, transfer = [], onProgress, onId) {
     if (this.#dead) return Promise.reject(this.#dead);
     return new Promise((resolve, reject) => {
       const id = this.#nextId++;
@@ -119,18 +183,32 @@ export class SamWorker {
     return this.#state.threads;
   }
 
-  /** As `Sam.setImage`; the pixels are read here and transferred to the worker. */
-  async setImage(image) {
-    const { data, width, height, owned } = await toRgba(image);
-    // The caller's own buffer is copied before it is transferred (a transfer empties it).
-    const pixels = owned ? data : data.slice();
-    return this.#call('setImage', { image: { data: pixels, width, height } }, [pixels.buffer]);
+  /**
+   * As `Sam.setImage`; the pixels are read now, as the call is made, and transferred to the
+   * worker once the calls made before it are posted.
+   */
+  setImage(image) {
+    let kept;
+    const message = toRgba(image).then(({ data, width, height, owned }) => {
+      // The caller's own buffer is copied before it is transferred (a transfer empties it); a
+      // copy is kept to set the image again should the worker be restarted.
+      const pixels = owned ? data : data.slice();
+      kept = { data: pixels.slice(), width, height };
+      return [{ image: { data: pixels, width, height } }, [pixels.buffer]];
+    });
+    message.catch(() => {});
+    return this.#call('setImage', message).then(() => {
+      this.#input = { op: 'setImage', args: () => ({ image: kept }) };
+    }, (e) => {
+      this.#input = null;
+      throw e;
+    });
   }
 
   /** As `Sam.predict`; the result's buffers are transferred from the worker. */
   async predict(prompt) {
     toPrompt(prompt); // Checked here too, so that a mistake is reported before any round trip.
-    return this.#call('predict', { prompt: prompt ?? {} });
+    return this.#call('predict', [{ prompt: prompt ?? {} }]);
   }
 
   /**
@@ -141,10 +219,15 @@ export class SamWorker {
     const opts = generateOptions(options, { onProgress, signal });
     if (signal?.aborted) throw abortReason(signal);
     let id;
-    const abort = () => this.#worker.postMessage({ op: 'abort', args: { target: id } });
+    // Before the call is posted (calls made before it still waiting), the abort goes with it.
+    const abort = () => id !== undefined && this.#worker.postMessage({ op: 'abort', args: { target: id } });
     signal?.addEventListener('abort', abort, { once: true });
+    const posted = (i) => {
+      id = i;
+      if (signal?.aborted) abort();
+    };
     try {
-      const json = await this.#call('generate', { options: opts.json }, [], (p) => onProgress?.(p), (i) => { id = i; });
+      const json = await this.#call('generate', [{ options: opts.json }], (p) => onProgress?.(p), posted);
       return recordsIn(json, opts.outputMode);
     } catch (e) {
       if (signal?.aborted && e?.name === 'AbortError') throw abortReason(signal);
@@ -156,26 +239,47 @@ export class SamWorker {
 
   /** As `Sam.getEmbedding`. */
   getEmbedding(options) {
-    return this.#call('getEmbedding', { options });
+    return this.#call('getEmbedding', [{ options }]);
   }
 
   /** As `Sam.setEmbedding`; the data is copied to the worker. */
   async setEmbedding(data, size) {
     const e = toEmbedding(data, size);
-    return this.#call('setEmbedding', { data: e.data, size: { width: e.width, height: e.height } });
+    const args = { data: e.data, size: { width: e.width, height: e.height } };
+    try {
+      await this.#call('setEmbedding', [args]);
+    } catch (err) {
+      this.#input = null;
+      throw err;
+    }
+    this.#input = { op: 'setEmbedding', args: () => args };
   }
 
-  /** Stops the worker once the calls already made finish; later calls are refused. */
+  /**
+   * Stops the worker now: calls pending reject ("disposed"), later calls are refused, and the
+   * worker's memory is freed at once.
+   */
   dispose() {
     if (this.#dead) return;
-    this.#worker.postMessage({ op: 'dispose' });
     this.#dead = new Error('this model was disposed');
-    // Calls in flight still get their replies: the worker handles messages in order and
-    // closes after them.
+    for (const call of this.#pending.values()) call.reject(new Error('the call was cancelled: this model was disposed'));
+    this.#pending.clear();
+    this.#input = null;
+    this.#worker.terminate();
+  }
+
+  /** As `Sam.memoryStats`, of the model in the worker. */
+  memoryStats() {
+    return this.#call('memoryStats', [{}]);
+  }
+
+  /** As `Sam.failForTesting`: the worker is restarted after it. */
+  failForTesting(kind) {
+    return this.#call('failForTesting', [{ kind }]);
   }
 
   /** As `Sam.destroyDeviceForTesting`. */
   destroyDeviceForTesting() {
-    return this.#call('destroyDeviceForTesting', {});
+    return this.#call('destroyDeviceForTesting', [{}]);
   }
 }

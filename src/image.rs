@@ -12,6 +12,26 @@ use crate::model::config::{
     IMAGE_SIZE, LOW_RES_SIDE, MASK_THRESHOLD, PIXEL_MEAN, PIXEL_STD, STABILITY_SCORE_OFFSET,
 };
 
+/// The largest image websam takes, in pixels (16384 x 16384): a limit on what one file or one
+/// call can make websam allocate, far above what SAM looks at (1024 on the long side).
+pub const MAX_IMAGE_PIXELS: usize = 1 << 28;
+
+/// Errors unless a `width x height` image is within [`MAX_IMAGE_PIXELS`] (and not empty).
+fn check_size(width: usize, height: usize) -> Result<()> {
+    if width == 0 || height == 0 {
+        return Err(Error::invalid(format!(
+            "image is {width}x{height}; both sides must be at least 1 pixel"
+        )));
+    }
+    match width.checked_mul(height) {
+        Some(n) if n <= MAX_IMAGE_PIXELS => Ok(()),
+        _ => Err(Error::Image(format!(
+            "image is {width}x{height}: more than websam's limit of {MAX_IMAGE_PIXELS} pixels \
+             (16384 x 16384); scale it down first"
+        ))),
+    }
+}
+
 /// An 8-bit RGB image, row-major, 3 bytes per pixel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RgbImage {
@@ -23,11 +43,7 @@ pub struct RgbImage {
 impl RgbImage {
     /// Wraps RGB bytes, checking their length.
     pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
-        if width == 0 || height == 0 {
-            return Err(Error::invalid(format!(
-                "image is {width}x{height}; both sides must be at least 1 pixel"
-            )));
-        }
+        check_size(width, height)?;
         if data.len() != width * height * 3 {
             return Err(Error::invalid(format!(
                 "RGB image {width}x{height} needs {} bytes, got {}",
@@ -44,6 +60,7 @@ impl RgbImage {
 
     /// Drops the alpha channel of RGBA bytes (as canvases and `ImageData` hold them).
     pub fn from_rgba(width: usize, height: usize, rgba: &[u8]) -> Result<Self> {
+        check_size(width, height)?;
         if rgba.len() != width * height * 4 {
             return Err(Error::invalid(format!(
                 "RGBA image {width}x{height} needs {} bytes, got {}",
@@ -59,8 +76,23 @@ impl RgbImage {
     }
 
     /// Decodes a PNG or JPEG file held in memory.
+    /// The size is read from the header and checked ([`MAX_IMAGE_PIXELS`]) before any pixel
+    /// is decoded, so a small file that claims a huge image allocates nothing.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let img = image::load_from_memory(bytes).map_err(|e| Error::Image(e.to_string()))?;
+        let err = |e: image::ImageError| Error::Image(e.to_string());
+        let reader = || {
+            image::ImageReader::new(std::io::Cursor::new(bytes))
+                .with_guessed_format()
+                .map_err(|e| Error::Image(e.to_string()))
+        };
+        let (w, h) = reader()?.into_dimensions().map_err(err)?;
+        check_size(w as usize, h as usize)?;
+        let mut limits = image::Limits::default();
+        // The decoded image, its RGB copy and the decoder's own buffers.
+        limits.max_alloc = Some(MAX_IMAGE_PIXELS as u64 * 4);
+        let mut decoder = reader()?;
+        decoder.limits(limits);
+        let img = decoder.decode().map_err(err)?;
         let rgb = img.to_rgb8();
         let (w, h) = rgb.dimensions();
         Self::new(w as usize, h as usize, rgb.into_raw())
@@ -112,12 +144,9 @@ pub struct ImageFrame {
 
 impl ImageFrame {
     /// The frame of an image of the given original size.
+    /// Masks are made at the original size, so it is held to [`MAX_IMAGE_PIXELS`] too.
     pub fn new(height: usize, width: usize) -> Result<Self> {
-        if height == 0 || width == 0 {
-            return Err(Error::invalid(format!(
-                "image size {height}x{width}: both sides must be at least 1 pixel"
-            )));
-        }
+        check_size(width, height)?;
         let input = preprocess_shape(height, width, IMAGE_SIZE);
         if input.0 == 0 || input.1 == 0 {
             return Err(Error::invalid(format!(

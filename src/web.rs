@@ -66,6 +66,11 @@ impl Shared {
     }
 }
 
+thread_local! {
+    /// Where `setPanicHandler` sends panic messages.
+    static PANIC_HANDLER: RefCell<Option<js_sys::Function>> = const { RefCell::new(None) };
+}
+
 /// SAM in the page: load weights, set an image (or its embedding), predict per prompt.
 #[wasm_bindgen]
 pub struct WebSam {
@@ -260,6 +265,60 @@ impl WebSam {
             gpu.ctx().device().destroy();
         }
         Ok(())
+    }
+
+    /// What this model holds, for long-session checks: `{ wasmMemoryBytes, gpuPoolBytes }`
+    /// (the module's linear memory, which never shrinks; the GPU engine's buffer pool, 0 on the
+    /// CPU). Read between calls.
+    #[wasm_bindgen(js_name = memoryStats)]
+    pub fn memory_stats(&self) -> Result<JsValue, JsValue> {
+        let guard = self.shared.predictor.borrow();
+        let p = guard.as_ref().ok_or_else(busy)?;
+        let gpu = p.gpu().map_or(0, |g| g.ctx().pool().allocated_bytes());
+        let wasm = core::arch::wasm32::memory_size(0) as f64 * 65536.0;
+        let out = Object::new();
+        set(&out, "wasmMemoryBytes", &JsValue::from(wasm))?;
+        set(&out, "gpuPoolBytes", &JsValue::from(gpu as f64))?;
+        Ok(out.into())
+    }
+
+    /// Routes this module's panics to `handler` (called with the panic's message, then the
+    /// module traps): the JS wrapper rejects the call in flight with it and replaces the
+    /// module's instance before the next call. Set once per instance.
+    #[wasm_bindgen(js_name = setPanicHandler)]
+    pub fn set_panic_handler(handler: js_sys::Function) {
+        PANIC_HANDLER.with(|h| *h.borrow_mut() = Some(handler));
+        std::panic::set_hook(Box::new(|info| {
+            let message = info.to_string();
+            PANIC_HANDLER.with(|h| {
+                if let Ok(h) = h.try_borrow() {
+                    if let Some(f) = h.as_ref() {
+                        let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&message));
+                    }
+                }
+            });
+        }));
+    }
+
+    /// Fails as an unforeseen bug would, so that tests can check that the wrapper survives it:
+    /// "panic" panics inside the call's future; "oom" grows the memory until the browser
+    /// refuses (a failed allocation aborts the module).
+    #[wasm_bindgen(js_name = failForTesting)]
+    pub fn fail_for_testing(&self, kind: String) -> Promise {
+        future_to_promise(async move {
+            match kind.as_str() {
+                "panic" => panic!("a panic provoked for testing"),
+                "oom" => {
+                    let mut held: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        held.push(std::hint::black_box(Vec::with_capacity(1 << 30)));
+                    }
+                }
+                other => Err(js_err(format!(
+                    "failForTesting: \"{other}\"; use \"panic\" or \"oom\""
+                ))),
+            }
+        })
     }
 
     /// Starts "segment everything" on the image set, with the generator's options as JSON

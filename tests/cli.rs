@@ -611,3 +611,45 @@ fn everything_over_a_folder_in_shards() {
     ]);
     assert!(e.contains("no PNG or JPEG images"), "{e}");
 }
+
+#[test]
+fn sha256_is_checked_before_the_checkpoint_is_read() {
+    let weights = fixture("sam_decoder.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    // The digest as sha256sum prints it, from Python's hashlib (not our own code).
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())",
+            path(&weights),
+        ])
+        .output()
+        .expect("python3");
+    let digest = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(digest.len(), 64, "{digest}");
+    let dir = tempfile::tempdir().unwrap();
+    let ok = |sha: &str| {
+        let mut args = decode_args(path(&weights));
+        let out_dir = dir.path().to_str().unwrap().to_owned();
+        *args.last_mut().unwrap() = out_dir;
+        args.extend(["--sha256".to_owned(), sha.to_owned()]);
+        websam(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = ok(&digest.to_uppercase());
+    assert!(out.status.success(), "{}", stderr(&out));
+    // One byte changed: refused, naming both digests.
+    let mut tampered = bytes.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let bad = dir.path().join("tampered.safetensors");
+    std::fs::write(&bad, &tampered).unwrap();
+    let mut args = decode_args(path(&bad));
+    args.extend(["--sha256".to_owned(), digest.clone()]);
+    let err = expect_error(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains(&format!("expected {digest}")), "{err}");
+    assert!(err.contains("sha256 is "), "{err}");
+    let mut args = decode_args(path(&weights));
+    args.extend(["--sha256".to_owned(), "abc".to_owned()]);
+    let err = expect_error(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("64 hex digits"), "{err}");
+}

@@ -1149,6 +1149,10 @@ fromAddress().catch((e) => message(e.message, true));
 /** Read-only view for tests and the console. */
 window.websamApp = {
   state: () => history.current,
+  // Tests: the model fails as a bug would, inside an action like any click's decode.
+  failForTesting: (kind) => act(async () => {
+    await sam.failForTesting(kind);
+  }),
   idle: async () => {
     while (pending > 0 || hoverBusy) await new Promise((r) => setTimeout(r, 20));
   },

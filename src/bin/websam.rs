@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
+use sha2::{Digest, Sha256};
 use websam::amg::{records_to_json, GeneratorOptions, MaskGenerator, MaskRecord};
 use websam::gpu::context::Precision;
 use websam::image::{ImageFrame, RgbImage};
@@ -52,13 +53,45 @@ enum PrecisionArg {
 }
 
 /// Where and how the model runs.
-#[derive(clap::Args, Clone, Copy, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 struct Engine {
     #[arg(long, value_enum, default_value = "cpu")]
     backend: Backend,
     /// GPU precision (the CPU backend computes in f32).
     #[arg(long, value_enum, default_value = "f32")]
     precision: PrecisionArg,
+    /// The checkpoint's expected SHA-256 (64 hex digits): checked before anything in the file
+    /// is read; a mismatch is an error naming both digests.
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
+}
+
+/// Reads a checkpoint, first checking its bytes against `sha256` where one is given.
+fn read_weights(path: &Path, sha256: Option<&str>) -> Result<Weights> {
+    let Some(expected) = sha256 else {
+        return Ok(Weights::from_file(path)?);
+    };
+    let expected = expected.trim().to_ascii_lowercase();
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::invalid(format!(
+            "--sha256 {expected:?}: give the 64 hex digits of a SHA-256"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let got: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if got != expected {
+        return Err(Error::invalid(format!(
+            "{}: sha256 is {got}, expected {expected} (--sha256): not the checkpoint asked for",
+            path.display()
+        )));
+    }
+    Ok(Weights::from_bytes(&bytes).map_err(|e| e.context(path.display()))?)
 }
 
 impl From<Backend> for BackendChoice {
@@ -72,9 +105,9 @@ impl From<Backend> for BackendChoice {
 }
 
 /// Loads the weights into a predictor on `engine`, saying on stderr which backend it uses.
-fn load(weights: &Path, engine: Engine) -> Result<Predictor> {
+fn load(weights: &Path, engine: &Engine) -> Result<Predictor> {
     let t = Instant::now();
-    let w = Weights::from_file(weights)?;
+    let w = read_weights(weights, engine.sha256.as_deref())?;
     let precision = match engine.precision {
         PrecisionArg::F32 => Precision::F32,
         PrecisionArg::F16 => Precision::F16,
@@ -183,6 +216,27 @@ enum Command {
     },
     /// Time the encoder, the first decode after an image and further decodes (one point,
     /// multimask): median and spread over N runs.
+    /// Long-session check: many decodes on one predictor, the embedding replaced now and then,
+    /// printing the process's resident memory as it goes (bench/soak.sh; not in the tests).
+    Soak {
+        /// Checkpoint (a decoder-only one is enough).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Image embedding, 1x256x64x64 .npy; variants of it (scaled) stand for other images.
+        #[arg(long)]
+        embedding: PathBuf,
+        /// Decodes in all.
+        #[arg(long, default_value_t = 100_000)]
+        decodes: usize,
+        /// Embeddings set in turn, evenly over the run.
+        #[arg(long, default_value_t = 200)]
+        embeddings: usize,
+        /// Print the resident memory every this many decodes.
+        #[arg(long, default_value_t = 1000)]
+        every: usize,
+        #[command(flatten)]
+        engine: Engine,
+    },
     Bench {
         /// Checkpoint with an image encoder.
         #[arg(long)]
@@ -421,7 +475,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             engine,
         } => {
-            let mut sam = load(&weights, engine)?;
+            let mut sam = load(&weights, &engine)?;
             let img = RgbImage::open(&image)?;
             let t = Instant::now();
             pollster::block_on(sam.set_image(&img))?;
@@ -441,7 +495,7 @@ fn run(cli: Cli) -> Result<()> {
             engine,
             out_dir,
         } => {
-            let mut sam = load(&weights, engine)?;
+            let mut sam = load(&weights, &engine)?;
             let prompt = prompt.to_prompt()?;
             let (h, w) = orig_size.unwrap_or((IMAGE_SIZE, IMAGE_SIZE));
             let emb = ImageEmbedding::new(read_npy(&embedding)?, ImageFrame::new(h, w)?)
@@ -485,7 +539,7 @@ fn run(cli: Cli) -> Result<()> {
             engine,
             out,
         } => {
-            let mut sam = load(&weights, engine)?;
+            let mut sam = load(&weights, &engine)?;
             let prompt = prompt.to_prompt()?;
             let img = RgbImage::open(&image)?;
             let t = Instant::now();
@@ -512,7 +566,15 @@ fn run(cli: Cli) -> Result<()> {
             image,
             runs,
             engine,
-        } => bench(&weights, &image, runs, engine),
+        } => bench(&weights, &image, runs, &engine),
+        Command::Soak {
+            weights,
+            embedding,
+            decodes,
+            embeddings,
+            every,
+            engine,
+        } => soak(&weights, &embedding, decodes, embeddings, every, &engine),
         Command::Everything {
             weights,
             image,
@@ -525,7 +587,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let options = options.options();
             options.point_grids()?;
-            let mut sam = load(&weights, engine)?;
+            let mut sam = load(&weights, &engine)?;
             match (image, out, images, out_dir) {
                 (Some(image), Some(out), None, None) => {
                     let img = RgbImage::open(&image)?;
@@ -641,7 +703,76 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(io_err(path))
 }
 
-fn bench(weights: &Path, image: &Path, runs: usize, engine: Engine) -> Result<()> {
+/// The process's resident memory in MB (Linux: /proc/self/statm), or NaN elsewhere.
+fn resident_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |pages| pages * 4096.0 / 1e6)
+}
+
+fn soak(
+    weights: &Path,
+    embedding: &Path,
+    decodes: usize,
+    embeddings: usize,
+    every: usize,
+    engine: &Engine,
+) -> Result<()> {
+    if decodes == 0 || embeddings == 0 || every == 0 {
+        return Err(Error::invalid(
+            "--decodes, --embeddings and --every must be at least 1",
+        ));
+    }
+    let mut model = load(weights, engine)?;
+    let base = ImageEmbedding::new(read_npy(embedding)?, ImageFrame::new(480, 640)?)?;
+    let per_embedding = decodes.div_ceil(embeddings);
+    println!("decodes,resident_mb,embeddings_set,elapsed_s");
+    let t = Instant::now();
+    let mut set = 0;
+    let mut samples = Vec::new();
+    for i in 0..decodes {
+        if i % per_embedding == 0 {
+            // Another "image": the embedding scaled, so the decoder's per-image cache turns over.
+            let scale = 1.0 - 0.5 * (set % 7) as f64 / 7.0;
+            let emb = ImageEmbedding::new((&base.features * scale)?, base.frame)?;
+            pollster::block_on(model.set_embedding(emb))?;
+            set += 1;
+        }
+        // A click that wanders over the image, alternating single and multimask, with a box
+        // every third decode.
+        let (x, y) = ((i * 37) % 640, (i * 53) % 480);
+        let prompt = Prompt {
+            points: vec![Point {
+                x: x as f64,
+                y: y as f64,
+                label: PointLabel::Positive,
+            }],
+            bbox: (i % 3 == 0).then_some([0.0, 0.0, 639.0, 479.0]),
+            multimask: i % 2 == 0,
+            ..Prompt::default()
+        };
+        pollster::block_on(model.predict(&prompt))?;
+        if (i + 1) % every == 0 || i + 1 == decodes {
+            let mb = resident_mb();
+            samples.push(mb);
+            println!("{},{mb:.1},{set},{:.1}", i + 1, t.elapsed().as_secs_f64());
+        }
+    }
+    // Flat after warm-up: the last sample against the first after a tenth of the run.
+    let warm = samples[samples.len() / 10];
+    let last = samples[samples.len() - 1];
+    eprintln!(
+        "resident memory: {:.1} MB after warm-up ({} decodes), {last:.1} MB at the end: {:+.1} MB over {} decodes",
+        warm,
+        (samples.len() / 10 + 1) * every,
+        last - warm,
+        decodes
+    );
+    Ok(())
+}
+
+fn bench(weights: &Path, image: &Path, runs: usize, engine: &Engine) -> Result<()> {
     if runs == 0 {
         return Err(Error::invalid("--runs must be at least 1"));
     }

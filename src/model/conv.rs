@@ -131,7 +131,8 @@ impl Activation {
         match self {
             Activation::None => x,
             Activation::Gelu => gelu(x),
-            Activation::Relu => x.max(0.0),
+            // Not `x.max(0.0)`: PyTorch's ReLU keeps a NaN a NaN, `f32::max` drops it.
+            Activation::Relu => relu(x),
         }
     }
 
@@ -140,8 +141,18 @@ impl Activation {
         match self {
             Activation::None => {}
             Activation::Gelu => xs.iter_mut().for_each(|x| *x = gelu(*x)),
-            Activation::Relu => xs.iter_mut().for_each(|x| *x = x.max(0.0)),
+            Activation::Relu => xs.iter_mut().for_each(|x| *x = relu(*x)),
         }
+    }
+}
+
+/// ReLU that keeps NaN (`NaN < 0` is false): branch-free, so loops over it vectorize.
+#[inline(always)]
+pub fn relu(x: f32) -> f32 {
+    if x < 0.0 {
+        0.0
+    } else {
+        x
     }
 }
 

@@ -111,8 +111,7 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
 fn activate(x: Tensor, act: Activation) -> Result<Tensor> {
     match act {
         Activation::None => Ok(x),
-        Activation::Relu => Ok(x.relu()?),
-        Activation::Gelu => Epilogue { bias: None, act }.apply(contiguous(&x)?),
+        Activation::Relu | Activation::Gelu => Epilogue { bias: None, act }.apply(contiguous(&x)?),
     }
 }
 
@@ -247,7 +246,7 @@ impl Backend for Cpu {
     fn activation(&mut self, x: &Tensor, act: Activation) -> Result<Tensor> {
         match act {
             Activation::None => Ok(x.clone()),
-            Activation::Relu => Ok(x.relu()?),
+            Activation::Relu => ops::relu(&contiguous(x)?),
             Activation::Gelu => ops::gelu(&contiguous(x)?),
         }
     }

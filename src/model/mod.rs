@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod mask_decoder;
 pub mod ops;
 pub mod prompt_encoder;
+pub mod pth;
 pub mod sam;
 pub mod tiny_vit;
 pub mod transformer;

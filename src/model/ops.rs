@@ -17,6 +17,16 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     epilogue.apply(x.copy()?)
 }
 
+/// `max(x, 0)` as PyTorch's ReLU: a NaN stays NaN (candle's `relu` and `f32::max` turn it
+/// into 0, which hides a broken input behind plausible outputs).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    let epilogue = Epilogue {
+        bias: None,
+        act: Activation::Relu,
+    };
+    epilogue.apply(x.copy()?)
+}
+
 /// `x` laid out contiguously, copied on the crate's threads when it is a strided view (candle's
 /// own copy runs on one thread in the browser). A contiguous `x` is returned as is.
 pub fn contiguous(x: &Tensor) -> Result<Tensor> {

@@ -165,7 +165,8 @@ pub struct ImageEmbedding {
 }
 
 impl ImageEmbedding {
-    /// Wraps features computed elsewhere (e.g. read from `.npy`), checking their shape.
+    /// Wraps features computed elsewhere (e.g. read from `.npy`), checking their shape and
+    /// that every value is finite.
     /// `[256, 64, 64]` is accepted and given its batch dim.
     pub fn new(features: Tensor, frame: ImageFrame) -> Result<Self> {
         let expected = [1, EMBED_DIM, EMBEDDING_SIDE, EMBEDDING_SIDE];
@@ -181,6 +182,13 @@ impl ImageEmbedding {
             )));
         }
         let features = features.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        let values = features.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "image embedding holds {} (element {i}): an embedding must be finite",
+                values[i]
+            )));
+        }
         Ok(Self { features, frame })
     }
 
@@ -784,12 +792,32 @@ impl PromptTensors {
 /// Reads an `.npy` array held in memory as f32 (f32 or f16 stored, C order).
 pub fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     let bad = |e: std::io::Error| Error::invalid(format!("not a readable .npy array: {e}"));
+    check_npy_shape(bytes)?;
     let npy = npyz::NpyFile::new(bytes).map_err(bad)?;
     if npy.order() != npyz::Order::C {
         return Err(Error::invalid(
             ".npy array is in Fortran order; save it in C order",
         ));
     }
+    // The header's shape is a claim: the data it implies must be in the file before anything
+    // is allocated for it.
+    let elem = match npy.dtype() {
+        npyz::DType::Plain(t) => t.size_field().max(1),
+        _ => 1,
+    };
+    let claimed = npy
+        .shape()
+        .iter()
+        .try_fold(elem, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= bytes.len() as u64);
+    if claimed.is_none() {
+        return Err(Error::invalid(format!(
+            ".npy header claims shape {:?} of {elem}-byte values: more than the file's {} bytes",
+            npy.shape(),
+            bytes.len()
+        )));
+    }
+    // Each dim is at most the file's length (checked above), so it fits a usize.
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let data: Vec<f32> = match npy.dtype() {
         npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float && t.size_field() == 4 => {
@@ -810,6 +838,57 @@ pub fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         }
     };
     Ok((shape, data))
+}
+
+/// Reads the shape in an `.npy` header and errors when its element count overflows 64 bits
+/// (the header reader multiplies the dims unchecked). What the header means is read by npyz
+/// after this; this only proves the product is safe to take.
+fn check_npy_shape(bytes: &[u8]) -> Result<()> {
+    let bad = |why: &str| Err(Error::invalid(format!("not a readable .npy array: {why}")));
+    if bytes.len() < 10 || !bytes.starts_with(b"\x93NUMPY") {
+        return bad("no .npy magic");
+    }
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        _ => return bad("unknown .npy version"),
+    };
+    let Some(header) = bytes.get(start..start.saturating_add(len)) else {
+        return bad("the header runs past the end of the file");
+    };
+    let header = String::from_utf8_lossy(header);
+    let mut found = header.match_indices("shape");
+    let (Some((at, _)), None) = (found.next(), found.next()) else {
+        return bad("the header names no shape, or more than one");
+    };
+    let rest = &header[at..];
+    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else {
+        return bad("the shape is not a tuple");
+    };
+    if close < open {
+        return bad("the shape is not a tuple");
+    }
+    let mut count: u64 = 1;
+    for dim in rest[open + 1..close].split(',').map(str::trim) {
+        if dim.is_empty() {
+            continue;
+        }
+        let d: u64 = dim
+            .trim_end_matches('L')
+            .parse()
+            .map_err(|_| Error::invalid(format!(".npy shape has a dim {dim:?}")))?;
+        count = count.checked_mul(d).ok_or_else(|| {
+            Error::invalid(format!(
+                ".npy header claims shape ({}): more than the file's {} bytes",
+                &rest[open + 1..close],
+                bytes.len()
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Errors unless `(x, y)` lies on the image (edges included).

@@ -3,14 +3,14 @@
 //! converted to f32 on load; the model asks for tensors by their official key with the shape
 //! it expects, and a missing or mis-shaped key is an error naming the key and both shapes.
 //!
-//! The pickle is read by candle's pickle reader, a stack machine that only builds data: no
-//! code from the checkpoint is ever executed.
+//! The pickle is read by candle's pickle reader, a stack machine that only builds data, after
+//! a check of its opcodes ([`crate::model::pth`]): no code from the checkpoint is ever executed.
+//! Every value the model takes is checked to be finite: a NaN or an infinity in a checkpoint is
+//! an error naming the tensor, not a model that answers with NaN masks and plausible scores.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Cursor, Read};
 use std::path::Path;
 
-use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
@@ -109,70 +109,15 @@ impl Weights {
     }
 
     /// Reads a PyTorch zip checkpoint held in memory: a state dict at the top level, or under
-    /// `model` / `state_dict` as training scripts often save it.
+    /// `model` / `state_dict` as training scripts often save it (see [`crate::model::pth`]).
     pub fn from_pth_bytes(bytes: &[u8]) -> Result<Self> {
-        let zerr = |e: zip::result::ZipError| Error::format(format!("PyTorch zip: {e}"));
-        let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(zerr)?;
-        let pkl_name = zip
-            .file_names()
-            .filter_map(|n| n.ok())
-            .find(|n| n.ends_with("data.pkl"))
-            .map(|n| n.into_owned())
-            .ok_or_else(|| {
-                Error::format("zip archive holds no data.pkl: not a PyTorch checkpoint")
-            })?;
-        let dir = pkl_name
-            .strip_suffix(".pkl")
-            .expect("suffix checked")
-            .to_owned();
-
-        let obj = {
-            let entry = zip.by_name(&pkl_name).map_err(zerr)?;
-            let mut reader = BufReader::new(entry);
-            let mut stack = Stack::empty();
-            stack
-                .read_loop(&mut reader)
-                .map_err(|e| Error::format(format!("pickle in {pkl_name}: {e}")))?;
-            stack
-                .finalize()
-                .map_err(|e| Error::format(format!("pickle in {pkl_name}: {e}")))?
-        };
-        let entries = state_dict_entries(obj)?;
-
-        let mut tensors = HashMap::new();
-        for (name, value) in entries {
-            let Object::Unicode(key) = &name else {
-                continue;
-            };
-            let key = key.clone();
-            let info = match value.into_tensor_info(name, Path::new(&dir)) {
-                Ok(Some(info)) => info,
-                // Non-tensor entries (e.g. nested metadata) are not weights.
-                Ok(None) => continue,
-                Err(e) => return Err(Error::format(format!("tensor `{key}`: {e}"))),
-            };
-            if !matches!(
-                info.dtype,
-                DType::F32 | DType::F16 | DType::BF16 | DType::F64
-            ) {
-                // Integer buffers such as `num_batches_tracked`.
-                continue;
-            }
-            let mut storage = Vec::new();
-            zip.by_name(&info.path)
-                .map_err(|e| Error::format(format!("tensor `{key}` storage {}: {e}", info.path)))?
-                .read_to_end(&mut storage)
-                .map_err(|e| Error::format(format!("tensor `{key}` storage {}: {e}", info.path)))?;
-            let t = strided_tensor(&key, &storage, info.dtype, &info.layout)?;
-            tensors.insert(key, t.to_dtype(DType::F32)?);
-        }
-        if tensors.is_empty() {
-            return Err(Error::format("checkpoint holds no floating-point tensors"));
-        }
-        Ok(Self { tensors })
+        Ok(Self {
+            tensors: crate::model::pth::read_pth(bytes)?,
+        })
     }
 
-    /// The tensor under `key`, checked against the shape the model expects.
+    /// The tensor under `key`, checked against the shape the model expects and to hold only
+    /// finite values.
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.tensors.get(key).ok_or_else(|| Error::MissingWeight {
             key: key.to_owned(),
@@ -184,6 +129,15 @@ impl Weights {
                 expected: shape.to_vec(),
                 found: t.dims().to_vec(),
             });
+        }
+        let values = t.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::format(format!(
+                "weight `{key}` holds {} (element {i} of {}): a checkpoint with NaN or infinite \
+                 values is refused",
+                values[i],
+                values.len()
+            )));
         }
         Ok(t.clone())
     }
@@ -305,81 +259,4 @@ impl<'a> WeightPath<'a> {
     pub fn weights(&self) -> &'a Weights {
         self.weights
     }
-}
-
-/// Finds the state dict in the unpickled object.
-fn state_dict_entries(obj: Object) -> Result<Vec<(Object, Object)>> {
-    // An OrderedDict pickles as a Reduce/Build around a dict; unwrap to the dict itself.
-    let obj = match obj {
-        Object::Build { callable, args } => match *callable {
-            Object::Reduce { .. } => *args,
-            other => other,
-        },
-        other => other,
-    };
-    let Object::Dict(entries) = obj else {
-        return Err(Error::format("the pickle does not hold a dict of tensors"));
-    };
-    let holds_tensors = entries
-        .iter()
-        .any(|(_, v)| matches!(v, Object::Reduce { .. } | Object::Build { .. }));
-    if !holds_tensors {
-        for wrapper in ["model", "state_dict"] {
-            if let Some((_, inner)) = entries
-                .iter()
-                .find(|(k, _)| matches!(k, Object::Unicode(s) if s == wrapper))
-            {
-                return state_dict_entries(inner.clone());
-            }
-        }
-    }
-    Ok(entries)
-}
-
-/// Builds a contiguous tensor from a raw storage and the (shape, strides, offset) that
-/// PyTorch recorded for it: general strides, so views saved from transposes load right.
-fn strided_tensor(
-    key: &str,
-    storage: &[u8],
-    dtype: DType,
-    layout: &candle_core::Layout,
-) -> Result<Tensor> {
-    let elem = dtype.size_in_bytes();
-    let dims = layout.dims().to_vec();
-    let strides = layout.stride().to_vec();
-    let start = layout.start_offset() / elem;
-    let numel: usize = dims.iter().product();
-    let max_index = start
-        + dims
-            .iter()
-            .zip(&strides)
-            .map(|(d, s)| d.saturating_sub(1) * s)
-            .sum::<usize>();
-    if numel > 0 && (max_index + 1) * elem > storage.len() {
-        return Err(Error::format(format!(
-            "tensor `{key}` needs {} bytes of storage but the file holds {} (truncated?)",
-            (max_index + 1) * elem,
-            storage.len()
-        )));
-    }
-    let contiguous = layout.is_contiguous();
-    let bytes: Vec<u8> = if contiguous {
-        storage[start * elem..(start + numel) * elem].to_vec()
-    } else {
-        let mut out = Vec::with_capacity(numel * elem);
-        let mut idx = vec![0usize; dims.len()];
-        for _ in 0..numel {
-            let off = start + idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>();
-            out.extend_from_slice(&storage[off * elem..(off + 1) * elem]);
-            for d in (0..dims.len()).rev() {
-                idx[d] += 1;
-                if idx[d] < dims[d] {
-                    break;
-                }
-                idx[d] = 0;
-            }
-        }
-        out
-    };
-    Ok(Tensor::from_raw_buffer(&bytes, dtype, &dims, &Device::Cpu)?)
 }

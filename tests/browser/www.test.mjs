@@ -640,6 +640,19 @@ describe('segment everything on the CPU', () => {
     assert.equal(s.selected, cat.best);
   });
 
+  test('a panic in the model: the page shows the message and goes on segmenting', async () => {
+    await page.evaluate(() => window.websamApp.failForTesting('panic'));
+    await idle(page);
+    const shown = await page.textContent('#message');
+    assert.match(shown, /websam stopped on an internal error \(.*a panic provoked for testing.*\); the model is reloaded on the next call/);
+    await page.keyboard.press('Escape');
+    await page.mouse.click(...(await at(page, ...cat.points[0])));
+    await idle(page);
+    const s = await state(page);
+    assert.equal(s.candidates, 3, 'a click after the panic segments (the worker reloaded the model and the image)');
+    assert.equal(s.selected, cat.best);
+  });
+
   test('with an object kept, Everything adds only the masks that do not overlap it', async (t) => {
     // Keep the cat (the click of the test before) alone.
     await page.click('#clear-all');

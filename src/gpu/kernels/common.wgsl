@@ -22,12 +22,17 @@ fn linear_index(gid: vec3<u32>, nwg: vec3<u32>, wg: u32) -> u32 {
     return gid.x + gid.y * nwg.x * wg;
 }
 
+// ReLU as PyTorch's: a NaN stays NaN where the device keeps NaNs (max(x, 0) may drop it).
+fn relu_f32(x: f32) -> f32 {
+    return select(x, 0.0, x < 0.0);
+}
+
 // The fused activation of a kernel's epilogue (Activation::code on the Rust side):
 // 0 none, 1 GELU (erf), 2 ReLU.
 fn activate(x: f32, code: u32) -> f32 {
     switch code {
         case 1u: { return gelu_f32(x); }
-        case 2u: { return max(x, 0.0); }
+        case 2u: { return relu_f32(x); }
         default: { return x; }
     }
 }

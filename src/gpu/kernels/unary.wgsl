@@ -20,7 +20,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let v = x[i];
     switch p.op {
         case 0u: { y[i] = gelu_f32(v); }
-        case 1u: { y[i] = max(v, 0.0); }
+        case 1u: { y[i] = relu_f32(v); }
         default: { y[i] = v * p.alpha + p.beta; }
     }
 }
