@@ -5,8 +5,10 @@
 // (SwiftShader here) with fewer calls, sampling the GPU buffer pool. Writes the samples to
 // bench/out/soak.json and a plot to docs/soak.svg, and prints a summary.
 //
+// Then OVERLAP (1000) overlapping calls on Sam and on SamWorker, each answer checked.
+//
 //   node bench/soak.mjs            (after ./build.sh build; PREDICTS=10000 SETS=200 by default)
-//   PREDICTS=1000 SETS=20 GPU_PREDICTS=40 node bench/soak.mjs
+//   PREDICTS=1000 SETS=20 GPU_PREDICTS=40 OVERLAP=200 node bench/soak.mjs
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { serve } from '../tools/serve.mjs';
@@ -57,7 +59,35 @@ try {
   await server.close();
 }
 
+// The concurrency check at full size: OVERLAP overlapping calls (predicts with setEmbedding and
+// setImage interleaved at random), each answer checked against its input's reference.
+const overlap = env('OVERLAP', 1000);
+const overlapping = [];
+if (overlap > 0) {
+  const browser2 = await launch();
+  const server2 = await serve(root);
+  try {
+    for (const api of ['Sam', 'SamWorker']) {
+      const page = await open(browser2, `${server2.url}/tests/browser/blank.html`);
+      page.setDefaultTimeout(0);
+      const t = Date.now();
+      const r = await page.evaluate(async ([a, calls]) => {
+        const harness = await import('/tests/browser/reliability-harness.js');
+        return harness.overlapping(a, { calls, inputs: 8, images: 2, seed: 11 });
+      }, [api, overlap]);
+      await page.context().close();
+      overlapping.push({ api, ...r, minutes: (Date.now() - t) / 60000 });
+      console.log(`${api}: ${overlap} overlapping calls, ${r.predicts} predicts answered ${r.results}, rejected ${r.rejected.length}, ` +
+        `worst difference from the input's reference ${r.worst} (inputs at least ${r.closest.toFixed(2)} apart), ${((Date.now() - t) / 60000).toFixed(1)} min`);
+    }
+  } finally {
+    await browser2.close();
+    await server2.close();
+  }
+}
+
 mkdirSync(new URL('out/', import.meta.url), { recursive: true });
+writeFileSync(new URL('out/overlapping.json', import.meta.url), JSON.stringify(overlapping, null, 1));
 writeFileSync(new URL('out/soak.json', import.meta.url), JSON.stringify(results, null, 1));
 
 // The plot: memory (MB) against predicts, one panel per run.
