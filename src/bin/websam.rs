@@ -214,10 +214,8 @@ enum Command {
         #[command(flatten)]
         engine: Engine,
     },
-    /// Time the encoder, the first decode after an image and further decodes (one point,
-    /// multimask): median and spread over N runs.
     /// Long-session check: many decodes on one predictor, the embedding replaced now and then,
-    /// printing the process's resident memory as it goes (bench/soak.sh; not in the tests).
+    /// printing the process's resident memory as it goes (docs/RELIABILITY.md; not in the tests).
     Soak {
         /// Checkpoint (a decoder-only one is enough).
         #[arg(long)]
@@ -237,6 +235,8 @@ enum Command {
         #[command(flatten)]
         engine: Engine,
     },
+    /// Time the encoder, the first decode after an image and further decodes (one point,
+    /// multimask): median and spread over N runs.
     Bench {
         /// Checkpoint with an image encoder.
         #[arg(long)]
