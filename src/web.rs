@@ -289,7 +289,17 @@ impl WebSam {
     pub fn set_panic_handler(handler: js_sys::Function) {
         PANIC_HANDLER.with(|h| *h.borrow_mut() = Some(handler));
         std::panic::set_hook(Box::new(|info| {
-            let message = info.to_string();
+            // One line: the panic's own message, then where it was raised.
+            let payload = info.payload();
+            let what = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a panic");
+            let message = match info.location() {
+                Some(at) => format!("{what} at {}:{}", at.file(), at.line()),
+                None => what.to_owned(),
+            };
             PANIC_HANDLER.with(|h| {
                 if let Ok(h) = h.try_borrow() {
                     if let Some(f) = h.as_ref() {
