@@ -37,6 +37,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[wasm_bindgen_test]
 async fn webgpu_adapter_and_elementwise_kernels() {
     let ctx = ctx().await;
+    assert!(ctx.limits().max_storage_buffer_binding_size == 128 << 20); // WebGPU's default
     let x = Tensor::randn(0f32, 2.0, (3, 257), &Device::Cpu).unwrap();
     let b = Tensor::randn(0f32, 1.0, 257, &Device::Cpu).unwrap();
     let mut rec = Recorder::new(&ctx);

@@ -1,6 +1,9 @@
-//! The GPU context: adapter, device and queue, asked for the adapter's real limits, with the
-//! buffer pool and the pipeline cache. wgpu's default error handler panics; here validation
-//! errors and device loss are recorded and surface as [`Error::Gpu`] from the next operation.
+//! The GPU context: adapter, device and queue, with the buffer pool and the pipeline cache.
+//! The device is opened at WebGPU's default limits (what every WebGPU device offers), checked
+//! against what the engine needs ([`minimum_limits`]); buffers are checked against the
+//! device's limits before they are created ([`check_buffer_size`]). wgpu's default error
+//! handler panics; here validation errors and device loss are recorded and surface as
+//! [`Error::Gpu`] from the next operation.
 
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +41,147 @@ impl Precision {
     }
 }
 
+/// Declares the limits the engine depends on: [`minimum_limits`] and the check of an adapter
+/// against the kernels' needs. Every one is a "maximum" limit (more is better).
+macro_rules! engine_needs {
+    (
+        kernels { $($field:ident ($name:literal): $value:expr,)* }
+        buffers { $($b_field:ident: $b_value:expr,)* }
+    ) => {
+        /// The least the engine works with: WebGPU's defaults with every limit the kernels and
+        /// the models depend on set to what they really use. Each is within WebGPU's defaults
+        /// today, so [`required_limits`] asks for the defaults; a need beyond them would raise
+        /// that limit alone, where the adapter offers it.
+        pub fn minimum_limits() -> wgpu::Limits {
+            wgpu::Limits {
+                $($field: $value,)*
+                $($b_field: $b_value,)*
+                ..wgpu::Limits::default()
+            }
+        }
+
+        /// Each kernel need that `limits` lacks, by its WebGPU name. Buffer sizes are not
+        /// refused up front: each allocation is checked ([`check_buffer_size`]).
+        fn lacking(limits: &wgpu::Limits) -> Vec<String> {
+            let mut lacking = Vec::new();
+            $(
+                if u64::from(limits.$field) < ($value as u64) {
+                    lacking.push(format!(
+                        "{} {} (offers {})",
+                        $name,
+                        $value,
+                        limits.$field
+                    ));
+                }
+            )*
+            lacking
+        }
+    };
+}
+
+engine_needs! {
+    kernels {
+        // A kernel binds one group: its parameters, then its inputs and outputs.
+        max_bind_groups ("maxBindGroups"): 1,
+        // The parameters and up to 5 storage buffers (attention: q, k, v, bias, out; conv: x,
+        // weights, bias, residual, y).
+        max_bindings_per_bind_group ("maxBindingsPerBindGroup"): 6,
+        max_storage_buffers_per_shader_stage ("maxStorageBuffersPerShaderStage"): 5,
+        // One uniform, at a dynamic offset into the recording's one parameter buffer.
+        max_uniform_buffers_per_shader_stage ("maxUniformBuffersPerShaderStage"): 1,
+        max_dynamic_uniform_buffers_per_pipeline_layout
+            ("maxDynamicUniformBuffersPerPipelineLayout"): 1,
+        // The largest parameter struct is the gather's, 144 bytes (`Recorder::dispatch` checks
+        // each).
+        max_uniform_buffer_binding_size ("maxUniformBufferBindingSize"): 256,
+        // Workgroup memory: the thin matmul tile (16 x 128 outputs, f32) holds (4 + 32) x 16
+        // vec4s = 9216 bytes; the conv and square matmul tiles 8192, attention at most 8960.
+        max_compute_workgroup_storage_size ("maxComputeWorkgroupStorageSize"): 9216,
+        // Workgroups of 256 threads (element-wise, conv, norm, softmax; 16 x 16 for
+        // transpose, resize and depthwise conv), at most 16 along y and 1 along z.
+        max_compute_invocations_per_workgroup ("maxComputeInvocationsPerWorkgroup"): 256,
+        max_compute_workgroup_size_x ("maxComputeWorkgroupSizeX"): 256,
+        max_compute_workgroup_size_y ("maxComputeWorkgroupSizeY"): 16,
+        max_compute_workgroup_size_z ("maxComputeWorkgroupSizeZ"): 1,
+        // Grids past this are split over x and y (`GpuContext::grid`); WebGPU's default.
+        max_compute_workgroups_per_dimension ("maxComputeWorkgroupsPerDimension"): 65535,
+    }
+    buffers {
+        // Every tensor is one buffer, bound whole. The largest MobileSAM allocates is 64 MiB:
+        // TinyViT's first MBConv expansion at 1024 x 1024 (256 x 256 x 256 f32). Decoding from
+        // an embedding needs far less (tests/gpu_limits.rs measures both), so an adapter with
+        // smaller buffers still opens and each allocation over its limit fails naming it. The
+        // postprocessing's full-size logits grow with the photograph: past WebGPU's 128 MiB
+        // (3 masks of over 11 megapixels) they fail the same way.
+        max_storage_buffer_binding_size: 64 << 20,
+        max_buffer_size: 64 << 20,
+    }
+}
+
+/// What the engine asks of a device on an adapter offering `adapter`: WebGPU's defaults,
+/// raised where [`minimum_limits`] needs more, lowered to the adapter's where it offers less
+/// than the defaults (a downlevel native adapter) but enough. An error names every limit the
+/// adapter lacks.
+pub fn required_limits(adapter: &wgpu::Limits) -> Result<wgpu::Limits> {
+    let lacking = lacking(adapter);
+    if !lacking.is_empty() {
+        return Err(Error::gpu(format!(
+            "the adapter's limits are too low for this engine; it needs {}",
+            lacking.join(", ")
+        )));
+    }
+    Ok(wgpu::Limits::default()
+        .or_better_values_from(&minimum_limits())
+        .or_worse_values_from(adapter))
+}
+
+/// What a buffer is for, as far as the device's limits go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferKind {
+    /// Bound whole as a storage buffer (a tensor).
+    Storage,
+    /// Anything else (parameters, readback).
+    Other,
+}
+
+/// `bytes` as a person reads it: "300 MiB", "1.5 KiB", "12 bytes".
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (unit, name) in UNITS {
+        if bytes >= unit {
+            let v = bytes as f64 / unit as f64;
+            return if bytes.is_multiple_of(unit) {
+                format!("{} {name}", bytes / unit)
+            } else {
+                format!("{v:.1} {name}")
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// An error naming the limit when a buffer of `bytes` for `kind` does not fit `limits`:
+/// `maxStorageBufferBindingSize` for storage buffers, `maxBufferSize` for every buffer.
+pub fn check_buffer_size(limits: &wgpu::Limits, bytes: u64, kind: BufferKind) -> Result<()> {
+    let over = |name: &str, max: u64| {
+        Error::gpu(format!(
+            "a {} buffer exceeds this device's {name} ({})",
+            format_bytes(bytes),
+            format_bytes(max)
+        ))
+    };
+    if kind == BufferKind::Storage && bytes > limits.max_storage_buffer_binding_size {
+        return Err(over(
+            "maxStorageBufferBindingSize",
+            limits.max_storage_buffer_binding_size,
+        ));
+    }
+    if bytes > limits.max_buffer_size {
+        return Err(over("maxBufferSize", limits.max_buffer_size));
+    }
+    Ok(())
+}
+
 /// A WebGPU device ready for compute, shared by every tensor and recording made from it.
 #[derive(Debug, Clone)]
 pub struct GpuContext {
@@ -51,7 +195,10 @@ struct Inner {
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
+    /// The device's limits (what was asked for; in the browser, what the device reports).
     limits: wgpu::Limits,
+    /// What the adapter offers.
+    adapter_limits: wgpu::Limits,
     pool: BufferPool,
     pipelines: PipelineCache,
     faults: Arc<Mutex<Faults>>,
@@ -60,12 +207,24 @@ struct Inner {
 }
 
 impl GpuContext {
-    /// Finds an adapter and opens a device. Natively the backend comes from `WGPU_BACKEND` when
-    /// set (vulkan, metal, dx12, gl), else every backend is tried; in the browser it is WebGPU.
+    /// Finds an adapter and opens a device at [`required_limits`] (WebGPU's defaults, natively
+    /// and in the browser alike). Natively the backend comes from `WGPU_BACKEND` when set
+    /// (vulkan, metal, dx12, gl), else every backend is tried; in the browser it is WebGPU.
+    pub async fn new() -> Result<Self> {
+        Self::open(None).await
+    }
+
+    /// [`GpuContext::new`] with the device opened at exactly `limits` (to test the engine at
+    /// given limits, lower than it needs included); an error names every limit the adapter
+    /// does not offer.
+    pub async fn with_limits(limits: wgpu::Limits) -> Result<Self> {
+        Self::open(Some(limits)).await
+    }
+
     // In the browser wgpu's handles are JS objects, neither Send nor Sync; the Arc is for the
     // native side, where contexts are shared across threads.
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
-    pub async fn new() -> Result<Self> {
+    async fn open(limits: Option<wgpu::Limits>) -> Result<Self> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
@@ -80,22 +239,40 @@ impl GpuContext {
                 ))
             })?;
         let info = adapter.get_info();
-        // Ask for what the adapter really offers: storage buffer sizes and workgroup limits
-        // well beyond the defaults matter for the encoder's activations.
-        let limits = adapter.limits();
+        let adapter_limits = adapter.limits();
+        let limits = match limits {
+            None => required_limits(&adapter_limits).map_err(|e| e.context(&info.name))?,
+            Some(limits) => {
+                let mut over = Vec::new();
+                limits.check_limits_with_fail_fn(&adapter_limits, false, |name, want, offers| {
+                    over.push(format!("{name} {want} (offers {offers})"))
+                });
+                if !over.is_empty() {
+                    return Err(Error::gpu(format!(
+                        "{} does not offer the limits asked for: {}",
+                        info.name,
+                        over.join(", ")
+                    )));
+                }
+                limits
+            }
+        };
         // f16 in shaders, when offered: only kernels built for f16 weights use it.
         let features = adapter.features() & wgpu::Features::SHADER_F16;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("websam"),
                 required_features: features,
-                required_limits: limits.clone(),
+                required_limits: limits,
                 experimental_features: wgpu::ExperimentalFeatures::default(),
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
             .await
             .map_err(|e| Error::gpu(format!("could not open a device on {}: {e}", info.name)))?;
+
+        // What the device enforces: natively what was asked; a browser may report more.
+        let limits = device.limits();
 
         let faults = Arc::new(Mutex::new(Faults::default()));
         {
@@ -120,6 +297,7 @@ impl GpuContext {
                 queue,
                 info,
                 limits,
+                adapter_limits,
                 pool: BufferPool::default(),
                 pipelines: PipelineCache::default(),
                 faults,
@@ -159,6 +337,12 @@ impl GpuContext {
         pollster::block_on(Self::new())
     }
 
+    /// [`GpuContext::with_limits`], blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_limits_blocking(limits: wgpu::Limits) -> Result<Self> {
+        pollster::block_on(Self::with_limits(limits))
+    }
+
     pub fn device(&self) -> &wgpu::Device {
         &self.inner.device
     }
@@ -167,8 +351,19 @@ impl GpuContext {
         &self.inner.queue
     }
 
+    /// The device's limits, which every buffer and dispatch is checked against.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
+    }
+
+    /// What the adapter offers (the device may ask for less).
+    pub fn adapter_limits(&self) -> &wgpu::Limits {
+        &self.inner.adapter_limits
+    }
+
+    /// [`check_buffer_size`] against this device's limits.
+    pub fn check_buffer_size(&self, bytes: u64, kind: BufferKind) -> Result<()> {
+        check_buffer_size(&self.inner.limits, bytes, kind)
     }
 
     pub fn pool(&self) -> &BufferPool {
@@ -232,7 +427,7 @@ impl GpuContext {
         let y = groups.div_ceil(max);
         if y > max {
             return Err(Error::gpu(format!(
-                "{groups} workgroups exceed the device's grid"
+                "{groups} workgroups exceed the device's grid ({max} x {max}, maxComputeWorkgroupsPerDimension)"
             )));
         }
         Ok([groups.div_ceil(y), y, 1])

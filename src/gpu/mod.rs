@@ -1,7 +1,7 @@
 //! The WebGPU engine: SAM's kernels on wgpu, natively (Vulkan, Metal, DX12, GL) and in the
 //! browser (WebGPU).
 //!
-//! - [`context::GpuContext`]: adapter, device and queue with the adapter's real limits, the
+//! - [`context::GpuContext`]: adapter, device and queue at WebGPU's default limits, the
 //!   buffer pool and the pipeline cache; errors and device loss are caught, never panics.
 //! - [`pool`]: storage buffers recycled by size, returned when a [`tensor::GpuTensor`] drops.
 //! - [`pipeline`]: compute pipelines cached under a readable key (`matmul_t16x16`).

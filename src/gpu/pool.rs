@@ -15,6 +15,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::error::Result;
+use crate::gpu::context::{check_buffer_size, BufferKind};
+
 /// Buffer sizes are rounded up to this many bytes, so near sizes share buffers.
 const SIZE_GRANULE: u64 = 256;
 
@@ -40,6 +43,8 @@ struct Inner {
     open: usize,
     /// Bytes of every buffer created (none is destroyed while the pool lives).
     allocated: u64,
+    /// Bytes of the largest buffer created.
+    largest: u64,
 }
 
 /// The smallest buffer of `map` that holds `wanted` bytes without more than `MAX_SLACK` times
@@ -119,9 +124,22 @@ impl Drop for OpenRecording {
 }
 
 impl BufferPool {
-    /// A storage buffer of at least `bytes` bytes (usable as copy source and destination).
-    pub fn get(&self, device: &wgpu::Device, bytes: u64, usage: Use) -> PooledBuffer {
-        let wanted = bytes.max(4).div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
+    /// A storage buffer of at least `bytes` bytes (usable as copy source and destination), or
+    /// an error naming the limit of `limits` (the device's) it would exceed.
+    pub fn get(
+        &self,
+        device: &wgpu::Device,
+        limits: &wgpu::Limits,
+        bytes: u64,
+        usage: Use,
+    ) -> Result<PooledBuffer> {
+        let bytes = bytes.max(4).next_multiple_of(4);
+        check_buffer_size(limits, bytes, BufferKind::Storage)?;
+        let mut wanted = bytes.div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
+        // Rounding must not take a buffer that fits over a limit that is not a granule multiple.
+        if check_buffer_size(limits, wanted, BufferKind::Storage).is_err() {
+            wanted = bytes;
+        }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         // A pending buffer is taken only while one recording is open: then it was freed by
         // that recording, whose earlier ops run before the op that writes it. With several
@@ -135,6 +153,7 @@ impl BufferPool {
         };
         let (buffer, size) = reused.unwrap_or_else(|| {
             inner.allocated += wanted;
+            inner.largest = inner.largest.max(wanted);
             let buffer = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("websam.storage"),
                 size: wanted,
@@ -145,11 +164,11 @@ impl BufferPool {
             });
             (buffer, wanted)
         });
-        PooledBuffer {
+        Ok(PooledBuffer {
             buffer: Some(buffer),
             size,
             pool: Arc::downgrade(&self.inner),
-        }
+        })
     }
 
     /// Marks a recording open until the returned guard drops.
@@ -165,6 +184,12 @@ impl BufferPool {
     /// recycled, not freed), i.e. the engine's peak storage memory.
     pub fn allocated_bytes(&self) -> u64 {
         self.inner.lock().map(|i| i.allocated).unwrap_or(0)
+    }
+
+    /// Bytes of the largest storage buffer created so far (the largest tensor, rounded up to
+    /// the pool's granule): what `maxStorageBufferBindingSize` must hold.
+    pub fn largest_bytes(&self) -> u64 {
+        self.inner.lock().map(|i| i.largest).unwrap_or(0)
     }
 
     /// Number of free buffers held (for tests and diagnostics).

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::context::GpuContext;
+use crate::gpu::context::{format_bytes, BufferKind, GpuContext};
 use crate::gpu::pipeline::Kernel;
 use crate::gpu::pool::OpenRecording;
 use crate::gpu::tensor::{GpuDType, GpuTensor};
@@ -113,6 +113,15 @@ impl Recorder {
         }
         let bytes = bytemuck::bytes_of(params);
         debug_assert_eq!(bytes.len() % 16, 0, "uniform structs are 16-byte multiples");
+        let max = self.ctx.limits().max_uniform_buffer_binding_size;
+        if bytes.len() as u64 > max {
+            return Err(Error::gpu(format!(
+                "kernel `{}`: its {} of parameters exceed this device's maxUniformBufferBindingSize ({})",
+                kernel.key,
+                format_bytes(bytes.len() as u64),
+                format_bytes(max)
+            )));
+        }
         let offset = self.params.len().div_ceil(self.align) * self.align;
         self.params.resize(offset, 0);
         self.params.extend_from_slice(bytes);
@@ -146,9 +155,17 @@ impl Recorder {
         let ctx = self.ctx;
         ctx.check()?;
         let device = ctx.device();
+        let param_bytes = self.params.len().max(16) as u64;
+        ctx.check_buffer_size(param_bytes, BufferKind::Other)
+            .map_err(|e| e.context(format!("the parameters of {} dispatches", self.ops.len())))?;
+        // Readback buffers hold whole 4-byte words.
+        for t in &self.reads {
+            ctx.check_buffer_size(t.byte_len().next_multiple_of(4).max(4), BufferKind::Other)
+                .map_err(|e| e.context(format!("reading back tensor {:?}", t.shape())))?;
+        }
         let param_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("websam.params"),
-            size: (self.params.len().max(16)) as u64,
+            size: param_bytes,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });

@@ -52,14 +52,13 @@ impl GpuTensor {
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     fn alloc(ctx: &GpuContext, shape: &[usize], dtype: GpuDType, usage: Use) -> Result<Self> {
         let bytes = byte_size(shape, dtype)?;
-        let max = ctx.limits().max_storage_buffer_binding_size;
-        if bytes > max {
-            return Err(Error::gpu(format!(
-                "tensor {shape:?} needs {bytes} bytes, over the device's storage binding limit of {max}"
-            )));
-        }
+        // Checked before anything is created: wgpu would raise a validation error instead.
+        let buffer = ctx
+            .pool()
+            .get(ctx.device(), ctx.limits(), bytes, usage)
+            .map_err(|e| e.context(format!("tensor {shape:?} ({})", dtype.wgsl())))?;
         Ok(Self {
-            buffer: Arc::new(ctx.pool().get(ctx.device(), bytes, usage)),
+            buffer: Arc::new(buffer),
             shape: shape.to_vec(),
             dtype,
         })
