@@ -302,3 +302,39 @@ fn limits_beyond_the_adapter_are_refused_by_name() {
     .to_string();
     assert!(err.contains("max_buffer_size"), "{err}");
 }
+
+/// A 24 MP photograph's three masks at full size (288 MB) exceed the default 128 MiB binding:
+/// the engine resizes them one mask per buffer, and they equal the CPU's.
+#[test]
+fn full_size_masks_of_a_large_photograph_are_split_to_fit() {
+    let ctx = ctx_at(wgpu::Limits::default(), "WebGPU's default limits");
+    let weights = Weights::from_file(fixture("sam_decoder.safetensors")).unwrap();
+    let gpu = pollster::block_on(GpuSam::upload(&ctx, &weights)).expect("GPU model");
+    let cpu = Sam::new(&weights).unwrap();
+    let frame = websam::image::ImageFrame::new(4000, 6000).unwrap();
+    let emb = ImageEmbedding::new(npy("embedding.npy"), frame).unwrap();
+    let prompt = websam::model::sam::Prompt {
+        points: vec![websam::model::sam::Point {
+            x: 3100.0,
+            y: 2100.0,
+            label: websam::model::sam::PointLabel::Positive,
+        }],
+        multimask: true,
+        ..Default::default()
+    };
+    let gemb = pollster::block_on(gpu.upload_embedding(&emb)).unwrap();
+    let (_, planes) = pollster::block_on(gpu.decode_with_logits(&gemb, &prompt)).unwrap();
+    assert!(ctx.pool().largest_bytes() <= 128 * MIB);
+    let want = cpu.decode(&emb, &prompt).unwrap();
+    assert_eq!(planes.len(), 3);
+    for (i, plane) in planes.iter().enumerate() {
+        assert_eq!(plane.len(), 4000 * 6000);
+        let cpu_plane = want.logits(i).unwrap();
+        let worst = plane
+            .iter()
+            .zip(&cpu_plane)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= DECODE_TOLERANCE, "mask {i}: GPU vs CPU {worst}");
+    }
+}

@@ -670,31 +670,47 @@ impl Sam<Gpu> {
         let mut g = Gpu::begin(&self.device);
         let (masks, iou) = self.record_decode(&mut g, image, prompt)?;
         let mut rec = g.into_recorder();
-        // Postprocess: low-res logits to the original image size.
-        let full = if upsample {
+        // Postprocess: low-res logits to the original image size. The masks at full size go
+        // in one buffer where it fits the device's limits, else one buffer per mask (a 12 MP
+        // photograph's three masks are 144 MB: more than WebGPU's default 128 MiB binding).
+        let mut full = Vec::new();
+        if upsample {
             let frame = image.frame;
             let (in_h, in_w) = frame.input;
             let (h, w) = frame.original;
             let up = resize_bilinear(&mut rec, &masks, IMAGE_SIZE, IMAGE_SIZE, in_h, in_w)?;
-            Some(if (h, w) == (in_h, in_w) {
-                up
+            let channels = up.shape()[1];
+            let limits = self.device.limits();
+            let fits = limits
+                .max_storage_buffer_binding_size
+                .min(limits.max_buffer_size);
+            if (h, w) == (in_h, in_w) {
+                full.push(up);
+            } else if (channels * h * w * 4) as u64 <= fits || channels == 1 {
+                full.push(resize_bilinear(&mut rec, &up, h, w, h, w)?);
             } else {
-                resize_bilinear(&mut rec, &up, h, w, h, w)?
-            })
-        } else {
-            None
-        };
+                for c in 0..channels {
+                    let one = crate::gpu::kernels::layout::slice(&mut rec, &up, 1, c, 1)?;
+                    full.push(resize_bilinear(&mut rec, &one, h, w, h, w)?);
+                }
+            }
+        }
         let dispatches = rec.dispatch_count();
         rec.read(&masks);
         rec.read(&iou);
-        if let Some(full) = &full {
-            rec.read(full);
+        for f in &full {
+            rec.read(f);
         }
         let out = rec.finish().await?;
-        expect_outputs(&out, 2 + full.is_some() as usize, "decode")?;
+        expect_outputs(&out, 2 + full.len(), "decode")?;
         let mut out = out.into_iter();
         let low_res_logits = out.next().unwrap_or_default();
         let iou = out.next().unwrap_or_default();
+        let full = match full.len() {
+            0 => None,
+            1 => out.next(),
+            _ => Some(out.flatten().collect()),
+        };
         debug_assert_eq!(
             low_res_logits.len(),
             iou.len() * LOW_RES_SIDE * LOW_RES_SIDE
@@ -705,7 +721,7 @@ impl Sam<Gpu> {
                 iou,
                 frame: image.frame,
             },
-            out.next(),
+            full,
             dispatches,
         ))
     }
