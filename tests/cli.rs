@@ -653,3 +653,39 @@ fn sha256_is_checked_before_the_checkpoint_is_read() {
     let err = expect_error(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("64 hex digits"), "{err}");
 }
+
+/// The native soak's short version (docs/RELIABILITY.md has the long one's figures): the heap's
+/// live bytes flat after warm-up over 150 decodes and 10 embeddings.
+#[test]
+fn soak_short_heap_in_use_is_flat() {
+    let out = websam(&[
+        "soak",
+        "--weights",
+        path(&fixture("sam_decoder.safetensors")),
+        "--embedding",
+        path(&fixture("embedding.npy")),
+        "--decodes",
+        "150",
+        "--embeddings",
+        "10",
+        "--every",
+        "15",
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let csv = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<Vec<f64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 10, "{csv}");
+    assert_eq!(rows.last().unwrap()[0], 150.0);
+    // Heap in use (MB) after the first embedding's decodes against the end.
+    let (warm, last) = (rows[1][2], rows.last().unwrap()[2]);
+    assert!(
+        last - warm <= 0.064,
+        "heap in use grew from {warm} to {last} MB: {csv}"
+    );
+    assert!(err.contains("heap in use"), "{err}");
+}
