@@ -169,7 +169,7 @@ export async function cacheReuse(api) {
 }
 
 /** Calls `fn` and returns how it failed: `{ error, name, message }` or `{ error: false }`. */
-async function failure(fn) {
+export async function failure(fn) {
   try {
     await fn();
     return { error: false };

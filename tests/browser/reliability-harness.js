@@ -2,20 +2,11 @@
 // its public API: integrity of weights and of the Cache API, a panic survived, overlapping calls
 // kept in order, dispose during calls, and a soak of many calls with memory sampled.
 // reliability.test.mjs calls these functions and asserts on what they return.
-import { apis, FIXTURES, npy, maxAbsDiff } from './harness.js';
+import { apis, failure, FIXTURES, npy, maxAbsDiff } from './harness.js';
 import { clearWeightsCache } from '/pkg/websam.js';
 
 const DECODER = FIXTURES + 'sam_decoder.safetensors';
 const CACHE = 'websam-weights-v1';
-
-async function failure(fn) {
-  try {
-    await fn();
-    return { error: false };
-  } catch (e) {
-    return { error: e instanceof Error, name: e?.name, message: String(e?.message ?? e) };
-  }
-}
 
 /** `integrity` right and wrong, by URL (network and cache) and from bytes. */
 export async function integrity(api, good) {
