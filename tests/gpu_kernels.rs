@@ -190,3 +190,20 @@ fn buffers_freed_while_recording_serve_later_ops_but_not_uploads() {
         "chain with an upload",
     );
 }
+
+/// ReLU keeps NaN as PyTorch's does (`max(x, 0)` may drop it), on this adapter. WGSL lets an
+/// implementation assume no NaN, so this holds where the driver keeps them (lavapipe does); the
+/// CPU path keeps them everywhere.
+#[test]
+fn relu_keeps_nan() {
+    let x = candle_core::Tensor::new(
+        &[-1f32, 0.5, f32::NAN, f32::NEG_INFINITY, f32::INFINITY],
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let out = run(|rec| Ok(vec![unary(rec, &up(&x), Unary::Relu)?]));
+    let y = &out[0];
+    assert_eq!(&y[..2], &[0.0, 0.5]);
+    assert!(y[2].is_nan(), "ReLU(NaN) = {}", y[2]);
+    assert_eq!(&y[3..], &[0.0, f32::INFINITY]);
+}
