@@ -158,24 +158,6 @@ fn mobile_sam_matches_pytorch(ctx: &GpuContext, label: &str) -> u64 {
     largest
 }
 
-#[test]
-fn mobile_sam_encodes_and_decodes_at_default_limits() {
-    let defaults = wgpu::Limits::default();
-    let ctx = ctx_at(defaults.clone(), "WebGPU's default limits");
-    assert_eq!(
-        ctx.limits().max_storage_buffer_binding_size,
-        defaults.max_storage_buffer_binding_size
-    );
-    assert_eq!(ctx.limits().max_buffer_size, defaults.max_buffer_size);
-    let largest = mobile_sam_matches_pytorch(&ctx, "defaults");
-    // The need stated in `minimum_limits` holds what the model allocated.
-    let need = minimum_limits().max_storage_buffer_binding_size;
-    assert!(
-        largest <= need,
-        "the largest buffer ({largest} bytes) is over the stated need ({need})"
-    );
-}
-
 /// Decoding from an embedding (the CLI's `decode`, a page given a `.npy`) needs far smaller
 /// buffers than encoding: what a device with small bindings can still do.
 #[test]
@@ -206,11 +188,18 @@ fn decoding_alone_needs_small_buffers() {
 }
 
 /// At the least the engine says it needs (workgroup memory, bindings, 64 MiB buffers...), the
-/// same model still runs: the needs are not understated.
+/// model encodes and decodes as PyTorch does: the needs are not understated. These are at or
+/// below WebGPU's defaults everywhere (the test above), and every other GPU test runs at the
+/// defaults, so this is the one full run at other limits.
 #[test]
 fn mobile_sam_encodes_and_decodes_at_the_engines_minimum_limits() {
     let ctx = ctx_at(minimum_limits(), "the engine's minimum limits");
-    mobile_sam_matches_pytorch(&ctx, "minimum");
+    let largest = mobile_sam_matches_pytorch(&ctx, "minimum");
+    let need = minimum_limits().max_storage_buffer_binding_size;
+    assert!(
+        largest <= need,
+        "the largest buffer ({largest} bytes) is over the stated need ({need})"
+    );
 }
 
 #[test]
