@@ -488,3 +488,21 @@ fn relu_keeps_nan_as_pytorch_does() {
     assert_eq!(y[3], 0.0);
     assert!(Activation::Relu.apply(f32::NAN).is_nan());
 }
+
+/// Found by fuzzing (fuzz/regressions/js_values/amg-downscale-pow-overflow): a crop layer's
+/// `cropNPointsDownscaleFactor ^ layer` overflowed. Python's integers give 0 points there.
+#[test]
+fn a_huge_downscale_factor_gives_empty_grids_not_an_overflow() {
+    let opts = websam::amg::GeneratorOptions::from_json(
+        r#"{"pointsPerSide": 32, "cropNLayers": 3, "cropNPointsDownscaleFactor": 4294967296}"#,
+    )
+    .unwrap();
+    let grids = opts.point_grids().unwrap();
+    assert_eq!(grids[0].len(), 32 * 32);
+    assert!(grids[1..].iter().all(Vec::is_empty));
+    let grids = websam::amg::build_all_layer_point_grids(32, 3, usize::MAX);
+    assert_eq!(
+        grids.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1024, 0, 0, 0]
+    );
+}

@@ -180,10 +180,11 @@ pub fn build_point_grid(n: usize) -> Vec<[f64; 2]> {
         .collect()
 }
 
-/// `build_all_layer_point_grids`: the grid of each crop layer, `n / scale^i` points per side.
+/// `build_all_layer_point_grids`: the grid of each crop layer, `n / scale^i` points per side
+/// (0 where `scale^i` is beyond any `n`, as Python's integers give it).
 pub fn build_all_layer_point_grids(n: usize, layers: usize, scale: usize) -> Vec<Vec<[f64; 2]>> {
     (0..=layers)
-        .map(|i| build_point_grid(n / scale.pow(i as u32)))
+        .map(|i| build_point_grid(scale.checked_pow(i as u32).map_or(0, |d| n / d)))
         .collect()
 }
 
