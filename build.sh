@@ -5,10 +5,13 @@
 #   ./build.sh run     build the CLI and segment a sample photograph with MobileSAM (args override)
 #   ./build.sh build   release builds: the native CLI, and pkg/ (the npm package: wasm, JS API, .d.ts)
 #   ./build.sh serve   the main job: the demo page with MobileSAM on 127.0.0.1 (PORT; pkg/ built if stale)
-#   ./build.sh test    fmt, clippy (native, wasm32), native tests, Chromium tests of the engine, of
-#                      the package (pkg/) through its JS API, of a Vite app and of the demo page
+#   ./build.sh test    fmt, clippy (native, wasm32), native tests, 10 s of each fuzz target,
+#                      Chromium tests of the engine, of the package (pkg/) through its JS API,
+#                      of a Vite app and of the demo page
 #   ./build.sh bench   websam against its peers, side by side (not in the tests; installs PyTorch)
 #   ./build.sh device  prepare websam vs PyTorch on a lent GPU machine (bench/DEVICE.md)
+#   ./build.sh fuzz [SECONDS]  cargo-fuzz (libFuzzer, nightly) on each target in fuzz/ for SECONDS
+#                      (300 by default): the loaders, the weights-to-model mapping, the JS values
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -81,6 +84,11 @@ setup() {
   elif ! rustup component list --toolchain nightly --installed | grep -q "^rust-src"; then
     log "adding rust-src to the nightly toolchain (the threaded wasm build)"
     rustup component add rust-src --toolchain nightly
+  fi
+  # cargo-fuzz (libFuzzer) drives the fuzz targets in fuzz/ on that nightly toolchain.
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked
   fi
   fetch_model
 }
@@ -280,6 +288,12 @@ test_all() {
   cargo clippy --lib --target "$WASM_TARGET" --features threads -- -D warnings
   log "cargo test (native; GPU tests on the first adapter found, lavapipe without a GPU)"
   cargo test
+  # Each fuzz target for a short fixed time, without ASan (its cold build takes much longer);
+  # `./build.sh fuzz [SECONDS]` is the long run (docs/RELIABILITY.md).
+  FUZZ_SANITIZER=none fuzz 10
+  # A short run of every fuzz target, the crash reproducers of fuzz/regressions/ first (no ASan:
+  # panics, aborts, hangs and out-of-memory are still caught; ./build.sh fuzz has ASan).
+  FUZZ_SANITIZER=none FUZZ_CODEGEN_UNITS=16 FUZZ_TARGETS="" fuzz "${FUZZ_TEST_SECONDS:-15}"
   # Release profile: the browser tests and the wasm32 build below share their compiled deps.
   log "GPU engine tests in headless Chromium (WebGPU: SwiftShader here)"
   CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}" \
@@ -290,6 +304,77 @@ test_all() {
   node_modules/.bin/tsc -p tests/types/tsconfig.json
   log "headless Chromium: the package (Sam, SamWorker; WebGPU and CPU), a Vite app, the demo page"
   node --test --test-concurrency=1 --test-reporter=spec tests/browser/
+}
+
+# Fuzzing: fuzz/ is a cargo-fuzz package (its own workspace and lock file) with one libFuzzer
+# target per input that comes from outside: the checkpoint readers (pth, safetensors), .npy
+# embeddings (npy), valid containers with wrong keys, shapes and dtypes (weights_to_model), the
+# values the JS API passes in (js_values) and image files (image). The committed seeds
+# (fuzz/seeds/<target>/) are copied into the working corpus fuzz/corpus/<target>/ (ignored: it
+# keeps what libFuzzer adds, run after run, without it ever reaching a commit); the reproducers
+# of crashes found (fuzz/regressions/<target>/) are run first, as a second corpus folder, so a
+# crash that comes back fails at once. A crash, a leak, an out-of-memory (over 2 GB of RSS, or
+# one allocation over 1 GB) or a run over 10 s fails the target: its input is written to
+# fuzz/artifacts/<target>/ and the command exits non-zero once every target has run.
+# FUZZ_SANITIZER=none builds without ASan and FUZZ_CODEGEN_UNITS=16 with parallel codegen (what
+# the test command's short run uses: a cold build on 2 cores spends about 15 CPU minutes with
+# ASan, 11 without; 16 units use both cores better); FUZZ_TARGETS picks targets (space separated).
+FUZZ_TARGETS_ALL=(pth safetensors npy weights_to_model js_values image)
+FUZZ_LIBFUZZER_ARGS=(-rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 -print_final_stats=1)
+# weights_to_model runs about 1 to 10 inputs a second (each builds a model): libFuzzer's slow
+# growth of the input length would keep it to a few ops for the whole run.
+declare -A FUZZ_TARGET_ARGS=([weights_to_model]="-len_control=0 -max_len=2048")
+
+fuzz() {
+  local seconds="${1:-300}" sanitizer="${FUZZ_SANITIZER:-address}"
+  local targets
+  read -r -a targets <<<"${FUZZ_TARGETS:-${FUZZ_TARGETS_ALL[*]}}"
+  local cgu="${FUZZ_CODEGEN_UNITS:-}"
+  local target_dir="target/$sanitizer${cgu:+-cgu$cgu}"
+  local build_args=(--sanitizer "$sanitizer" --target-dir "$target_dir" ${cgu:+--codegen-units "$cgu"})
+  log "cargo fuzz build (sanitizer $sanitizer, ${targets[*]})"
+  # One `cargo fuzz build` builds every target; it takes at most one name.
+  if [ ${#targets[@]} -eq ${#FUZZ_TARGETS_ALL[@]} ]; then
+    (cd fuzz && cargo +nightly fuzz build "${build_args[@]}")
+  else
+    for t in "${targets[@]}"; do
+      (cd fuzz && cargo +nightly fuzz build "${build_args[@]}" "$t")
+    done
+  fi
+  local bin="fuzz/$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
+  local failed=() summary=() t log_file
+  for t in "${targets[@]}"; do
+    mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t" "fuzz/regressions/$t"
+    cp -n "fuzz/seeds/$t"/* "fuzz/corpus/$t/" 2>/dev/null || true
+    log "fuzzing $t for ${seconds}s"
+    log_file="fuzz/artifacts/$t/last-run.log"
+    local rc=0
+    # shellcheck disable=SC2086 # the per-target arguments split on spaces
+    "$bin/$t" "fuzz/corpus/$t" "fuzz/regressions/$t" "${FUZZ_LIBFUZZER_ARGS[@]}" ${FUZZ_TARGET_ARGS[$t]:-} \
+      -max_total_time="$seconds" -artifact_prefix="fuzz/artifacts/$t/" >"$log_file" 2>&1 || rc=$?
+    # libFuzzer's last status line: "#N DONE cov: C ft: F corp: K/SIZE ... exec/s: E rss: R".
+    local status execs cov corp eps
+    status=$(grep -E '^#[0-9]+' "$log_file" | tail -n1)
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log_file" | tail -n1)
+    cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$status")
+    corp=$(sed -n 's/.* corp: \([^ ]*\).*/\1/p' <<<"$status")
+    eps=$(sed -n 's/.* exec\/s: \([0-9]*\).*/\1/p' <<<"$status")
+    local crashes=0 verdict=ok
+    if [ "$rc" -ne 0 ]; then
+      crashes=1
+      verdict="FAILED (exit $rc): $(grep -m1 -oE "ERROR: libFuzzer: [a-z-]+|panicked at [^ ]*|ERROR: AddressSanitizer: [a-z-]+" "$log_file" || echo "see $log_file")"
+      failed+=("$t")
+      grep -E "panicked at|^ERROR|SUMMARY|Test unit written" -A2 "$log_file" | head -n 20 >&2 || true
+    fi
+    summary+=("$(printf '%-17s execs %-10s exec/s %-7s cov %-6s corpus %-14s crashes %s  %s' \
+      "$t" "${execs:-?}" "${eps:-?}" "${cov:-?}" "${corp:-?}" "$crashes" "$verdict")")
+  done
+  log "fuzzing summary (${seconds}s a target, sanitizer $sanitizer; logs in fuzz/artifacts/<target>/last-run.log)"
+  printf '%s\n' "${summary[@]}" >&2
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "fuzzing found crashes in: ${failed[*]} (reproducers in fuzz/artifacts/<target>/)" >&2
+    return 1
+  fi
 }
 
 # Side-by-side benchmark (not part of the tests): websam's CLI natively and candle-transformers'
@@ -357,8 +442,9 @@ case "$cmd" in
   test) test_all ;;
   bench) bench ;;
   device) cargo build --release --bin websam && bash bench/device-prepare.sh ;;
+  fuzz) fuzz "$@" ;;
   *)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

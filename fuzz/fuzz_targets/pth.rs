@@ -1,0 +1,10 @@
+//! `.pth` / `.pt` checkpoints (torch's zip: a pickle and raw storages): any bytes must give Ok or
+//! an error, never a panic, an abort, a hang or an allocation the file cannot back.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use websam::model::weights::Weights;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = Weights::from_pth_bytes(data);
+});
