@@ -459,6 +459,15 @@ export function generateOptions(options, call) {
   return { json: JSON.stringify(generator), outputMode, onProgress, signal };
 }
 
+/**
+ * The message of a call cut short by a panic (or any trap) in the wasm module: its message, and
+ * whether the package reloads the model itself.
+ */
+export function panicMessage(panic, reloaded) {
+  return `websam stopped on an internal error (${panic}); ${reloaded
+    ? 'the model is reloaded on the next call' : 'load the model again'}`;
+}
+
 /** What an aborted generate rejects with: the signal's reason, else an AbortError. */
 export function abortReason(signal) {
   return signal?.reason ?? new DOMException('generate was aborted', 'AbortError');

@@ -8,8 +8,8 @@ import initThreaded, {
   WebSam as WebSamThreaded, initThreadPool, threadResources,
 } from './websam_core_mt.js';
 import {
-  CACHE_NAME, abortReason, generateOptions, loadOptions, readWeights, recordsIn, toEmbedding,
-  toPrompt, toRgba, withMaskLogits,
+  CACHE_NAME, abortReason, generateOptions, loadOptions, panicMessage, readWeights, recordsIn,
+  toEmbedding, toPrompt, toRgba, withMaskLogits,
 } from './internal.js';
 
 export { decodeMask } from './internal.js';
@@ -17,18 +17,18 @@ export { decodeMask } from './internal.js';
 let wasmReady = null;
 
 /**
- * A panic (or a failed memory growth, or any trap) leaves a wasm instance unusable. Each
- * instance has a generation; the Sams on it are told when it dies, reject the call in flight,
+ * A panic (or a failed memory growth, or any trap) leaves a wasm instance unusable. The Sams
+ * on an instance listen for its death and reject the call in flight,
  * and on their next call the package replaces the instance (`__wbg_reset_state`: the same
  * compiled module, fresh memory) once for all of them and rebuilds each model.
  */
-const single = { generation: 0, dead: false, sams: new Set() };
+const single = { dead: false, listeners: new Set() };
 
 /** Marks `instance` dead and tells its Sams, once per death. */
 function instanceDied(instance, message) {
   if (instance.dead) return;
   instance.dead = true;
-  for (const sam of instance.sams) sam.died(message);
+  for (const listener of instance.listeners) listener(message);
 }
 
 /** A trap reported by the browser (a call in a microtask traps outside any promise chain). */
@@ -45,7 +45,6 @@ function watchTraps(instance) {
 function renewSingle() {
   if (!single.dead) return;
   resetWasm();
-  single.generation += 1;
   single.dead = false;
   WebSam.setPanicHandler((message) => instanceDied(single, message));
 }
@@ -135,7 +134,7 @@ function initThreads(n) {
       initThreadPool(n);
       // Its memory is shared with the pool's threads: a dead instance cannot be replaced in
       // place (SamWorker replaces its whole worker instead).
-      const instance = { generation: 0, dead: false, sams: new Set() };
+      const instance = { dead: false, listeners: new Set() };
       WebSamThreaded.setPanicHandler((message) => instanceDied(instance, message));
       watchTraps(instance);
       return { WebSam: WebSamThreaded, threads: n, instance, renew: null };
@@ -152,8 +151,7 @@ function asError(e) {
 
 /** The error of a call cut short by a panic: `fatal` marks it for SamWorker. */
 function panicError(message, recoverable) {
-  const e = new Error(`websam stopped on an internal error (${message}); ${recoverable
-    ? 'the model is reloaded on the next call' : 'load the model again'}`);
+  const e = new Error(panicMessage(message, recoverable));
   e.fatal = true;
   e.panic = message;
   return e;
@@ -167,8 +165,6 @@ export class Sam {
   #disposed = false;
   /** The module: `{ WebSam, instance, renew }` (see `instanceDied`). */
   #module;
-  /** The instance generation `#core` lives on. */
-  #generation;
   /** Rebuilds the model after a panic: `{ weights(), backend, precision }`. */
   #rebuild;
   /** What the model was last given, set again after a rebuild: `[method, ...args]`. */
@@ -177,6 +173,11 @@ export class Sam {
   #onDeath = null;
   /** The message of the panic that killed `#core`, until it is rebuilt. */
   #death = null;
+  /** Told when the instance under `#core` dies (a panic, a failed memory growth). */
+  #listener = (message) => {
+    this.#death = message;
+    this.#onDeath?.(panicError(message, Boolean(this.#module.renew)));
+  };
 
   /** Use `Sam.load`. */
   constructor(core, secret, threads, module, rebuild) {
@@ -184,28 +185,18 @@ export class Sam {
     this.#core = core;
     this.#threads = threads;
     this.#module = module;
-    this.#generation = module.instance.generation;
     this.#rebuild = rebuild;
-    module.instance.sams.add(this);
-  }
-
-  /** Called when the wasm instance under this model dies (a panic, a failed memory growth). */
-  died(message) {
-    this.#death = message;
-    this.#onDeath?.(panicError(message, Boolean(this.#module.renew)));
+    module.instance.listeners.add(this.#listener);
   }
 
   /** A fresh model on a fresh instance, with the last image or embedding set again. */
   async #revive() {
-    const { instance, renew } = this.#module;
+    const { renew } = this.#module;
     if (!renew) throw panicError(this.#death, false);
     renew();
-    instance.sams.delete(this);
     const bytes = await this.#rebuild.weights();
     this.#core = await this.#module.WebSam.load(bytes, this.#rebuild.backend, this.#rebuild.precision);
-    this.#generation = instance.generation;
     this.#death = null;
-    instance.sams.add(this);
     if (this.#input) {
       const [method, ...args] = this.#input;
       await this.#core[method](...args);
@@ -285,11 +276,7 @@ export class Sam {
   #run(name, fn) {
     const next = this.#queue.then(async () => {
       if (this.#disposed) throw new Error(`${name}: this model was disposed`);
-      if (this.#death !== null || this.#generation !== this.#module.instance.generation
-        || this.#module.instance.dead) {
-        this.#death ??= 'the module was replaced';
-        await this.#revive();
-      }
+      if (this.#death !== null) await this.#revive();
       const death = new Promise((_, reject) => { this.#onDeath = reject; });
       try {
         return await Promise.race([fn(this.#core), death]);
@@ -410,7 +397,7 @@ export class Sam {
     if (this.#disposed) return;
     this.#disposed = true;
     this.#queue.then(() => {
-      this.#module.instance.sams.delete(this);
+      this.#module.instance.listeners.delete(this.#listener);
       if (this.#death === null) this.#core.free();
       this.#input = null;
     });

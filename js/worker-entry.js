@@ -78,11 +78,6 @@ function model() {
 }
 
 async function handle({ id, op, args }) {
-  if (op === 'dispose') {
-    sam?.dispose();
-    self.close();
-    return;
-  }
   try {
     if (!Object.hasOwn(ops, op)) throw new Error(`unknown operation ${op}`);
     const [result, transfer] = await ops[op](id, args);
@@ -103,8 +98,7 @@ self.addEventListener('unhandledrejection', (e) => {
   if (e.reason instanceof WebAssembly.RuntimeError) e.preventDefault();
 });
 
-// One message at a time, in order: `dispose` closes the worker only after the replies to the
-// calls made before it.
+// One message at a time, in order (SamWorker's dispose terminates the worker from outside).
 let chain = Promise.resolve();
 self.onmessage = ({ data }) => {
   if (data?.op === 'abort') {

@@ -1,18 +1,13 @@
 // SamWorker: the Sam API with the model in a module worker, so the page never blocks. Inputs are
 // checked and images read to RGBA here; buffers cross to and from the worker transferred.
 import {
-  abortReason, generateOptions, loadOptions, recordsIn, resolveUrl, toEmbedding, toPrompt, toRgba,
+  abortReason, generateOptions, loadOptions, panicMessage, recordsIn, resolveUrl, toEmbedding, toPrompt,
+  toRgba,
 } from './internal.js';
 
 export { decodeMask } from './internal.js';
 
 const ERRORS = { TypeError, RangeError, Error };
-
-/** The message of a call cut short by a panic in the worker. */
-function panicMessage(panic, restarts) {
-  return `websam stopped on an internal error (${panic}); ${restarts
-    ? 'the model is reloaded on the next call' : 'load the model again'}`;
-}
 
 export class SamWorker {
   #worker;

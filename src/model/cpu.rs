@@ -246,8 +246,7 @@ impl Backend for Cpu {
     fn activation(&mut self, x: &Tensor, act: Activation) -> Result<Tensor> {
         match act {
             Activation::None => Ok(x.clone()),
-            Activation::Relu => ops::relu(&contiguous(x)?),
-            Activation::Gelu => ops::gelu(&contiguous(x)?),
+            Activation::Relu | Activation::Gelu => ops::activation(&contiguous(x)?, act),
         }
     }
 

@@ -7,24 +7,12 @@ use crate::error::Result;
 use crate::model::conv::{Activation, Epilogue};
 use crate::threads;
 
-/// GELU, exact erf form (PyTorch's `nn.GELU()` default), through the vectorizable
-/// [`crate::model::conv::erf`] on a copy of `x`.
-pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    let epilogue = Epilogue {
-        bias: None,
-        act: Activation::Gelu,
-    };
-    epilogue.apply(x.copy()?)
-}
-
-/// `max(x, 0)` as PyTorch's ReLU: a NaN stays NaN (candle's `relu` and `f32::max` turn it
-/// into 0, which hides a broken input behind plausible outputs).
-pub fn relu(x: &Tensor) -> Result<Tensor> {
-    let epilogue = Epilogue {
-        bias: None,
-        act: Activation::Relu,
-    };
-    epilogue.apply(x.copy()?)
+/// `act(x)` on a copy of `x`, as the fused epilogues apply it: GELU in its exact erf form
+/// (PyTorch's `nn.GELU()` default) through the vectorizable [`crate::model::conv::erf`]; ReLU
+/// keeping NaN as PyTorch's does (candle's `relu` and `f32::max` turn it into 0, which hides a
+/// broken input behind plausible outputs).
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Epilogue { bias: None, act }.apply(x.copy()?)
 }
 
 /// `x` laid out contiguously, copied on the crate's threads when it is a strided view (candle's

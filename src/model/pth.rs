@@ -88,6 +88,15 @@ impl Shadow {
     }
 }
 
+fn check_depth(depth: usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(bad(format!(
+            "pickle nests deeper than {MAX_DEPTH} levels: not a checkpoint"
+        )));
+    }
+    Ok(())
+}
+
 /// The opcode walk of [`check_pickle`].
 struct Checker<'a> {
     data: &'a [u8],
@@ -130,11 +139,7 @@ impl<'a> Checker<'a> {
     }
 
     fn push(&mut self, s: Shadow) -> Result<()> {
-        if s.depth > MAX_DEPTH {
-            return Err(bad(format!(
-                "pickle nests deeper than {MAX_DEPTH} levels: not a checkpoint"
-            )));
-        }
+        check_depth(s.depth)?;
         self.count(s.nodes)?;
         self.stack.push(s);
         Ok(())
@@ -180,12 +185,7 @@ impl<'a> Checker<'a> {
             top.depth = top.depth.max(c.depth + 1);
             top.nodes += c.nodes;
         }
-        if top.depth > MAX_DEPTH {
-            return Err(bad(format!(
-                "pickle nests deeper than {MAX_DEPTH} levels: not a checkpoint"
-            )));
-        }
-        Ok(())
+        check_depth(top.depth)
     }
 
     fn memo_get(&mut self, id: u32) -> Result<()> {
@@ -321,21 +321,18 @@ impl<'a> Checker<'a> {
                         self.push(Shadow::parent(Kind::Other, &[callable, args]))?;
                     }
                 }
-                b'h' => {
-                    let id = self.take(1, "BINGET")?[0] as u32;
-                    self.memo_get(id)?;
-                }
-                b'j' => {
-                    let id = self.u32_arg("LONG_BINGET")?;
-                    self.memo_get(id)?;
-                }
-                b'q' => {
-                    let id = self.take(1, "BINPUT")?[0] as u32;
-                    self.memo_put(id)?;
-                }
-                b'r' => {
-                    let id = self.u32_arg("LONG_BINPUT")?;
-                    self.memo_put(id)?;
+                // BINGET, LONG_BINGET, BINPUT, LONG_BINPUT: a 1- or 4-byte memo index.
+                b'h' | b'j' | b'q' | b'r' => {
+                    let id = if matches!(op, b'h' | b'q') {
+                        self.take(1, "a memo index")?[0] as u32
+                    } else {
+                        self.u32_arg("a memo index")?
+                    };
+                    if matches!(op, b'h' | b'j') {
+                        self.memo_get(id)?;
+                    } else {
+                        self.memo_put(id)?;
+                    }
                 }
                 b'.' => {
                     if self.stack.is_empty() {

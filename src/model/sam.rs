@@ -808,7 +808,7 @@ impl PromptTensors {
 /// Reads an `.npy` array held in memory as f32 (f32 or f16 stored, C order).
 pub fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     let bad = |e: std::io::Error| Error::invalid(format!("not a readable .npy array: {e}"));
-    check_npy_shape(bytes)?;
+    let count = npy_element_count(bytes)?;
     let npy = npyz::NpyFile::new(bytes).map_err(bad)?;
     if npy.order() != npyz::Order::C {
         return Err(Error::invalid(
@@ -821,11 +821,7 @@ pub fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         npyz::DType::Plain(t) => t.size_field().max(1),
         _ => 1,
     };
-    let claimed = npy
-        .shape()
-        .iter()
-        .try_fold(elem, |n, &d| n.checked_mul(d))
-        .filter(|&n| n <= bytes.len() as u64);
+    let claimed = count.checked_mul(elem).filter(|&n| n <= bytes.len() as u64);
     if claimed.is_none() {
         return Err(Error::invalid(format!(
             ".npy header claims shape {:?} of {elem}-byte values: more than the file's {} bytes",
@@ -856,10 +852,10 @@ pub fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     Ok((shape, data))
 }
 
-/// Reads the shape in an `.npy` header and errors when its element count overflows 64 bits
-/// (the header reader multiplies the dims unchecked). What the header means is read by npyz
-/// after this; this only proves the product is safe to take.
-fn check_npy_shape(bytes: &[u8]) -> Result<()> {
+/// The element count of the shape in an `.npy` header, read before npyz reads it: an error when
+/// it overflows 64 bits (npyz multiplies the dims unchecked) or the header is nested. What the
+/// header means is read by npyz after this; this only proves it safe to read.
+fn npy_element_count(bytes: &[u8]) -> Result<u64> {
     let bad = |why: &str| Err(Error::invalid(format!("not a readable .npy array: {why}")));
     if bytes.len() < 10 || !bytes.starts_with(b"\x93NUMPY") {
         return bad("no .npy magic");
@@ -879,8 +875,12 @@ fn check_npy_shape(bytes: &[u8]) -> Result<()> {
     // A plain array's header is one flat dict with one tuple: anything nested (structured
     // dtypes, or braces no writer makes) is refused before npyz's parser, which takes
     // exponential time on nesting (a 200-byte header ran for more than 10 s under the fuzzer).
-    let count = |c: char| header.matches(c).count();
-    if count('{') != 1 || count('}') != 1 || count('(') > 1 || count('[') > 0 {
+    let occurrences = |c: char| header.matches(c).count();
+    if occurrences('{') != 1
+        || occurrences('}') != 1
+        || occurrences('(') > 1
+        || occurrences('[') > 0
+    {
         return bad("the header is not that of a plain array (nested brackets)");
     }
     let mut found = header.match_indices("shape");
@@ -911,7 +911,7 @@ fn check_npy_shape(bytes: &[u8]) -> Result<()> {
             ))
         })?;
     }
-    Ok(())
+    Ok(count)
 }
 
 /// Errors unless `(x, y)` lies on the image (edges included).

@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { serve } from '../../tools/serve.mjs';
-import { launch, open } from './browser.mjs';
+import { launch, runInPage } from './browser.mjs';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 let server;
@@ -25,17 +25,8 @@ after(async () => {
  * Runs `harness[fn](...args)` in a fresh page (own context: own Cache API store), from `base`
  * (default: the plain server).
  */
-async function inPage(fn, args = [], options = {}, base = server.url) {
-  const page = await open(browser, `${base}/tests/browser/blank.html`, options);
-  try {
-    return await page.evaluate(async ([name, a]) => {
-      const harness = await import('/tests/browser/harness.js');
-      return harness[name](...a);
-    }, [fn, args]);
-  } finally {
-    await page.context().close();
-  }
-}
+const inPage = (fn, args = [], options = {}, base = server.url) =>
+  runInPage(browser, base, '/tests/browser/harness.js', fn, args, options);
 
 const TOLERANCE = 1e-3;
 const ms = (x) => `${x.toFixed(1)} ms`;

@@ -23,3 +23,19 @@ export async function open(browser, url, { init } = {}) {
   await page.goto(url);
   return page;
 }
+
+/**
+ * Runs `harness[fn](...args)` in a fresh page at `${base}/tests/browser/blank.html` (own
+ * context: own Cache API store), `harness` being the module at `modulePath`; returns its result.
+ */
+export async function runInPage(browser, base, modulePath, fn, args = [], options = {}) {
+  const page = await open(browser, `${base}/tests/browser/blank.html`, options);
+  try {
+    return await page.evaluate(async ([path, name, a]) => {
+      const harness = await import(path);
+      return harness[name](...a);
+    }, [modulePath, fn, args]);
+  } finally {
+    await page.context().close();
+  }
+}

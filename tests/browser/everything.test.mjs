@@ -8,7 +8,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { serve } from '../../tools/serve.mjs';
-import { launch, open } from './browser.mjs';
+import { launch, runInPage } from './browser.mjs';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 let server;
@@ -23,17 +23,7 @@ after(async () => {
   await server?.close();
 });
 
-async function inPage(fn, args) {
-  const page = await open(browser, `${server.url}/tests/browser/blank.html`);
-  try {
-    return await page.evaluate(async ([name, a]) => {
-      const harness = await import('/tests/browser/everything-harness.js');
-      return harness[name](...a);
-    }, [fn, args]);
-  } finally {
-    await page.context().close();
-  }
-}
+const inPage = (fn, args) => runInPage(browser, server.url, '/tests/browser/everything-harness.js', fn, args);
 
 function check(label, r, scoreTolerance) {
   console.log(`${label}: ${r.count} records (reference ${r.reference}), ${r.flips} pixels differ in the band, `

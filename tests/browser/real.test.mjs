@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { serve } from '../../tools/serve.mjs';
-import { launch, open } from './browser.mjs';
+import { launch, runInPage } from './browser.mjs';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 let server;
@@ -28,17 +28,7 @@ after(async () => {
   await server?.close();
 });
 
-async function inPage(fn, args) {
-  const page = await open(browser, `${server.url}/tests/browser/blank.html`);
-  try {
-    return await page.evaluate(async ([name, a]) => {
-      const harness = await import('/tests/browser/real-harness.js');
-      return harness[name](...a);
-    }, [fn, args]);
-  } finally {
-    await page.context().close();
-  }
-}
+const inPage = (fn, args) => runInPage(browser, server.url, '/tests/browser/real-harness.js', fn, args);
 
 const TOLERANCE = 2e-4;
 const EMBEDDING_TOLERANCE = 1e-3;

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { serve } from '../../tools/serve.mjs';
-import { launch, open } from './browser.mjs';
+import { launch, runInPage } from './browser.mjs';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 let server;
@@ -23,17 +23,8 @@ after(async () => {
   await server?.close();
 });
 
-async function inPage(fn, args = []) {
-  const page = await open(browser, `${server.url}/tests/browser/blank.html`);
-  try {
-    return await page.evaluate(async ([name, a]) => {
-      const harness = await import('/tests/browser/reliability-harness.js');
-      return harness[name](...a);
-    }, [fn, args]);
-  } finally {
-    await page.context().close();
-  }
-}
+const HARNESS = '/tests/browser/reliability-harness.js';
+const inPage = (fn, args) => runInPage(browser, server.url, HARNESS, fn, args);
 
 const DECODER = 'tests/fixtures/sam_decoder.safetensors';
 const sri = `sha256-${createHash('sha256').update(readFileSync(new URL(`../../${DECODER}`, import.meta.url))).digest('base64')}`;
@@ -118,16 +109,8 @@ describe('soak (short)', () => {
   });
 
   test('SamWorker on the CPU: 150 predicts and 15 setEmbedding over 10 images, memory flat after warm-up', async () => {
-    const page = await open(browser, `${isolated.url}/tests/browser/blank.html`);
-    let r;
-    try {
-      r = await page.evaluate(async () => {
-        const harness = await import('/tests/browser/reliability-harness.js');
-        return harness.soak('SamWorker', { predicts: 150, sets: 15, inputs: 10, samples: 10 });
-      });
-    } finally {
-      await page.context().close();
-    }
+    const r = await runInPage(browser, isolated.url, HARNESS, 'soak',
+      ['SamWorker', { predicts: 150, sets: 15, inputs: 10, samples: 10 }]);
     const s = r.samples;
     assert.equal(s.at(-1).predicts, 150);
     const warm = s[Math.floor(s.length / 3)];
