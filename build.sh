@@ -288,12 +288,10 @@ test_all() {
   cargo clippy --lib --target "$WASM_TARGET" --features threads -- -D warnings
   log "cargo test (native; GPU tests on the first adapter found, lavapipe without a GPU)"
   cargo test
-  # Each fuzz target for a short fixed time, without ASan (its cold build takes much longer);
-  # `./build.sh fuzz [SECONDS]` is the long run (docs/RELIABILITY.md).
-  FUZZ_SANITIZER=none fuzz 10
   # A short run of every fuzz target, the crash reproducers of fuzz/regressions/ first (no ASan:
-  # panics, aborts, hangs and out-of-memory are still caught; ./build.sh fuzz has ASan).
-  FUZZ_SANITIZER=none FUZZ_CODEGEN_UNITS=16 FUZZ_TARGETS="" fuzz "${FUZZ_TEST_SECONDS:-15}"
+  # its cold build takes much longer; panics, aborts, hangs and out-of-memory are still caught).
+  # `./build.sh fuzz [SECONDS]` is the long run, with ASan (docs/RELIABILITY.md).
+  FUZZ_SANITIZER=none FUZZ_CODEGEN_UNITS=16 fuzz "${FUZZ_TEST_SECONDS:-10}"
   # Release profile: the browser tests and the wasm32 build below share their compiled deps.
   log "GPU engine tests in headless Chromium (WebGPU: SwiftShader here)"
   CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}" \

@@ -50,6 +50,9 @@ try {
     const mb = (b) => (b / 1e6).toFixed(1);
     console.log(`${run.name}: ${last.predicts} predicts, ${last.sets} sets, ${((Date.now() - t) / 60000).toFixed(1)} min`);
     console.log(`  wasm memory ${mb(warm.wasmMemoryBytes)} MB after ${warm.predicts} predicts, ${mb(last.wasmMemoryBytes)} MB at the end`);
+    const heap = s.map((x) => x.heapInUseBytes).slice(s.indexOf(warm));
+    console.log(`  heap in use ${(warm.heapInUseBytes / 1e6).toFixed(3)} MB after ${warm.predicts} predicts, ` +
+      `${(Math.min(...heap) / 1e6).toFixed(3)} to ${(Math.max(...heap) / 1e6).toFixed(3)} MB from there to the end`);
     console.log(`  GPU pool ${mb(warm.gpuPoolBytes)} MB after warm-up, ${mb(last.gpuPoolBytes)} MB at the end`);
     const ua = s.filter((x) => x.uaBytes !== null);
     if (ua.length) console.log(`  page and workers (measureUserAgentSpecificMemory) ${ua.map((x) => `${mb(x.uaBytes)}@${x.predicts}`).join(', ')} MB`);
@@ -94,8 +97,8 @@ writeFileSync(new URL('out/soak.json', import.meta.url), JSON.stringify(results,
 const W = 720;
 const H = 220;
 const pad = 48;
-const colors = { wasmMemoryBytes: '#1f77b4', gpuPoolBytes: '#d62728', uaBytes: '#2ca02c' };
-const labels = { wasmMemoryBytes: 'wasm memory', gpuPoolBytes: 'GPU pool', uaBytes: 'page + workers (UA measure)' };
+const colors = { wasmMemoryBytes: '#1f77b4', heapInUseBytes: '#9467bd', gpuPoolBytes: '#d62728', uaBytes: '#2ca02c' };
+const labels = { wasmMemoryBytes: 'wasm memory', heapInUseBytes: 'heap in use', gpuPoolBytes: 'GPU pool', uaBytes: 'page + workers (UA measure)' };
 let svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H * results.length}" font-family="sans-serif" font-size="11">`;
 results.forEach((r, i) => {
   const y0 = i * H;

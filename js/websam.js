@@ -404,8 +404,9 @@ export class Sam {
   }
 
   /**
-   * What the model holds now: `{ wasmMemoryBytes, gpuPoolBytes }` (the module's memory, which
-   * only grows; the WebGPU buffer pool, 0 on the CPU). Answered after the calls already made.
+   * What the model holds now: `{ wasmMemoryBytes, heapInUseBytes, gpuPoolBytes }` (the module's
+   * memory, which only grows; the bytes allocated in it and not freed; the WebGPU buffer pool, 0
+   * on the CPU). Answered after the calls already made.
    */
   memoryStats() {
     return this.#run('memoryStats', (core) => core.memoryStats());

@@ -6,8 +6,10 @@
 //! predictor out for its duration, so an overlapping call is refused with an error rather than
 //! racing the one in flight.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -19,6 +21,54 @@ use crate::image::{ImageFrame, RgbImage};
 use crate::model::sam::{ImageEmbedding, Prompt};
 use crate::model::weights::Weights;
 use crate::predictor::{Backend, BackendChoice, Predictor};
+
+/// The module's allocator: the standard one, counting the bytes it has handed out and not yet
+/// taken back. Linear memory never shrinks and grows in steps the allocator's fragmentation
+/// decides, so it cannot tell a leak from a late step; the heap in use can (`memoryStats`).
+/// Written here rather than taken from a crate: one counter over `System`, nothing else.
+struct CountingAllocator;
+
+static HEAP_IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call goes to `System` unchanged; the counter only observes sizes.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is `System.alloc`'s.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            HEAP_IN_USE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as `alloc`.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            HEAP_IN_USE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` with this layout (every allocation goes through here).
+        unsafe { System.dealloc(ptr, layout) };
+        HEAP_IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as `dealloc`; on failure the old block stays allocated and counted.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            HEAP_IN_USE.fetch_add(new_size, Ordering::Relaxed);
+            HEAP_IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 /// The predictor and what the getters report while a call holds it.
 struct Shared {
@@ -267,9 +317,10 @@ impl WebSam {
         Ok(())
     }
 
-    /// What this model holds, for long-session checks: `{ wasmMemoryBytes, gpuPoolBytes }`
-    /// (the module's linear memory, which never shrinks; the GPU engine's buffer pool, 0 on the
-    /// CPU). Read between calls.
+    /// What this model holds, for long-session checks: `{ wasmMemoryBytes, heapInUseBytes,
+    /// gpuPoolBytes }` (the module's linear memory, which never shrinks; the bytes allocated in
+    /// it and not freed, of the whole module; the GPU engine's buffer pool, 0 on the CPU). Read
+    /// between calls.
     #[wasm_bindgen(js_name = memoryStats)]
     pub fn memory_stats(&self) -> Result<JsValue, JsValue> {
         let guard = self.shared.predictor.borrow();
@@ -278,6 +329,8 @@ impl WebSam {
         let wasm = core::arch::wasm32::memory_size(0) as f64 * 65536.0;
         let out = Object::new();
         set(&out, "wasmMemoryBytes", &JsValue::from(wasm))?;
+        let heap = HEAP_IN_USE.load(Ordering::Relaxed) as f64;
+        set(&out, "heapInUseBytes", &JsValue::from(heap))?;
         set(&out, "gpuPoolBytes", &JsValue::from(gpu as f64))?;
         Ok(out.into())
     }

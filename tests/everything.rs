@@ -226,7 +226,11 @@ fn gpu_real_small_grid() {
     check("real_small", BackendChoice::Gpu, GPU_SCORES);
 }
 
+// Its four crop encodes take about 3.5 minutes on lavapipe: out of the test command (the crop
+// layers' logic is the backend's only through the decode and encode that the other GPU cases and
+// the CPU crop cases check). `cargo test --test everything -- --ignored` runs it.
 #[test]
+#[ignore = "about 3.5 minutes on lavapipe; run with --ignored"]
 fn gpu_real_crop_layer() {
     check("real_crop_small", BackendChoice::Gpu, GPU_SCORES);
 }

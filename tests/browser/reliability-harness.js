@@ -203,10 +203,11 @@ async function uaMemory() {
 /**
  * A long session on one model: `predicts` predicts and `sets` setImage / setEmbedding calls
  * (alternating, when `images`) over `inputs` different images, memory sampled `samples` times:
- * the module's memory and the GPU pool (memoryStats) and, on a cross-origin isolated page, the
- * browser's own measure of the page and its workers.
+ * the module's memory, its heap in use and the GPU pool (memoryStats) and, on a cross-origin
+ * isolated page with `ua`, the browser's own measure of the page and its workers (it answers after
+ * a garbage collection of its choosing: up to a minute a sample).
  */
-export async function soak(api, { backend = 'cpu', predicts, sets, inputs = 10, images = false, samples = 20, threads }) {
+export async function soak(api, { backend = 'cpu', predicts, sets, inputs = 10, images = false, samples = 20, threads, ua = true }) {
   const A = apis[api];
   const weights = images ? FIXTURES + 'mobile_sam.pth' : DECODER;
   const sam = await A.load({ weights, backend, threads });
@@ -235,8 +236,8 @@ export async function soak(api, { backend = 'cpu', predicts, sets, inputs = 10, 
   let setCalls = 0;
   const sample = async (done) => {
     const stats = await sam.memoryStats();
-    const ua = done % (sampleEvery * 5) === 0 || done === predicts ? await uaMemory() : null;
-    out.push({ predicts: done, sets: setCalls, seconds: (performance.now() - t0) / 1000, ...stats, uaBytes: ua });
+    const measured = ua && (done % (sampleEvery * 5) === 0 || done === predicts) ? await uaMemory() : null;
+    out.push({ predicts: done, sets: setCalls, seconds: (performance.now() - t0) / 1000, ...stats, uaBytes: measured });
   };
   for (let i = 0; i < predicts; i++) {
     if (i % every === 0 && setCalls < sets) {
