@@ -451,6 +451,85 @@ fn attention_with_bias_and_wide_heads() {
     }
 }
 
+struct AttentionRelPos {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel: Tensor,
+    grid: (usize, usize),
+    scale: f32,
+}
+
+impl Case for AttentionRelPos {
+    fn params(&self) -> Vec<(Tensor, Param)> {
+        vec![]
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![
+            self.q.clone(),
+            self.k.clone(),
+            self.v.clone(),
+            self.rel.clone(),
+        ]
+    }
+    fn run<B: Backend>(&self, b: &mut B, _: &[B::Tensor], x: &[B::Tensor]) -> B::Tensor {
+        b.attention_rel_pos(&x[0], &x[1], &x[2], &x[3], self.grid, self.scale)
+            .unwrap()
+    }
+}
+
+#[test]
+fn attention_with_decomposed_relative_positions() {
+    // SAM ViT's windows (14 x 14, head dims 64 and ViT-H's 80), a global grid cut down to
+    // 40 x 40 (the CPU takes its queries in blocks only past 16 Mi scores: the 64 x 64 case
+    // runs in tests/vit.rs), and an odd non-square one.
+    for (b, h, (kh, kw), d) in [
+        (4, 3, (14, 14), 64),
+        (1, 2, (14, 14), 80),
+        (1, 2, (40, 40), 64),
+        (2, 3, (5, 7), 24),
+    ] {
+        let n = kh * kw;
+        let q = randn(&[b, h, n, d]);
+        let k = randn(&[b, h, n, d]);
+        let v = randn(&[b, h, n, d]);
+        let rel = randn(&[b, h, n, kh + kw]);
+        let scale = 1.0 / (d as f32).sqrt();
+        // add_decomposed_rel_pos: logits viewed [.., kh, kw] + rel_h[.., :, None] +
+        // rel_w[.., None, :].
+        let logits = (f64_of(&q).matmul(&f64_of(&k).t().unwrap()).unwrap() * scale as f64)
+            .unwrap()
+            .reshape((b, h, n, kh, kw))
+            .unwrap();
+        let rel64 = f64_of(&rel);
+        let rel_h = rel64.narrow(3, 0, kh).unwrap().unsqueeze(4).unwrap();
+        let rel_w = rel64.narrow(3, kh, kw).unwrap().unsqueeze(3).unwrap();
+        let logits = logits
+            .broadcast_add(&rel_h)
+            .unwrap()
+            .broadcast_add(&rel_w)
+            .unwrap()
+            .reshape((b, h, n, n))
+            .unwrap();
+        let attn = candle_nn::ops::softmax_last_dim(&logits).unwrap();
+        let want = attn.matmul(&f64_of(&v)).unwrap();
+        let case = AttentionRelPos {
+            q,
+            k,
+            v,
+            rel,
+            grid: (kh, kw),
+            scale,
+        };
+        check(
+            &case,
+            &want,
+            TOL,
+            &format!("attention with relative positions {b}x{h}, {kh}x{kw} keys, head dim {d}"),
+        );
+    }
+}
+
 struct Softmax(Tensor);
 
 impl Case for Softmax {

@@ -5,7 +5,9 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Precision;
-use crate::gpu::kernels::attention::{attention, attention_tokens, MAX_HEAD_DIM};
+use crate::gpu::kernels::attention::{
+    attention, attention_rel_pos, attention_tokens, MAX_HEAD_DIM,
+};
 use crate::gpu::kernels::conv::{conv2d, conv2d_residual, conv_transpose2x2, Conv2dOpts};
 use crate::gpu::kernels::elementwise::{binary, unary, Binary, Unary};
 use crate::gpu::kernels::layout::{concat, permute, slice, window_partition, window_reverse};
@@ -166,6 +168,18 @@ impl Backend for Gpu {
         };
         let attn = self.softmax(&logits)?;
         self.matmul(&attn, v, Gemm::default())
+    }
+
+    fn attention_rel_pos(
+        &mut self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        rel: &GpuTensor,
+        key_grid: (usize, usize),
+        scale: f32,
+    ) -> Result<GpuTensor> {
+        attention_rel_pos(&mut self.rec, q, k, v, rel, key_grid, scale)
     }
 
     fn multi_head_attention(

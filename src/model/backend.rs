@@ -202,6 +202,22 @@ pub trait Backend: Sized {
         bias: Option<&Self::Tensor>,
         scale: f32,
     ) -> Result<Self::Tensor>;
+    /// SAM ViT's attention with decomposed relative positions:
+    /// `softmax(scale * q @ k^T + rel_h[.., k / kw] + rel_w[.., k % kw]) @ v` for q, k and v
+    /// `[B, H, N, D]` over a `kh x kw` grid of keys (`Nk = kh * kw`, row-major), `rel`
+    /// `[B, H, Nq, kh + kw]`: each query's height terms, then its width terms. The
+    /// `[Nq, Nk]` scores are never held whole (the GPU keeps them in registers, the CPU takes
+    /// a block of queries at a time): global attention over 4096 tokens would need 64 MiB a
+    /// head.
+    fn attention_rel_pos(
+        &mut self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        rel: &Self::Tensor,
+        key_grid: (usize, usize),
+        scale: f32,
+    ) -> Result<Self::Tensor>;
     /// Multi-head attention of tokens as linear layers give them: q `[B, Nq, H * D]`, k and v
     /// `[B, Nk, H * D]` (or split into heads beforehand, `[B, H, Nk, D]`), head `h` in channels
     /// `h * D .. (h + 1) * D`; the result `[B, Nq, H * D]` holds each head's

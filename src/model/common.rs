@@ -1,9 +1,38 @@
-//! Layers every module uses: `nn.Linear`, `nn.LayerNorm`, and from
-//! `segment_anything/modeling/common.py` `LayerNorm2d` and `MLPBlock`.
+//! Layers every module uses: `nn.Linear`, `nn.LayerNorm`, from
+//! `segment_anything/modeling/common.py` `LayerNorm2d` and `MLPBlock`, and the neck both image
+//! encoders end with.
 
-use crate::error::Result;
-use crate::model::backend::{load, Activation, Backend, Param};
+use crate::error::{Error, Result};
+use crate::model::backend::{load, Activation, Backend, ConvOpts, Param};
+use crate::model::config::LAYER_NORM_2D_EPS;
 use crate::model::weights::WeightPath;
+
+/// `NCHW [B, C, H, W]` -> tokens `[B, H*W, C]`.
+pub fn to_tokens<B: Backend>(b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
+    let &[n, c, h, w] = B::dims(x) else {
+        return Err(Error::invalid(format!(
+            "expected NCHW, got {:?}",
+            B::dims(x)
+        )));
+    };
+    let x = b.reshape(x, &[n, c, h * w])?;
+    b.permute(&x, &[0, 2, 1])
+}
+
+/// Tokens `[B, h*w, C]` -> `NCHW [B, C, h, w]`.
+pub fn to_nchw<B: Backend>(b: &mut B, x: &B::Tensor, (h, w): (usize, usize)) -> Result<B::Tensor> {
+    let &[n, l, c] = B::dims(x) else {
+        return Err(Error::invalid(format!(
+            "expected tokens, got {:?}",
+            B::dims(x)
+        )));
+    };
+    if l != h * w {
+        return Err(Error::invalid(format!("{l} tokens for a {h}x{w} grid")));
+    }
+    let x = b.reshape(x, &[n, h, w, c])?;
+    b.permute(&x, &[0, 3, 1, 2])
+}
 
 /// `nn.Linear` with weights `[out, in]` and optional bias, applied over the last dim.
 #[derive(Debug, Clone)]
@@ -121,5 +150,61 @@ impl<B: Backend> MLPBlock<B> {
     pub fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
         let h = self.lin1.forward(b, x, self.act)?;
         self.lin2.forward(b, &h, Activation::None)
+    }
+}
+
+/// The neck's second conv: 3x3, padding 1.
+const NECK_KERNEL: usize = 3;
+
+/// The image encoders' neck (TinyViT's and SAM ViT's alike): `Conv2d(C, out, 1, bias=False)`,
+/// `LayerNorm2d`, `Conv2d(out, out, 3, padding=1, bias=False)`, `LayerNorm2d`, keys `0` to
+/// `3`. The 1x1 conv runs as a linear layer on the tokens and the first `LayerNorm2d` as a
+/// `LayerNorm` over their channels (the same normalisation), so only one transpose to NCHW is
+/// needed, before the 3x3 conv.
+#[derive(Debug, Clone)]
+pub struct Neck<B: Backend> {
+    /// `0` as a linear weight `[out_chans, in_chans]`.
+    conv_1x1: Linear<B>,
+    /// `1`, over the channels of the tokens.
+    norm_1: LayerNorm<B>,
+    /// `2`: `[out_chans, out_chans, 3, 3]`.
+    conv_3x3: B::Tensor,
+    norm_2: LayerNorm2d<B>,
+}
+
+impl<B: Backend> Neck<B> {
+    /// `vb`: the weights under `image_encoder.neck`.
+    pub fn new(
+        dev: &B::Device,
+        vb: &WeightPath,
+        in_chans: usize,
+        out_chans: usize,
+    ) -> Result<Self> {
+        let conv_1x1 = vb
+            .pp(0)
+            .get(&[out_chans, in_chans, 1, 1], "weight")?
+            .reshape((out_chans, in_chans))?;
+        Ok(Self {
+            conv_1x1: Linear::from_weight(B::param(dev, &conv_1x1, Param::Linear)?),
+            norm_1: LayerNorm::new(dev, &vb.pp(1), out_chans, LAYER_NORM_2D_EPS)?,
+            conv_3x3: load::<B>(
+                dev,
+                &vb.pp(2),
+                &[out_chans, out_chans, NECK_KERNEL, NECK_KERNEL],
+                "weight",
+                Param::Conv,
+            )?,
+            norm_2: LayerNorm2d::new(dev, &vb.pp(3), out_chans, LAYER_NORM_2D_EPS)?,
+        })
+    }
+
+    /// Tokens `[B, h*w, C]` -> NCHW `[B, out_chans, h, w]`.
+    pub fn forward(&self, b: &mut B, x: &B::Tensor, grid: (usize, usize)) -> Result<B::Tensor> {
+        let x = self.conv_1x1.forward(b, x, Activation::None)?;
+        let x = self.norm_1.forward(b, &x)?;
+        let x = to_nchw(b, &x, grid)?;
+        let opts = ConvOpts::new(1, NECK_KERNEL / 2);
+        let x = b.conv2d(&x, &self.conv_3x3, None, opts, Activation::None, None)?;
+        self.norm_2.forward(b, &x, Activation::None)
     }
 }

@@ -19,6 +19,10 @@ use crate::threads;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cpu;
 
+/// Scores held at once by [`Cpu::attention_rel_pos`]: 16 Mi values (64 MiB), so that a global
+/// block's 12 heads x 4096 x 4096 scores (768 MiB, past what wasm32 can spare) go in 48 pieces.
+const REL_POS_SCORES: usize = 1 << 24;
+
 /// `x` as a GEMM operand: contiguous, or a transpose of a contiguous tensor in its last two
 /// dims (which candle's GEMM reads as is); otherwise copied.
 fn gemm_operand(x: &Tensor) -> Result<Tensor> {
@@ -321,6 +325,45 @@ impl Backend for Cpu {
         let bias = bias.map(values).transpose()?;
         let attn = ops::softmax_last_scaled(&logits, scale, bias.as_deref())?;
         threads::matmul(&attn, &v)
+    }
+
+    fn attention_rel_pos(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rel: &Tensor,
+        (kh, kw): (usize, usize),
+        scale: f32,
+    ) -> Result<Tensor> {
+        let (b, h, nq, _) = q.dims4()?;
+        let nk = k.dims4()?.2;
+        if nk != kh * kw || rel.dims() != [b, h, nq, kh + kw] || v.dims() != k.dims() {
+            return Err(Error::invalid(format!(
+                "attention of q {:?}, k {:?}, v {:?} with relative positions {:?} over a {kh}x{kw} grid",
+                q.dims(),
+                k.dims(),
+                v.dims(),
+                rel.dims()
+            )));
+        }
+        let (q, k, v) = (gemm_operand(q)?, gemm_operand(k)?, gemm_operand(v)?);
+        let kt = k.transpose(2, 3)?;
+        let rel = contiguous(rel)?;
+        // Queries in blocks whose scores take at most REL_POS_SCORES values.
+        let rows = (REL_POS_SCORES / (b * h * nk).max(1)).clamp(1, nq.max(1));
+        let mut outs = Vec::with_capacity(nq.div_ceil(rows));
+        for start in (0..nq).step_by(rows) {
+            let len = rows.min(nq - start);
+            let logits = threads::matmul(&q.narrow(2, start, len)?, &kt)?;
+            let rel_block = values(&rel.narrow(2, start, len)?)?;
+            let attn = ops::softmax_last_rel_pos(&logits, scale, &rel_block, (kh, kw))?;
+            outs.push(threads::matmul(&attn, &v)?);
+        }
+        if outs.len() == 1 {
+            return Ok(outs.remove(0));
+        }
+        Ok(Tensor::cat(&outs, 2)?)
     }
 
     fn multi_head_attention(

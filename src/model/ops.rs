@@ -111,9 +111,33 @@ pub fn softmax_last_scaled(x: &Tensor, scale: f32, bias: Option<&[f32]>) -> Resu
             )));
         }
     }
+    let bias = bias.map_or(SoftmaxBias::None, SoftmaxBias::Repeat);
     Ok(x.apply_op1_no_bwd(&SoftmaxOp { scale, bias })?)
 }
 
+/// `softmax(x * scale + rel_h[k / kw] + rel_w[k % kw])` over the last dim (`k` the key, on a
+/// `kh x kw` grid): SAM ViT's decomposed relative positions (`add_decomposed_rel_pos`), the
+/// `[.., Nq, kh, kw]` bias never made. `rel` holds, for every row of `x` in order, its `kh`
+/// height terms then its `kw` width terms.
+pub fn softmax_last_rel_pos(
+    x: &Tensor,
+    scale: f32,
+    rel: &[f32],
+    (kh, kw): (usize, usize),
+) -> Result<Tensor> {
+    let x = contiguous(x)?;
+    let row = x.dims().last().copied().unwrap_or(0);
+    let rows = x.elem_count().checked_div(row).unwrap_or(0);
+    if row != kh * kw || rel.len() != rows * (kh + kw) {
+        return Err(crate::Error::invalid(format!(
+            "softmax: relative positions of {} values for logits of shape {:?} over a {kh}x{kw} grid",
+            rel.len(),
+            x.dims()
+        )));
+    }
+    let bias = SoftmaxBias::Decomposed { rel, kh, kw };
+    Ok(x.apply_op1_no_bwd(&SoftmaxOp { scale, bias })?)
+}
 /// `e^x` for `x <= 0` (a softmax's logits less their maximum), within 2 ulp of `f32::exp`;
 /// below -87 it returns `e^-87` (1.6e-38, nothing beside a row's maximum term, which is 1).
 /// Cody-Waite reduction to `r = x - n ln 2`, `|r| <= ln2 / 2`, Cephes' degree-7 polynomial for
@@ -179,11 +203,23 @@ fn softmax_row(row: &mut [f32]) {
     }
 }
 
-/// The op behind [`softmax_last_scaled`].
+/// What [`SoftmaxOp`] adds to the scaled logits.
+enum SoftmaxBias<'a> {
+    None,
+    /// Flat; repeats every `len()` values of the logits.
+    Repeat(&'a [f32]),
+    /// `kh + kw` values per row: row `r`, key `k` gets `rel[r][k / kw] + rel[r][kh + k % kw]`.
+    Decomposed {
+        rel: &'a [f32],
+        kh: usize,
+        kw: usize,
+    },
+}
+
+/// The op behind [`softmax_last_scaled`] and [`softmax_last_rel_pos`].
 struct SoftmaxOp<'a> {
     scale: f32,
-    /// Flat; repeats every `len()` values of the logits.
-    bias: Option<&'a [f32]>,
+    bias: SoftmaxBias<'a>,
 }
 
 /// Values per piece of a softmax (whole rows, at least one).
@@ -213,13 +249,22 @@ impl candle_core::CustomOp1 for SoftmaxOp<'_> {
                 let src = &x[at..at + n];
                 // Logits, as x * scale + bias (the reference's order of operations).
                 match self.bias {
-                    Some(bias) => {
+                    SoftmaxBias::Repeat(bias) => {
                         let b = &bias[at % bias.len()..][..n];
                         for ((d, &s), &b) in row.iter_mut().zip(src).zip(b) {
                             *d = s * self.scale + b;
                         }
                     }
-                    None => {
+                    SoftmaxBias::Decomposed { rel, kh, kw } => {
+                        let r = &rel[(at / n) * (kh + kw)..][..kh + kw];
+                        let (rh, rw) = r.split_at(kh);
+                        for ((d, s), &h) in row.chunks_mut(kw).zip(src.chunks(kw)).zip(rh) {
+                            for ((d, &s), &w) in d.iter_mut().zip(s).zip(rw) {
+                                *d = s * self.scale + h + w;
+                            }
+                        }
+                    }
+                    SoftmaxBias::None => {
                         for (d, &s) in row.iter_mut().zip(src) {
                             *d = s * self.scale;
                         }

@@ -9,17 +9,15 @@
 //! - conv stages run NCHW; attention stages run on tokens `[B, H*W, C]`, as the reference;
 //! - a conv's bias, GELU and residual are fused into the conv, an `Mlp`'s GELU into `fc1`, the
 //!   window padding into the partition and the crop plus residual into the reverse;
-//! - the neck's 1x1 conv runs as a linear layer on the tokens and its first `LayerNorm2d` as a
-//!   `LayerNorm` over their channels (the same normalisation), so only one transpose to NCHW
-//!   is needed, before the 3x3 conv;
+//! - the neck is [`Neck`], shared with SAM's ViT (its 1x1 conv a linear layer on the tokens);
 //! - the classifier (`head`, `norm_head`) is not loaded: `forward` never used it.
 
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::model::backend::{load, Activation, Backend, ConvOpts, Param};
-use crate::model::common::{LayerNorm, LayerNorm2d, Linear};
-use crate::model::config::{TinyVitConfig, LAYER_NORM_2D_EPS};
+use crate::model::backend::{Activation, Backend, ConvOpts, Param};
+use crate::model::common::{to_nchw, to_tokens, LayerNorm, Linear, Neck};
+use crate::model::config::TinyVitConfig;
 use crate::model::conv::conv_out_size;
 use crate::model::weights::WeightPath;
 
@@ -31,39 +29,10 @@ const PATCH_EMBED_STRIDE: usize = 2;
 const DEPTHWISE_KERNEL: usize = 3;
 /// `PatchMerging` halves the grid unless its `out_dim` is in `STRIDE_ONE_OUT_DIMS`.
 const PATCH_MERGING_STRIDE: usize = 2;
-/// The neck's second conv is 3x3 with padding 1.
-const NECK_KERNEL: usize = 3;
 
 /// Padding that keeps the grid size for an odd kernel (`ks // 2`).
 fn same_padding(kernel: usize) -> usize {
     kernel / 2
-}
-
-/// `NCHW [B, C, H, W]` -> tokens `[B, H*W, C]`.
-fn to_tokens<B: Backend>(b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
-    let &[n, c, h, w] = B::dims(x) else {
-        return Err(Error::invalid(format!(
-            "expected NCHW, got {:?}",
-            B::dims(x)
-        )));
-    };
-    let x = b.reshape(x, &[n, c, h * w])?;
-    b.permute(&x, &[0, 2, 1])
-}
-
-/// Tokens `[B, h*w, C]` -> `NCHW [B, C, h, w]`.
-fn to_nchw<B: Backend>(b: &mut B, x: &B::Tensor, (h, w): (usize, usize)) -> Result<B::Tensor> {
-    let &[n, l, c] = B::dims(x) else {
-        return Err(Error::invalid(format!(
-            "expected tokens, got {:?}",
-            B::dims(x)
-        )));
-    };
-    if l != h * w {
-        return Err(Error::invalid(format!("{l} tokens for a {h}x{w} grid")));
-    }
-    let x = b.reshape(x, &[n, h, w, c])?;
-    b.permute(&x, &[0, 3, 1, 2])
 }
 
 /// The folded weight `[out, in_per_group, k, k]` and bias `[out]` of the `Conv2d_BN` at `vb`
@@ -549,14 +518,7 @@ pub struct TinyViT<B: Backend> {
     layers: Vec<Stage<B>>,
     /// Side of the last stage's grid (the reference hard-codes 64 in `view(B, 64, 64, C)`).
     out_resolution: usize,
-    out_chans: usize,
-    /// `neck.0` (1x1 conv, no bias) as a linear weight `[out_chans, embed_dims[-1]]`.
-    neck_0: Linear<B>,
-    /// `neck.1` (LayerNorm2d), applied over the channels of tokens.
-    neck_1: LayerNorm<B>,
-    /// `neck.2`: 3x3 conv, no bias, `[out_chans, out_chans, 3, 3]`.
-    neck_2: B::Tensor,
-    neck_3: LayerNorm2d<B>,
+    neck: Neck<B>,
 }
 
 impl<B: Backend> TinyViT<B> {
@@ -626,30 +588,18 @@ impl<B: Backend> TinyViT<B> {
             };
             layers.push(Stage { blocks, downsample });
         }
-        let out_dim = embed_dims[num_layers - 1];
-        let out_chans = cfg.out_chans;
-        let neck = vb.pp("neck");
-        let neck_0 = neck
-            .pp(0)
-            .get(&[out_chans, out_dim, 1, 1], "weight")?
-            .reshape((out_chans, out_dim))?;
         Ok(Self {
             img_size: cfg.img_size,
             in_chans: cfg.in_chans,
             patch_embed,
             layers,
             out_resolution: resolution,
-            out_chans,
-            neck_0: Linear::from_weight(B::param(dev, &neck_0, Param::Linear)?),
-            neck_1: LayerNorm::new(dev, &neck.pp(1), out_chans, LAYER_NORM_2D_EPS)?,
-            neck_2: load::<B>(
+            neck: Neck::new(
                 dev,
-                &neck.pp(2),
-                &[out_chans, out_chans, NECK_KERNEL, NECK_KERNEL],
-                "weight",
-                Param::Conv,
+                &vb.pp("neck"),
+                embed_dims[num_layers - 1],
+                cfg.out_chans,
             )?,
-            neck_3: LayerNorm2d::new(dev, &neck.pp(3), out_chans, LAYER_NORM_2D_EPS)?,
         })
     }
 
@@ -674,15 +624,8 @@ impl<B: Backend> TinyViT<B> {
         for layer in &self.layers {
             x = layer.forward(b, &x)?;
         }
-        // neck: 1x1 conv and LayerNorm2d on the tokens, then NCHW for the 3x3 conv.
-        let x = self.neck_0.forward(b, &x, Activation::None)?;
-        let x = self.neck_1.forward(b, &x)?;
         let side = self.out_resolution;
-        let x = to_nchw(b, &x, (side, side))?;
-        let opts = ConvOpts::new(1, same_padding(NECK_KERNEL));
-        let x = b.conv2d(&x, &self.neck_2, None, opts, Activation::None, None)?;
-        debug_assert_eq!(B::dims(&x)[1], self.out_chans);
-        self.neck_3.forward(b, &x, Activation::None)
+        self.neck.forward(b, &x, (side, side))
     }
 
     /// Side of the embedding grid (64).

@@ -19,7 +19,7 @@ struct AttentionParams {
     scale: f32,
     has_bias: u32,
     q_tiles: u32,
-    _pad: u32,
+    rel_kw: u32,
     /// Elements between batches, heads and rows of q, of k and v, and of the output.
     q_s: [u32; 4],
     kv_s: [u32; 4],
@@ -40,6 +40,25 @@ const SPLIT_MAX_HEAD_DIM: usize = 32;
 /// keys, else a thread per query row.
 fn use_split(nq: usize, nk: usize, d: usize) -> bool {
     d <= SPLIT_MAX_HEAD_DIM && nk >= 4 * WG && nq <= WG
+}
+
+/// What is added to the scaled scores.
+#[derive(Debug, Clone, Copy)]
+enum Bias<'a> {
+    None,
+    /// `[H, Nq, Nk]`, shared over B.
+    Table(&'a GpuTensor),
+    /// `[B, H, Nq, kh + kw]` for keys on a `kh x kw` grid: row terms, then column terms.
+    RelPos(&'a GpuTensor, usize),
+}
+
+impl<'a> Bias<'a> {
+    fn tensor(self) -> Option<&'a GpuTensor> {
+        match self {
+            Bias::None => None,
+            Bias::Table(t) | Bias::RelPos(t, _) => Some(t),
+        }
+    }
 }
 
 /// Where the rows of q, k and v lie: heads apart (`[B, H, N, D]`) or side by side in each
@@ -104,9 +123,60 @@ pub fn attention(
     record(
         rec,
         [q, k, v],
-        bias,
+        bias.map_or(Bias::None, Bias::Table),
         scale,
         (b, h, nq, nk, d),
+        [Layout::Heads, Layout::Heads],
+    )
+}
+
+/// SAM ViT's attention with decomposed relative positions,
+/// `softmax(scale * q @ k^T + rel_h[.., k / kw] + rel_w[.., k % kw]) @ v`: q `[B, H, Nq, D]`,
+/// k and v `[B, H, Nk, D]` with the keys row-major on a `kh x kw` grid, `rel`
+/// `[B, H, Nq, kh + kw]` (each query's row terms, then its column terms). The scores stay in
+/// registers, as in [`attention`]: the bias is two reads per score.
+pub fn attention_rel_pos(
+    rec: &mut Recorder,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    rel: &GpuTensor,
+    (kh, kw): (usize, usize),
+    scale: f32,
+) -> Result<GpuTensor> {
+    let bad = |why: String| {
+        Error::invalid(format!(
+            "attention of q {:?}, k {:?}, v {:?} with relative positions {:?} over a {kh}x{kw} grid: {why}",
+            q.shape(),
+            k.shape(),
+            v.shape(),
+            rel.shape()
+        ))
+    };
+    let &[b, h, nq, d] = q.shape() else {
+        return Err(bad("q must be [B, H, Nq, D]".into()));
+    };
+    if k.shape() != [b, h, kh * kw, d] || v.shape() != k.shape() {
+        return Err(bad(format!(
+            "k and v must be [B, H, kh * kw, D] = [{b}, {h}, {}, {d}]",
+            kh * kw
+        )));
+    }
+    if rel.shape() != [b, h, nq, kh + kw] {
+        return Err(bad(format!(
+            "relative positions must be [B, H, Nq, kh + kw] = [{b}, {h}, {nq}, {}]",
+            kh + kw
+        )));
+    }
+    if d > MAX_HEAD_DIM {
+        return Err(bad(format!("head dim over {MAX_HEAD_DIM}")));
+    }
+    record(
+        rec,
+        [q, k, v],
+        Bias::RelPos(rel, kw),
+        scale,
+        (b, h, nq, kh * kw, d),
         [Layout::Heads, Layout::Heads],
     )
 }
@@ -154,7 +224,7 @@ pub fn attention_tokens(
     record(
         rec,
         [q, k, v],
-        None,
+        Bias::None,
         scale,
         (b, heads, nq, nk, d),
         [Layout::Tokens, kv_layout],
@@ -166,7 +236,7 @@ pub fn attention_tokens(
 fn record(
     rec: &mut Recorder,
     [q, k, v]: [&GpuTensor; 3],
-    bias: Option<&GpuTensor>,
+    bias: Bias,
     scale: f32,
     (b, h, nq, nk, d): (usize, usize, usize, usize, usize),
     layouts: [Layout; 2],
@@ -199,7 +269,7 @@ fn record(
     for t in [q, k] {
         u32_of(t.numel(), "elements")?;
     }
-    if let Some(bias) = bias {
+    if let Some(bias) = bias.tensor() {
         u32_of(bias.numel(), "bias elements")?;
     }
 
@@ -235,9 +305,16 @@ fn record(
         nq: u32_of(nq, "queries")?,
         nk: u32_of(nk, "keys")?,
         scale,
-        has_bias: bias.is_some() as u32,
+        has_bias: match bias {
+            Bias::None => 0,
+            Bias::Table(_) => 1,
+            Bias::RelPos(..) => 2,
+        },
         q_tiles: u32_of(q_tiles, "query tiles")?,
-        _pad: 0,
+        rel_kw: match bias {
+            Bias::RelPos(_, kw) => u32_of(kw, "key grid width")?,
+            _ => 1,
+        },
         q_s: strides(layouts[0], nq)?,
         kv_s: strides(layouts[1], nk)?,
         o_s: strides(layouts[0], nq)?,
@@ -247,7 +324,7 @@ fn record(
     rec.dispatch(
         &kernel,
         &params,
-        &[q, k, v, bias.unwrap_or(q)],
+        &[q, k, v, bias.tensor().unwrap_or(q)],
         &[&out],
         grid,
     )?;

@@ -1,5 +1,6 @@
 // Fused attention: out = softmax(scale * q @ k^T + bias) @ v, for q [B, H, Nq, D],
-// k and v [B, H, Nk, D], bias [H, Nq, Nk] shared over B; or, through the strides, for heads
+// k and v [B, H, Nk, D], bias [H, Nq, Nk] shared over B (or SAM ViT's relative positions,
+// bias_of); or, through the strides, for heads
 // side by side in tokens [B, N, H * D]. Scores never reach memory: each
 // output row keeps a running max m, a running sum l of exp(s - m) and the running weighted
 // sum o of v, rescaled whenever m grows (online softmax).
@@ -24,9 +25,11 @@ struct Params {
     nq: u32,
     nk: u32,
     scale: f32,
+    // 0: none; 1: a table [H, Nq, Nk]; 2: SAM ViT's decomposed relative positions
+    // [B * H, Nq, kh + kw], kw = rel_kw (bias_of).
     has_bias: u32,
     q_tiles: u32,  // attn_rows: workgroups per (b, h)
-    _pad: u32,
+    rel_kw: u32,
     // Elements between batches, heads and rows (x, y, z) of q, of k and v, and of out:
     // [B, H, N, D] or tokens [B, N, H * D].
     q_s: vec4<u32>,
@@ -50,6 +53,25 @@ const D4: u32 = (D + 3u) / 4u;
 // WGSL has no way to write -inf in a literal; the lowest finite f32 does the same job here.
 // Written in hex: the decimal -3.4028235e38 rounds past f32 in Tint (Chromium) and is refused.
 const NEG_MAX: f32 = -0x1.fffffep+127f;
+
+// Where the bias terms of query `qi` of head `bh` start.
+fn bias_row(bh: u32, qi: u32) -> u32 {
+    if (p.has_bias == 2u) {
+        return (bh * p.nq + qi) * (p.nk / p.rel_kw + p.rel_kw);
+    }
+    return ((bh % p.h) * p.nq + qi) * p.nk;
+}
+
+// What the bias adds to the score of key `key` of the row whose terms start at `base`: a
+// table's entry, or the key's row term plus its column term (keys row-major on a
+// (nk / rel_kw) x rel_kw grid; the row terms first, then the column terms).
+fn bias_of(base: u32, key: u32) -> f32 {
+    if (p.has_bias == 2u) {
+        let kh = p.nk / p.rel_kw;
+        return bias[base + key / p.rel_kw] + bias[base + kh + key % p.rel_kw];
+    }
+    return bias[base + key];
+}
 
 // Four values of a row from `base`, zero past D (the test folds away when D % 4 == 0).
 fn q4(base: u32, i: u32) -> vec4<f32> {
@@ -123,7 +145,7 @@ fn attn_rows(
     // and meet the barriers) and write nothing.
     let qr = min(qi, p.nq - 1u);
     let q_base = row(p.q_s, bh, qr);
-    let bias_base = ((bh % p.h) * p.nq + qr) * p.nk;
+    let bias_base = bias_row(bh, qr);
 
     var qv: array<vec4<f32>, D4>;
     for (var i = 0u; i < D4; i++) {
@@ -154,7 +176,7 @@ fn attn_rows(
                 s += dot(qv[i], k_tile[j * D4 + i]);
             }
             if (p.has_bias != 0u) {
-                s += bias[bias_base + k0 + j];
+                s += bias_of(bias_base, k0 + j);
             }
             if (s > m) {
                 let c = exp(m - s);
@@ -194,7 +216,7 @@ fn attn_split(
     }
     let qi = g - bh * p.nq;
     let q_base = row(p.q_s, bh, qi);
-    let bias_base = ((bh % p.h) * p.nq + qi) * p.nk;
+    let bias_base = bias_row(bh, qi);
 
     var qv: array<vec4<f32>, D4>;
     for (var i = 0u; i < D4; i++) {
@@ -210,7 +232,7 @@ fn attn_split(
             s += dot(qv[i], k4(base, i));
         }
         if (p.has_bias != 0u) {
-            s += bias[bias_base + j];
+            s += bias_of(bias_base, j);
         }
         if (s > m) {
             let c = exp(m - s);
