@@ -14,6 +14,7 @@ pub mod pth;
 pub mod sam;
 pub mod tiny_vit;
 pub mod transformer;
+pub mod vit;
 pub mod weights;
 
 /// Helpers of the unit tests of this module's files.

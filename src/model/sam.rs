@@ -18,6 +18,7 @@ use crate::model::mask_decoder::{ImageInput, MaskDecoder};
 use crate::model::prompt_encoder::PromptEncoder;
 use crate::model::tiny_vit::TinyViT;
 use crate::model::transformer::ImageSide;
+use crate::model::vit::{ImageEncoderViT, VitConfig};
 use crate::model::weights::Weights;
 
 /// Key that only MobileSAM's TinyViT encoder has (its first Conv2d_BN).
@@ -28,9 +29,9 @@ const VIT_PROBE_KEY: &str = "image_encoder.pos_embed";
 /// Which image encoder a checkpoint carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EncoderKind {
-    /// MobileSAM's TinyViT-5M: supported.
+    /// MobileSAM's TinyViT-5M.
     TinyVit,
-    /// SAM's ViT-B/L/H: the decoder runs; encoding an image is not supported yet.
+    /// SAM's ViT-B/L/H (or any encoder of their structure).
     Vit,
     /// A decoder-only checkpoint (`prompt_encoder.*` and `mask_decoder.*`).
     None,
@@ -324,13 +325,43 @@ pub struct PreparedImage<B: Backend> {
     pub frame: ImageFrame,
 }
 
-/// SAM with MobileSAM's encoder (when the checkpoint has it), prompt encoder and mask decoder,
+/// The image encoder a checkpoint carries.
+#[derive(Debug, Clone)]
+pub enum ImageEncoder<B: Backend> {
+    TinyVit(TinyViT<B>),
+    Vit(ImageEncoderViT<B>),
+}
+
+impl<B: Backend> ImageEncoder<B> {
+    /// The preprocessed image `[1, 3, 1024, 1024]` -> the features `[1, 256, 64, 64]`.
+    pub fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
+        match self {
+            ImageEncoder::TinyVit(e) => e.forward(b, x),
+            ImageEncoder::Vit(e) => e.forward(b, x),
+        }
+    }
+
+    /// A name for messages: "TinyViT", "ViT-B", or "ViT (768 wide, 12 blocks)".
+    pub fn name(&self) -> String {
+        match self {
+            ImageEncoder::TinyVit(_) => "TinyViT".into(),
+            ImageEncoder::Vit(e) => {
+                let c = e.config();
+                c.name()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("ViT ({} wide, {} blocks)", c.embed_dim, c.depth))
+            }
+        }
+    }
+}
+
+/// SAM with its image encoder (when the checkpoint has it), prompt encoder and mask decoder,
 /// on one backend: [`Cpu`] (the default) or the GPU ([`crate::gpu::GpuSam`]).
 pub struct Sam<B: Backend = Cpu> {
     device: B::Device,
     prompt_encoder: PromptEncoder<B>,
     mask_decoder: MaskDecoder<B>,
-    image_encoder: Option<TinyViT<B>>,
+    image_encoder: Option<ImageEncoder<B>>,
     encoder_kind: EncoderKind,
     /// The last embedding the CPU's `decode` prepared, keyed by its features' tensor (tensors
     /// are immutable: a new embedding has a new id). The GPU's `decode` takes the
@@ -341,7 +372,8 @@ pub struct Sam<B: Backend = Cpu> {
 
 impl<B: Backend> Sam<B> {
     /// Builds the model on `device` from loaded weights. The prompt encoder and mask decoder
-    /// are required; the TinyViT encoder is built when the checkpoint has it.
+    /// are required; the image encoder (TinyViT or ViT, its configuration read from the
+    /// checkpoint) is built when the checkpoint has it.
     pub fn on(device: &B::Device, weights: &Weights) -> Result<Self> {
         let cfg = SamConfig::mobile_sam();
         if !weights.has_prefix("mask_decoder.") && !weights.has_prefix("prompt_encoder.") {
@@ -355,12 +387,21 @@ impl<B: Backend> Sam<B> {
             MaskDecoder::new(device, &cfg.mask_decoder, &weights.pp("mask_decoder"))?;
         let encoder_kind = EncoderKind::detect(weights);
         let image_encoder = match encoder_kind {
-            EncoderKind::TinyVit => Some(TinyViT::new(
+            EncoderKind::TinyVit => Some(ImageEncoder::TinyVit(TinyViT::new(
                 device,
                 &cfg.tiny_vit,
                 &weights.pp("image_encoder"),
-            )?),
-            EncoderKind::Vit | EncoderKind::None => None,
+            )?)),
+            EncoderKind::Vit => {
+                let vit =
+                    VitConfig::detect(&|k: &str| weights.shape_of(&format!("image_encoder.{k}")))?;
+                Some(ImageEncoder::Vit(ImageEncoderViT::new(
+                    device,
+                    &vit,
+                    &weights.pp("image_encoder"),
+                )?))
+            }
+            EncoderKind::None => None,
         };
         Ok(Self {
             device: device.clone(),
@@ -382,25 +423,23 @@ impl<B: Backend> Sam<B> {
         self.encoder_kind
     }
 
-    /// Whether the checkpoint's image encoder runs here (MobileSAM's TinyViT).
+    /// Whether the checkpoint has an image encoder.
     pub fn has_encoder(&self) -> bool {
         self.image_encoder.is_some()
     }
 
-    fn encoder(&self) -> Result<&TinyViT<B>> {
-        self.image_encoder
-            .as_ref()
-            .ok_or_else(|| match self.encoder_kind {
-                EncoderKind::Vit => Error::UnsupportedModel(
-                    "this checkpoint's image encoder is SAM's ViT, which websam does not run yet; \
-                 decode works from an embedding made elsewhere"
-                        .into(),
-                ),
-                _ => Error::UnsupportedModel(
-                    "this checkpoint has no image encoder (decoder only); decode from an embedding"
-                        .into(),
-                ),
-            })
+    /// The image encoder, if the checkpoint has one.
+    pub fn image_encoder(&self) -> Option<&ImageEncoder<B>> {
+        self.image_encoder.as_ref()
+    }
+
+    fn encoder(&self) -> Result<&ImageEncoder<B>> {
+        self.image_encoder.as_ref().ok_or_else(|| {
+            Error::UnsupportedModel(
+                "this checkpoint has no image encoder (decoder only); decode from an embedding"
+                    .into(),
+            )
+        })
     }
 
     /// Records the image encoder on `input` (the preprocessed image `[1, 3, 1024, 1024]`):

@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""Parity fixtures for SAM's ViT image encoder on deterministic, hash-generated weights.
+
+The model is the official `segment_anything` Sam exactly as `build_sam._build_sam` builds
+ViT-B (embed 768, 12 heads, patch 16, image 1024, mlp_ratio 4, qkv_bias, use_rel_pos,
+rel_pos_zero_init, window 14, out_chans 256, LayerNorm eps 1e-6, the same prompt encoder and
+mask decoder) but only 2 blocks deep: block 0 windowed (rel_pos [27, 64]), block 1 global
+(global_attn_indexes (1,), rel_pos [127, 64]).
+
+No weight file is written: every float tensor of the state dict is a pure function of its key,
+its element index and two f32 numbers (offset, scale) listed in `manifest.json`, computed by a
+counter-based hash (splitmix64 finaliser on an FNV-1a seed of the key) that the Rust tests
+(`tests/common/vit.rs`) reproduce bit-exactly; the manifest carries each tensor's sha256 so
+both sides can check it. See GENERATOR below.
+
+Writes into tests/fixtures/vit/:
+  manifest.json        model arguments, the generator, {key, shape, offset, scale, sha256} per
+                       tensor in state_dict order, reference package versions
+  embedding.npy        f32 [1,256,64,64]: SamPredictor.set_image(tests/fixtures/image.png),
+                       predictor.features
+  case_<name>_*.npy    predictor cases on that embedding (the `predictor_*` cases of
+                       make_fixtures.py: same prompts in the 640x480 frame)
+  cases.json           the cases, same per-case schema as tests/fixtures/cases.json
+  keys_vit_{b,l,h}.json
+                       {key: shape} of the full official build_sam_vit_{b,l,h}() state dicts
+                       (built on the meta device: nothing is allocated)
+
+Usage (from anywhere; about a minute on 2 cores):
+    target/golden-venv/bin/python tools/golden/make_vit.py [--out DIR]
+
+Running it twice yields byte-identical files (checked with sha256sum).
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import warnings
+from functools import partial
+from importlib import metadata
+
+warnings.filterwarnings("ignore")
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from segment_anything import SamPredictor, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+from segment_anything.modeling.common import LayerNorm2d
+from segment_anything.modeling.image_encoder import Attention as ViTAttention
+from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+# --------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------
+# Everything `_build_sam` passes for ViT-B, except depth and global_attn_indexes.
+MODEL_ARGS = {
+    "encoder_embed_dim": 768,
+    "encoder_depth": 2,
+    "encoder_num_heads": 12,
+    "encoder_global_attn_indexes": [1],
+    "img_size": 1024,
+    "patch_size": 16,
+    "mlp_ratio": 4,
+    "qkv_bias": True,
+    "use_rel_pos": True,
+    "rel_pos_zero_init": True,
+    "window_size": 14,
+    "out_chans": 256,
+    "norm_layer": "LayerNorm(eps=1e-6)",
+    "prompt_embed_dim": 256,
+    "mask_in_chans": 16,
+    "num_multimask_outputs": 3,
+    "transformer_depth": 2,
+    "transformer_mlp_dim": 2048,
+    "transformer_num_heads": 8,
+    "iou_head_depth": 3,
+    "iou_head_hidden_dim": 256,
+    "pixel_mean": [123.675, 116.28, 103.53],
+    "pixel_std": [58.395, 57.12, 57.375],
+}
+
+
+def build_vit_sam() -> Sam:
+    """`segment_anything.build_sam._build_sam` for ViT-B with depth 2, global block (1,)."""
+    a = MODEL_ARGS
+    image_embedding_size = a["img_size"] // a["patch_size"]
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=a["encoder_depth"],
+            embed_dim=a["encoder_embed_dim"],
+            img_size=a["img_size"],
+            mlp_ratio=a["mlp_ratio"],
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=a["encoder_num_heads"],
+            patch_size=a["patch_size"],
+            qkv_bias=a["qkv_bias"],
+            use_rel_pos=a["use_rel_pos"],
+            rel_pos_zero_init=a["rel_pos_zero_init"],
+            global_attn_indexes=tuple(a["encoder_global_attn_indexes"]),
+            window_size=a["window_size"],
+            out_chans=a["out_chans"],
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=a["prompt_embed_dim"],
+            image_embedding_size=(image_embedding_size, image_embedding_size),
+            input_image_size=(a["img_size"], a["img_size"]),
+            mask_in_chans=a["mask_in_chans"],
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=a["num_multimask_outputs"],
+            transformer=TwoWayTransformer(
+                depth=a["transformer_depth"],
+                embedding_dim=a["prompt_embed_dim"],
+                mlp_dim=a["transformer_mlp_dim"],
+                num_heads=a["transformer_num_heads"],
+            ),
+            transformer_dim=a["prompt_embed_dim"],
+            iou_head_depth=a["iou_head_depth"],
+            iou_head_hidden_dim=a["iou_head_hidden_dim"],
+        ),
+        pixel_mean=a["pixel_mean"],
+        pixel_std=a["pixel_std"],
+    )
+    sam.eval()
+    return sam
+
+
+# --------------------------------------------------------------------------
+# Weight generator (mirrored bit-exactly by tests/common/vit.rs)
+# --------------------------------------------------------------------------
+GENERATOR = (
+    "Element i (0-based, row-major) of tensor K with manifest offset/scale (f32): "
+    "s = fnv1a64(UTF-8 bytes of K) (basis 0xcbf29ce484222325, prime 0x100000001b3); "
+    "x = s + (i + 1) * 0x9E3779B97F4A7C15; z = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9; "
+    "z = (z ^ (z >> 27)) * 0x94D049BB133111EB; z = z ^ (z >> 31) (all u64, wrapping); "
+    "u = f32(z >> 40) * 2^-23 - 1.0 (exact, in [-1, 1)); w = f32(u * scale); "
+    "w = f32(w + offset); w = bf16 round-to-nearest-even of w, as f32. "
+    "sha256 is over the values as little-endian f32 bytes."
+)
+
+FNV_BASIS = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+GOLDEN = 0x9E3779B97F4A7C15
+MIX1 = 0xBF58476D1CE4E5B9
+MIX2 = 0x94D049BB133111EB
+M64 = (1 << 64) - 1
+
+
+def fnv1a64(key: str) -> int:
+    h = FNV_BASIS
+    for b in key.encode("utf-8"):
+        h = ((h ^ b) * FNV_PRIME) & M64
+    return h
+
+
+def generate(key: str, n: int, offset: float, scale: float) -> np.ndarray:
+    """The n values of tensor `key`, f32 (each exact in bf16)."""
+    s = np.uint64(fnv1a64(key))
+    i1 = np.arange(1, n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = s + i1 * np.uint64(GOLDEN)
+        z = (x ^ (x >> np.uint64(30))) * np.uint64(MIX1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -23) - np.float32(1.0)
+    assert u.dtype == np.float32
+    w = u * np.float32(scale)
+    w = w + np.float32(offset)
+    assert w.dtype == np.float32
+    r = torch.from_numpy(w).to(torch.bfloat16).to(torch.float32).numpy()
+    assert np.all(np.isfinite(r))
+    return r
+
+
+def _self_check() -> None:
+    # Known values, so a port can test its pieces on their own.
+    assert fnv1a64("") == FNV_BASIS
+    assert fnv1a64("a") == 0xAF63DC4C8601EC8C
+    # bf16 RNE corner cases through torch: ties go to even, both directions.
+    t = np.array([1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8, -(1.0 + 2.0 ** -8)], dtype=np.float32)
+    r = torch.from_numpy(t).to(torch.bfloat16).float().numpy()
+    assert r.tolist() == [1.0, 1.0 + 2.0 ** -6, -1.0], r
+
+
+# Scale rules (scale and offset are f32; values are offset + scale * U[-1, 1)):
+WEIGHT_GAIN = math.sqrt(3.0)   # Linear/Conv weight scale sqrt(3 / fan_in): unit variance
+HYPER_OUT_GAIN = 3.0           # last layer of each output_hypernetworks_mlps.*: logits ~ +-10
+BIAS_GAIN = 0.1                # bias scale 0.1 / sqrt(fan_in)
+NORM_WEIGHT = (1.0, 0.2)       # LayerNorm / LayerNorm2d weight: offset 1, scale 0.2
+NORM_BIAS = (0.0, 0.2)         # ... bias: offset 0, scale 0.2
+POS_EMBED_SCALE = 0.5          # image_encoder.pos_embed
+REL_POS_SCALE = 0.5            # rel_pos_h / rel_pos_w
+EMBED_SCALE = math.sqrt(3.0)   # nn.Embedding weights and positional_encoding_gaussian_matrix
+
+
+def _fan_in(mod: nn.Module) -> float:
+    if isinstance(mod, nn.Linear):
+        return float(mod.in_features)
+    if isinstance(mod, nn.ConvTranspose2d):
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        s = mod.stride[0] * mod.stride[1]
+        return float(mod.in_channels // mod.groups) * k / s
+    if isinstance(mod, nn.Conv2d):
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        return float(mod.in_channels // mod.groups) * k
+    raise TypeError(type(mod))
+
+
+def f32(v: float) -> float:
+    """The f32 nearest v, as the Python float equal to it (so JSON round-trips it exactly)."""
+    return float(np.float32(v))
+
+
+def offset_scale(model: nn.Module) -> dict:
+    """{key: (offset, scale)} for every tensor of the state dict, by the rules above."""
+    rules = {}
+    for mname, mod in model.named_modules():
+        prefix = mname + "." if mname else ""
+        local = list(mod.named_parameters(recurse=False)) + list(
+            mod.named_buffers(recurse=False))
+        for pname, t in local:
+            full = prefix + pname
+            if isinstance(mod, Sam) and pname in ("pixel_mean", "pixel_std"):
+                continue  # non-persistent constants
+            assert torch.is_floating_point(t), full
+            if isinstance(mod, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+                b = 1.0 / math.sqrt(_fan_in(mod))
+                g = WEIGHT_GAIN
+                if (mname.startswith("mask_decoder.output_hypernetworks_mlps.")
+                        and mname.endswith(".layers.2")):
+                    g *= HYPER_OUT_GAIN
+                if pname == "weight":
+                    r = (0.0, g * b)
+                elif pname == "bias":
+                    r = (0.0, BIAS_GAIN * b)
+                else:
+                    raise KeyError(full)
+            elif isinstance(mod, (nn.LayerNorm, LayerNorm2d)):
+                r = {"weight": NORM_WEIGHT, "bias": NORM_BIAS}[pname]
+            elif isinstance(mod, ImageEncoderViT):
+                assert pname == "pos_embed", full
+                r = (0.0, POS_EMBED_SCALE)
+            elif isinstance(mod, ViTAttention):
+                assert pname in ("rel_pos_h", "rel_pos_w"), full
+                r = (0.0, REL_POS_SCALE)
+            elif isinstance(mod, nn.Embedding):
+                r = (0.0, EMBED_SCALE)
+            elif isinstance(mod, PositionEmbeddingRandom):
+                assert pname == "positional_encoding_gaussian_matrix", full
+                r = (0.0, EMBED_SCALE)
+            else:
+                raise KeyError(f"unhandled tensor {full} in {type(mod).__name__}")
+            rules[full] = (f32(r[0]), f32(r[1]))
+    return rules
+
+
+def make_model():
+    torch.manual_seed(0)  # only the constructor's own init, all of it overwritten below
+    model = build_vit_sam()
+    sd = model.state_dict()
+    rules = offset_scale(model)
+    assert list(rules) == list(sd), "rules must cover the state dict, in its order"
+    generated = {}
+    tensors = []
+    for key, ref in sd.items():
+        offset, scale = rules[key]
+        v = generate(key, ref.numel(), offset, scale)
+        generated[key] = torch.from_numpy(v.reshape(tuple(ref.shape)).copy())
+        tensors.append({
+            "key": key,
+            "shape": list(ref.shape),
+            "offset": offset,
+            "scale": scale,
+            "sha256": hashlib.sha256(v.astype("<f4").tobytes()).hexdigest(),
+        })
+    model.load_state_dict(generated, strict=True)
+    model.eval()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, generated[k]), k
+    return model, tensors
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+def versions() -> dict:
+    def v(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": v("torchvision"),
+        "numpy": np.__version__,
+        "pillow": v("pillow") or v("Pillow"),
+        "segment_anything": v("segment-anything") or v("segment_anything"),
+    }
+
+
+def stats(name, a):
+    a = np.asarray(a, dtype=np.float64)
+    return (f"{name}: shape={list(a.shape)} min={a.min():.4g} max={a.max():.4g} "
+            f"mean={a.mean():.4g} std={a.std():.4g}")
+
+
+def write_text(path: str, text: str) -> None:
+    with open(path, "w", newline="\n") as f:
+        f.write(text)
+
+
+def one_per_line(head: dict, list_key: str, items: list) -> str:
+    """JSON with `head` indented and one line per item of the list under `list_key`."""
+    text = json.dumps(head, indent=1)
+    body = ",\n".join("  " + json.dumps(x) for x in items)
+    text = text[:-2] + f',\n "{list_key}": [\n' + body + "\n ]\n}\n"
+    full = dict(head)
+    full[list_key] = items
+    assert json.loads(text) == full
+    return text
+
+
+def official_keys(build) -> str:
+    with torch.device("meta"):
+        sam = build()
+    sd = sam.state_dict()
+    lines = [f"{json.dumps(k)}: {json.dumps(list(v.shape))}" for k, v in sd.items()]
+    text = "{\n" + ",\n".join(lines) + "\n}\n"
+    assert list(json.loads(text)) == list(sd)
+    return text
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures", "vit"))
+    ap.add_argument("--image", default=os.path.join(REPO, "tests", "fixtures", "image.png"))
+    args = ap.parse_args()
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    _self_check()
+
+    # ---- official key lists ---------------------------------------------
+    for name, build in (("b", build_sam_vit_b), ("l", build_sam_vit_l), ("h", build_sam_vit_h)):
+        write_text(os.path.join(out, f"keys_vit_{name}.json"), official_keys(build))
+
+    # ---- model + manifest -----------------------------------------------
+    model, tensors = make_model()
+    n_params = sum(math.prod(t["shape"]) for t in tensors)
+    enc = model.image_encoder
+    assert enc.blocks[0].window_size == 14 and enc.blocks[1].window_size == 0
+    assert tuple(enc.blocks[0].attn.rel_pos_h.shape) == (27, 64)
+    assert tuple(enc.blocks[1].attn.rel_pos_h.shape) == (127, 64)
+    manifest_head = {
+        "model": MODEL_ARGS,
+        "generator": GENERATOR,
+        "rules": (
+            "Linear/Conv weight: offset 0, scale sqrt(3/fan_in) (ConvTranspose2d fan_in = "
+            "in_channels*k*k/stride^2), 3x for the last layer of each "
+            "mask_decoder.output_hypernetworks_mlps.*; bias: scale 0.1/sqrt(fan_in); "
+            "LayerNorm/LayerNorm2d weight offset 1 scale 0.2, bias scale 0.2; "
+            "image_encoder.pos_embed scale 0.5; rel_pos_h/rel_pos_w scale 0.5; embeddings and "
+            "positional_encoding_gaussian_matrix scale sqrt(3)."
+        ),
+        "num_tensors": len(tensors),
+        "num_params": n_params,
+        "reference": versions(),
+    }
+    write_text(os.path.join(out, "manifest.json"),
+               one_per_line(manifest_head, "tensors", tensors))
+    print(f"manifest: {len(tensors)} tensors, {n_params} parameters")
+
+    # ---- embedding --------------------------------------------------------
+    image = np.array(Image.open(args.image).convert("RGB"))
+    assert image.shape == (480, 640, 3), image.shape
+    predictor = SamPredictor(model)
+    with torch.no_grad():
+        predictor.set_image(image)
+    assert predictor.original_size == (480, 640)
+    assert predictor.input_size == (768, 1024), predictor.input_size
+    emb = predictor.features.detach().cpu().numpy().astype(np.float32)
+    assert emb.shape == (1, 256, 64, 64)
+    np.save(os.path.join(out, "embedding.npy"), emb)
+    print(stats("embedding", emb))
+
+    # ---- predictor cases (make_fixtures.py's predictor_* cases) ------------
+    cases = [
+        dict(name="predictor_points",
+             points=[[161.5, 150.25], [470.0, 360.0], [470.0, 130.0]],
+             labels=[1, 1, 0], box=None, multimask=True),
+        dict(name="predictor_box", points=None, labels=None,
+             box=[370.0, 50.0, 570.0, 210.0], multimask=False),
+        dict(name="predictor_box_points", points=[[180.0, 400.0]], labels=[0],
+             box=[90.0, 280.0, 270.0, 450.0], multimask=False),
+    ]
+    out_cases = []
+    for c in cases:
+        name = c["name"]
+        pc = np.array(c["points"], dtype=np.float32) if c["points"] is not None else None
+        pl = np.array(c["labels"], dtype=np.int64) if c["labels"] is not None else None
+        bx = np.array(c["box"], dtype=np.float32) if c["box"] is not None else None
+        with torch.no_grad():
+            masks, iou, low = predictor.predict(
+                point_coords=pc, point_labels=pl, box=bx, mask_input=None,
+                multimask_output=c["multimask"], return_logits=True)
+        C = 3 if c["multimask"] else 1
+        assert low.shape == (C, 256, 256) and iou.shape == (C,)
+        assert masks.shape == (C, 480, 640)
+        low = low.astype(np.float32)
+        iou = iou.astype(np.float32)
+        lf, ff = f"case_{name}_low_res_logits.npy", f"case_{name}_iou.npy"
+        logits_file = f"case_{name}_logits.npy"
+        np.save(os.path.join(out, lf), low)
+        np.save(os.path.join(out, ff), iou)
+        np.save(os.path.join(out, logits_file), masks.astype(np.float16))
+        print(json.dumps(dict(
+            name=name, iou=iou.tolist(), low_min=float(low.min()), low_max=float(low.max()),
+            pos_frac_low=[float((low[i] > 0).mean()) for i in range(C)],
+            pos_frac_full=[float((masks[i] > 0).mean()) for i in range(C)],
+            frac_full_near0=float((np.abs(masks) < 1e-3).mean()))))
+        out_cases.append(dict(
+            name=name, points=c["points"], labels=c["labels"], box=c["box"],
+            mask_input=None, multimask=c["multimask"], orig_size=[480, 640],
+            low_res_logits=lf, iou=ff, logits=logits_file))
+
+    cases_head = {
+        "embedding": "embedding.npy",
+        "image": "../image.png",
+        "reference": versions(),
+    }
+    write_text(os.path.join(out, "cases.json"), one_per_line(cases_head, "cases", out_cases))
+
+
+if __name__ == "__main__":
+    main()
