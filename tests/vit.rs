@@ -2,6 +2,8 @@
 //! the official ViT-B/L/H key sets (shapes only), and parity on deterministic weights of ViT-B's
 //! structure cut to two blocks, one windowed and one global (`tools/golden/make_vit.py`; the
 //! weights are generated here from the fixture's manifest, see `tests/common/vit.rs`).
+// Native (lavapipe without a GPU); the WebGPU and wasm CPU paths run in Chromium.
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
