@@ -4,6 +4,7 @@
 import { Sam, clearWeightsCache } from '/pkg/websam.js';
 import { SamWorker } from '/pkg/worker.js';
 import { toRgba } from '/pkg/internal.js';
+import { f16 } from '/tests/support/half.mjs';
 
 export const apis = { Sam, SamWorker };
 export const FIXTURES = '/tests/fixtures/';
@@ -22,6 +23,14 @@ export async function npy(name) {
   const header = new TextDecoder('latin1').decode(new Uint8Array(buf, 10, headerLen));
   if (!header.includes("'<f4'")) throw new Error(`${name}: not float32 (${header})`);
   return new Float32Array(buf.slice(10 + headerLen));
+}
+
+/** An f16 .npy (stored references) as a Float32Array. */
+export function f16npy(buf) {
+  const headerLen = new DataView(buf).getUint16(8, true);
+  const header = new TextDecoder('latin1').decode(new Uint8Array(buf, 10, headerLen));
+  if (!header.includes("'<f2'")) throw new Error(`not float16 (${header})`);
+  return Float32Array.from(new Uint16Array(buf.slice(10 + headerLen)), f16);
 }
 
 export async function cases() {

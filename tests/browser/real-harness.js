@@ -3,8 +3,7 @@
 // photographs of www/samples, against the official code's goldens in tests/fixtures/real
 // (tools/golden/make_real.py). real.test.mjs calls these functions and asserts on what they
 // return.
-import { apis, fetchOk, maxAbsDiff, npy, promptOf } from '/tests/browser/harness.js';
-import { f16 } from '/tests/support/half.mjs';
+import { apis, f16npy, fetchOk, maxAbsDiff, npy, promptOf } from '/tests/browser/harness.js';
 
 const REAL = '/tests/fixtures/real/';
 const WEIGHTS = '/models/mobile_sam.pt';
@@ -107,10 +106,3 @@ export async function realParity(api, backend, { encode = true, names = null, ba
   return result;
 }
 
-/** An f16 .npy (the stored reference embeddings) as a Float32Array. */
-function f16npy(buf) {
-  const headerLen = new DataView(buf).getUint16(8, true);
-  const header = new TextDecoder('latin1').decode(new Uint8Array(buf, 10, headerLen));
-  if (!header.includes("'<f2'")) throw new Error(`not float16 (${header})`);
-  return Float32Array.from(new Uint16Array(buf.slice(10 + headerLen)), f16);
-}
