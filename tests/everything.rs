@@ -235,7 +235,11 @@ fn gpu_real_crop_layer() {
     check("real_crop_small", BackendChoice::Gpu, GPU_SCORES);
 }
 
+// The fixture's TinyViT encode on lavapipe and 49 decodes: about 1.5 minutes, out of the test
+// command (the small-region clean-up runs on the CPU whatever the backend; the GPU's encode and
+// decode are checked by the case above and by tests/gpu_tiny_vit.rs).
 #[test]
+#[ignore = "about 1.5 minutes on lavapipe; run with --ignored"]
 fn gpu_fixture_min_region() {
     check("fixture_min_region", BackendChoice::Gpu, GPU_SCORES);
 }
