@@ -9,6 +9,7 @@
 #                      Chromium tests of the engine, of the package (pkg/) through its JS API,
 #                      of a Vite app and of the demo page
 #   ./build.sh bench   websam against its peers, side by side (not in the tests; installs PyTorch)
+#   ./build.sh bench-vit [b|l|h]  SAM's ViT encoder natively: websam's CPU backend beside PyTorch's
 #   ./build.sh device  prepare websam vs PyTorch on a lent GPU machine (bench/DEVICE.md)
 #   ./build.sh fuzz [SECONDS]  cargo-fuzz (libFuzzer, nightly) on each target in fuzz/ for SECONDS
 #                      (300 by default): the loaders, the weights-to-model mapping, the JS values
@@ -430,6 +431,29 @@ candle_peer() {
   fi
 }
 
+# SAM's ViT encoder natively, websam's CPU backend (all threads, then one) beside PyTorch eager
+# on the same cores and the same seeded official weights (bench/vit_encoder.py writes them), and
+# the embeddings' largest difference.
+bench_vit() {
+  local variant="${1:-b}" runs="${RUNS:-3}"
+  cargo build --release --bin websam
+  local py="${BENCH_PYTHON:-target/bench-venv/bin/python}"
+  if ! "$py" -c "import torch, safetensors, segment_anything" 2>/dev/null; then
+    log "Python virtualenv for the reference (PyTorch: a large download)"
+    python3 -m venv target/bench-venv
+    py=target/bench-venv/bin/python
+    "$py" -m pip install -q torch torchvision numpy pillow safetensors timm onnx segment-anything mobilesam-mirror
+  fi
+  log "PyTorch eager, ViT-$variant (seeded weights)"
+  "$py" bench/vit_encoder.py bench/out "$variant" "$runs"
+  local weights="bench/out/sam_vit_${variant}_seeded.safetensors"
+  log "websam, CPU backend"
+  ./target/release/websam bench --weights "$weights" --image "$FIXTURES/image.png" --runs "$runs" --backend cpu
+  RAYON_NUM_THREADS=1 ./target/release/websam bench --weights "$weights" --image "$FIXTURES/image.png" --runs "$runs" --backend cpu
+  ./target/release/websam embed --weights "$weights" --image "$FIXTURES/image.png" --out bench/out/vit_websam_embedding.npy
+  "$py" -c "import numpy as n; a = n.load('bench/out/vit_websam_embedding.npy'); b = n.load('bench/out/sam_vit_${variant}_seeded_embedding.npy'); print(f'embedding: websam within {abs(a - b).max():.2e} of PyTorch')"
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -439,10 +463,11 @@ case "$cmd" in
   serve) serve ;;
   test) test_all ;;
   bench) bench ;;
+  bench-vit) bench_vit "$@" ;;
   device) cargo build --release --bin websam && bash bench/device-prepare.sh ;;
   fuzz) fuzz "$@" ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac
