@@ -382,15 +382,23 @@ fuzz() {
 # docs/PERFORMANCE.md). Sets up a Python virtualenv (PyTorch, for the official ONNX export and
 # candle's safetensors) and bench/node_modules on first use; BENCH_PYTHON names a Python that
 # already has them.
-bench() {
-  cargo build --release --bin websam
+# The Python of the benchmarks' references (PyTorch, the official packages, onnx): BENCH_PYTHON,
+# or target/bench-venv, made on first use. Prints its path.
+bench_python() {
   local py="${BENCH_PYTHON:-target/bench-venv/bin/python}"
   if ! "$py" -c "import torch, torchvision, onnx, safetensors, segment_anything, mobile_sam" 2>/dev/null; then
-    log "Python virtualenv for the ONNX export (PyTorch: a large download)"
+    log "Python virtualenv for the references (PyTorch: a large download)"
     python3 -m venv target/bench-venv
     py=target/bench-venv/bin/python
-    "$py" -m pip install -q torch torchvision numpy pillow safetensors timm onnx segment-anything mobilesam-mirror
+    "$py" -m pip install -q torch torchvision numpy pillow safetensors timm onnx segment-anything mobilesam-mirror >&2
   fi
+  echo "$py"
+}
+
+bench() {
+  cargo build --release --bin websam
+  local py
+  py=$(bench_python)
   candle_peer "$py"
   local runs="${RUNS:-10}"
   local args=(--weights "$FIXTURES/mobile_sam.pth" --image "$FIXTURES/image.png" --runs "$runs")
@@ -437,13 +445,8 @@ candle_peer() {
 bench_vit() {
   local variant="${1:-b}" runs="${RUNS:-3}"
   cargo build --release --bin websam
-  local py="${BENCH_PYTHON:-target/bench-venv/bin/python}"
-  if ! "$py" -c "import torch, safetensors, segment_anything" 2>/dev/null; then
-    log "Python virtualenv for the reference (PyTorch: a large download)"
-    python3 -m venv target/bench-venv
-    py=target/bench-venv/bin/python
-    "$py" -m pip install -q torch torchvision numpy pillow safetensors timm onnx segment-anything mobilesam-mirror
-  fi
+  local py
+  py=$(bench_python)
   log "PyTorch eager, ViT-$variant (seeded weights)"
   "$py" bench/vit_encoder.py bench/out "$variant" "$runs"
   local weights="bench/out/sam_vit_${variant}_seeded.safetensors"
