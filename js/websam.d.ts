@@ -18,6 +18,12 @@ export interface LoadProgress {
   total: number | undefined;
 }
 
+/** How far an encode has come: `done` of `steps` (SAM ViT's blocks; TinyViT's encode is one). */
+export interface EncodeProgress {
+  done: number;
+  steps: number;
+}
+
 export interface LoadOptions {
   /**
    * A `.pth`, `.pt` or `.safetensors` checkpoint (f32, f16 or bf16): MobileSAM (image encoder
@@ -231,8 +237,11 @@ export interface SamPredictor {
   readonly threads: number;
   /** "f16" when the WebGPU model runs in f16 (asked for and offered), else "f32". */
   readonly precision: Precision;
-  /** Embeds the image (the expensive step, once per image). */
-  setImage(image: ImageInput): Promise<void>;
+  /**
+   * Embeds the image (the expensive step, once per image). `onProgress` follows the encoder: after
+   * each block of SAM's ViT (TinyViT's encode is one step).
+   */
+  setImage(image: ImageInput, options?: { onProgress?: (p: EncodeProgress) => void }): Promise<void>;
   /** Masks for a prompt in original image pixels; needs an image or embedding set. */
   predict(prompt?: Prompt): Promise<Prediction>;
   getEmbedding(options?: { format?: 'f32' }): Promise<Embedding<Float32Array>>;

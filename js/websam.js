@@ -290,15 +290,20 @@ export class Sam {
     return next;
   }
 
-  /** Embeds an image (ImageData, ImageBitmap, img, canvas, Blob or {data, width, height} RGBA). */
-  setImage(image) {
+  /**
+   * Embeds an image (ImageData, ImageBitmap, img, canvas, Blob or {data, width, height} RGBA).
+   * `onProgress({ done, steps })` follows the encoder: after each block of SAM's ViT (TinyViT's
+   * encode is one step).
+   */
+  setImage(image, { onProgress } = {}) {
     // The pixels are read now, as the call is made, even if earlier calls are still running.
     const rgba = toRgba(image);
     rgba.catch(() => {});
+    const progress = onProgress ? (done, steps) => onProgress({ done, steps }) : undefined;
     return this.#run('setImage', async (core) => {
       const { data, width, height } = await rgba;
       this.#input = null;
-      await core.setImage(data, width, height);
+      await core.setImage(data, width, height, progress);
       this.#input = ['setImage', data, width, height];
     });
   }

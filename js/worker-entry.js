@@ -1,5 +1,5 @@
 // The module worker behind SamWorker: one Sam, driven by messages { id, op, args }. Replies are
-// { id, result, state } or { id, error }; load also posts { id, progress }. Results travel with
+// { id, result, state } or { id, error }; load, setImage and generate also post { id, progress }. Results travel with
 // their buffers transferred, not copied.
 import { Sam } from './websam.js';
 
@@ -30,7 +30,7 @@ const ops = {
     return [undefined, []];
   },
   async setImage(id, { image }) {
-    await model().setImage(image);
+    await model().setImage(image, { onProgress: (progress) => self.postMessage({ id, progress }) });
     return [undefined, []];
   },
   async predict(id, { prompt }) {

@@ -182,7 +182,7 @@ export class SamWorker {
    * As `Sam.setImage`; the pixels are read now, as the call is made, and transferred to the
    * worker once the calls made before it are posted.
    */
-  setImage(image) {
+  setImage(image, { onProgress } = {}) {
     let kept;
     const message = toRgba(image).then(({ data, width, height, owned }) => {
       // The caller's own buffer is copied before it is transferred (a transfer empties it); a
@@ -192,7 +192,7 @@ export class SamWorker {
       return [{ image: { data: pixels, width, height } }, [pixels.buffer]];
     });
     message.catch(() => {});
-    return this.#call('setImage', message).then(() => {
+    return this.#call('setImage', message, onProgress).then(() => {
       this.#input = { op: 'setImage', args: () => ({ image: kept }) };
     }, (e) => {
       this.#input = null;

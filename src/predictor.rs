@@ -136,10 +136,20 @@ impl Predictor {
 
     /// `SamPredictor.set_image`: embeds the image once (on the GPU when its encoder runs there).
     pub async fn set_image(&mut self, image: &RgbImage) -> Result<()> {
+        self.set_image_with_progress(image, &mut |_, _| {}).await
+    }
+
+    /// [`Predictor::set_image`], calling `progress(done, steps)` as the encoder's steps (its
+    /// blocks, for SAM's ViT) complete.
+    pub async fn set_image_with_progress(
+        &mut self,
+        image: &RgbImage,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
         self.image = None;
         let state = match self.live_gpu().await? {
             Some(gpu) => {
-                let (embedding, g) = gpu.embed(image).await?;
+                let (embedding, g, _) = gpu.embed_counted(image, progress).await?;
                 ImageState {
                     embedding,
                     gpu: Some(g),
@@ -147,7 +157,7 @@ impl Predictor {
             }
             None => {
                 let cpu = self.cpu_model()?;
-                let embedding = cpu.embed(image)?;
+                let embedding = cpu.embed_with_progress(image, progress)?;
                 cpu.prepare_decoder(&embedding)?;
                 ImageState {
                     embedding,

@@ -216,16 +216,35 @@ impl WebSam {
         self.fallback_reason.clone()
     }
 
-    /// Embeds an RGBA image (`width * height * 4` bytes, as `ImageData` holds it).
+    /// Embeds an RGBA image (`width * height * 4` bytes, as `ImageData` holds it), calling
+    /// `on_progress(done, steps)` as the encoder's steps (SAM ViT's blocks) complete.
     #[wasm_bindgen(js_name = setImage)]
-    pub fn set_image(&self, rgba: Vec<u8>, width: u32, height: u32) -> Promise {
+    pub fn set_image(
+        &self,
+        rgba: Vec<u8>,
+        width: u32,
+        height: u32,
+        on_progress: Option<js_sys::Function>,
+    ) -> Promise {
         let shared = Rc::clone(&self.shared);
         future_to_promise(async move {
             let image =
                 RgbImage::from_rgba(width as usize, height as usize, &rgba).map_err(js_err)?;
             shared.stop_generation().await;
             *shared.image.borrow_mut() = None;
-            shared.call(async |p| p.set_image(&image).await).await?;
+            let mut progress = |done: usize, steps: usize| {
+                if let Some(f) = &on_progress {
+                    // A throwing callback is the caller's: it does not stop the encode.
+                    let _ = f.call2(
+                        &JsValue::NULL,
+                        &JsValue::from(done as u32),
+                        &JsValue::from(steps as u32),
+                    );
+                }
+            };
+            shared
+                .call(async |p| p.set_image_with_progress(&image, &mut progress).await)
+                .await?;
             *shared.image.borrow_mut() = Some(image);
             Ok(JsValue::UNDEFINED)
         })

@@ -29,7 +29,8 @@ fn gpu_tiny_vit_matches_cpu_and_pytorch_then_decodes_masks() {
     let gpu = pollster::block_on(GpuSam::upload(gpu::ctx(), &weights)).expect("GPU model");
 
     let start = Instant::now();
-    let (emb, gemb, dispatches) = pollster::block_on(gpu.embed_counted(&image)).expect("GPU embed");
+    let (emb, gemb, dispatches) =
+        pollster::block_on(gpu.embed_counted(&image, &mut |_, _| {})).expect("GPU embed");
     let gpu_time = start.elapsed();
     let ours = emb.to_vec().unwrap();
     assert!(

@@ -157,8 +157,13 @@ fn cpu_image_to_embedding_to_masks_matches_pytorch() {
     let sam = Sam::new(weights()).unwrap();
     let image = RgbImage::open(fixture(&vit::cases().image)).unwrap();
     let t = std::time::Instant::now();
-    let emb = sam.embed(&image).unwrap();
+    let mut steps = Vec::new();
+    let emb = sam
+        .embed_with_progress(&image, &mut |done, all| steps.push((done, all)))
+        .unwrap();
     println!("CPU encode {:.2?}", t.elapsed());
+    // Progress after each block.
+    assert_eq!(steps, [(1, 2), (2, 2)]);
     assert_eq!(emb.frame, ImageFrame::new(480, 640).unwrap());
     check_image_to_masks(
         &emb,
@@ -173,11 +178,15 @@ fn gpu_image_to_embedding_to_masks_matches_pytorch() {
     let gpu = pollster::block_on(GpuSam::upload(gpu::ctx(), weights())).expect("GPU model");
     let image = RgbImage::open(fixture(&vit::cases().image)).unwrap();
     let t = std::time::Instant::now();
-    let (emb, gemb, dispatches) = pollster::block_on(gpu.embed_counted(&image)).unwrap();
+    let mut steps = Vec::new();
+    let (emb, gemb, dispatches) =
+        pollster::block_on(gpu.embed_counted(&image, &mut |done, all| steps.push((done, all))))
+            .unwrap();
     println!(
-        "GPU encode {:.2?}, {dispatches} dispatches, 1 submit",
+        "GPU encode {:.2?}, {dispatches} dispatches, a submit per block",
         t.elapsed()
     );
+    assert_eq!(steps, [(1, 2), (2, 2)]);
     check_image_to_masks(
         &emb,
         &|_, p| pollster::block_on(gpu.decode(&gemb, p)).unwrap(),

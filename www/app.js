@@ -883,13 +883,17 @@ async function encode() {
   document.body.dataset.image = 'encoding';
   render();
   const t = performance.now();
+  let blocks = ''; // "block 3 of 12, " once a multi-block encoder reports
   const tick = setInterval(() => {
-    status.textContent = `Encoding ${image.name} on ${sam.backend === 'webgpu' ? 'WebGPU' : 'the CPU'}… ${((performance.now() - t) / 1000).toFixed(1)} s`;
+    status.textContent = `Encoding ${image.name} on ${sam.backend === 'webgpu' ? 'WebGPU' : 'the CPU'}… ${blocks}${((performance.now() - t) / 1000).toFixed(1)} s`;
   }, 100);
   setPending(1);
   try {
     const canvas = $('#image');
-    await sam.setImage(canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height));
+    const onProgress = ({ done, steps }) => {
+      if (steps > 1) blocks = `${done} of ${steps} blocks, `;
+    };
+    await sam.setImage(canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height), { onProgress });
     const ms = performance.now() - t;
     $('#encoder-status').textContent = `encoder ${fmtMs(ms)}`;
     status.textContent = `${image.name}: ${image.width}×${image.height}, encoded in ${fmtMs(ms)}. Click to segment.`;

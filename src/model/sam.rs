@@ -335,9 +335,42 @@ pub enum ImageEncoder<B: Backend> {
 impl<B: Backend> ImageEncoder<B> {
     /// The preprocessed image `[1, 3, 1024, 1024]` -> the features `[1, 256, 64, 64]`.
     pub fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
+        let mut x = x.clone();
+        for i in 0..self.steps() {
+            x = self.record_step(b, &x, i)?;
+        }
+        Ok(x)
+    }
+
+    /// The steps an encode reports its progress by: ViT's blocks; TinyViT's whole encode is one
+    /// (it takes a fraction of the time of a ViT block).
+    pub fn steps(&self) -> usize {
+        match self {
+            ImageEncoder::TinyVit(_) => 1,
+            ImageEncoder::Vit(e) => e.config().depth,
+        }
+    }
+
+    /// Step `i` of [`Self::steps`] on `x`: the image for the first step (which also embeds the
+    /// patches), the previous step's output after it; the last step ends with the neck, so its
+    /// output is the features.
+    pub fn record_step(&self, b: &mut B, x: &B::Tensor, i: usize) -> Result<B::Tensor> {
+        let last = i + 1 == self.steps();
         match self {
             ImageEncoder::TinyVit(e) => e.forward(b, x),
-            ImageEncoder::Vit(e) => e.forward(b, x),
+            ImageEncoder::Vit(e) => {
+                let x = if i == 0 {
+                    e.patch_embed(b, x)?
+                } else {
+                    x.clone()
+                };
+                let x = e.blocks(b, &x, i..i + 1)?;
+                if last {
+                    e.neck(b, &x)
+                } else {
+                    Ok(x)
+                }
+            }
         }
     }
 
@@ -541,10 +574,25 @@ impl Sam<Cpu> {
 
     /// `SamPredictor.set_image`: the embedding of an RGB image, computed once per image.
     pub fn embed(&self, image: &RgbImage) -> Result<ImageEmbedding> {
-        self.encoder()?;
+        self.embed_with_progress(image, &mut |_, _| {})
+    }
+
+    /// [`Sam::embed`], calling `progress(done, steps)` after each of the encoder's steps (its
+    /// blocks: [`ImageEncoder::steps`]).
+    pub fn embed_with_progress(
+        &self,
+        image: &RgbImage,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<ImageEmbedding> {
+        let encoder = self.encoder()?;
         let (input, frame) = preprocess(image)?;
-        let features = self.record_embed(&mut Cpu, &input)?;
-        ImageEmbedding::new(features, frame)
+        let steps = encoder.steps();
+        let mut x = Cpu.input(&input)?;
+        for i in 0..steps {
+            x = encoder.record_step(&mut Cpu, &x, i)?;
+            progress(i + 1, steps);
+        }
+        ImageEmbedding::new(x, frame)
     }
 
     /// `embedding` prepared for decoding, from the cache when it holds this embedding.
@@ -593,27 +641,43 @@ impl Sam<Gpu> {
     }
 
     /// `SamPredictor.set_image` on the GPU: preprocesses on the CPU, encodes and prepares the
-    /// decoder's per-image work in one recording (one submit), and reads the features back
-    /// once for the [`ImageEmbedding`].
+    /// decoder's per-image work (one submit per encoder step: [`ImageEncoder::steps`], so one for
+    /// TinyViT), and reads the features back once for the [`ImageEmbedding`].
     pub async fn embed(&self, image: &RgbImage) -> Result<(ImageEmbedding, PreparedImage<Gpu>)> {
-        let (embedding, prepared, _) = self.embed_counted(image).await?;
+        let (embedding, prepared, _) = self.embed_counted(image, &mut |_, _| {}).await?;
         Ok((embedding, prepared))
     }
 
-    /// [`Sam::embed`], also returning the number of kernel dispatches it recorded.
+    /// [`Sam::embed`], calling `progress(done, steps)` as each step's submit completes, and
+    /// returning the number of kernel dispatches it recorded.
     pub async fn embed_counted(
         &self,
         image: &RgbImage,
+        progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(ImageEmbedding, PreparedImage<Gpu>, usize)> {
-        self.encoder()?;
+        let encoder = self.encoder()?;
         let (input, frame) = preprocess(image)?;
+        let steps = encoder.steps();
+        let mut dispatches = 0;
         let mut g = Gpu::begin(&self.device);
-        let features = self.record_embed(&mut g, &input)?;
+        let mut features = g.input(&input)?;
+        for i in 0..steps {
+            features = encoder.record_step(&mut g, &features, i)?;
+            if i + 1 < steps {
+                // The step's submit, waited for: the progress a page shows is work done.
+                let rec = g.into_recorder();
+                dispatches += rec.dispatch_count();
+                rec.finish().await?;
+                progress(i + 1, steps);
+                g = Gpu::begin(&self.device);
+            }
+        }
         let prepared = self.record_prepare(&mut g, &features, frame)?;
         let mut rec = g.into_recorder();
-        let dispatches = rec.dispatch_count();
+        dispatches += rec.dispatch_count();
         rec.read(&features);
         let out = rec.finish().await?;
+        progress(steps, steps);
         expect_outputs(&out, 1, "embed")?;
         let features = Tensor::from_vec(
             out.into_iter().next().unwrap_or_default(),

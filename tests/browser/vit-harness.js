@@ -16,7 +16,8 @@ export async function vitParity(api, backend, threads) {
   out.afterLoad = await sam.memoryStats();
   const img = await fixtureImage();
   const t = performance.now();
-  await sam.setImage(img);
+  out.progress = [];
+  await sam.setImage(img, { onProgress: ({ done, steps }) => out.progress.push([done, steps]) });
   out.setImageMs = performance.now() - t;
   out.afterEncode = await sam.memoryStats();
   const e = await sam.getEmbedding();

@@ -38,6 +38,8 @@ function check(r, label, tolerance) {
     `${r.embedding.toExponential(2)}; wasm memory ${mb(r.afterLoad.wasmMemoryBytes)} after load, ` +
     `${mb(r.afterEncode.wasmMemoryBytes)} after the encode; GPU pool ${mb(r.afterEncode.gpuPoolBytes)}`);
   assert.ok(r.embedding <= tolerance, `${label}: embedding differs by ${r.embedding}`);
+  // The encode's progress, block by block.
+  assert.deepEqual(r.progress, [[1, 2], [2, 2]], `${label}: progress`);
   for (const [name, c] of Object.entries(r.cases)) {
     console.log(`  ${name}: low-res logits within ${c.logits.toExponential(2)}, IoU ${c.iou.toExponential(2)}, ${c.differ} mask pixels off the band`);
     assert.ok(c.logits <= 1e-3 && c.iou <= 1e-3, `${label} ${name}: logits ${c.logits}, IoU ${c.iou}`);

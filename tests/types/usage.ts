@@ -13,6 +13,7 @@ async function demo(canvas: HTMLCanvasElement, file: File): Promise<number> {
   const backend: 'webgpu' | 'cpu' = sam.backend;
   await sam.setImage(canvas);
   await sam.setImage(file);
+  await sam.setImage(file, { onProgress: ({ done, steps }) => console.log(`${done}/${steps}`) });
   await sam.setImage({ data: new Uint8Array(16), width: 2, height: 2 });
   const r: Prediction = await sam.predict({ points: [[10, 20, 1], { x: 5, y: 6, label: 0 }], box: [0, 0, 50, 50] });
   const refined = await sam.predict({ points: [[10, 20, 1]], maskInput: r.masks[r.best].lowResLogits, multimask: false });
