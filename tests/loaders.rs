@@ -1,9 +1,14 @@
 //! Checkpoint loading: every float dtype PyTorch saves, views with strides and offsets, 0-d
-//! tensors, parameters, wrapped state dicts, and bytes that are not a checkpoint.
+//! tensors, parameters, wrapped state dicts, bytes that are not a checkpoint, and Hugging Face
+//! `SamModel` names in a `.pth`.
 
 mod common;
 
+use std::io::{Cursor, Write};
+
 use common::fixture;
+use websam::image::ImageFrame;
+use websam::model::sam::{ImageEmbedding, Point, PointLabel, Prompt, Sam};
 use websam::model::weights::{WeightFormat, Weights};
 use websam::Error;
 
@@ -125,4 +130,123 @@ fn embedding_npy_round_trips() {
         assert!(header.contains(part), "header {header} lacks {part}");
     }
     assert_eq!(written.len(), 10 + n + 4 * 256 * 64 * 64);
+}
+
+/// A `torch.save` zip of `{key: tensor}` (f32, contiguous) in the form PyTorch writes: a
+/// protocol-2 pickle of `_rebuild_tensor_v2` calls on persistent storages, one per tensor.
+fn pth_of(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    fn unicode(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X'); // BINUNICODE
+        p.extend((s.len() as u32).to_le_bytes());
+        p.extend(s.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, i: usize) {
+        p.push(b'J'); // BININT
+        p.extend(i32::try_from(i).unwrap().to_le_bytes());
+    }
+    let mut p = vec![0x80, 2, b'}', b'(']; // PROTO 2, EMPTY_DICT, MARK
+    for (i, (key, shape, values)) in tensors.iter().enumerate() {
+        unicode(&mut p, key);
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(("); // GLOBAL, MARK args, MARK pid
+        unicode(&mut p, "storage");
+        p.extend(b"ctorch\nFloatStorage\n");
+        unicode(&mut p, &i.to_string());
+        unicode(&mut p, "cpu");
+        int(&mut p, values.len());
+        p.extend(b"tQ"); // TUPLE, BINPERSID
+        int(&mut p, 0);
+        let strides: Vec<usize> = (0..shape.len())
+            .map(|d| shape[d + 1..].iter().product())
+            .collect();
+        for dims in [shape, &strides] {
+            p.push(b'(');
+            for &d in dims {
+                int(&mut p, d);
+            }
+            p.push(b't');
+        }
+        p.extend([0x89, b')', b't', b'R']); // NEWFALSE, EMPTY_TUPLE, TUPLE, REDUCE
+    }
+    p.extend(b"u."); // SETITEMS, STOP
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", opts).unwrap();
+    zip.write_all(&p).unwrap();
+    for (i, (_, _, values)) in tensors.iter().enumerate() {
+        zip.start_file(format!("archive/data/{i}"), opts).unwrap();
+        zip.write_all(bytemuck::cast_slice(values)).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+/// The decoder-only fixture saved under transformers' `SamModel` names as a `.pth`
+/// (`pytorch_model.bin`'s container; both copies of the positional encoding, as
+/// `convert_sam_to_hf.replace_keys` leaves them) loads under the official keys, and decodes as
+/// the official file; a missing tensor is named by its HF key, a foreign key is refused.
+#[test]
+fn hf_sam_model_names_in_a_pth_load_under_the_official_keys() {
+    let official = Weights::from_file(fixture("sam_decoder.safetensors")).unwrap();
+    let names = common::vit::hf_keys();
+    let mut tensors = Vec::new();
+    for key in official.keys() {
+        let shape = official.shape_of(key).unwrap();
+        let v = values(&official, key);
+        for name in names.all_names(key) {
+            tensors.push((name, shape.clone(), v.clone()));
+        }
+    }
+    assert!(tensors
+        .iter()
+        .any(|(k, ..)| k == "mask_decoder.upscale_conv1.weight"));
+    let w = Weights::from_bytes(&pth_of(&tensors)).unwrap();
+    assert!(w.is_hugging_face() && !official.is_hugging_face());
+    assert_eq!(w.keys(), official.keys());
+    for key in official.keys() {
+        assert_eq!(values(&w, key), values(&official, key), "{key}");
+    }
+
+    let frame = ImageFrame::new(480, 640).unwrap();
+    let emb =
+        ImageEmbedding::from_npy_bytes(&std::fs::read(fixture("embedding.npy")).unwrap(), frame)
+            .unwrap();
+    let prompt = Prompt {
+        points: vec![Point {
+            x: 161.5,
+            y: 150.25,
+            label: PointLabel::Positive,
+        }],
+        multimask: true,
+        ..Prompt::default()
+    };
+    let ours = Sam::new(&w).unwrap().decode(&emb, &prompt).unwrap();
+    let reference = Sam::new(&official).unwrap().decode(&emb, &prompt).unwrap();
+    assert_eq!(ours.low_res_logits, reference.low_res_logits);
+    assert_eq!(ours.iou, reference.iou);
+
+    let without: Vec<_> = tensors
+        .iter()
+        .filter(|(k, ..)| k != "mask_decoder.upscale_conv1.weight")
+        .cloned()
+        .collect();
+    let w = Weights::from_bytes(&pth_of(&without)).unwrap();
+    let err = match Sam::new(&w) {
+        Ok(_) => panic!("a checkpoint without upscale_conv1 built"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("`mask_decoder.upscale_conv1.weight (official mask_decoder.output_upscaling.0.weight)` is missing"),
+        "{err}"
+    );
+
+    let mut foreign = tensors.clone();
+    foreign.push((
+        "mask_decoder.upscale_conv3.weight".into(),
+        vec![1],
+        vec![0.0],
+    ));
+    let err = Weights::from_bytes(&pth_of(&foreign))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`mask_decoder.upscale_conv3.weight`"), "{err}");
 }

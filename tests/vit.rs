@@ -1,16 +1,19 @@
 //! SAM's ViT image encoder against the official `ImageEncoderViT`: configuration detection on
 //! the official ViT-B/L/H key sets (shapes only), and parity on deterministic weights of ViT-B's
 //! structure cut to two blocks, one windowed and one global (`tools/golden/make_vit.py`; the
-//! weights are generated here from the fixture's manifest, see `tests/common/vit.rs`).
+//! weights are generated here from the fixture's manifest, see `tests/common/vit.rs`). Also
+//! Hugging Face transformers' `SamModel` checkpoints: their ViT-B/L/H key sets, and the fixture
+//! model saved under transformers' names (`vit/hf_keys.json`).
 // Native (lavapipe without a GPU); the WebGPU and wasm CPU paths run in Chromium.
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use common::{fixture, mask_mismatches, max_abs_diff, npy_vec, vit};
 use websam::gpu::GpuSam;
 use websam::image::{ImageFrame, RgbImage};
+use websam::model::hf;
 use websam::model::sam::{EncoderKind, ImageEmbedding, ImageEncoder, Prediction, Prompt, Sam};
 use websam::model::vit::VitConfig;
 use websam::model::weights::Weights;
@@ -25,6 +28,66 @@ fn official_shapes(name: &str) -> HashMap<String, Vec<usize>> {
     let path = common::fixture(&format!("vit/keys_vit_{name}.json"));
     serde_json::from_slice(&std::fs::read(&path).unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `tests/fixtures/vit/keys_hf_vit_<name>.json`: every key of transformers' `SamModel` state
+/// dict, for the configuration its conversion script gives ViT-<name>, with its shape.
+fn hf_shapes(name: &str) -> HashMap<String, Vec<usize>> {
+    let path = common::fixture(&format!("vit/keys_hf_vit_{name}.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn hf_sam_model_keys_of_b_l_h_map_one_to_one_onto_the_official_keys() {
+    for name in ["b", "l", "h"] {
+        let hf_shapes = hf_shapes(name);
+        let official = official_shapes(name);
+        assert!(hf::is_hf_checkpoint(hf_shapes.keys().map(String::as_str)));
+        assert!(!hf::is_hf_checkpoint(official.keys().map(String::as_str)));
+        let renames = hf::to_official(hf_shapes.keys().map(String::as_str)).unwrap();
+        // No value transform: every tensor keeps its shape.
+        for (hf_key, key) in &renames {
+            assert_eq!(
+                official.get(key),
+                Some(&hf_shapes[hf_key]),
+                "ViT-{name}: {hf_key} -> {key}"
+            );
+            assert_eq!(hf::hf_name(key).as_ref(), Some(hf_key), "ViT-{name}: {key}");
+        }
+        // A bijection onto the official keys once the tied copy of the positional encoding
+        // is left out.
+        let targets: HashSet<&str> = renames.iter().map(|(_, k)| k.as_str()).collect();
+        assert_eq!(targets.len(), renames.len(), "ViT-{name}");
+        assert_eq!(targets.len(), official.len(), "ViT-{name}");
+        let kept: HashSet<&str> = renames.iter().map(|(h, _)| h.as_str()).collect();
+        let dropped: Vec<&str> = hf_shapes
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !kept.contains(k))
+            .collect();
+        assert_eq!(dropped, [hf::TIED_PE], "ViT-{name}");
+    }
+}
+
+#[test]
+fn the_fixture_s_names_are_those_transformers_gives_it() {
+    let names = vit::hf_keys();
+    let manifest: Vec<String> = vit::manifest().tensors.into_iter().map(|t| t.key).collect();
+    assert_eq!(
+        names.official_to_hf.keys().collect::<HashSet<_>>(),
+        manifest.iter().collect::<HashSet<_>>()
+    );
+    for (key, hf_key) in names.official_to_hf.iter().chain(
+        names
+            .copies
+            .iter()
+            .map(|(copy, key)| (key, copy))
+            .collect::<Vec<_>>(),
+    ) {
+        assert_eq!(hf::official_name(hf_key).as_ref(), Some(key), "{hf_key}");
+    }
+    assert_eq!(names.not_saved, [hf::TIED_PE]);
 }
 
 #[test]
@@ -171,6 +234,50 @@ fn cpu_image_to_embedding_to_masks_matches_pytorch() {
         "CPU",
         CPU_EMBEDDING,
     );
+}
+
+/// The fixture model as a hub file of transformers' `SamModel` (`save_pretrained`'s names, from
+/// `vit/hf_keys.json`) through the normal loader: the official keys and values, and the CPU
+/// path as on the official checkpoint.
+#[test]
+fn cpu_hf_checkpoint_loads_as_the_official_one_and_matches_pytorch() {
+    let names = vit::hf_keys();
+    let bytes = vit::checkpoint_named(&|key| names.hub_names(key));
+    let w = Weights::from_safetensors_bytes(&bytes).unwrap();
+    drop(bytes);
+    assert!(w.is_hugging_face());
+    let official = weights();
+    assert!(!official.is_hugging_face());
+    assert_eq!(w.keys(), official.keys());
+    for key in official.keys() {
+        let shape = official.shape_of(key).unwrap();
+        let ours = w.get(key, &shape).unwrap().flatten_all().unwrap();
+        let theirs = official.get(key, &shape).unwrap().flatten_all().unwrap();
+        assert_eq!(
+            ours.to_vec1::<f32>().unwrap(),
+            theirs.to_vec1::<f32>().unwrap(),
+            "{key}"
+        );
+    }
+    let sam = Sam::new(&w).unwrap();
+    assert_eq!(sam.encoder_kind(), EncoderKind::Vit);
+    let image = RgbImage::open(fixture(&vit::cases().image)).unwrap();
+    let emb = sam.embed(&image).unwrap();
+    check_image_to_masks(
+        &emb,
+        &|e, p| sam.decode(e, p).unwrap(),
+        "CPU, HF checkpoint",
+        CPU_EMBEDDING,
+    );
+    let c = vit::cases();
+    let case = &c.cases[0];
+    let pred = sam.decode(&emb, &case.prompt()).unwrap();
+    let low = max_abs_diff(&pred.low_res_logits, &npy_vec(&case.low_res_logits));
+    println!(
+        "CPU, HF checkpoint, {}: low-res logits max abs diff {low:.2e}",
+        case.name
+    );
+    assert!(low <= 1e-4, "{}: low-res logits diff {low:e}", case.name);
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod common;
 pub mod config;
 pub mod conv;
 pub mod cpu;
+pub mod hf;
 pub mod mask_decoder;
 pub mod ops;
 pub mod prompt_encoder;

@@ -2,6 +2,8 @@
 //! storages) and safetensors, in f32, f16 or bf16, from bytes or a file. Every tensor is
 //! converted to f32 on load; the model asks for tensors by their official key with the shape
 //! it expects, and a missing or mis-shaped key is an error naming the key and both shapes.
+//! Hugging Face transformers' `SamModel` checkpoints (in either container) are renamed to the
+//! official keys as they are read ([`crate::model::hf`]); errors then name the HF key too.
 //!
 //! The pickle is read by candle's pickle reader, a stack machine that only builds data, after
 //! a check of its opcodes ([`crate::model::pth`]): no code from the checkpoint is ever executed.
@@ -14,11 +16,14 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::model::hf;
 
 /// The tensors of a checkpoint, by official key, as f32 on the CPU.
 #[derive(Debug, Clone, Default)]
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
+    /// Read from a Hugging Face `SamModel` checkpoint (its keys renamed on load).
+    hugging_face: bool,
 }
 
 /// Which container a weight file uses, told from its first bytes.
@@ -77,14 +82,51 @@ impl Weights {
         Self::from_bytes(&bytes).map_err(|e| e.context(path.display()))
     }
 
-    /// Builds weights from named tensors (converted to f32 on the CPU).
+    /// Builds weights from named tensors (converted to f32 on the CPU); Hugging Face
+    /// `SamModel` names are renamed as in a file.
     pub fn from_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>) -> Result<Self> {
         let mut map = HashMap::new();
         for (k, t) in tensors {
             let t = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
             map.insert(k, t);
         }
-        Ok(Self { tensors: map })
+        Self::from_map(map)
+    }
+
+    /// The one place every loader ends: a Hugging Face `SamModel` checkpoint, told by its keys,
+    /// gets the official keys ([`hf::to_official`]); any other is kept as it is.
+    fn from_map(mut tensors: HashMap<String, Tensor>) -> Result<Self> {
+        if !hf::is_hf_checkpoint(tensors.keys().map(String::as_str)) {
+            return Ok(Self {
+                tensors,
+                hugging_face: false,
+            });
+        }
+        let renames = hf::to_official(tensors.keys().map(String::as_str))?;
+        let mut official = HashMap::with_capacity(renames.len());
+        for (hf_key, key) in renames {
+            // `to_official` answers with keys of this map only.
+            if let Some(t) = tensors.remove(&hf_key) {
+                official.insert(key, t);
+            }
+        }
+        Ok(Self {
+            tensors: official,
+            hugging_face: true,
+        })
+    }
+
+    /// Whether the checkpoint was a Hugging Face `SamModel` one (its keys now official).
+    pub fn is_hugging_face(&self) -> bool {
+        self.hugging_face
+    }
+
+    /// `key` as errors show it: with its HF name when the checkpoint used those.
+    fn shown(&self, key: &str) -> String {
+        match hf::hf_name(key) {
+            Some(hf_key) if self.hugging_face => format!("{hf_key} (official {key})"),
+            _ => key.to_owned(),
+        }
     }
 
     /// Reads a safetensors file held in memory.
@@ -105,27 +147,25 @@ impl Weights {
                 .to_dtype(DType::F32)?;
             tensors.insert(name, t);
         }
-        Ok(Self { tensors })
+        Self::from_map(tensors)
     }
 
     /// Reads a PyTorch zip checkpoint held in memory: a state dict at the top level, or under
     /// `model` / `state_dict` as training scripts often save it (see [`crate::model::pth`]).
     pub fn from_pth_bytes(bytes: &[u8]) -> Result<Self> {
-        Ok(Self {
-            tensors: crate::model::pth::read_pth(bytes)?,
-        })
+        Self::from_map(crate::model::pth::read_pth(bytes)?)
     }
 
     /// The tensor under `key`, checked against the shape the model expects and to hold only
     /// finite values.
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.tensors.get(key).ok_or_else(|| Error::MissingWeight {
-            key: key.to_owned(),
+            key: self.shown(key),
             expected: shape.to_vec(),
         })?;
         if t.dims() != shape {
             return Err(Error::WeightShape {
-                key: key.to_owned(),
+                key: self.shown(key),
                 expected: shape.to_vec(),
                 found: t.dims().to_vec(),
             });
@@ -133,8 +173,9 @@ impl Weights {
         let values = t.flatten_all()?.to_vec1::<f32>()?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(Error::format(format!(
-                "weight `{key}` holds {} (element {i} of {}): a checkpoint with NaN or infinite \
+                "weight `{}` holds {} (element {i} of {}): a checkpoint with NaN or infinite \
                  values is refused",
+                self.shown(key),
                 values[i],
                 values.len()
             )));

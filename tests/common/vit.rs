@@ -5,7 +5,7 @@
 //! script recorded, so a test never runs on weights other than the reference's.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use safetensors::tensor::{Dtype, TensorView};
 use serde::Deserialize;
@@ -95,6 +95,12 @@ pub fn generate(spec: &TensorSpec) -> Vec<f32> {
 
 /// The whole state dict as a safetensors file (f32, official key names).
 pub fn checkpoint() -> Vec<u8> {
+    checkpoint_named(&|key| vec![key.to_owned()])
+}
+
+/// The whole state dict as a safetensors file (f32), each tensor under the names `names`
+/// gives its official key (none, one or several).
+pub fn checkpoint_named(names: &dyn Fn(&str) -> Vec<String>) -> Vec<u8> {
     let m = manifest();
     let data: Vec<(String, Vec<usize>, Vec<f32>)> = m
         .tensors
@@ -103,10 +109,52 @@ pub fn checkpoint() -> Vec<u8> {
         .collect();
     let views: Vec<(String, TensorView)> = data
         .iter()
-        .map(|(k, shape, v)| {
-            let view = TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(v)).unwrap();
-            (k.clone(), view)
+        .flat_map(|(k, shape, v)| {
+            names(k).into_iter().map(move |name| {
+                let view =
+                    TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(v)).unwrap();
+                (name, view)
+            })
         })
         .collect();
     safetensors::tensor::serialize(views, None::<HashMap<String, String>>).unwrap()
+}
+
+/// `tests/fixtures/vit/hf_keys.json`: transformers' `SamModel` names of the fixture model's
+/// keys, as its conversion script renames them (made by `tools/golden/make_vit.py`).
+#[derive(Debug, Deserialize)]
+pub struct HfKeys {
+    /// Official key -> HF key (`convert_sam_to_hf.replace_keys`).
+    pub official_to_hf: BTreeMap<String, String>,
+    /// HF keys `replace_keys` adds as a copy of an official tensor -> that official key.
+    pub copies: BTreeMap<String, String>,
+    /// HF keys `SamModel.save_pretrained` leaves out of `model.safetensors`.
+    pub not_saved: Vec<String>,
+}
+
+impl HfKeys {
+    /// Every HF name `replace_keys` gives the official tensor `key` (copies included).
+    pub fn all_names(&self, key: &str) -> Vec<String> {
+        let mut names = vec![self.official_to_hf[key].clone()];
+        names.extend(
+            self.copies
+                .iter()
+                .filter(|(_, src)| *src == key)
+                .map(|(copy, _)| copy.clone()),
+        );
+        names
+    }
+
+    /// The names under which a hub file (`save_pretrained`) holds the official tensor `key`.
+    pub fn hub_names(&self, key: &str) -> Vec<String> {
+        let mut names = self.all_names(key);
+        names.retain(|n| !self.not_saved.contains(n));
+        names
+    }
+}
+
+pub fn hf_keys() -> HfKeys {
+    let path = fixture("vit/hf_keys.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

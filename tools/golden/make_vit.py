@@ -24,9 +24,29 @@ Writes into tests/fixtures/vit/:
   keys_vit_{b,l,h}.json
                        {key: shape} of the full official build_sam_vit_{b,l,h}() state dicts
                        (built on the meta device: nothing is allocated)
+  hf_keys.json         Hugging Face transformers' names for this model (`SamModel`):
+                       official_to_hf (each official key -> its HF key, as transformers'
+                       convert_sam_to_hf.replace_keys renames it), copies (HF keys that
+                       replace_keys adds as a copy of an official tensor -> that official key)
+                       and not_saved (the keys SamModel.save_pretrained leaves out of
+                       model.safetensors, the form of the hub's facebook/sam-vit-* files: the
+                       tied prompt-encoder copy of the positional encoding). Checked: SamModel
+                       takes the renamed state dict with load_state_dict(strict=True) and gives
+                       the official model's image embedding and predictor outputs.
+  keys_hf_vit_{b,l,h}.json
+                       {key: shape} of SamModel's state dict for the SamConfig that
+                       convert_sam_to_hf.get_config builds for sam_vit_{b,l,h} (meta device)
 
 Usage (from anywhere; about a minute on 2 cores):
-    target/golden-venv/bin/python tools/golden/make_vit.py [--out DIR]
+    target/golden-venv/bin/python tools/golden/make_vit.py [--out DIR] [--hf-convert FILE]
+
+The HF names need `transformers` (4.57.6 here) in the venv. Its wheel does not ship the
+conversion script (convert_sam_to_hf.py lives in transformers' source tree), so the names
+are made by the rules of `HF_RULES` below (this script's own formulation, no copy) and, when
+transformers' `convert_sam_to_hf.py` is importable (from the package, or the file given with
+--hf-convert, e.g. from a checkout of huggingface/transformers), checked to equal its
+`replace_keys` and `get_config`. Either way `SamModel(...).load_state_dict(strict=True)` and
+the output comparison below check the names against transformers' model itself.
 
 Running it twice yields byte-identical files (checked with sha256sum).
 """
@@ -36,6 +56,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from functools import partial
@@ -294,6 +315,219 @@ def make_model():
 
 
 # --------------------------------------------------------------------------
+# Hugging Face transformers' SamModel names
+# --------------------------------------------------------------------------
+# official key -> HF key: the first rule whose pattern matches the start of the key (at a dot)
+# rewrites that start; the rest of the key is kept. Written from transformers' modeling_sam.py
+# module names; checked against convert_sam_to_hf.replace_keys when that is importable, and
+# against SamModel's own state dict (strict load) always.
+HF_RULES = [
+    (r"image_encoder\.patch_embed\.proj", "vision_encoder.patch_embed.projection"),
+    (r"image_encoder\.pos_embed", "vision_encoder.pos_embed"),
+    (r"image_encoder\.blocks\.(\d+)\.norm(\d)", r"vision_encoder.layers.\1.layer_norm\2"),
+    (r"image_encoder\.blocks\.(\d+)\.(attn|mlp)", r"vision_encoder.layers.\1.\2"),
+    (r"image_encoder\.neck\.0", "vision_encoder.neck.conv1"),
+    (r"image_encoder\.neck\.1", "vision_encoder.neck.layer_norm1"),
+    (r"image_encoder\.neck\.2", "vision_encoder.neck.conv2"),
+    (r"image_encoder\.neck\.3", "vision_encoder.neck.layer_norm2"),
+    (r"prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix",
+     "prompt_encoder.shared_embedding.positional_embedding"),
+    (r"prompt_encoder\.point_embeddings\.(\d+)", r"prompt_encoder.point_embed.\1"),
+    (r"prompt_encoder\.mask_downscaling\.0", "prompt_encoder.mask_embed.conv1"),
+    (r"prompt_encoder\.mask_downscaling\.1", "prompt_encoder.mask_embed.layer_norm1"),
+    (r"prompt_encoder\.mask_downscaling\.3", "prompt_encoder.mask_embed.conv2"),
+    (r"prompt_encoder\.mask_downscaling\.4", "prompt_encoder.mask_embed.layer_norm2"),
+    (r"prompt_encoder\.mask_downscaling\.6", "prompt_encoder.mask_embed.conv3"),
+    (r"prompt_encoder\.(no_mask_embed|not_a_point_embed)", r"prompt_encoder.\1"),
+    (r"mask_decoder\.output_upscaling\.0", "mask_decoder.upscale_conv1"),
+    (r"mask_decoder\.output_upscaling\.1", "mask_decoder.upscale_layer_norm"),
+    (r"mask_decoder\.output_upscaling\.3", "mask_decoder.upscale_conv2"),
+    # SAM's three-layer MLP heads become SamFeedForward: proj_in, layers.0, proj_out.
+    (r"mask_decoder\.(iou_prediction_head|output_hypernetworks_mlps\.\d+)\.layers\.0",
+     r"mask_decoder.\1.proj_in"),
+    (r"mask_decoder\.(iou_prediction_head|output_hypernetworks_mlps\.\d+)\.layers\.1",
+     r"mask_decoder.\1.layers.0"),
+    (r"mask_decoder\.(iou_prediction_head|output_hypernetworks_mlps\.\d+)\.layers\.2",
+     r"mask_decoder.\1.proj_out"),
+    (r"mask_decoder\.transformer\.layers\.(\d+)\.norm(\d)",
+     r"mask_decoder.transformer.layers.\1.layer_norm\2"),
+    (r"mask_decoder\.transformer\.layers\.(\d+)\."
+     r"(self_attn|cross_attn_token_to_image|cross_attn_image_to_token|mlp)",
+     r"mask_decoder.transformer.layers.\1.\2"),
+    (r"mask_decoder\.transformer\.norm_final_attn", "mask_decoder.transformer.layer_norm_final_attn"),
+    (r"mask_decoder\.transformer\.final_attn_token_to_image",
+     "mask_decoder.transformer.final_attn_token_to_image"),
+    (r"mask_decoder\.(iou_token|mask_tokens)", r"mask_decoder.\1"),
+]
+# SamModel holds the positional-encoding matrix twice: the prompt encoder's (tied) and the
+# image-wide one; replace_keys fills the second from the first.
+HF_COPIES = {
+    "shared_image_embedding.positional_embedding":
+        "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+}
+
+
+def hf_key(key: str) -> str:
+    """The HF name of an official key (an error when no rule covers it)."""
+    for pat, rep in HF_RULES:
+        m = re.match(pat + r"(?=\.|$)", key)
+        if m:
+            return m.expand(rep) + key[m.end():]
+    raise KeyError(f"no HF rule for {key}")
+
+
+def load_hf_convert(path):
+    """transformers' convert_sam_to_hf module: from the package, else from `path`; None when
+    neither. Its download-only imports (httpx or requests) are stubbed when absent."""
+    import importlib
+    import importlib.util
+    import types
+    for dl in ("httpx", "requests"):
+        try:
+            importlib.import_module(dl)
+        except ImportError:
+            sys.modules[dl] = types.ModuleType(dl)
+    try:
+        return importlib.import_module("transformers.models.sam.convert_sam_to_hf")
+    except ImportError:
+        pass
+    if path is None:
+        return None
+    spec = importlib.util.spec_from_file_location("convert_sam_to_hf", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def hf_vision_config(name: str):
+    """The SamVisionConfig of convert_sam_to_hf.get_config(sam_vit_<name>)."""
+    from transformers import SamVisionConfig
+    return {
+        "b": lambda: SamVisionConfig(),
+        "l": lambda: SamVisionConfig(hidden_size=1024, num_hidden_layers=24,
+                                     num_attention_heads=16, global_attn_indexes=[5, 11, 17, 23]),
+        "h": lambda: SamVisionConfig(hidden_size=1280, num_hidden_layers=32,
+                                     num_attention_heads=16, global_attn_indexes=[7, 15, 23, 31]),
+    }[name]()
+
+
+def hf_keys_of_config(name: str, convert) -> str:
+    from transformers import SamConfig, SamModel
+    config = SamConfig(vision_config=hf_vision_config(name))
+    if convert is not None:
+        theirs = convert.get_config(f"sam_vit_{name}")
+        assert theirs.to_dict() == config.to_dict(), name
+    with torch.device("meta"):
+        sam = SamModel(config)
+    sd = sam.state_dict()
+    lines = [f"{json.dumps(k)}: {json.dumps(list(v.shape))}" for k, v in sd.items()]
+    text = "{\n" + ",\n".join(lines) + "\n}\n"
+    assert list(json.loads(text)) == list(sd)
+    return text
+
+
+def hf_model_config():
+    """SamConfig of the fixture model: ViT-B's vision config, two layers, layer 1 global."""
+    from transformers import SamConfig, SamVisionConfig
+    a = MODEL_ARGS
+    vision = SamVisionConfig(
+        hidden_size=a["encoder_embed_dim"], num_hidden_layers=a["encoder_depth"],
+        num_attention_heads=a["encoder_num_heads"],
+        global_attn_indexes=a["encoder_global_attn_indexes"], image_size=a["img_size"],
+        patch_size=a["patch_size"], mlp_dim=a["encoder_embed_dim"] * a["mlp_ratio"],
+        qkv_bias=a["qkv_bias"], use_rel_pos=a["use_rel_pos"], use_abs_pos=True,
+        window_size=a["window_size"], output_channels=a["out_chans"], layer_norm_eps=1e-6)
+    return SamConfig(vision_config=vision)
+
+
+def hf_names(model, convert, image, emb, case_results) -> str:
+    """hf_keys.json for the fixture model, after checking that transformers' SamModel takes
+    the renamed weights and computes what the official model computes."""
+    import tempfile
+    from safetensors import safe_open
+    from segment_anything.utils.transforms import ResizeLongestSide
+    from transformers import SamModel
+
+    sd = model.state_dict()
+    official_to_hf = {k: hf_key(k) for k in sd}
+    converted = {official_to_hf[k]: v for k, v in sd.items()}
+    for copy, src in HF_COPIES.items():
+        converted[copy] = sd[src]
+    assert len(converted) == len(sd) + len(HF_COPIES)
+    if convert is not None:
+        by_id = {id(v): k for k, v in sd.items()}
+        theirs = convert.replace_keys(dict(sd))
+        assert list(theirs) == list(converted), "key names differ from replace_keys'"
+        for hk, v in theirs.items():
+            want = HF_COPIES.get(hk) or next(k for k, h in official_to_hf.items() if h == hk)
+            assert by_id[id(v)] == want, hk
+        print("hf_keys: equal to transformers' convert_sam_to_hf.replace_keys")
+    else:
+        print("hf_keys: transformers' convert_sam_to_hf.py not found; checked by SamModel only")
+
+    hf = SamModel(hf_model_config())
+    hf.load_state_dict(converted, strict=True)
+    hf.eval()
+    for k, v in hf.state_dict().items():
+        want = HF_COPIES.get(k) or next(o for o, h in official_to_hf.items() if h == k)
+        assert torch.equal(v, sd[want]), k
+
+    # Same preprocessed input as SamPredictor.set_image.
+    t = ResizeLongestSide(MODEL_ARGS["img_size"])
+    x = torch.as_tensor(t.apply_image(image)).permute(2, 0, 1).contiguous()[None]
+    with torch.no_grad():
+        x = model.preprocess(x)
+        ours = model.image_encoder(x)
+        theirs = hf.get_image_embeddings(x)
+    assert torch.equal(ours, torch.from_numpy(emb))
+    d = (theirs - ours).abs().max().item()
+    print(f"HF SamModel vision encoder vs official: image embeddings max abs diff {d:.3e}")
+    assert d < 1e-4, d
+
+    # The decoder through SamModel on the official embedding, prompts in the 1024 frame.
+    for c, low, iou in case_results:
+        kw = {}
+        if c["points"] is not None:
+            pts = t.apply_coords(np.array(c["points"], dtype=np.float32), image.shape[:2])
+            kw["input_points"] = torch.from_numpy(pts)[None, None]
+            kw["input_labels"] = torch.tensor(c["labels"])[None, None]
+        if c["box"] is not None:
+            box = t.apply_boxes(np.array(c["box"], dtype=np.float32), image.shape[:2])
+            kw["input_boxes"] = torch.from_numpy(box)[None]
+        with torch.no_grad():
+            out = hf(image_embeddings=torch.from_numpy(emb), multimask_output=c["multimask"], **kw)
+        dl = np.abs(out.pred_masks[0, 0].numpy() - low).max()
+        di = np.abs(out.iou_scores[0, 0].numpy() - iou).max()
+        print(f"HF SamModel decoder vs official, {c['name']}: low-res logits max abs diff "
+              f"{dl:.3e}, iou {di:.3e}")
+        assert dl < 1e-2 and di < 1e-3, (dl, di)
+
+    # What save_pretrained writes (the hub files' form): the tied copy is left out.
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        with safe_open(os.path.join(tmp, "model.safetensors"), "pt") as f:
+            saved = sorted(f.keys())
+    assert set(saved) <= set(converted)
+    print(f"save_pretrained: {len(saved)} of {len(converted)} keys; left out: "
+          f"{sorted(set(converted) - set(saved))}")
+
+    head = {
+        "note": ("transformers' SamModel names for this model (tools/golden/make_vit.py): "
+                 "official_to_hf as convert_sam_to_hf.replace_keys renames each official key; "
+                 "copies: HF keys replace_keys adds as a copy of an official tensor; not_saved: "
+                 "the keys SamModel.save_pretrained leaves out of model.safetensors (the hub "
+                 "files' form: every other HF key is in it)"),
+        "reference": {"transformers": metadata.version("transformers")},
+        "copies": HF_COPIES,
+        "not_saved": sorted(set(converted) - set(saved)),
+        "official_to_hf": official_to_hf,
+    }
+    text = json.dumps(head, indent=1) + "\n"
+    assert json.loads(text) == head
+    return text
+
+
+# --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
 def versions() -> dict:
@@ -348,6 +582,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures", "vit"))
     ap.add_argument("--image", default=os.path.join(REPO, "tests", "fixtures", "image.png"))
+    ap.add_argument("--hf-convert", default=None,
+                    help="transformers' convert_sam_to_hf.py, to check the HF names against")
     args = ap.parse_args()
     out = args.out
     os.makedirs(out, exist_ok=True)
@@ -359,6 +595,9 @@ def main():
     # ---- official key lists ---------------------------------------------
     for name, build in (("b", build_sam_vit_b), ("l", build_sam_vit_l), ("h", build_sam_vit_h)):
         write_text(os.path.join(out, f"keys_vit_{name}.json"), official_keys(build))
+    convert = load_hf_convert(args.hf_convert)
+    for name in ("b", "l", "h"):
+        write_text(os.path.join(out, f"keys_hf_vit_{name}.json"), hf_keys_of_config(name, convert))
 
     # ---- model + manifest -----------------------------------------------
     model, tensors = make_model()
@@ -410,6 +649,7 @@ def main():
              box=[90.0, 280.0, 270.0, 450.0], multimask=False),
     ]
     out_cases = []
+    case_results = []
     for c in cases:
         name = c["name"]
         pc = np.array(c["points"], dtype=np.float32) if c["points"] is not None else None
@@ -429,6 +669,7 @@ def main():
         np.save(os.path.join(out, lf), low)
         np.save(os.path.join(out, ff), iou)
         np.save(os.path.join(out, logits_file), masks.astype(np.float16))
+        case_results.append((c, low, iou))
         print(json.dumps(dict(
             name=name, iou=iou.tolist(), low_min=float(low.min()), low_max=float(low.max()),
             pos_frac_low=[float((low[i] > 0).mean()) for i in range(C)],
@@ -445,6 +686,10 @@ def main():
         "reference": versions(),
     }
     write_text(os.path.join(out, "cases.json"), one_per_line(cases_head, "cases", out_cases))
+
+    # ---- Hugging Face transformers' names ----------------------------------
+    write_text(os.path.join(out, "hf_keys.json"),
+               hf_names(model, convert, image, emb, case_results))
 
 
 if __name__ == "__main__":
