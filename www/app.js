@@ -21,12 +21,23 @@ const CURRENT = [30, 144, 255];
 // The official file is fetched from raw.githubusercontent.com, which answers with
 // Access-Control-Allow-Origin: *; github.com's /raw/ address of the same file redirects there
 // without that header, and the browser refuses the redirect, so a page cannot use it.
+// SAM ViT-B comes from the Hugging Face hub (transformers' SamModel, which websam reads as the
+// official checkpoint): its /resolve/ addresses answer cross-origin requests, as browser
+// libraries that load models from the hub rely on; its size is the file's about 375 MB. ViT-L
+// and ViT-H are not offered: the whole checkpoint passes through the wasm module's memory at
+// load, three times over, past its 4 GB (docs/API.md).
 const MODELS = {
   local: { name: 'MobileSAM (this server)', url: 'models/mobile_sam.pt', bytes: 40728226 },
   github: {
     name: 'MobileSAM (official, GitHub)',
     url: 'https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/master/weights/mobile_sam.pt',
     bytes: 40728226,
+  },
+  vitB: {
+    name: 'SAM ViT-B (Meta, Hugging Face)',
+    url: 'https://huggingface.co/facebook/sam-vit-base/resolve/main/model.safetensors',
+    bytes: 375e6,
+    approximate: true,
   },
 };
 const DEFAULT_MODEL = 'local';
@@ -1061,7 +1072,7 @@ async function exportEmbedding() {
 
 function setupControls() {
   const presets = $('#model-preset');
-  for (const [key, m] of Object.entries(MODELS)) presets.add(new Option(`${m.name} · ${fmtBytes(m.bytes)}`, key));
+  for (const [key, m] of Object.entries(MODELS)) presets.add(new Option(`${m.name} · ${m.approximate ? 'about ' : ''}${fmtBytes(m.bytes)}`, key));
   presets.add(new Option('Custom URL…', 'custom'));
   presets.addEventListener('change', () => {
     if (presets.value === 'custom') {

@@ -200,6 +200,11 @@ describe('the trained MobileSAM, by default', () => {
     await page.waitForSelector('body[data-backend=cpu]', { timeout: 120000 });
     assert.match(await page.textContent('#model-status'), /^MobileSAM \(this server\) loaded on CPU in /);
     assert.equal(await page.inputValue('#model-preset'), 'local');
+    // The presets, each with its download size.
+    assert.deepEqual(await page.$$eval('#model-preset option', (os) => os.map((o) => o.textContent)), [
+      'MobileSAM (this server) · 40.7 MB', 'MobileSAM (official, GitHub) · 40.7 MB',
+      'SAM ViT-B (Meta, Hugging Face) · about 375.0 MB', 'Custom URL…',
+    ]);
     assert.equal(await page.inputValue('#weights-url'), `${server.url}${DEFAULT_MODEL}`);
     assert.equal(requests() - before, 1, 'the default model fetched once from the page\'s server');
     await page.waitForSelector('body[data-image=ready]', { timeout: 120000 });
