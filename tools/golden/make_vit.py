@@ -69,6 +69,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+import make_fixtures  # same folder: its _fan_in, stats and versions
+
 from segment_anything import SamPredictor, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l
 from segment_anything.modeling import (
     ImageEncoderViT,
@@ -227,19 +229,6 @@ REL_POS_SCALE = 0.5            # rel_pos_h / rel_pos_w
 EMBED_SCALE = math.sqrt(3.0)   # nn.Embedding weights and positional_encoding_gaussian_matrix
 
 
-def _fan_in(mod: nn.Module) -> float:
-    if isinstance(mod, nn.Linear):
-        return float(mod.in_features)
-    if isinstance(mod, nn.ConvTranspose2d):
-        k = mod.kernel_size[0] * mod.kernel_size[1]
-        s = mod.stride[0] * mod.stride[1]
-        return float(mod.in_channels // mod.groups) * k / s
-    if isinstance(mod, nn.Conv2d):
-        k = mod.kernel_size[0] * mod.kernel_size[1]
-        return float(mod.in_channels // mod.groups) * k
-    raise TypeError(type(mod))
-
-
 def f32(v: float) -> float:
     """The f32 nearest v, as the Python float equal to it (so JSON round-trips it exactly)."""
     return float(np.float32(v))
@@ -258,7 +247,7 @@ def offset_scale(model: nn.Module) -> dict:
                 continue  # non-persistent constants
             assert torch.is_floating_point(t), full
             if isinstance(mod, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-                b = 1.0 / math.sqrt(_fan_in(mod))
+                b = 1.0 / math.sqrt(make_fixtures._fan_in(mod))
                 g = WEIGHT_GAIN
                 if (mname.startswith("mask_decoder.output_hypernetworks_mlps.")
                         and mname.endswith(".layers.2")):
@@ -531,25 +520,10 @@ def hf_names(model, convert, image, emb, case_results) -> str:
 # Main
 # --------------------------------------------------------------------------
 def versions() -> dict:
-    def v(dist):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torchvision": v("torchvision"),
-        "numpy": np.__version__,
-        "pillow": v("pillow") or v("Pillow"),
-        "segment_anything": v("segment-anything") or v("segment_anything"),
-    }
+    """make_fixtures.py's reference versions, less the packages this script does not use."""
+    unused = ("safetensors", "mobile_sam", "timm")
+    return {k: v for k, v in make_fixtures.versions().items() if k not in unused}
 
-
-def stats(name, a):
-    a = np.asarray(a, dtype=np.float64)
-    return (f"{name}: shape={list(a.shape)} min={a.min():.4g} max={a.max():.4g} "
-            f"mean={a.mean():.4g} std={a.std():.4g}")
 
 
 def write_text(path: str, text: str) -> None:
@@ -636,7 +610,7 @@ def main():
     emb = predictor.features.detach().cpu().numpy().astype(np.float32)
     assert emb.shape == (1, 256, 64, 64)
     np.save(os.path.join(out, "embedding.npy"), emb)
-    print(stats("embedding", emb))
+    print(make_fixtures.stats("embedding", emb))
 
     # ---- predictor cases (make_fixtures.py's predictor_* cases) ------------
     cases = [
