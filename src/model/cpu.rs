@@ -20,7 +20,7 @@ use crate::threads;
 pub struct Cpu;
 
 /// Scores held at once by [`Cpu::attention_rel_pos`]: 16 Mi values (64 MiB), so that a global
-/// block's 12 heads x 4096 x 4096 scores (768 MiB, past what wasm32 can spare) go in 48 pieces.
+/// block's 12 heads x 4096 x 4096 scores (768 MiB, past what wasm32 can spare) go in 13 pieces.
 const REL_POS_SCORES: usize = 1 << 24;
 
 /// `x` as a GEMM operand: contiguous, or a transpose of a contiguous tensor in its last two

@@ -333,15 +333,6 @@ pub enum ImageEncoder<B: Backend> {
 }
 
 impl<B: Backend> ImageEncoder<B> {
-    /// The preprocessed image `[1, 3, 1024, 1024]` -> the features `[1, 256, 64, 64]`.
-    pub fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
-        let mut x = x.clone();
-        for i in 0..self.steps() {
-            x = self.record_step(b, &x, i)?;
-        }
-        Ok(x)
-    }
-
     /// The steps an encode reports its progress by: ViT's blocks; TinyViT's whole encode is one
     /// (it takes a fraction of the time of a ViT block).
     pub fn steps(&self) -> usize {
@@ -353,7 +344,8 @@ impl<B: Backend> ImageEncoder<B> {
 
     /// Step `i` of [`Self::steps`] on `x`: the image for the first step (which also embeds the
     /// patches), the previous step's output after it; the last step ends with the neck, so its
-    /// output is the features.
+    /// output is the features. The steps in order are the encoder's forward: the preprocessed
+    /// image `[1, 3, 1024, 1024]` -> the features `[1, 256, 64, 64]`.
     pub fn record_step(&self, b: &mut B, x: &B::Tensor, i: usize) -> Result<B::Tensor> {
         let last = i + 1 == self.steps();
         match self {
@@ -364,25 +356,12 @@ impl<B: Backend> ImageEncoder<B> {
                 } else {
                     x.clone()
                 };
-                let x = e.blocks(b, &x, i..i + 1)?;
+                let x = e.block(b, &x, i)?;
                 if last {
                     e.neck(b, &x)
                 } else {
                     Ok(x)
                 }
-            }
-        }
-    }
-
-    /// A name for messages: "TinyViT", "ViT-B", or "ViT (768 wide, 12 blocks)".
-    pub fn name(&self) -> String {
-        match self {
-            ImageEncoder::TinyVit(_) => "TinyViT".into(),
-            ImageEncoder::Vit(e) => {
-                let c = e.config();
-                c.name()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("ViT ({} wide, {} blocks)", c.embed_dim, c.depth))
             }
         }
     }
@@ -473,14 +452,6 @@ impl<B: Backend> Sam<B> {
                     .into(),
             )
         })
-    }
-
-    /// Records the image encoder on `input` (the preprocessed image `[1, 3, 1024, 1024]`):
-    /// the features `[1, 256, 64, 64]`.
-    pub fn record_embed(&self, b: &mut B, input: &Tensor) -> Result<B::Tensor> {
-        let encoder = self.encoder()?;
-        let x = b.input(input)?;
-        encoder.forward(b, &x)
     }
 
     /// Records the per-image work of the decoder on `features` `[1, 256, 64, 64]`: the tokens

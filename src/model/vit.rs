@@ -433,26 +433,18 @@ impl<B: Backend> ImageEncoderViT<B> {
         &self.cfg
     }
 
-    /// Runs the blocks from `from` up to (not including) `to` on tokens `[1, g*g, C]`; the
-    /// encoder is [`Self::patch_embed`], every block, then [`Self::neck`]. Split so that a long
-    /// encode can report its progress block by block.
-    pub fn blocks(
-        &self,
-        b: &mut B,
-        x: &B::Tensor,
-        range: std::ops::Range<usize>,
-    ) -> Result<B::Tensor> {
-        let grid = (self.cfg.grid(), self.cfg.grid());
-        let mut x = x.clone();
-        for blk in self.blocks.get(range.clone()).ok_or_else(|| {
+    /// Block `i` on tokens `[1, g*g, C]`. The encoder is [`Self::patch_embed`], every block in
+    /// order, then [`Self::neck`]: run a step at a time so that a long encode can report its
+    /// progress ([`crate::model::sam::ImageEncoder::record_step`]).
+    pub fn block(&self, b: &mut B, x: &B::Tensor, i: usize) -> Result<B::Tensor> {
+        let blk = self.blocks.get(i).ok_or_else(|| {
             Error::invalid(format!(
-                "blocks {range:?} of a ViT with {} blocks",
+                "block {i} of a ViT with {} blocks",
                 self.blocks.len()
             ))
-        })? {
-            x = blk.forward(b, &x, grid)?;
-        }
-        Ok(x)
+        })?;
+        let g = self.cfg.grid();
+        blk.forward(b, x, (g, g))
     }
 
     /// `patch_embed` plus `pos_embed`: the image `[1, 3, 1024, 1024]` -> tokens `[1, 64*64, C]`.
@@ -489,13 +481,6 @@ impl<B: Backend> ImageEncoderViT<B> {
     pub fn neck(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
         let g = self.cfg.grid();
         self.neck.forward(b, x, (g, g))
-    }
-
-    /// The whole encoder: the preprocessed image `[1, 3, 1024, 1024]` -> `[1, 256, 64, 64]`.
-    pub fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
-        let x = self.patch_embed(b, x)?;
-        let x = self.blocks(b, &x, 0..self.cfg.depth)?;
-        self.neck(b, &x)
     }
 }
 

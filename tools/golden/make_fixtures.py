@@ -311,6 +311,18 @@ def versions() -> dict:
     }
 
 
+def set_image(model, image):
+    """The official SamPredictor on a 480x640 RGB image: the predictor and its features (f32)."""
+    predictor = SamPredictor(model)
+    with torch.no_grad():
+        predictor.set_image(image)
+    assert predictor.original_size == (480, 640)
+    assert predictor.input_size == (768, 1024), predictor.input_size
+    emb = predictor.features.detach().cpu().numpy().astype(np.float32)
+    assert emb.shape == (1, 256, 64, 64)
+    return predictor, emb
+
+
 def stats(name, a):
     a = np.asarray(a, dtype=np.float64)
     return (f"{name}: shape={list(a.shape)} min={a.min():.4g} max={a.max():.4g} "
@@ -395,13 +407,7 @@ def main():
 
     # ---- embedding ------------------------------------------------------
     image = np.array(Image.open(os.path.join(out, "image.png")).convert("RGB"))
-    predictor = SamPredictor(model)
-    with torch.no_grad():
-        predictor.set_image(image)
-    assert predictor.original_size == (480, 640)
-    assert predictor.input_size == (768, 1024), predictor.input_size
-    emb = predictor.features.detach().cpu().numpy().astype(np.float32)
-    assert emb.shape == (1, 256, 64, 64)
+    predictor, emb = set_image(model, image)
     np.save(os.path.join(out, "embedding.npy"), emb)
     print(stats("embedding", emb))
 

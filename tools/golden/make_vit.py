@@ -71,7 +71,7 @@ from PIL import Image
 
 import make_fixtures  # same folder: its _fan_in, stats and versions
 
-from segment_anything import SamPredictor, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l
+from segment_anything import build_sam_vit_b, build_sam_vit_h, build_sam_vit_l
 from segment_anything.modeling import (
     ImageEncoderViT,
     MaskDecoder,
@@ -406,13 +406,7 @@ def hf_keys_of_config(name: str, convert) -> str:
     if convert is not None:
         theirs = convert.get_config(f"sam_vit_{name}")
         assert theirs.to_dict() == config.to_dict(), name
-    with torch.device("meta"):
-        sam = SamModel(config)
-    sd = sam.state_dict()
-    lines = [f"{json.dumps(k)}: {json.dumps(list(v.shape))}" for k, v in sd.items()]
-    text = "{\n" + ",\n".join(lines) + "\n}\n"
-    assert list(json.loads(text)) == list(sd)
-    return text
+    return official_keys(lambda: SamModel(config))
 
 
 def hf_model_config():
@@ -543,6 +537,7 @@ def one_per_line(head: dict, list_key: str, items: list) -> str:
 
 
 def official_keys(build) -> str:
+    """{key: shape} of `build()`'s state dict, one key a line, built on the meta device."""
     with torch.device("meta"):
         sam = build()
     sd = sam.state_dict()
@@ -602,13 +597,7 @@ def main():
     # ---- embedding --------------------------------------------------------
     image = np.array(Image.open(args.image).convert("RGB"))
     assert image.shape == (480, 640, 3), image.shape
-    predictor = SamPredictor(model)
-    with torch.no_grad():
-        predictor.set_image(image)
-    assert predictor.original_size == (480, 640)
-    assert predictor.input_size == (768, 1024), predictor.input_size
-    emb = predictor.features.detach().cpu().numpy().astype(np.float32)
-    assert emb.shape == (1, 256, 64, 64)
+    predictor, emb = make_fixtures.set_image(model, image)
     np.save(os.path.join(out, "embedding.npy"), emb)
     print(make_fixtures.stats("embedding", emb))
 
