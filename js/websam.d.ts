@@ -268,10 +268,10 @@ export interface SamPredictor {
   dispose(): void;
   /**
    * What the model holds, in bytes: the wasm module's linear memory (it only grows), the heap
-   * in use inside it (allocated and not freed: what a leak grows) and the WebGPU buffer pool
-   * (0 on the CPU).
+   * in use inside it (allocated and not freed: what a leak grows), the most that has been in use
+   * since the module started, and the WebGPU buffer pool (0 on the CPU).
    */
-  memoryStats(): Promise<{ wasmMemoryBytes: number; heapInUseBytes: number; gpuPoolBytes: number }>;
+  memoryStats(): Promise<{ wasmMemoryBytes: number; heapInUseBytes: number; heapPeakBytes: number; gpuPoolBytes: number }>;
   /** Destroys the WebGPU device as a driver reset would; the next call recovers. For tests. */
   destroyDeviceForTesting(): Promise<void>;
   /**

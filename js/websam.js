@@ -409,9 +409,10 @@ export class Sam {
   }
 
   /**
-   * What the model holds now: `{ wasmMemoryBytes, heapInUseBytes, gpuPoolBytes }` (the module's
-   * memory, which only grows; the bytes allocated in it and not freed; the WebGPU buffer pool, 0
-   * on the CPU). Answered after the calls already made.
+   * What the model holds now: `{ wasmMemoryBytes, heapInUseBytes, heapPeakBytes, gpuPoolBytes }`
+   * (the module's memory, which only grows; the bytes allocated in it and not freed, and the
+   * most they have been; the WebGPU buffer pool, 0 on the CPU). Answered after the calls already
+   * made.
    */
   memoryStats() {
     return this.#run('memoryStats', (core) => core.memoryStats());

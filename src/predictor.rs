@@ -88,7 +88,7 @@ impl Predictor {
         let wants_gpu = gpu.is_some();
         let cpu = match gpu {
             Some(_) => None,
-            None => Some(Sam::new(&weights)?),
+            None => Some(cpu_model(&weights)?),
         };
         Ok((
             Self {
@@ -274,7 +274,7 @@ impl Predictor {
             } else {
                 // No device to be had: the CPU from now on, the image's embedding kept.
                 self.wants_gpu = false;
-                self.cpu = Some(Sam::new(&self.weights)?);
+                self.cpu = Some(cpu_model(&self.weights)?);
                 if let Some(state) = &self.image {
                     self.cpu_model()?.prepare_decoder(&state.embedding)?;
                 }
@@ -289,6 +289,37 @@ impl Predictor {
             .as_ref()
             .ok_or_else(|| Error::gpu("the GPU model is in use, not the CPU one"))
     }
+}
+
+/// The most a wasm32 module's memory can grow to, less what the module, its stacks and the
+/// decoder's buffers take beside the weights and the encoder's work.
+pub const WASM32_BUDGET: u64 = (4 << 30) - (256 << 20);
+
+/// Whether the CPU model of `weights` fits a wasm32 module: its f32 weights and the encoder's
+/// working memory within [`WASM32_BUDGET`]. A model that does not is refused by name before
+/// anything is built, rather than running out of memory part way; its weights go to GPU
+/// memory on WebGPU instead. Checked on wasm32 only (a native process has no such limit).
+pub fn check_fits_wasm32(weights: &Weights) -> Result<()> {
+    let held = weights.f32_bytes();
+    let work = crate::model::sam::cpu_encode_working_bytes(weights);
+    if held + work <= WASM32_BUDGET {
+        return Ok(());
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    Err(Error::UnsupportedModel(format!(
+        "this checkpoint's weights take {:.2} GB as f32 on the CPU path and its encoder about \
+         {:.2} GB more, beyond the 4.29 GB a wasm32 module can address; load it with backend \
+         \"webgpu\", where the weights live in GPU memory",
+        gb(held),
+        gb(work)
+    )))
+}
+
+/// The CPU model (on wasm32, after [`check_fits_wasm32`]).
+fn cpu_model(weights: &Weights) -> Result<Sam> {
+    #[cfg(target_arch = "wasm32")]
+    check_fits_wasm32(weights)?;
+    Sam::new(weights)
 }
 
 /// The GPU model on a new device, in `precision` where the adapter offers it (f16 needs

@@ -10,6 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -19,6 +20,7 @@ use crate::amg::{records_to_json, step_to_json, GeneratorOptions, MaskGenerator}
 use crate::gpu::context::Precision;
 use crate::image::{ImageFrame, RgbImage};
 use crate::model::sam::{ImageEmbedding, Prompt};
+use crate::model::source::{check_range, ByteSource};
 use crate::model::weights::Weights;
 use crate::predictor::{Backend, BackendChoice, Predictor};
 
@@ -29,6 +31,14 @@ use crate::predictor::{Backend, BackendChoice, Predictor};
 struct CountingAllocator;
 
 static HEAP_IN_USE: AtomicUsize = AtomicUsize::new(0);
+/// The most `HEAP_IN_USE` has been since the module started.
+static HEAP_PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts `size` more bytes in use.
+fn counted(size: usize) {
+    let now = HEAP_IN_USE.fetch_add(size, Ordering::Relaxed) + size;
+    HEAP_PEAK.fetch_max(now, Ordering::Relaxed);
+}
 
 // SAFETY: every call goes to `System` unchanged; the counter only observes sizes.
 unsafe impl GlobalAlloc for CountingAllocator {
@@ -36,7 +46,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: the caller's contract for `alloc` is `System.alloc`'s.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            HEAP_IN_USE.fetch_add(layout.size(), Ordering::Relaxed);
+            counted(layout.size());
         }
         p
     }
@@ -45,7 +55,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: as `alloc`.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
-            HEAP_IN_USE.fetch_add(layout.size(), Ordering::Relaxed);
+            counted(layout.size());
         }
         p
     }
@@ -60,7 +70,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: as `dealloc`; on failure the old block stays allocated and counted.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            HEAP_IN_USE.fetch_add(new_size, Ordering::Relaxed);
+            counted(new_size);
             HEAP_IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
         }
         p
@@ -141,13 +151,33 @@ fn set(obj: &Object, key: &str, value: &JsValue) -> Result<(), JsValue> {
     Reflect::set(obj, &JsValue::from_str(key), value).map(|_| ())
 }
 
+/// A checkpoint's bytes in a JavaScript `Uint8Array`, outside the module's memory.
+#[derive(Debug)]
+struct JsBytes(Uint8Array);
+
+impl ByteSource for JsBytes {
+    fn len(&self) -> u64 {
+        u64::from(self.0.length())
+    }
+
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
+        check_range(offset, buf.len() as u64, self.len())?;
+        // Both ends are at most `length()`, a u32.
+        let (start, end) = (offset as u32, (offset + buf.len() as u64) as u32);
+        self.0.subarray(start, end).copy_to(buf);
+        Ok(())
+    }
+}
+
 #[wasm_bindgen]
 impl WebSam {
-    /// Reads a checkpoint (`.pth`, `.pt`, `.safetensors` bytes) and builds the model on
+    /// Reads a checkpoint (`.pth`, `.pt`, `.safetensors` bytes, left where they are: the model
+    /// copies in one tensor at a time, and reads them again to rebuild after a lost device)
+    /// and builds the model on
     /// `backend`: "webgpu", "cpu" or "auto" (WebGPU on a hardware adapter, else the CPU), in
     /// `precision` "f32" or "f16" (WebGPU where the adapter offers shader-f16, else f32).
     pub async fn load(
-        weights: Vec<u8>,
+        weights: Uint8Array,
         backend: String,
         precision: String,
     ) -> Result<WebSam, JsValue> {
@@ -170,7 +200,8 @@ impl WebSam {
                 )))
             }
         };
-        let weights = Weights::from_bytes(&weights).map_err(js_err)?;
+        // The bytes stay in JavaScript; each tensor is copied in as the model takes it.
+        let weights = Weights::from_source(Arc::new(JsBytes(weights))).map_err(js_err)?;
         let (predictor, why_not) = Predictor::with_precision(weights, choice, precision)
             .await
             .map_err(js_err)?;
@@ -350,6 +381,8 @@ impl WebSam {
         set(&out, "wasmMemoryBytes", &JsValue::from(wasm))?;
         let heap = HEAP_IN_USE.load(Ordering::Relaxed) as f64;
         set(&out, "heapInUseBytes", &JsValue::from(heap))?;
+        let peak = HEAP_PEAK.load(Ordering::Relaxed) as f64;
+        set(&out, "heapPeakBytes", &JsValue::from(peak))?;
         set(&out, "gpuPoolBytes", &JsValue::from(gpu as f64))?;
         Ok(out.into())
     }

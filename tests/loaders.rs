@@ -250,3 +250,151 @@ fn hf_sam_model_names_in_a_pth_load_under_the_official_keys() {
         .to_string();
     assert!(err.contains("`mask_decoder.upscale_conv3.weight`"), "{err}");
 }
+
+/// A checkpoint in memory that counts the bytes read from it.
+#[derive(Debug)]
+struct Counted {
+    bytes: Vec<u8>,
+    read: std::sync::atomic::AtomicU64,
+}
+
+impl websam::model::source::ByteSource for Counted {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> websam::Result<()> {
+        self.read
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.bytes.read_into(offset, buf)
+    }
+}
+
+#[test]
+fn loading_reads_each_tensor_once_as_the_model_takes_it() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+    for file in ["mobile_sam.pth", "sam_decoder.safetensors"] {
+        let bytes = std::fs::read(fixture(file)).unwrap();
+        let len = bytes.len() as u64;
+        let src = Arc::new(Counted {
+            bytes,
+            read: Default::default(),
+        });
+        let w = Weights::from_source(src.clone()).unwrap();
+        // Indexing reads the zip's directory and pickle, or the safetensors header: no tensor.
+        let indexed = src.read.load(Relaxed);
+        assert!(
+            indexed < len / 20,
+            "{file}: {indexed} of {len} bytes read to index"
+        );
+        let stored: u64 = w
+            .keys()
+            .iter()
+            .map(|k| {
+                let n: usize = w.shape_of(k).unwrap().iter().product();
+                (n * w.stored_dtype(k).unwrap().size_in_bytes()) as u64
+            })
+            .sum();
+        Sam::new(&w).unwrap();
+        let read = src.read.load(Relaxed) - indexed;
+        // Every tensor the model takes is read as it is built, one at a time: about the file's
+        // tensors (TinyViT's unused classifier head stays unread; the decoder's attentions are
+        // taken twice, as linear layers and split by head).
+        assert!(
+            read * 10 <= stored * 13,
+            "{file}: {read} bytes read for {stored} stored"
+        );
+        assert!(
+            read > stored * 9 / 10,
+            "{file}: {read} bytes read for {stored} stored"
+        );
+    }
+}
+
+#[test]
+fn a_corrupted_tensor_is_an_error_naming_it_when_read() {
+    // One byte in the middle of the file flipped (inside a storage): the index holds (sizes
+    // are right), the CRC-32 that the zip keeps for the entry catches it when the tensor is
+    // read, and only that tensor.
+    let mut bytes = std::fs::read(fixture("mobile_sam.pth")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    let w = Weights::from_bytes(&bytes).unwrap();
+    let errors: Vec<(String, String)> = w
+        .keys()
+        .into_iter()
+        .filter_map(|k| {
+            let err = w.get(k, &w.shape_of(k).unwrap()).err()?;
+            Some((k.to_owned(), err.to_string()))
+        })
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (key, err) = &errors[0];
+    assert!(err.contains(&format!("`{key}`")), "{err}");
+    assert!(err.contains("CRC-32"), "{err}");
+    // A file cut short is refused when indexed: every tensor's range is checked against it.
+    let whole = std::fs::read(fixture("sam_decoder.safetensors")).unwrap();
+    let err = Weights::from_bytes(&whole[..whole.len() - 100])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("safetensors"), "{err}");
+}
+
+/// A safetensors file of `shapes` (f32) whose data is a hole: the index is real, no data is
+/// stored on disk.
+fn sparse_safetensors(path: &std::path::Path, shapes: &[(&str, Vec<usize>)]) {
+    let mut header = String::from("{");
+    let mut at = 0usize;
+    for (i, (key, shape)) in shapes.iter().enumerate() {
+        let n: usize = shape.iter().product::<usize>() * 4;
+        let sep = if i == 0 { "" } else { "," };
+        header += &format!(
+            r#"{sep}"{key}":{{"dtype":"F32","shape":{shape:?},"data_offsets":[{at},{}]}}"#,
+            at + n
+        );
+        at += n;
+    }
+    header.push('}');
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(header.as_bytes()).unwrap();
+    f.set_len((8 + header.len() + at) as u64).unwrap();
+}
+
+#[test]
+fn a_model_too_big_for_wasm32_on_the_cpu_is_refused_naming_webgpu() {
+    use websam::predictor::check_fits_wasm32;
+    let dir = tempfile::tempdir().unwrap();
+    // The official ViT-H's tensors (2.56 GB of holes): it fits, as measured (docs/API.md).
+    let keys: std::collections::BTreeMap<String, Vec<usize>> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("vit/keys_vit_h.json")).unwrap())
+            .unwrap();
+    let mut shapes: Vec<(&str, Vec<usize>)> =
+        keys.iter().map(|(k, s)| (k.as_str(), s.clone())).collect();
+    let path = dir.path().join("vit_h.safetensors");
+    sparse_safetensors(&path, &shapes);
+    check_fits_wasm32(&Weights::from_file(&path).unwrap()).unwrap();
+    // Twice ViT-H's blocks' weights again under other keys: 5.1 GB of f32.
+    let extra: Vec<(String, Vec<usize>)> = keys
+        .iter()
+        .filter(|(k, _)| k.starts_with("image_encoder.blocks."))
+        .flat_map(|(k, s)| {
+            [
+                (format!("{k}.copy1"), s.clone()),
+                (format!("{k}.copy2"), s.clone()),
+            ]
+        })
+        .collect();
+    shapes.extend(extra.iter().map(|(k, s)| (k.as_str(), s.clone())));
+    let path = dir.path().join("bigger.safetensors");
+    sparse_safetensors(&path, &shapes);
+    let w = Weights::from_file(&path).unwrap();
+    let gb = format!("{:.2} GB as f32", w.f32_bytes() as f64 / 1e9);
+    let err = check_fits_wasm32(&w).unwrap_err().to_string();
+    assert!(err.contains(&gb), "{gb}: {err}");
+    assert!(
+        err.contains("4.29 GB a wasm32 module") && err.contains("\"webgpu\""),
+        "{err}"
+    );
+}

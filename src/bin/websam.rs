@@ -77,11 +77,16 @@ fn read_weights(path: &Path, sha256: Option<&str>) -> Result<Weights> {
             "--sha256 {expected:?}: give the 64 hex digits of a SHA-256"
         )));
     }
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    let io = |source| Error::Io {
         path: path.display().to_string(),
         source,
-    })?;
-    let got: String = Sha256::digest(&bytes)
+    };
+    // Hashed as it streams from the file; the weights are then read from the same file.
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    std::io::copy(&mut file, &mut hasher).map_err(io)?;
+    let got: String = hasher
+        .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
@@ -91,7 +96,7 @@ fn read_weights(path: &Path, sha256: Option<&str>) -> Result<Weights> {
             path.display()
         )));
     }
-    Weights::from_bytes(&bytes).map_err(|e| e.context(path.display()))
+    Weights::from_file(path)
 }
 
 impl From<Backend> for BackendChoice {
@@ -120,14 +125,21 @@ fn load(weights: &Path, engine: &Engine) -> Result<Predictor> {
     if let Some(e) = why_not {
         eprintln!("backend auto: {e}; using the CPU");
     }
-    let used = match p.adapter_name() {
-        Some(name) => format!("gpu, {name}, {}", p.precision().name()),
-        None => "cpu".to_owned(),
+    let used = match (p.adapter_name(), p.gpu()) {
+        (Some(name), Some(gpu)) => format!(
+            "gpu, {name}, {}, {:.1} MB of GPU buffers",
+            p.precision().name(),
+            gpu.ctx().pool().allocated_bytes() as f64 / 1e6
+        ),
+        _ => "cpu".to_owned(),
     };
+    let file_mb = std::fs::metadata(weights).map_or(f64::NAN, |m| m.len() as f64 / 1e6);
     eprintln!(
-        "loaded {} in {:.0} ms (backend: {used})",
+        "loaded {} ({file_mb:.1} MB) in {:.0} ms (backend: {used}); peak resident memory so far \
+         {:.1} MB",
         weights.display(),
-        t.elapsed().as_secs_f64() * 1e3
+        t.elapsed().as_secs_f64() * 1e3,
+        peak_resident_mb()
     );
     Ok(p)
 }
@@ -724,6 +736,18 @@ fn resident_mb() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map_or(f64::NAN, |pages| pages * 4096.0 / 1e6)
+}
+
+/// The process's peak resident memory in MB (Linux: VmHWM of /proc/self/status), or NaN
+/// elsewhere.
+fn peak_resident_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
 }
 
 fn soak(

@@ -204,7 +204,12 @@ struct Inner {
     faults: Arc<Mutex<Faults>>,
     /// Optional features the device was opened with.
     features: wgpu::Features,
+    /// Bytes written by `queue.write_buffer` since the queue was last flushed.
+    unflushed: std::sync::atomic::AtomicU64,
 }
+
+/// Uploads staged beyond this are flushed to the device (see [`GpuContext::uploaded`]).
+const UPLOAD_FLUSH_BYTES: u64 = 16 << 20;
 
 impl GpuContext {
     /// Finds an adapter and opens a device at [`required_limits`] (WebGPU's defaults, natively
@@ -302,6 +307,7 @@ impl GpuContext {
                 pipelines: PipelineCache::default(),
                 faults,
                 features,
+                unflushed: Default::default(),
             }),
             precision: Precision::F32,
         })
@@ -349,6 +355,26 @@ impl GpuContext {
 
     pub fn queue(&self) -> &wgpu::Queue {
         &self.inner.queue
+    }
+
+    /// Notes `bytes` just written with `queue.write_buffer`. The queue keeps a staging copy of
+    /// every write until a submit; a model's weights are written one after another before any,
+    /// so past [`UPLOAD_FLUSH_BYTES`] the writes are submitted and (natively) waited for, and
+    /// their staging freed: loading holds the weights once, not twice.
+    pub fn uploaded(&self, bytes: u64) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.inner.unflushed.fetch_add(bytes, Relaxed) + bytes < UPLOAD_FLUSH_BYTES {
+            return Ok(());
+        }
+        self.inner.unflushed.store(0, Relaxed);
+        self.inner.queue.submit(std::iter::empty());
+        // In the browser the implementation frees its staging as the writes reach the GPU.
+        #[cfg(not(target_arch = "wasm32"))]
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::gpu(format!("waiting for an upload: {e}")))?;
+        Ok(())
     }
 
     /// The device's limits, which every buffer and dispatch is checked against.

@@ -107,6 +107,7 @@ impl GpuTensor {
                         .write_buffer(t.buffer(), 0, bytemuck::cast_slice(&bits));
                 }
             }
+            ctx.uploaded(t.byte_len())?;
         }
         Ok(t)
     }

@@ -13,6 +13,7 @@ pub mod ops;
 pub mod prompt_encoder;
 pub mod pth;
 pub mod sam;
+pub mod source;
 pub mod tiny_vit;
 pub mod transformer;
 pub mod vit;

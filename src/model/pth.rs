@@ -19,6 +19,8 @@ use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::model::source::{check_range, read_range, ByteSource, SourceReader};
+use crate::model::weights::{Stored, StoredTensor};
 
 /// Deepest nesting of lists, tuples, dicts and calls a checkpoint's pickle may have (a state
 /// dict is about 6 deep; a wrapped one a few more).
@@ -551,13 +553,15 @@ fn state_dict_entries(obj: Object) -> Result<Vec<(Object, Object)>> {
     Ok(entries)
 }
 
-/// Reads a PyTorch zip checkpoint held in memory into f32 tensors on the CPU, by key. Integer
-/// buffers (`num_batches_tracked`) are left out. Memory: the storages of the file and the
-/// tensors built from them, never more than twice the file's size in stored bytes (views that
-/// overlap beyond that are refused).
-pub fn read_pth(bytes: &[u8]) -> Result<HashMap<String, Tensor>> {
+/// Indexes a PyTorch zip checkpoint: every floating-point tensor's key, dtype, shape and the
+/// zip entry its storage is in, each checked against the file (entries stored, inside the file,
+/// views inside their storage) before anything but the pickle is read. Integer buffers
+/// (`num_batches_tracked`) are left out. The tensors are read when the model takes them
+/// ([`StoredTensor::read`]): their entry's CRC checked, the view copied out.
+pub fn index_pth(src: &dyn ByteSource) -> Result<HashMap<String, StoredTensor>> {
+    let file_len = src.len();
     let zerr = |e: zip::result::ZipError| bad(format!("PyTorch zip: {e}"));
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(zerr)?;
+    let mut zip = zip::ZipArchive::new(SourceReader::new(src)).map_err(zerr)?;
     let pkl_name = zip
         .file_names()
         .filter_map(|n| n.ok())
@@ -565,15 +569,15 @@ pub fn read_pth(bytes: &[u8]) -> Result<HashMap<String, Tensor>> {
         .map(|n| n.into_owned())
         .ok_or_else(|| bad("zip archive holds no data.pkl: not a PyTorch checkpoint"))?;
     let dir = pkl_name.strip_suffix("data.pkl").unwrap_or("").to_owned();
-    let pickle = read_entry(&mut zip, &pkl_name, bytes.len())?;
+    let pickle = read_entry(&mut zip, &pkl_name, file_len)?;
     let entries = state_dict_entries(read_pickle(&pickle)?)?;
     drop(pickle);
 
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut storages: HashMap<String, Entry> = HashMap::new();
     let mut tensors = HashMap::new();
-    let budget = bytes.len().saturating_mul(2);
-    let mut used = 0usize;
-    let mut stored = 0usize;
+    let budget = file_len.saturating_mul(2);
+    let mut used = 0u64;
+    let mut stored = 0u64;
     for (name, value) in &entries {
         let Object::Unicode(key) = name else {
             continue;
@@ -587,41 +591,50 @@ pub fn read_pth(bytes: &[u8]) -> Result<HashMap<String, Tensor>> {
             continue;
         };
         let numel = t.numel().unwrap_or(usize::MAX);
-        let size = numel.saturating_mul(t.elem_size);
+        let size = numel.saturating_mul(t.elem_size) as u64;
         used = used.saturating_add(size);
         if used > budget {
             return Err(bad(format!(
-                "tensor `{key}`: the tensors need more than twice the file's {} bytes \
-                 (views overlapping far beyond their storage)",
-                bytes.len()
+                "tensor `{key}`: the tensors need more than twice the file's {file_len} bytes \
+                 (views overlapping far beyond their storage)"
             )));
         }
         if !storages.contains_key(&t.storage) {
             let path = format!("{dir}data/{}", t.storage);
-            let data = read_entry(&mut zip, &path, bytes.len())
+            let entry = locate_entry(&mut zip, &path, file_len)
                 .map_err(|e| e.context(format_args!("tensor `{key}`")))?;
             // Distinct entries of a zip hold distinct bytes: more than the file in all means
             // entries that overlap, which no checkpoint writer makes.
-            stored = stored.saturating_add(data.len());
-            if stored > bytes.len() {
+            stored = stored.saturating_add(entry.len);
+            if stored > file_len {
                 return Err(bad(format!(
-                    "tensor `{key}`: the storages claim more than the file's {} bytes",
-                    bytes.len()
+                    "tensor `{key}`: the storages claim more than the file's {file_len} bytes"
                 )));
             }
-            storages.insert(t.storage.clone(), data);
+            storages.insert(t.storage.clone(), entry);
         }
-        let storage = &storages[&t.storage];
-        let needed = t.bytes_needed().unwrap_or(usize::MAX);
-        if needed > storage.len() {
+        let entry = storages[&t.storage];
+        let needed = t.bytes_needed().unwrap_or(usize::MAX) as u64;
+        if needed > entry.len {
             return Err(bad(format!(
                 "tensor `{key}` needs {needed} bytes of storage but the file holds {} \
                  (truncated?)",
-                storage.len()
+                entry.len
             )));
         }
-        let tensor = strided_tensor(storage, dtype, &t)?.to_dtype(DType::F32)?;
-        tensors.insert(key.clone(), tensor);
+        tensors.insert(
+            key.clone(),
+            StoredTensor {
+                dtype,
+                shape: t.shape.clone(),
+                at: Stored::PthStorage {
+                    offset: entry.offset,
+                    len: entry.len,
+                    crc32: entry.crc32,
+                    view: t,
+                },
+            },
+        );
     }
     if tensors.is_empty() {
         return Err(bad("checkpoint holds no floating-point tensors"));
@@ -629,16 +642,48 @@ pub fn read_pth(bytes: &[u8]) -> Result<HashMap<String, Tensor>> {
     Ok(tensors)
 }
 
-/// One zip entry's bytes. Entries of a checkpoint are stored (not compressed), so none can be
-/// longer than the file: a header that claims otherwise is refused before anything is read.
-fn read_entry(
-    zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
+/// Where a stored zip entry's bytes lie in the file.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: u64,
+    len: u64,
+    crc32: u32,
+}
+
+/// Finds a storage entry: stored (PyTorch never compresses them), lying inside the file.
+fn locate_entry(
+    zip: &mut zip::ZipArchive<SourceReader<'_>>,
     name: &str,
-    file_len: usize,
+    file_len: u64,
+) -> Result<Entry> {
+    let entry = zip.by_name(name).map_err(|e| bad(format!("{name}: {e}")))?;
+    if entry.compression() != zip::CompressionMethod::Stored {
+        return Err(bad(format!(
+            "{name} is compressed ({}); PyTorch stores tensors uncompressed",
+            entry.compression()
+        )));
+    }
+    let (len, crc32) = (entry.size(), entry.crc32());
+    let offset = entry.data_start().ok_or_else(|| {
+        bad(format!(
+            "{name}: the zip does not say where its data starts"
+        ))
+    })?;
+    check_range(offset, len, file_len).map_err(|e| e.context(name))?;
+    Ok(Entry { offset, len, crc32 })
+}
+
+/// One zip entry's bytes (the pickle). Entries of a checkpoint are stored (not compressed), so
+/// none can be longer than the file: a header that claims otherwise is refused before anything
+/// is read.
+fn read_entry(
+    zip: &mut zip::ZipArchive<SourceReader<'_>>,
+    name: &str,
+    file_len: u64,
 ) -> Result<Vec<u8>> {
     let entry = zip.by_name(name).map_err(|e| bad(format!("{name}: {e}")))?;
     let claimed = entry.size();
-    if claimed > file_len as u64 || entry.compressed_size() > file_len as u64 {
+    if claimed > file_len || entry.compressed_size() > file_len {
         return Err(bad(format!(
             "{name} claims {claimed} bytes in a {file_len}-byte file"
         )));
@@ -651,9 +696,27 @@ fn read_entry(
     Ok(data)
 }
 
+/// A storage entry's bytes as read for one tensor, checked against the entry's CRC-32 as the
+/// zip reader checks the pickle's: a flipped bit in the weights is an error, not a wrong mask.
+pub(crate) fn read_storage(
+    src: &dyn ByteSource,
+    offset: u64,
+    len: u64,
+    crc32: u32,
+) -> Result<Vec<u8>> {
+    let bytes = read_range(src, offset, len)?;
+    let got = crc32fast::hash(&bytes);
+    if got != crc32 {
+        return Err(bad(format!(
+            "a storage's CRC-32 is {got:08x}, the zip says {crc32:08x} (corrupted file)"
+        )));
+    }
+    Ok(bytes)
+}
+
 /// The contiguous tensor a (shape, strides, offset) view of `storage` holds: general strides,
 /// so views saved from transposes load right. The view was checked to lie inside `storage`.
-fn strided_tensor(storage: &[u8], dtype: DType, t: &TensorRef) -> Result<Tensor> {
+pub(crate) fn strided_tensor(storage: &[u8], dtype: DType, t: &TensorRef) -> Result<Tensor> {
     let elem = t.elem_size;
     let numel = t.numel().unwrap_or(0);
     let contiguous = {

@@ -50,6 +50,23 @@ impl EncoderKind {
     }
 }
 
+/// The CPU backend's working memory for one encode, beyond the model's weights: measured in
+/// Chromium on ViT-B (342 MB with 2 threads, docs/PERFORMANCE.md), it scales with the tokens'
+/// width (the 64x64 tokens times `embed_dim`, about 27 such tensors at the peak; 32 counted);
+/// TinyViT's 200 MB, 256 counted. Used to refuse a model that cannot fit before building it.
+pub fn cpu_encode_working_bytes(weights: &Weights) -> u64 {
+    const TOKENS: u64 = 64 * 64;
+    match EncoderKind::detect(weights) {
+        EncoderKind::Vit => {
+            let dim = VitConfig::detect(&|k: &str| weights.shape_of(&format!("image_encoder.{k}")))
+                .map_or(1280, |c| c.embed_dim) as u64;
+            32 * TOKENS * dim * 4
+        }
+        EncoderKind::TinyVit => 256 << 20,
+        EncoderKind::None => 0,
+    }
+}
+
 /// A point prompt's label, as `SamPredictor` takes them (1, 0) plus the padding label (-1)
 /// that the ONNX-style decoder uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

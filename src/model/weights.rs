@@ -1,7 +1,11 @@
 //! Weight loading: official PyTorch checkpoints (`.pth`/`.pt`: a zip holding a pickle and raw
-//! storages) and safetensors, in f32, f16 or bf16, from bytes or a file. Every tensor is
-//! converted to f32 on load; the model asks for tensors by their official key with the shape
-//! it expects, and a missing or mis-shaped key is an error naming the key and both shapes.
+//! storages) and safetensors, in f32, f16 or bf16, from bytes, a file or any [`ByteSource`].
+//! Loading indexes the file (every tensor's key, dtype, shape and bytes, checked against the
+//! file's length); a tensor is read, converted to f32 and checked when the model takes it, so
+//! the checkpoint is never held whole beside the model: a file source keeps only the open file,
+//! the browser's keeps the fetched bytes outside the wasm module's memory. The model asks for
+//! tensors by their official key with the shape it expects, and a missing or mis-shaped key is
+//! an error naming the key and both shapes.
 //! Hugging Face transformers' `SamModel` checkpoints (in either container) are renamed to the
 //! official keys as they are read ([`crate::model::hf`]); errors then name the HF key too.
 //!
@@ -12,18 +16,86 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::hf;
+use crate::model::pth::{self, TensorRef};
+use crate::model::source::{check_range, read_range, ByteSource};
 
-/// The tensors of a checkpoint, by official key, as f32 on the CPU.
-#[derive(Debug, Clone, Default)]
+/// The tensors of a checkpoint, by official key: an index into its bytes, each tensor read as
+/// f32 on the CPU when asked for.
+#[derive(Debug, Clone)]
 pub struct Weights {
-    tensors: HashMap<String, Tensor>,
+    tensors: HashMap<String, StoredTensor>,
+    source: Arc<dyn ByteSource>,
     /// Read from a Hugging Face `SamModel` checkpoint (its keys renamed on load).
     hugging_face: bool,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            tensors: HashMap::new(),
+            source: Arc::new(Vec::new()),
+            hugging_face: false,
+        }
+    }
+}
+
+/// One tensor of a checkpoint: its dtype in the file, its shape, and where its values are.
+#[derive(Debug, Clone)]
+pub struct StoredTensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub(crate) at: Stored,
+}
+
+/// Where a tensor's values are.
+#[derive(Debug, Clone)]
+pub(crate) enum Stored {
+    /// Contiguous little-endian values at `offset` of the source (safetensors).
+    Contiguous { offset: u64 },
+    /// A view into a PyTorch storage: the zip entry at `offset`, `len` bytes, with its CRC.
+    PthStorage {
+        offset: u64,
+        len: u64,
+        crc32: u32,
+        view: TensorRef,
+    },
+    /// Already in memory (tensors given by the caller), f32.
+    Held(Tensor),
+}
+
+impl StoredTensor {
+    /// The number of values.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Reads the tensor from `src`, in f32.
+    fn read(&self, src: &dyn ByteSource) -> Result<Tensor> {
+        let t = match &self.at {
+            Stored::Held(t) => return Ok(t.clone()),
+            Stored::Contiguous { offset } => {
+                let len = (self.numel() * self.dtype.size_in_bytes()) as u64;
+                let bytes = read_range(src, *offset, len)?;
+                Tensor::from_raw_buffer(&bytes, self.dtype, &self.shape, &Device::Cpu)?
+            }
+            Stored::PthStorage {
+                offset,
+                len,
+                crc32,
+                view,
+            } => {
+                let storage = pth::read_storage(src, *offset, *len, *crc32)?;
+                pth::strided_tensor(&storage, self.dtype, view)?
+            }
+        };
+        Ok(t.to_dtype(DType::F32)?)
+    }
 }
 
 /// Which container a weight file uses, told from its first bytes.
@@ -38,10 +110,14 @@ pub enum WeightFormat {
 impl WeightFormat {
     /// Sniffs the container from the first bytes; an error when it is neither.
     pub fn detect(bytes: &[u8]) -> Result<Self> {
-        if bytes.len() < 8 {
+        Self::detect_head(&bytes[..bytes.len().min(16)], bytes.len() as u64)
+    }
+
+    /// Sniffs the container from the first bytes of a file of `len` bytes.
+    fn detect_head(bytes: &[u8], len: u64) -> Result<Self> {
+        if len < 8 || bytes.len() < 8 {
             return Err(Error::format(format!(
-                "file is {} bytes long, too short for a checkpoint",
-                bytes.len()
+                "file is {len} bytes long, too short for a checkpoint"
             )));
         }
         if bytes.starts_with(b"PK\x03\x04") {
@@ -54,7 +130,7 @@ impl WeightFormat {
             ));
         }
         let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        if header_len > 0 && header_len < bytes.len() as u64 && bytes.get(8) == Some(&b'{') {
+        if header_len > 0 && header_len < len && bytes.get(8) == Some(&b'{') {
             return Ok(WeightFormat::Safetensors);
         }
         Err(Error::format(
@@ -64,22 +140,46 @@ impl WeightFormat {
 }
 
 impl Weights {
-    /// Reads a checkpoint from memory, telling its format from its first bytes.
+    /// Reads a checkpoint from memory, telling its format from its first bytes. The bytes are
+    /// copied once into the weights (see [`Weights::from_vec`] to hand them over instead).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        match WeightFormat::detect(bytes)? {
-            WeightFormat::PyTorchZip => Self::from_pth_bytes(bytes),
-            WeightFormat::Safetensors => Self::from_safetensors_bytes(bytes),
-        }
+        Self::from_vec(bytes.to_vec())
+    }
+
+    /// Reads a checkpoint held in a `Vec`, which the weights keep and read tensors from.
+    pub fn from_vec(bytes: Vec<u8>) -> Result<Self> {
+        Self::from_source(Arc::new(bytes))
+    }
+
+    /// Reads a checkpoint file (`.pth`, `.pt` or `.safetensors`), kept open: tensors are read
+    /// from it as the model takes them.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let source = crate::model::source::FileSource::open(path)?;
+        Self::from_source(Arc::new(source)).map_err(|e| e.context(path.display()))
     }
 
     /// Reads a checkpoint file (`.pth`, `.pt` or `.safetensors`).
+    #[cfg(target_arch = "wasm32")]
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_bytes(&bytes).map_err(|e| e.context(path.display()))
+        Self::from_vec(bytes).map_err(|e| e.context(path.display()))
+    }
+
+    /// Indexes the checkpoint in `source`, telling its format from its first bytes.
+    pub fn from_source(source: Arc<dyn ByteSource>) -> Result<Self> {
+        let mut head = vec![0u8; source.len().min(16) as usize];
+        source.read_into(0, &mut head)?;
+        let tensors = match WeightFormat::detect_head(&head, source.len())? {
+            WeightFormat::PyTorchZip => pth::index_pth(source.as_ref())?,
+            WeightFormat::Safetensors => index_safetensors(source.as_ref())?,
+        };
+        Self::from_index(tensors, source)
     }
 
     /// Builds weights from named tensors (converted to f32 on the CPU); Hugging Face
@@ -87,18 +187,21 @@ impl Weights {
     pub fn from_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>) -> Result<Self> {
         let mut map = HashMap::new();
         for (k, t) in tensors {
-            let t = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-            map.insert(k, t);
+            map.insert(k, held(t)?);
         }
-        Self::from_map(map)
+        Self::from_index(map, Arc::new(Vec::new()))
     }
 
     /// The one place every loader ends: a Hugging Face `SamModel` checkpoint, told by its keys,
     /// gets the official keys ([`hf::to_official`]); any other is kept as it is.
-    fn from_map(mut tensors: HashMap<String, Tensor>) -> Result<Self> {
+    fn from_index(
+        mut tensors: HashMap<String, StoredTensor>,
+        source: Arc<dyn ByteSource>,
+    ) -> Result<Self> {
         if !hf::is_hf_checkpoint(tensors.keys().map(String::as_str)) {
             return Ok(Self {
                 tensors,
+                source,
                 hugging_face: false,
             });
         }
@@ -112,6 +215,7 @@ impl Weights {
         }
         Ok(Self {
             tensors: official,
+            source,
             hugging_face: true,
         })
     }
@@ -131,45 +235,44 @@ impl Weights {
 
     /// Reads a safetensors file held in memory.
     pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<Self> {
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| Error::format(format!("safetensors: {e}")))?;
-        let mut tensors = HashMap::new();
-        for (name, view) in st.tensors() {
-            let dtype = match view.dtype() {
-                safetensors::Dtype::F32 => DType::F32,
-                safetensors::Dtype::F16 => DType::F16,
-                safetensors::Dtype::BF16 => DType::BF16,
-                safetensors::Dtype::F64 => DType::F64,
-                // Integer tensors (counters such as `num_batches_tracked`) are never model weights.
-                _ => continue,
-            };
-            let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?
-                .to_dtype(DType::F32)?;
-            tensors.insert(name, t);
-        }
-        Self::from_map(tensors)
+        let source: Arc<dyn ByteSource> = Arc::new(bytes.to_vec());
+        let tensors = index_safetensors(source.as_ref())?;
+        Self::from_index(tensors, source)
     }
 
     /// Reads a PyTorch zip checkpoint held in memory: a state dict at the top level, or under
     /// `model` / `state_dict` as training scripts often save it (see [`crate::model::pth`]).
     pub fn from_pth_bytes(bytes: &[u8]) -> Result<Self> {
-        Self::from_map(crate::model::pth::read_pth(bytes)?)
+        let source: Arc<dyn ByteSource> = Arc::new(bytes.to_vec());
+        let tensors = pth::index_pth(source.as_ref())?;
+        Self::from_index(tensors, source)
+    }
+
+    /// The bytes the model's tensors take once read as f32: what a CPU model holds.
+    pub fn f32_bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.numel() as u64 * 4).sum()
+    }
+
+    /// The dtype the file stores the tensor under `key` in.
+    pub fn stored_dtype(&self, key: &str) -> Option<DType> {
+        self.tensors.get(key).map(|t| t.dtype)
     }
 
     /// The tensor under `key`, checked against the shape the model expects and to hold only
     /// finite values.
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.tensors.get(key).ok_or_else(|| Error::MissingWeight {
+        let stored = self.tensors.get(key).ok_or_else(|| Error::MissingWeight {
             key: self.shown(key),
             expected: shape.to_vec(),
         })?;
-        if t.dims() != shape {
+        if stored.shape != shape {
             return Err(Error::WeightShape {
                 key: self.shown(key),
                 expected: shape.to_vec(),
-                found: t.dims().to_vec(),
+                found: stored.shape.clone(),
             });
         }
+        let t = self.read(key, stored)?;
         let values = t.flatten_all()?.to_vec1::<f32>()?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(Error::format(format!(
@@ -180,12 +283,19 @@ impl Weights {
                 values.len()
             )));
         }
-        Ok(t.clone())
+        Ok(t)
+    }
+
+    /// The values of `stored` (the tensor under `key`), as they are in the file, in f32.
+    fn read(&self, key: &str, stored: &StoredTensor) -> Result<Tensor> {
+        stored
+            .read(self.source.as_ref())
+            .map_err(|e| e.context(format_args!("weight `{}`", self.shown(key))))
     }
 
     /// The shape of the tensor under `key`, if any.
     pub fn shape_of(&self, key: &str) -> Option<Vec<usize>> {
-        self.tensors.get(key).map(|t| t.dims().to_vec())
+        self.tensors.get(key).map(|t| t.shape.clone())
     }
 
     /// Whether a tensor is stored under `key`.
@@ -217,13 +327,13 @@ impl Weights {
 
     /// Adds or replaces a tensor (converted to f32).
     pub fn insert(&mut self, key: impl Into<String>, t: Tensor) -> Result<()> {
-        self.tensors.insert(key.into(), t.to_dtype(DType::F32)?);
+        self.tensors.insert(key.into(), held(t)?);
         Ok(())
     }
 
-    /// Removes a tensor, returning it.
-    pub fn remove(&mut self, key: &str) -> Option<Tensor> {
-        self.tensors.remove(key)
+    /// Removes a tensor; whether it was there.
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.tensors.remove(key).is_some()
     }
 
     /// A view that prefixes every key with `prefix.`.
@@ -238,10 +348,10 @@ impl Weights {
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
         let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(self.tensors.len());
         for key in self.keys() {
-            let t = &self.tensors[key];
-            let values = t.flatten_all()?.to_vec1::<f32>()?;
+            let stored = &self.tensors[key];
+            let values = self.read(key, stored)?.flatten_all()?.to_vec1::<f32>()?;
             let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            data.push((key.to_owned(), t.dims().to_vec(), bytes));
+            data.push((key.to_owned(), stored.shape.clone(), bytes));
         }
         let views = data
             .iter()
@@ -253,6 +363,68 @@ impl Weights {
             .map_err(|e| Error::format(format!("safetensors: {e}")))?;
         safetensors::serialize(views, None).map_err(|e| Error::format(format!("safetensors: {e}")))
     }
+}
+
+/// A caller's tensor, kept in memory as f32.
+fn held(t: Tensor) -> Result<StoredTensor> {
+    let t = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+    Ok(StoredTensor {
+        dtype: DType::F32,
+        shape: t.dims().to_vec(),
+        at: Stored::Held(t),
+    })
+}
+
+/// Largest safetensors header read (the format's own limit: 100 MB).
+const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// Indexes a safetensors file: its JSON header, validated by the safetensors crate (offsets in
+/// order, each tensor's bytes matching its shape), and the data's length against the file's.
+fn index_safetensors(src: &dyn ByteSource) -> Result<HashMap<String, StoredTensor>> {
+    let bad = |msg: String| Error::format(format!("safetensors: {msg}"));
+    let mut n = [0u8; 8];
+    check_range(0, 8, src.len()).map_err(|e| bad(e.to_string()))?;
+    src.read_into(0, &mut n)?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_SAFETENSORS_HEADER || n > src.len() - 8 {
+        return Err(bad(format!(
+            "a {n}-byte header in a {}-byte file",
+            src.len()
+        )));
+    }
+    let header = read_range(src, 8, n)?;
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    let data_start = 8 + n;
+    let data_len = meta.data_len() as u64;
+    if data_start + data_len != src.len() {
+        return Err(bad(format!(
+            "the header describes {data_len} bytes of data, the file holds {}",
+            src.len() - data_start
+        )));
+    }
+    let mut tensors = HashMap::new();
+    for (name, info) in meta.tensors() {
+        let dtype = match info.dtype {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            safetensors::Dtype::F64 => DType::F64,
+            // Integer tensors (counters such as `num_batches_tracked`) are never model weights.
+            _ => continue,
+        };
+        tensors.insert(
+            name,
+            StoredTensor {
+                dtype,
+                shape: info.shape.clone(),
+                at: Stored::Contiguous {
+                    offset: data_start + info.data_offsets.0 as u64,
+                },
+            },
+        );
+    }
+    Ok(tensors)
 }
 
 /// A prefix into [`Weights`], as the reference's module nesting (`mask_decoder.transformer`).
