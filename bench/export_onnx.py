@@ -7,7 +7,12 @@
 
 Weights: tests/fixtures/mobile_sam.pth, so every system in the benchmark runs the same model.
 
-Usage: python bench/export_onnx.py OUT_DIR   (torch, segment-anything, mobilesam-mirror, onnx)
+With `--vit WEIGHTS.safetensors` (an official ViT-B/L/H checkpoint under the official keys, as
+bench/vit_encoder.py writes the seeded ones): only that model's image encoder, as
+vit_<b|l|h>_encoder.onnx, for bench/vit_browser.mjs.
+
+Usage: python bench/export_onnx.py OUT_DIR [--vit WEIGHTS]   (torch, segment-anything,
+mobilesam-mirror, onnx)
 """
 
 import os
@@ -33,9 +38,36 @@ class Encoder(torch.nn.Module):
         return self.image_encoder(x)
 
 
+def export_encoder(sam, path):
+    with open(path, "wb") as f:
+        torch.onnx.export(
+            Encoder(sam), (torch.randn(1, 3, 1024, 1024),), f, export_params=True, opset_version=17,
+            do_constant_folding=True, input_names=["image"], output_names=["image_embeddings"],
+            dynamo=False,
+        )
+
+
+def export_vit(weights, out):
+    from safetensors.torch import load_file
+    from segment_anything import sam_model_registry
+
+    state = load_file(weights)
+    width = state["image_encoder.patch_embed.proj.weight"].shape[0]
+    variant = {768: "b", 1024: "l", 1280: "h"}[width]
+    sam = sam_model_registry[f"vit_{variant}"]()
+    sam.load_state_dict(state)
+    sam.eval()
+    path = os.path.join(out, f"vit_{variant}_encoder.onnx")
+    export_encoder(sam, path)
+    print(f"wrote {path}")
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "bench", "out")
     os.makedirs(out, exist_ok=True)
+    if "--vit" in sys.argv:
+        export_vit(sys.argv[sys.argv.index("--vit") + 1], out)
+        return
     sam = build_mobile_sam()
     state = torch.load(os.path.join(ROOT, "tests", "fixtures", "mobile_sam.pth"), map_location="cpu")
     sam.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
@@ -60,12 +92,7 @@ def main():
             dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
             dynamo=False,
         )
-    with open(os.path.join(out, "encoder.onnx"), "wb") as f:
-        torch.onnx.export(
-            Encoder(sam), (torch.randn(1, 3, 1024, 1024),), f, export_params=True, opset_version=17,
-            do_constant_folding=True, input_names=["image"], output_names=["image_embeddings"],
-            dynamo=False,
-        )
+    export_encoder(sam, os.path.join(out, "encoder.onnx"))
     print(f"wrote {out}/decoder.onnx and {out}/encoder.onnx")
 
 

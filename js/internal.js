@@ -122,7 +122,7 @@ function report(onProgress, stage, loaded, total) {
 }
 
 /** Reads a response body, reporting bytes as they arrive. */
-async function readBody(response, stage, onProgress, url) {
+export async function readBody(response, stage, onProgress, url) {
   const header = Number(response.headers.get('content-length'));
   const total = Number.isFinite(header) && header > 0 ? header : undefined;
   if (!response.body) {
@@ -131,6 +131,15 @@ async function readBody(response, stage, onProgress, url) {
     return bytes;
   }
   const reader = response.body.getReader();
+  // With a known length the chunks go straight into one array: a multi-GB checkpoint is held
+  // once, not as chunks and a copy. A compressed transfer's length is the compressed one, so
+  // chunks past it are kept aside and joined at the end.
+  let bytes = null;
+  try {
+    if (total !== undefined) bytes = new Uint8Array(total);
+  } catch {
+    // A length the browser cannot allocate at once (or a header that lies): read in chunks.
+  }
   const chunks = [];
   let loaded = 0;
   report(onProgress, stage, 0, total);
@@ -142,16 +151,25 @@ async function readBody(response, stage, onProgress, url) {
       throw new Error(`reading weights from ${url} failed after ${loaded} bytes: ${e.message ?? e}`);
     }
     if (step.done) break;
-    chunks.push(step.value);
+    if (bytes && chunks.length === 0 && loaded + step.value.byteLength <= bytes.byteLength) {
+      bytes.set(step.value, loaded);
+    } else {
+      if (bytes && chunks.length === 0) chunks.push(bytes.subarray(0, loaded));
+      chunks.push(step.value);
+    }
     loaded += step.value.byteLength;
     // A compressed transfer reports the compressed length: never show more than 100%.
     report(onProgress, stage, loaded, total === undefined ? undefined : Math.max(total, loaded));
   }
-  const bytes = new Uint8Array(loaded);
-  let at = 0;
-  for (const c of chunks) {
-    bytes.set(c, at);
-    at += c.byteLength;
+  if (chunks.length > 0 || !bytes) {
+    bytes = new Uint8Array(loaded);
+    let at = 0;
+    for (const c of chunks) {
+      bytes.set(c, at);
+      at += c.byteLength;
+    }
+  } else if (loaded < bytes.byteLength) {
+    bytes = bytes.subarray(0, loaded);
   }
   report(onProgress, stage, loaded, loaded);
   return bytes;

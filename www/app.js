@@ -21,11 +21,11 @@ const CURRENT = [30, 144, 255];
 // The official file is fetched from raw.githubusercontent.com, which answers with
 // Access-Control-Allow-Origin: *; github.com's /raw/ address of the same file redirects there
 // without that header, and the browser refuses the redirect, so a page cannot use it.
-// SAM ViT-B comes from the Hugging Face hub (transformers' SamModel, which websam reads as the
-// official checkpoint): its /resolve/ addresses answer cross-origin requests, as browser
-// libraries that load models from the hub rely on; its size is the file's about 375 MB. ViT-L
-// and ViT-H are not offered: the whole checkpoint passes through the wasm module's memory at
-// load, three times over, past its 4 GB (docs/API.md).
+// SAM ViT-B/L/H come from the Hugging Face hub (transformers' SamModel, which websam reads as
+// the official checkpoint): its /resolve/ addresses answer cross-origin requests, as browser
+// libraries that load models from the hub rely on; the sizes are the official checkpoints'
+// (about 375 MB, 1.25 GB, 2.56 GB). The weights stream into the model one tensor at a time, so
+// even ViT-H fits the CPU path's 4 GB of wasm memory (3.1 GB at its peak, docs/PERFORMANCE.md).
 const MODELS = {
   local: { name: 'MobileSAM (this server)', url: 'models/mobile_sam.pt', bytes: 40728226 },
   github: {
@@ -37,6 +37,18 @@ const MODELS = {
     name: 'SAM ViT-B (Meta, Hugging Face)',
     url: 'https://huggingface.co/facebook/sam-vit-base/resolve/main/model.safetensors',
     bytes: 375e6,
+    approximate: true,
+  },
+  vitL: {
+    name: 'SAM ViT-L (Meta, Hugging Face)',
+    url: 'https://huggingface.co/facebook/sam-vit-large/resolve/main/model.safetensors',
+    bytes: 1.25e9,
+    approximate: true,
+  },
+  vitH: {
+    name: 'SAM ViT-H (Meta, Hugging Face)',
+    url: 'https://huggingface.co/facebook/sam-vit-huge/resolve/main/model.safetensors',
+    bytes: 2.56e9,
     approximate: true,
   },
 };
@@ -80,6 +92,7 @@ function fmtMs(ms) {
 }
 
 function fmtBytes(n) {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
   return n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(0)} kB`;
 }
 

@@ -84,11 +84,11 @@ async function ortLoad() {
 const MEAN = [123.675, 116.28, 103.53];
 const STD = [58.395, 57.12, 57.375];
 
-async function onnx(provider, threads) {
+async function onnx(provider, threads, encoderUrl = '/onnx/encoder.onnx') {
   const ort = await ortLoad();
   ort.env.wasm.numThreads = threads;
   const options = { executionProviders: [provider], graphOptimizationLevel: 'all' };
-  const encoder = await ort.InferenceSession.create(await cachedBytes('/onnx/encoder.onnx'), options);
+  const encoder = await ort.InferenceSession.create(await cachedBytes(encoderUrl), options);
   const decoder = await ort.InferenceSession.create(await cachedBytes('/onnx/decoder.onnx'), options);
   let embedding = null;
   let scale = 1;
@@ -112,6 +112,7 @@ async function onnx(provider, threads) {
       const out = await encoder.run({ image: new ort.Tensor('float32', input, [1, 3, 1024, 1024]) });
       embedding = out.image_embeddings;
     },
+    embedding: async () => embedding.getData(),
     decode: async ({ points = [], box, multimask }) => {
       const coords = [];
       const labels = [];
@@ -225,6 +226,48 @@ export async function measure(name, { encodeRuns = 3, decodeRuns = 5, hoverMs = 
   const mem = await memory();
   sys.dispose();
   return { name, info: sys.info, loadMs, encode: stats(encode), decode, hover, memory: mem, ones };
+}
+
+/**
+ * The encoder alone on another model (SAM ViT-B/L/H, bench/vit_browser.mjs): websam on the CPU
+ * path with `weights` (Sam on 1 thread, SamWorker on the machine's threads), onnxruntime-web's
+ * wasm backend on `encoder` (the official image encoder's ONNX export of the same weights).
+ * Returns the encode times and every 97th value of the embedding, to compare the systems.
+ */
+export async function encodeOnly(name, { weights, encoder, runs = 3 }) {
+  const bitmap = await fixtureImage();
+  let encode;
+  let embedding;
+  let info;
+  let dispose;
+  let loadMs;
+  if (name.startsWith('websam')) {
+    const t = performance.now();
+    const sam = name === 'websam-cpu-mt'
+      ? await SamWorker.load({ weights, backend: 'cpu', cache: false })
+      : await Sam.load({ weights, backend: 'cpu', cache: false });
+    loadMs = performance.now() - t;
+    info = `wasm, ${sam.threads} thread${sam.threads > 1 ? 's' : ''}`;
+    encode = () => sam.setImage(bitmap);
+    embedding = async () => (await sam.getEmbedding()).data;
+    dispose = () => sam.dispose();
+  } else {
+    const threads = name === 'ort-wasm-mt' ? navigator.hardwareConcurrency : 1;
+    const t = performance.now();
+    const sys = await onnx('wasm', threads, encoder);
+    loadMs = performance.now() - t;
+    ({ info, encode, embedding, dispose } = sys);
+    const run = encode;
+    encode = () => run(bitmap);
+  }
+  await encode(); // warm-up
+  const times = [];
+  for (let i = 0; i < runs; i++) times.push((await timed(encode))[0]);
+  const data = await embedding();
+  const sample = [];
+  for (let i = 0; i < data.length; i += 97) sample.push(data[i]);
+  dispose();
+  return { name, info: info.trim(), loadMs, encode: stats(times), sample };
 }
 
 /** In a fresh page whose weights are in the Cache API: page load to the first mask. */

@@ -203,7 +203,8 @@ describe('the trained MobileSAM, by default', () => {
     // The presets, each with its download size.
     assert.deepEqual(await page.$$eval('#model-preset option', (os) => os.map((o) => o.textContent)), [
       'MobileSAM (this server) · 40.7 MB', 'MobileSAM (official, GitHub) · 40.7 MB',
-      'SAM ViT-B (Meta, Hugging Face) · about 375.0 MB', 'Custom URL…',
+      'SAM ViT-B (Meta, Hugging Face) · about 375.0 MB', 'SAM ViT-L (Meta, Hugging Face) · about 1.25 GB',
+      'SAM ViT-H (Meta, Hugging Face) · about 2.56 GB', 'Custom URL…',
     ]);
     assert.equal(await page.inputValue('#weights-url'), `${server.url}${DEFAULT_MODEL}`);
     assert.equal(requests() - before, 1, 'the default model fetched once from the page\'s server');
