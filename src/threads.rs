@@ -6,8 +6,9 @@
 //! instantiates the same module on the same memory and calls `runThread`). candle itself
 //! sees one thread in wasm, so the work is split here, where it is large: matrix products by
 //! rows, columns or batch ([`matmul`]), and the crate's own kernels by planes or rows.
-//! Without the feature (and natively, where candle threads its own GEMMs) every helper here
-//! runs its work as one piece.
+//! Natively the crate's kernels run on rayon's global pool (`RAYON_NUM_THREADS`), the one
+//! candle's GEMMs use, and [`matmul`] leaves the split to candle. In wasm without the feature
+//! every helper runs its work as one piece.
 
 use candle_core::Tensor;
 
@@ -21,7 +22,11 @@ pub fn count() -> usize {
     {
         pool::SIZE.load(std::sync::atomic::Ordering::Relaxed).max(1)
     }
-    #[cfg(not(all(target_arch = "wasm32", feature = "threads")))]
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
     {
         1
     }
@@ -29,12 +34,12 @@ pub fn count() -> usize {
 
 /// Runs `f(i)` for `i` in `0..n`, on the pool when there is one; results in order.
 pub fn map<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + Sync + Send) -> Result<Vec<T>> {
-    #[cfg(all(target_arch = "wasm32", feature = "threads"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         use rayon::prelude::*;
         (0..n).into_par_iter().map(f).collect()
     }
-    #[cfg(not(all(target_arch = "wasm32", feature = "threads")))]
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
     {
         (0..n).map(f).collect()
     }
@@ -43,7 +48,7 @@ pub fn map<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + Sync + Send) -> R
 /// Calls `f` on each `chunk`-sized piece of `data` (the last may be shorter) with its index,
 /// on the pool when there is one.
 pub fn for_chunks<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    #[cfg(all(target_arch = "wasm32", feature = "threads"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         use rayon::prelude::*;
         if count() > 1 {
@@ -64,7 +69,12 @@ const MIN_SPLIT_WORK: usize = 1 << 22;
 /// `a.matmul(b)` (candle's semantics: `[.., M, K] x [.., K, N]`, same batch dims), split over
 /// the pool by batch, rows of `a` or columns of `b`.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let threads = count();
+    // Natively candle splits its GEMMs over the same pool.
+    let threads = if cfg!(target_arch = "wasm32") {
+        count()
+    } else {
+        1
+    };
     let rank = a.rank();
     if threads == 1 || rank < 2 || b.rank() != rank {
         return Ok(a.matmul(b)?);
