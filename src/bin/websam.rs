@@ -139,7 +139,7 @@ fn load(weights: &Path, engine: &Engine) -> Result<Predictor> {
          {:.1} MB",
         weights.display(),
         t.elapsed().as_secs_f64() * 1e3,
-        peak_resident_mb()
+        proc_memory_mb("VmHWM")
     );
     Ok(p)
 }
@@ -730,22 +730,16 @@ fn heap_in_use_mb() -> f64 {
     f64::NAN
 }
 
-/// The process's resident memory in MB (Linux: /proc/self/statm), or NaN elsewhere.
-fn resident_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(f64::NAN, |pages| pages * 4096.0 / 1e6)
-}
-
-/// The process's peak resident memory in MB (Linux: VmHWM of /proc/self/status), or NaN
-/// elsewhere.
-fn peak_resident_mb() -> f64 {
+/// A memory figure of this process in MB from /proc/self/status (Linux): `VmRSS` (resident
+/// now) or `VmHWM` (the most resident so far); NaN elsewhere.
+fn proc_memory_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+            let rest = s
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+            rest.split_whitespace().next()?.parse::<f64>().ok()
         })
         .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
 }
@@ -793,7 +787,7 @@ fn soak(
         };
         pollster::block_on(model.predict(&prompt))?;
         if (i + 1) % every == 0 || i + 1 == decodes {
-            let (rss, heap) = (resident_mb(), heap_in_use_mb());
+            let (rss, heap) = (proc_memory_mb("VmRSS"), heap_in_use_mb());
             samples.push((rss, heap));
             println!(
                 "{},{rss:.1},{heap:.3},{set},{:.1}",

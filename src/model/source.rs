@@ -73,8 +73,8 @@ impl ByteSource for Vec<u8> {
     }
 }
 
-/// A checkpoint file, kept open and read a range at a time.
-#[cfg(not(target_arch = "wasm32"))]
+/// A checkpoint file, kept open and read a range at a time (natively: a wasm32 module has no
+/// files, and opening one is an error there).
 #[derive(Debug)]
 pub struct FileSource {
     path: String,
@@ -82,7 +82,6 @@ pub struct FileSource {
     file: std::sync::Mutex<std::fs::File>,
 }
 
-#[cfg(not(target_arch = "wasm32"))]
 impl FileSource {
     /// Opens `path` for reading.
     pub fn open(path: &std::path::Path) -> Result<Self> {
@@ -100,7 +99,6 @@ impl FileSource {
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
 impl ByteSource for FileSource {
     fn len(&self) -> u64 {
         self.len

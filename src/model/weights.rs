@@ -153,32 +153,28 @@ impl Weights {
 
     /// Reads a checkpoint file (`.pth`, `.pt` or `.safetensors`), kept open: tensors are read
     /// from it as the model takes them.
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let source = crate::model::source::FileSource::open(path)?;
         Self::from_source(Arc::new(source)).map_err(|e| e.context(path.display()))
     }
 
-    /// Reads a checkpoint file (`.pth`, `.pt` or `.safetensors`).
-    #[cfg(target_arch = "wasm32")]
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_vec(bytes).map_err(|e| e.context(path.display()))
-    }
-
     /// Indexes the checkpoint in `source`, telling its format from its first bytes.
     pub fn from_source(source: Arc<dyn ByteSource>) -> Result<Self> {
         let mut head = vec![0u8; source.len().min(16) as usize];
         source.read_into(0, &mut head)?;
-        let tensors = match WeightFormat::detect_head(&head, source.len())? {
-            WeightFormat::PyTorchZip => pth::index_pth(source.as_ref())?,
-            WeightFormat::Safetensors => index_safetensors(source.as_ref())?,
-        };
+        match WeightFormat::detect_head(&head, source.len())? {
+            WeightFormat::PyTorchZip => Self::indexed_by(source, pth::index_pth),
+            WeightFormat::Safetensors => Self::indexed_by(source, index_safetensors),
+        }
+    }
+
+    /// Weights over `source`, indexed by one container's reader.
+    fn indexed_by(
+        source: Arc<dyn ByteSource>,
+        index: fn(&dyn ByteSource) -> Result<HashMap<String, StoredTensor>>,
+    ) -> Result<Self> {
+        let tensors = index(source.as_ref())?;
         Self::from_index(tensors, source)
     }
 
@@ -235,17 +231,13 @@ impl Weights {
 
     /// Reads a safetensors file held in memory.
     pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<Self> {
-        let source: Arc<dyn ByteSource> = Arc::new(bytes.to_vec());
-        let tensors = index_safetensors(source.as_ref())?;
-        Self::from_index(tensors, source)
+        Self::indexed_by(Arc::new(bytes.to_vec()), index_safetensors)
     }
 
     /// Reads a PyTorch zip checkpoint held in memory: a state dict at the top level, or under
     /// `model` / `state_dict` as training scripts often save it (see [`crate::model::pth`]).
     pub fn from_pth_bytes(bytes: &[u8]) -> Result<Self> {
-        let source: Arc<dyn ByteSource> = Arc::new(bytes.to_vec());
-        let tensors = pth::index_pth(source.as_ref())?;
-        Self::from_index(tensors, source)
+        Self::indexed_by(Arc::new(bytes.to_vec()), pth::index_pth)
     }
 
     /// The bytes the model's tensors take once read as f32: what a CPU model holds.
