@@ -1,13 +1,13 @@
 // Where the CPU path's time goes in the browser: a sampling profile (Chromium's DevTools
 // profiler) of `Sam.setImage` and `Sam.predict` on one thread, by wasm function, from a build of
 // the package that keeps its function names (wasm-opt -O3 -g). Not part of the tests.
-//   node bench/profile.mjs [--runs 2] [--top 25] [--wasm PATH]   (after ./build.sh build, whose
+//   node bench/profile.mjs [--runs 2] [--top 25] [--wasm PATH] [--weights FILE]   (after ./build.sh build, whose
 //   pkg/ gives the threaded glue websam.js imports; --wasm: another cargo-built websam.wasm, e.g.
-//   a copy from before a change; writes
+//   a copy from before a change; --weights: another checkpoint, e.g. bench/out's seeded ViT-B; writes
 //   target/profile-pkg/ and bench/out/profile.json)
 import { execFileSync } from 'node:child_process';
 import { cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { serve } from '../tools/serve.mjs';
@@ -15,7 +15,7 @@ import { launch } from '../tests/browser/browser.mjs';
 
 const root = fileURLToPath(new URL('../', import.meta.url));
 const { values: opts } = parseArgs({
-  options: { runs: { type: 'string', default: '2' }, top: { type: 'string', default: '25' }, wasm: { type: 'string' } },
+  options: { runs: { type: 'string', default: '2' }, top: { type: 'string', default: '25' }, wasm: { type: 'string' }, weights: { type: 'string' } },
 });
 const runs = Number(opts.runs);
 const top = Number(opts.top);
@@ -25,13 +25,17 @@ const pkg = join(root, 'target/profile-pkg');
 rmSync(pkg, { recursive: true, force: true });
 mkdirSync(pkg, { recursive: true });
 const raw = opts.wasm ?? join(root, 'target/wasm32-unknown-unknown/release/websam.wasm');
-execFileSync('wasm-bindgen', ['--target', 'web', '--out-dir', pkg, '--out-name', 'websam_core', raw], { stdio: 'inherit' });
+execFileSync('wasm-bindgen', ['--target', 'web', '--experimental-reset-state-function', '--out-dir', pkg, '--out-name', 'websam_core', raw], { stdio: 'inherit' });
 execFileSync(join(root, 'node_modules/.bin/wasm-opt'), ['-O3', '-g', join(pkg, 'websam_core_bg.wasm'), '-o', join(pkg, 'websam_core_bg.wasm')], { stdio: 'inherit' });
 for (const f of ['websam.js', 'worker.js', 'worker-entry.js', 'internal.js', 'thread-entry.js']) cpSync(join(root, 'js', f), join(pkg, f));
 // websam.js imports the threaded glue statically; the one-thread profile never instantiates it.
 cpSync(join(root, 'pkg/websam_core_mt.js'), join(pkg, 'websam_core_mt.js'));
 
-const server = await serve({ '/': join(root, 'tests/browser'), '/pkg/': pkg, '/fixtures/': join(root, 'tests/fixtures') });
+const weightsDir = opts.weights ? dirname(resolve(opts.weights)) : join(root, 'tests/fixtures');
+const weights = `/weights/${opts.weights ? basename(opts.weights) : 'mobile_sam.pth'}`;
+const server = await serve({
+  '/': join(root, 'tests/browser'), '/pkg/': pkg, '/fixtures/': join(root, 'tests/fixtures'), '/weights/': weightsDir,
+});
 const browser = await launch();
 const page = await browser.newPage();
 await page.goto(`${server.url}/blank.html`);
@@ -39,14 +43,15 @@ const cdp = await page.context().newCDPSession(page);
 await cdp.send('Profiler.enable');
 await cdp.send('Profiler.setSamplingInterval', { interval: 200 });
 
-await page.evaluate(async () => {
+const encoder = opts.weights ? basename(opts.weights) : 'TinyViT';
+await page.evaluate(async (weights) => {
   const { Sam } = await import('/pkg/websam.js');
   const blob = await (await fetch('/fixtures/image.png')).blob();
   globalThis.image = await createImageBitmap(blob);
-  globalThis.sam = await Sam.load({ weights: '/fixtures/mobile_sam.pth', backend: 'cpu', cache: false });
+  globalThis.sam = await Sam.load({ weights, backend: 'cpu', cache: false });
   await globalThis.sam.setImage(globalThis.image); // warm-up
   await globalThis.sam.predict({ points: [[320, 240, 1]] });
-});
+}, weights);
 
 /** Profiles `runs` calls of `call` (an expression evaluated in the page); self time by function. */
 async function profile(what, call) {
@@ -77,7 +82,7 @@ async function profile(what, call) {
 }
 
 const results = [
-  await profile('setImage (TinyViT, 1 thread)', 'globalThis.sam.setImage(globalThis.image)'),
+  await profile(`setImage (${encoder}, 1 thread)`, 'globalThis.sam.setImage(globalThis.image)'),
   await profile('predict (1 point, 3 masks at 640x480, 1 thread)', 'globalThis.sam.predict({ points: [[320, 240, 1]] })'),
 ];
 mkdirSync(join(root, 'bench/out'), { recursive: true });

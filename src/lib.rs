@@ -6,6 +6,8 @@
 
 pub mod amg;
 pub mod error;
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub mod gemm;
 pub mod gpu;
 pub mod image;
 pub mod model;

@@ -77,13 +77,13 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     };
     let rank = a.rank();
     if threads == 1 || rank < 2 || b.rank() != rank {
-        return Ok(a.matmul(b)?);
+        return product(a, b);
     }
     let (m, k) = (a.dim(rank - 2)?, a.dim(rank - 1)?);
     let n = b.dim(rank - 1)?;
     let batch: usize = a.dims()[..rank - 2].iter().product();
     if batch * m * n * k < MIN_SPLIT_WORK {
-        return Ok(a.matmul(b)?);
+        return product(a, b);
     }
     // The output dim to split: the first (batch) one when it has a piece for every thread,
     // else the rows of `a` or the columns of `b`, whichever is longer.
@@ -99,14 +99,28 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let pieces = map(size.div_ceil(step), |i| {
         let (start, len) = (i * step, step.min(size - i * step));
         Ok(if dim == rank - 2 {
-            a.narrow(dim, start, len)?.matmul(b)?
+            product(&a.narrow(dim, start, len)?, b)?
         } else if dim == rank - 1 {
-            a.matmul(&b.narrow(dim, start, len)?.contiguous()?)?
+            product(a, &b.narrow(dim, start, len)?)?
         } else {
-            a.narrow(0, start, len)?.matmul(&b.narrow(0, start, len)?)?
+            product(&a.narrow(0, start, len)?, &b.narrow(0, start, len)?)?
         })
     })?;
     Ok(Tensor::cat(&pieces, dim)?)
+}
+
+/// One piece of [`matmul`]: in wasm, f32 products of the same rank go to the crate's SIMD GEMM
+/// ([`crate::gemm`]), the rest to candle.
+fn product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if cfg!(target_arch = "wasm32")
+        && a.dtype() == candle_core::DType::F32
+        && b.dtype() == candle_core::DType::F32
+        && a.rank() >= 2
+        && a.rank() == b.rank()
+    {
+        return Ok(a.apply_op2_no_bwd(b, &crate::gemm::Matmul)?);
+    }
+    Ok(a.matmul(b)?)
 }
 
 #[cfg(all(target_arch = "wasm32", feature = "threads"))]

@@ -1,6 +1,6 @@
 //! The GPU engine in headless Chromium on WebGPU (`cargo test --target wasm32-unknown-unknown
 //! --test web`, run by `./build.sh test`): kernels and the TinyViT encoder on a small frame,
-//! below the JS API. The decoder and the model through the package's API (both backends, page
+//! below the JS API; and the CPU path's SIMD matrix product (src/gemm.rs) as compiled for wasm. The decoder and the model through the package's API (both backends, page
 //! and worker) are tested against PyTorch by tests/browser/api.test.mjs. Chromium's WebGPU here is SwiftShader:
 //! correct but slow (a 1024x1024 encode takes about 100 s there; the full-size encoder is
 //! checked against PyTorch natively, tests/gpu_tiny_vit.rs, with the same WGSL).
@@ -104,6 +104,57 @@ async fn webgpu_tiny_vit_matches_the_cpu_port_on_a_small_frame() {
         ctx.adapter_name()
     ));
     assert!(d <= 2e-3, "TinyViT on WebGPU vs CPU: {d}");
+}
+
+/// The CPU path's matrix products in wasm (the crate's SIMD kernel, src/gemm.rs) against an f64
+/// reference: tile edges, several depth and column blocks, batches, transposed operands.
+#[wasm_bindgen_test]
+fn cpu_simd_matmul_matches_an_f64_reference() {
+    let dev = Device::Cpu;
+    let gen = |n: usize, seed: u64| -> Vec<f32> {
+        (0..n as u64)
+            .map(|i| {
+                let h = (i * 2654435761 + seed * 97).wrapping_mul(0x9E3779B97F4A7C15) >> 40;
+                (h % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    };
+    for &(batch, m, k, n) in &[
+        (1, 1, 1, 1),
+        (2, 7, 300, 13),
+        (1, 64, 256, 512),
+        (3, 67, 513, 530),
+    ] {
+        let (a, b) = (gen(batch * m * k, 1), gen(batch * k * n, 2));
+        let mut want = vec![0f32; batch * m * n];
+        for z in 0..batch {
+            for i in 0..m {
+                for j in 0..n {
+                    let s: f64 = (0..k)
+                        .map(|p| a[(z * m + i) * k + p] as f64 * b[(z * k + p) * n + j] as f64)
+                        .sum();
+                    want[(z * m + i) * n + j] = s as f32;
+                }
+            }
+        }
+        let ta = Tensor::from_vec(a, (batch, m, k), &dev).unwrap();
+        let tb = Tensor::from_vec(b, (batch, k, n), &dev).unwrap();
+        let got = values(&websam::threads::matmul(&ta, &tb).unwrap());
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-4, "{batch}x{m}x{k}x{n}: {d}");
+        // Column-strided views of the same matrices.
+        let t = |x: &Tensor| {
+            x.transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+        };
+        let got = values(&websam::threads::matmul(&t(&ta), &t(&tb)).unwrap());
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-4, "transposed {batch}x{m}x{k}x{n}: {d}");
+    }
 }
 
 fn web_sys_log(msg: &str) {
