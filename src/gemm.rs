@@ -167,43 +167,32 @@ impl View<'_> {
     }
 }
 
-/// Packs `B[p0.., j0..]` (`kc x nc`) as panels of [`NR`] columns, each `kc x NR`, zero-padded.
-fn pack_b(b: View, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f32>) {
-    let panels = nc.div_ceil(NR);
-    out.clear();
-    out.resize(panels * kc * NR, 0.0);
-    for (panel, dst) in out.chunks_exact_mut(kc * NR).enumerate() {
-        let j = j0 + panel * NR;
-        let cols = NR.min(j0 + nc - j);
-        for (p, row) in dst.chunks_exact_mut(NR).enumerate() {
-            if b.cs == 1 && cols == NR {
-                let at = b.offset + (p0 + p) * b.rs + j;
-                row.copy_from_slice(&b.data[at..at + NR]);
-            } else {
-                for (c, x) in row[..cols].iter_mut().enumerate() {
-                    *x = b.at(p0 + p, j + c);
-                }
-            }
+impl View<'_> {
+    /// The transposed matrix: A's rows packed as [`pack`] packs B's columns.
+    fn t(self) -> Self {
+        View {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
         }
     }
 }
 
-/// Packs `A[i0.., p0..]` (`mc x kc`) as panels of [`MR`] rows, each `kc x MR`, zero-padded.
-fn pack_a(a: View, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut Vec<f32>) {
-    let panels = mc.div_ceil(MR);
+/// Packs `M[p0.., j0..]` (`kc x nc`) as panels of `W` columns, each `kc x W`, zero-padded: B's
+/// panels with `W` = [`NR`], and A's with `W` = [`MR`] from its transpose.
+fn pack<const W: usize>(m: View, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f32>) {
     out.clear();
-    out.resize(panels * kc * MR, 0.0);
-    for (panel, dst) in out.chunks_exact_mut(kc * MR).enumerate() {
-        let i = i0 + panel * MR;
-        for r in 0..MR.min(i0 + mc - i) {
-            if a.cs == 1 {
-                let at = a.offset + (i + r) * a.rs + p0;
-                for (p, &x) in a.data[at..at + kc].iter().enumerate() {
-                    dst[p * MR + r] = x;
-                }
+    out.resize(nc.div_ceil(W) * kc * W, 0.0);
+    for (panel, dst) in out.chunks_exact_mut(kc * W).enumerate() {
+        let j = j0 + panel * W;
+        let cols = W.min(j0 + nc - j);
+        for (p, row) in dst.chunks_exact_mut(W).enumerate() {
+            if m.cs == 1 && cols == W {
+                let at = m.offset + (p0 + p) * m.rs + j;
+                row.copy_from_slice(&m.data[at..at + W]);
             } else {
-                for p in 0..kc {
-                    dst[p * MR + r] = a.at(i + r, p0 + p);
+                for (c, x) in row[..cols].iter_mut().enumerate() {
+                    *x = m.at(p0 + p, j + c);
                 }
             }
         }
@@ -222,10 +211,10 @@ fn product(a: View, b: View, c: &mut [f32], m: usize, k: usize, n: usize) {
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
-            pack_b(b, p0, kc, j0, nc, &mut bp);
+            pack::<NR>(b, p0, kc, j0, nc, &mut bp);
             for i0 in (0..m).step_by(MC) {
                 let mc = MC.min(m - i0);
-                pack_a(a, i0, mc, p0, kc, &mut ap);
+                pack::<MR>(a.t(), p0, kc, i0, mc, &mut ap);
                 for (jp, bpanel) in bp.chunks_exact(kc * NR).enumerate() {
                     let j = j0 + jp * NR;
                     let cols = NR.min(n - j);
@@ -325,6 +314,7 @@ impl candle_core::CustomOp2 for Matmul {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::max_abs_diff;
     use candle_core::{Device, Tensor};
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -356,43 +346,15 @@ mod tests {
             let b = Tensor::from_vec(values(batch * k * n, 2), (batch, k, n), &dev).unwrap();
             let want = a.matmul(&b).unwrap();
             let got = a.apply_op2_no_bwd(&b, &Matmul).unwrap();
-            let d = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap();
-            assert!(d.to_scalar::<f32>().unwrap() < 1e-4, "{batch}x{m}x{k}x{n}");
-            // Transposed operands (column strides).
-            let at = a
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap();
-            let bt = b
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap();
-            let got = at.apply_op2_no_bwd(&bt, &Matmul).unwrap();
-            let d = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap();
-            assert!(
-                d.to_scalar::<f32>().unwrap() < 1e-4,
-                "transposed {batch}x{m}x{k}x{n}"
-            );
+            assert!(max_abs_diff(&got, &want) < 1e-4, "{batch}x{m}x{k}x{n}");
+            // The same matrices as column-strided views.
+            let strided = |x: &Tensor| {
+                let t = x.transpose(1, 2).unwrap().contiguous().unwrap();
+                t.transpose(1, 2).unwrap()
+            };
+            let got = strided(&a).apply_op2_no_bwd(&strided(&b), &Matmul).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < 1e-4, "transposed {batch}x{m}x{k}x{n}");
         }
         let a = Tensor::zeros((2, 3, 4), candle_core::DType::F32, &dev).unwrap();
         let b = Tensor::zeros((2, 5, 4), candle_core::DType::F32, &dev).unwrap();
