@@ -174,6 +174,25 @@ build() {
   package
 }
 
+# The relaxed-SIMD kernels module (kernels/: src/gemm/kernel.rs alone, built with +relaxed-simd),
+# pkg/$1: a small wasm module that imports the memory of the main module it serves ($2: extra
+# flags; the threaded build's memory is shared). It shares that memory but has no stack of its own
+# there, so its code must keep every value in locals: a write to a global (the stack pointer) or
+# a start function fails the build, as does a kernel without relaxed_madd.
+kernels_module() {
+  local out="pkg/$1" dir="${CARGO_TARGET_DIR:-target}/$3"
+  RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd$2 -C link-arg=--import-memory$4" \
+    cargo build --release --manifest-path kernels/Cargo.toml --target "$WASM_TARGET" --target-dir "$dir"
+  node_modules/.bin/wasm-opt -O3 "$dir/$WASM_TARGET/release/websam_kernels.wasm" -o "$out"
+  local wat
+  wat=$(node_modules/.bin/wasm-dis "$out")
+  if grep -qE 'global\.set|\(start ' <<<"$wat"; then
+    echo "$out writes a global (a stack) or has a start function: its code must keep every value in locals" >&2
+    exit 1
+  fi
+  grep -q 'f32x4.relaxed_madd' <<<"$wat" || { echo "$out has no f32x4.relaxed_madd" >&2; exit 1; }
+}
+
 # pkg/: the npm package. The wasm (wasm-bindgen, then wasm-opt -O3) and its generated glue
 # (websam_core*), the hand-written API on top (js/: Sam, SamWorker and their declarations), and a
 # package.json stamped with the crate's version.
@@ -199,6 +218,10 @@ package() {
     "$mt_dir/$WASM_TARGET/release/websam.wasm"
   node_modules/.bin/wasm-opt -O3 --enable-threads pkg/websam_core_mt_bg.wasm -o pkg/websam_core_mt_bg.opt.wasm
   mv pkg/websam_core_mt_bg.opt.wasm pkg/websam_core_mt_bg.wasm
+  log "the relaxed-SIMD kernels modules (kernels/)"
+  kernels_module websam_kernels_bg.wasm "" kernels ""
+  kernels_module websam_kernels_mt_bg.wasm ",+atomics,+bulk-memory,+mutable-globals" kernels-mt \
+    " -C link-arg=--shared-memory -C link-arg=--max-memory=4294967296"
   cp js/websam.js js/websam.d.ts js/worker.js js/worker.d.ts js/worker-entry.js js/internal.js \
     js/thread-entry.js pkg/
   local version
@@ -219,13 +242,15 @@ package() {
     "./thread-entry.js": "./thread-entry.js",
     "./websam_core_bg.wasm": "./websam_core_bg.wasm",
     "./websam_core_mt_bg.wasm": "./websam_core_mt_bg.wasm",
+    "./websam_kernels_bg.wasm": "./websam_kernels_bg.wasm",
+    "./websam_kernels_mt_bg.wasm": "./websam_kernels_mt_bg.wasm",
     "./package.json": "./package.json"
   },
   "files": [
     "websam.js", "websam.d.ts", "worker.js", "worker.d.ts", "worker-entry.js", "internal.js",
     "websam_core.js", "websam_core.d.ts", "websam_core_bg.wasm", "websam_core_bg.wasm.d.ts",
     "thread-entry.js", "websam_core_mt.js", "websam_core_mt.d.ts", "websam_core_mt_bg.wasm",
-    "websam_core_mt_bg.wasm.d.ts"
+    "websam_core_mt_bg.wasm.d.ts", "websam_kernels_bg.wasm", "websam_kernels_mt_bg.wasm"
   ],
   "keywords": ["segment-anything", "sam", "mobilesam", "segmentation", "webgpu", "wasm"],
   "sideEffects": false
@@ -287,6 +312,10 @@ test_all() {
   cargo clippy --all-targets --target "$WASM_TARGET" -- -D warnings
   log "clippy ($WASM_TARGET, threads)"
   cargo clippy --lib --target "$WASM_TARGET" --features threads -- -D warnings
+  log "fmt and clippy (kernels/, the relaxed-SIMD kernels module)"
+  cargo fmt --check --manifest-path kernels/Cargo.toml
+  RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" cargo clippy --manifest-path kernels/Cargo.toml \
+    --target "$WASM_TARGET" --target-dir "${CARGO_TARGET_DIR:-target}/kernels" -- -D warnings
   log "cargo test (native; GPU tests on the first adapter found, lavapipe without a GPU)"
   cargo test
   # A short run of every fuzz target, the crash reproducers of fuzz/regressions/ first (no ASan:

@@ -558,3 +558,57 @@ export function recordsIn(json, outputMode) {
   }
   return records;
 }
+
+/**
+ * A module whose one function runs `f32x4.relaxed_madd`: `WebAssembly.validate` accepts it where
+ * the engine has relaxed SIMD, which the kernels module needs (the main modules need only SIMD).
+ */
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 61, 1, 59, 0,
+  ...[0, 1, 2].flatMap(() => [253, 12, ...new Array(16).fill(0)]), 253, 133, 2, 11,
+]);
+
+/** Whether this engine has relaxed SIMD. */
+export function hasRelaxedSimd() {
+  try {
+    return WebAssembly.validate(RELAXED_SIMD_PROBE);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The relaxed-SIMD kernels module at `url`, compiled (the CPU path's fused matrix-product
+ * kernel), or null where the engine lacks relaxed SIMD, in Node (a file URL), or where the file
+ * does not load (a warning says why): the main module's portable kernel then runs, with the
+ * same results within rounding.
+ */
+export async function compileKernels(url) {
+  // Node's fetch reads no files: there the portable kernel runs.
+  if (!hasRelaxedSimd() || url.protocol === 'file:') return null;
+  try {
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    return await WebAssembly.compile(await response.arrayBuffer());
+  } catch (e) {
+    console.warn(`websam: the relaxed-SIMD kernels (${url}) did not load, the portable kernel runs: ${e?.message ?? e}`);
+    return null;
+  }
+}
+
+/**
+ * Instantiates the compiled kernels `module` on `memory` (the main module's) and installs its
+ * exports as `globalThis[name]`, where the main module calls them. False where there is no module
+ * or it does not instantiate.
+ */
+export async function installKernels(module, memory, name) {
+  if (!module) return false;
+  try {
+    const { exports } = await WebAssembly.instantiate(module, { env: { memory } });
+    globalThis[name] = exports;
+    return true;
+  } catch (e) {
+    console.warn(`websam: the relaxed-SIMD kernels did not instantiate, the portable kernel runs: ${e?.message ?? e}`);
+    return false;
+  }
+}

@@ -235,6 +235,13 @@ export interface SamPredictor {
   readonly fallbackReason: string | undefined;
   /** Threads of the CPU path (see `LoadOptions.threads`). */
   readonly threads: number;
+  /**
+   * Whether the CPU path's matrix products run on the relaxed-SIMD kernels module
+   * (websam_kernels_bg.wasm beside the main module; fused multiply-add), where the engine has
+   * relaxed SIMD; false where it has not, in Node, or where that file did not load (a console
+   * warning says why): the portable kernel then runs, with the same results within rounding.
+   */
+  readonly relaxedSimd: boolean;
   /** "f16" when the WebGPU model runs in f16 (asked for and offered), else "f32". */
   readonly precision: Precision;
   /**

@@ -8,8 +8,8 @@ import initThreaded, {
   WebSam as WebSamThreaded, initThreadPool, threadResources,
 } from './websam_core_mt.js';
 import {
-  CACHE_NAME, abortReason, generateOptions, loadOptions, panicMessage, readWeights, recordsIn,
-  toEmbedding, toPrompt, toRgba, withMaskLogits,
+  CACHE_NAME, abortReason, compileKernels, generateOptions, installKernels, loadOptions, panicMessage,
+  readWeights, recordsIn, toEmbedding, toPrompt, toRgba, withMaskLogits,
 } from './internal.js';
 
 export { decodeMask } from './internal.js';
@@ -22,7 +22,7 @@ let wasmReady = null;
  * and on their next call the package replaces the instance (`__wbg_reset_state`: the same
  * compiled module, fresh memory) once for all of them and rebuilds each model.
  */
-const single = { dead: false, listeners: new Set() };
+const single = { dead: false, listeners: new Set(), renewing: Promise.resolve() };
 
 /** Marks `instance` dead and tells its Sams, once per death. */
 function instanceDied(instance, message) {
@@ -41,12 +41,31 @@ function watchTraps(instance) {
   globalThis.addEventListener?.('unhandledrejection', onTrap);
 }
 
-/** Replaces the single-threaded module's dead instance (once per death). */
+/**
+ * Installs the relaxed-SIMD kernels `module` on `Core`'s memory as `globalThis[name]` and sends
+ * `Core`'s matrix products there. Resolves to whether it did.
+ */
+async function enableKernels(module, Core, name) {
+  const ok = await installKernels(module, Core.wasmMemory(), name);
+  if (ok) Core.setRelaxedSimd(true);
+  return ok;
+}
+
+/**
+ * Replaces the single-threaded module's dead instance (once per death). Resolves once the new
+ * instance has its relaxed-SIMD kernels (a new memory: until then it runs the portable kernel).
+ */
 function renewSingle() {
-  if (!single.dead) return;
-  resetWasm();
-  single.dead = false;
-  WebSam.setPanicHandler((message) => instanceDied(single, message));
+  if (single.dead) {
+    resetWasm();
+    single.dead = false;
+    WebSam.setPanicHandler((message) => instanceDied(single, message));
+    single.relaxed = false;
+    single.renewing = enableKernels(single.kernels, WebSam, 'websamKernels').then((ok) => {
+      single.relaxed = ok;
+    });
+  }
+  return single.renewing;
 }
 
 function wasmLoadError(e) {
@@ -63,9 +82,11 @@ function wasmLoadError(e) {
 function initOnce(wasm) {
   if (!wasmReady) {
     wasmReady = initWasm(wasm === undefined ? undefined : { module_or_path: wasm })
-      .then(() => {
+      .then(async () => {
         WebSam.setPanicHandler((message) => instanceDied(single, message));
         watchTraps(single);
+        single.kernels = await compileKernels(new URL('./websam_kernels_bg.wasm', import.meta.url));
+        single.relaxed = await enableKernels(single.kernels, WebSam, 'websamKernels');
         return { WebSam, threads: 1, instance: single, renew: renewSingle };
       })
       .catch((e) => {
@@ -117,24 +138,35 @@ function initThreads(n) {
         throw wasmLoadError(e);
       }
       const [module, memory] = threadResources();
+      // Every thread that runs products gets the kernels before they are turned on.
+      const kernels = await compileKernels(new URL('./websam_kernels_mt_bg.wasm', import.meta.url));
+      let relaxed = await installKernels(kernels, memory, 'websamKernelsMt');
       // The workers first wait in runThread; initThreadPool then hands them rayon's threads
       // (it blocks until they run, which workers still starting could not do).
       const started = Array.from({ length: n }, () => new Promise((resolve, reject) => {
         const worker = new Worker(new URL('./thread-entry.js', import.meta.url), { type: 'module', name: 'websam-thread' });
-        worker.onmessage = ({ data }) => (data.ready ? resolve() : reject(new Error(data.error)));
+        worker.onmessage = ({ data }) => {
+          if (!data.ready) {
+            reject(new Error(data.error));
+            return;
+          }
+          relaxed &&= data.relaxed;
+          resolve();
+        };
         worker.onerror = (e) => {
           e.preventDefault?.();
           reject(new Error(e.message || 'its script did not load (check that thread-entry.js is served as JavaScript)'));
         };
-        worker.postMessage({ module, memory });
+        worker.postMessage({ module, memory, kernels });
       }));
       await Promise.all(started).catch((e) => {
         throw new Error(`a websam thread did not start: ${e.message}`);
       });
       initThreadPool(n);
+      if (relaxed) WebSamThreaded.setRelaxedSimd(true);
       // Its memory is shared with the pool's threads: a dead instance cannot be replaced in
       // place (SamWorker replaces its whole worker instead).
-      const instance = { dead: false, listeners: new Set() };
+      const instance = { dead: false, listeners: new Set(), relaxed };
       WebSamThreaded.setPanicHandler((message) => instanceDied(instance, message));
       watchTraps(instance);
       return { WebSam: WebSamThreaded, threads: n, instance, renew: null };
@@ -193,7 +225,7 @@ export class Sam {
   async #revive() {
     const { renew } = this.#module;
     if (!renew) throw panicError(this.#death, false);
-    renew();
+    await renew();
     const bytes = await this.#rebuild.weights();
     this.#core = await this.#module.WebSam.load(bytes, this.#rebuild.backend, this.#rebuild.precision);
     this.#death = null;
@@ -224,7 +256,7 @@ export class Sam {
     opts.onProgress?.({ stage: 'init', loaded: bytes.byteLength, total: bytes.byteLength });
     let model;
     try {
-      module.renew?.();
+      await module.renew?.();
       model = await module.WebSam.load(bytes, opts.backend, opts.precision);
     } catch (e) {
       throw asError(e);
@@ -247,6 +279,14 @@ export class Sam {
   /** Threads of the CPU path: more than 1 only in a worker of a cross-origin isolated page. */
   get threads() {
     return this.#threads;
+  }
+
+  /**
+   * Whether the CPU path's matrix products run on the relaxed-SIMD kernels (fused multiply-add),
+   * where the engine has relaxed SIMD; else on the portable kernel.
+   */
+  get relaxedSimd() {
+    return this.#module.instance.relaxed === true;
   }
 
   /** "webgpu" or "cpu": the backend in use (it turns to "cpu" if a lost GPU is not replaced). */

@@ -13,6 +13,7 @@ function state() {
     adapterName: sam.adapterName,
     fallbackReason: sam.fallbackReason,
     threads: sam.threads,
+    relaxedSimd: sam.relaxedSimd,
     precision: sam.precision,
   };
 }

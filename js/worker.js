@@ -178,6 +178,11 @@ export class SamWorker {
     return this.#state.threads;
   }
 
+  /** As `Sam.relaxedSimd`, in the worker. */
+  get relaxedSimd() {
+    return this.#state.relaxedSimd;
+  }
+
   /**
    * As `Sam.setImage`; the pixels are read now, as the call is made, and transferred to the
    * worker once the calls made before it are posted.

@@ -387,6 +387,21 @@ impl WebSam {
         Ok(out.into())
     }
 
+    /// Sends the CPU path's matrix products to the relaxed-SIMD kernels module (`on`), or keeps
+    /// them on this module's portable kernel ([`crate::gemm`]). The JS side turns it on once
+    /// every thread that runs products has that module, instantiated on this memory, as
+    /// `websamKernels` (`websamKernelsMt` in the threaded build) in its global scope.
+    #[wasm_bindgen(js_name = setRelaxedSimd)]
+    pub fn set_relaxed_simd(on: bool) {
+        crate::gemm::set_relaxed_simd(on);
+    }
+
+    /// This instance's memory (which the kernels module imports; a new one after a reset).
+    #[wasm_bindgen(js_name = wasmMemory)]
+    pub fn wasm_memory() -> JsValue {
+        wasm_bindgen::memory()
+    }
+
     /// Routes this module's panics to `handler` (called with the panic's message, then the
     /// module traps): the JS wrapper rejects the call in flight with it and replaces the
     /// module's instance before the next call. Set once per instance.

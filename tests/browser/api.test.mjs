@@ -64,6 +64,8 @@ for (const api of ['Sam', 'SamWorker']) {
       test(`${backend}: ${what} match PyTorch`, async () => {
         const r = await inPage('parity', [api, backend, undefined, { encode, oneCase }]);
         assert.equal(r.backend, backend);
+        // Chromium has relaxed SIMD: the CPU path's products run on the kernels module.
+        assert.equal(r.relaxedSimd, true, 'the relaxed-SIMD kernels did not load');
         checkCases(r.fromEmbedding, 'from the embedding');
         if (encode) {
           assert.ok(r.embedding <= 2e-3, `embedding of the image differs by ${r.embedding}`);
@@ -199,6 +201,8 @@ describe('threads (cross-origin isolated page)', () => {
     const r = await inIsolatedPage('parity', ['SamWorker', 'cpu', 2]);
     assert.equal(r.backend, 'cpu');
     assert.equal(r.threads, 2);
+    // Every thread of the pool instantiated the (shared-memory) kernels module.
+    assert.equal(r.relaxedSimd, true, 'the relaxed-SIMD kernels did not load on every thread');
     checkCases(r.fromEmbedding, 'from the embedding');
     assert.ok(r.embedding <= 2e-3, `embedding of the image differs by ${r.embedding}`);
     checkCases(r.fromImage, 'from the image');

@@ -104,7 +104,9 @@ export async function parity(api, backend, threads = undefined, { encode = true,
   const t0 = performance.now();
   const sam = await apis[api].load({ weights: FIXTURES + 'mobile_sam.pth', backend, cache: false, threads });
   const loadMs = performance.now() - t0;
-  const result = { backend: sam.backend, adapter: sam.adapterName ?? null, loadMs, threads: sam.threads };
+  const result = {
+    backend: sam.backend, adapter: sam.adapterName ?? null, loadMs, threads: sam.threads, relaxedSimd: sam.relaxedSimd,
+  };
   const embedding = await (await fetchOk(FIXTURES + 'embedding.npy')).arrayBuffer();
   await sam.setEmbedding(embedding, { width: 640, height: 480 });
   result.fromEmbedding = await decodeCases(sam,

@@ -63,6 +63,7 @@ export async function survivePanic(api, kind) {
   const embedding = await npy('embedding.npy');
   await sam.setEmbedding(embedding, { width: 640, height: 480 });
   const before = await sam.predict(PROMPT);
+  before.relaxedSimd = sam.relaxedSimd;
   const failing = failure(() => sam.failForTesting(kind));
   // A call made behind the failing one: it rejects (SamWorker) or runs after the reload (Sam).
   const behind = sam.predict(PROMPT).then((r) => ({ ok: maxAbsDiff(r.lowResLogits, before.lowResLogits) }), (e) => ({ error: String(e.message) }));
@@ -73,8 +74,10 @@ export async function survivePanic(api, kind) {
   const reloadMs = performance.now() - t;
   // And again, to show the reloaded model is a working one.
   const again = await sam.predict({ points: [[100, 100, 1]], multimask: false });
+  const relaxedSimd = [before.relaxedSimd, sam.relaxedSimd];
   sam.dispose();
   return {
+    relaxedSimd,
     failed,
     queued,
     diff: maxAbsDiff(after.lowResLogits, before.lowResLogits),

@@ -69,6 +69,8 @@ for (const api of ['Sam', 'SamWorker']) {
           assert.match(r.queued.error ?? '', /the call was not run: websam stopped on an internal error/);
         }
         assert.equal(r.diff, 0, 'the reloaded model, with its embedding set again, answers as before');
+        // The new instance (a new memory) has its relaxed-SIMD kernels again.
+        assert.deepEqual(r.relaxedSimd, [true, true]);
         assert.equal(r.againMasks, 1);
         console.log(`${api} ${kind}: the next predict answered in ${r.reloadMs.toFixed(0)} ms`);
       });

@@ -56,6 +56,8 @@ function check(how, result) {
     assert.ok(['webgpu', 'cpu'].includes(r.backend), `${how}, ${api}: backend ${r.backend}`);
     assert.equal(r.width, 640);
     assert.equal(r.height, 480);
+    // Chromium has relaxed SIMD: the app's bundle carries the kernels module and loads it.
+    assert.equal(r.relaxedSimd, true, `${how}, ${api}: the relaxed-SIMD kernels did not load`);
     let worst = 0;
     for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(r.lowResLogits[i] - want[i]));
     assert.ok(worst <= 1e-3, `${how}, ${api}: low-res logits differ by ${worst}`);

@@ -24,6 +24,8 @@ const sam = await Sam.load({
   wasm: read('../../pkg/websam_core_bg.wasm'),
 });
 if (sam.backend !== 'cpu') throw new Error(`backend ${sam.backend}`);
+// Node reads no wasm by fetch: the main module's portable kernel runs the products here.
+if (sam.relaxedSimd !== false) throw new Error(`relaxedSimd ${sam.relaxedSimd} in Node`);
 await sam.setEmbedding(read('embedding.npy'), { width: 640, height: 480 });
 const r = await sam.predict({ box: [370, 50, 570, 210], multimask: false });
 const worst = worstDiff(r.lowResLogits, npy('case_predictor_box_low_res_logits.npy'));

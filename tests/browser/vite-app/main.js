@@ -11,6 +11,7 @@ async function segment(API) {
   const mask = r.masks[r.best];
   const out = {
     backend: sam.backend,
+    relaxedSimd: sam.relaxedSimd,
     width: mask.width,
     height: mask.height,
     ones: mask.data.reduce((n, v) => n + v, 0),

@@ -8,148 +8,102 @@
 //! maintained crate has a wasm kernel that fits them, so the product is written here: the
 //! classic packed, blocked loop nest (a block of B for the L2 cache, panels of A and B for L1)
 //! around a kernel of [`MR`] rows by [`NR`] columns whose accumulators, B row and broadcast fit
-//! in 11 registers.
+//! in 11 registers ([`kernel`]).
+//!
+//! Relaxed SIMD's fused multiply-add (`f32x4.relaxed_madd`) makes the kernel 1.10x faster again,
+//! but a module that contains it fails to compile on engines without relaxed SIMD, and LLVM
+//! applies one function's wasm features to the whole module (it then lowers clamps elsewhere to
+//! `f32x4.relaxed_min/max`, whose NaN results differ between engines). So the fused kernel is a
+//! second, small module (`kernels/`: the same [`kernel`] source, no std, no stack) that the JS
+//! side instantiates on this module's memory where `WebAssembly.validate` accepts relaxed SIMD,
+//! and this module calls it per block ([`set_relaxed_simd`]); elsewhere the portable kernel here
+//! runs.
 //!
 //! Natively (tests only) the vectors are plain arrays, so that the blocking, packing and edges
 //! are checked by `cargo test` too; the SIMD kernel is checked in the browser (tests/web.rs).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{CpuStorage, Layout, Shape};
 
-/// Rows of a kernel's tile. Measured in Chromium (TinyViT encode, one thread, one run): 4x8 and
-/// 2x16 alike, 3x12 1.09x slower, 5x8 1.23x, 6x8 1.30x (their accumulators spill).
-const MR: usize = 4;
-/// Columns of a kernel's tile, a multiple of 4 (two 4-lane vectors).
-const NR: usize = 8;
+pub mod kernel;
+
+use kernel::{MR, NR};
+
+/// Whether blocks go to the relaxed-SIMD kernels module ([`set_relaxed_simd`]).
+static RELAXED: AtomicBool = AtomicBool::new(false);
+
+/// Sends the products' blocks to the relaxed-SIMD kernels module from now on (`on`), or keeps
+/// them in this module's portable kernel. The JS side turns it on once every thread that runs
+/// products (this one and, in the threaded build, each pool worker) has instantiated that module
+/// on this memory, where the engine validates relaxed SIMD.
+pub fn set_relaxed_simd(on: bool) {
+    RELAXED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the products run on the relaxed-SIMD kernels module.
+pub fn relaxed_simd() -> bool {
+    RELAXED.load(Ordering::Relaxed)
+}
+
+#[cfg(target_arch = "wasm32")]
+mod relaxed {
+    use wasm_bindgen::prelude::*;
+
+    // The kernels module's `tiles` ([`super::kernel::tiles`] with `f32x4.relaxed_madd`), as the
+    // JS side installs it in each thread's global scope: one name per build, since a worker may
+    // hold both builds, each on its own memory.
+    #[wasm_bindgen]
+    extern "C" {
+        #[cfg(not(feature = "threads"))]
+        #[wasm_bindgen(js_namespace = websamKernels, js_name = tiles)]
+        pub fn tiles(kc: u32, a: u32, mc: u32, b: u32, nc: u32, c: u32, ldc: u32, add: bool);
+        #[cfg(feature = "threads")]
+        #[wasm_bindgen(js_namespace = websamKernelsMt, js_name = tiles)]
+        pub fn tiles(kc: u32, a: u32, mc: u32, b: u32, nc: u32, c: u32, ldc: u32, add: bool);
+    }
+}
+
+/// One block's tiles ([`kernel::tiles`]) on the kernel in use.
+///
+/// # Safety
+/// As [`kernel::tiles`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(
+    kc: usize,
+    a: *const f32,
+    mc: usize,
+    b: *const f32,
+    nc: usize,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
+    #[cfg(target_arch = "wasm32")]
+    if relaxed_simd() {
+        let u = |x: usize| x as u32;
+        relaxed::tiles(
+            u(kc),
+            a as u32,
+            u(mc),
+            b as u32,
+            u(nc),
+            c as u32,
+            u(ldc),
+            add,
+        );
+        return;
+    }
+    // SAFETY: the caller's.
+    unsafe { kernel::tiles::<kernel::Plain>(kc, a, mc, b, nc, c, ldc, add) }
+}
+
 /// Depth of a packed block (the inner products' share computed per pass over C).
 const KC: usize = 256;
 /// Rows of A packed at a time (a block of `MC x KC` floats stays in the L2 cache).
 const MC: usize = 64;
 /// Columns of B packed at a time.
 const NC: usize = 512;
-
-#[cfg(target_arch = "wasm32")]
-mod lanes {
-    use core::arch::wasm32::*;
-
-    pub type V = v128;
-
-    #[inline(always)]
-    pub unsafe fn load(p: *const f32) -> V {
-        v128_load(p as *const v128)
-    }
-    #[inline(always)]
-    pub unsafe fn store(p: *mut f32, v: V) {
-        v128_store(p as *mut v128, v)
-    }
-    #[inline(always)]
-    pub unsafe fn splat(p: *const f32) -> V {
-        v128_load32_splat(p as *const u32)
-    }
-    #[inline(always)]
-    pub fn zero() -> V {
-        f32x4_splat(0.0)
-    }
-    #[inline(always)]
-    pub fn add(a: V, b: V) -> V {
-        f32x4_add(a, b)
-    }
-    /// `a * b + c`, rounded twice (as candle's kernel).
-    #[inline(always)]
-    pub fn madd(a: V, b: V, c: V) -> V {
-        f32x4_add(f32x4_mul(a, b), c)
-    }
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-mod lanes {
-    pub type V = [f32; 4];
-
-    #[inline(always)]
-    pub unsafe fn load(p: *const f32) -> V {
-        unsafe { std::ptr::read_unaligned(p as *const V) }
-    }
-    #[inline(always)]
-    pub unsafe fn store(p: *mut f32, v: V) {
-        unsafe { std::ptr::write_unaligned(p as *mut V, v) }
-    }
-    #[inline(always)]
-    pub unsafe fn splat(p: *const f32) -> V {
-        [unsafe { *p }; 4]
-    }
-    #[inline(always)]
-    pub fn zero() -> V {
-        [0.0; 4]
-    }
-    #[inline(always)]
-    pub fn add(a: V, b: V) -> V {
-        std::array::from_fn(|i| a[i] + b[i])
-    }
-    #[inline(always)]
-    pub fn madd(a: V, b: V, c: V) -> V {
-        std::array::from_fn(|i| a[i] * b[i] + c[i])
-    }
-}
-
-/// One tile: `C[..MR, ..NR] (+)= A_panel . B_panel` over `kc` steps, `a` packed `kc x MR`,
-/// `b` packed `kc x NR`; `c` has row stride `ldc`; only `rows x cols` of the tile are written;
-/// `add` keeps C's values (a later depth block) where false overwrites them.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    add: bool,
-) {
-    unsafe {
-        let mut acc = [[lanes::zero(); NR / 4]; MR];
-        for p in 0..kc {
-            let row: [_; NR / 4] = std::array::from_fn(|v| lanes::load(b.add(p * NR + 4 * v)));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = lanes::splat(a.add(p * MR + r));
-                for (acc, &y) in acc.iter_mut().zip(&row) {
-                    *acc = lanes::madd(x, y, *acc);
-                }
-            }
-        }
-        if rows == MR && cols == NR {
-            for (r, acc) in acc.iter().enumerate() {
-                let row = c.add(r * ldc);
-                for (v, &x) in acc.iter().enumerate() {
-                    let at = row.add(4 * v);
-                    lanes::store(
-                        at,
-                        if add {
-                            lanes::add(lanes::load(at), x)
-                        } else {
-                            x
-                        },
-                    );
-                }
-            }
-            return;
-        }
-        let mut tmp = [0f32; MR * NR];
-        for (r, acc) in acc.iter().enumerate() {
-            for (v, &x) in acc.iter().enumerate() {
-                lanes::store(tmp.as_mut_ptr().add(r * NR + 4 * v), x);
-            }
-        }
-        for r in 0..rows {
-            for j in 0..cols {
-                let at = c.add(r * ldc + j);
-                *at = if add {
-                    *at + tmp[r * NR + j]
-                } else {
-                    tmp[r * NR + j]
-                };
-            }
-        }
-    }
-}
 
 /// A matrix in a slice: element `(i, j)` at `offset + i * rs + j * cs`.
 #[derive(Clone, Copy)]
@@ -215,28 +169,20 @@ fn product(a: View, b: View, c: &mut [f32], m: usize, k: usize, n: usize) {
             for i0 in (0..m).step_by(MC) {
                 let mc = MC.min(m - i0);
                 pack::<MR>(a.t(), p0, kc, i0, mc, &mut ap);
-                for (jp, bpanel) in bp.chunks_exact(kc * NR).enumerate() {
-                    let j = j0 + jp * NR;
-                    let cols = NR.min(n - j);
-                    for (ip, apanel) in ap.chunks_exact(kc * MR).enumerate() {
-                        let i = i0 + ip * MR;
-                        let rows = MR.min(m - i);
-                        // SAFETY: the panels hold kc x MR and kc x NR values; the tile's
-                        // `rows x cols` lie inside C's m x n (row stride n).
-                        unsafe {
-                            tile(
-                                kc,
-                                apanel.as_ptr(),
-                                bpanel.as_ptr(),
-                                c.as_mut_ptr().add(i * n + j),
-                                n,
-                                rows,
-                                cols,
-                                p0 > 0,
-                            )
-                        };
-                    }
-                }
+                // SAFETY: the panels of the block (packed above: ceil(mc / MR) of kc x MR and
+                // ceil(nc / NR) of kc x NR); C's block of mc x nc at (i0, j0), row stride n.
+                unsafe {
+                    block(
+                        kc,
+                        ap.as_ptr(),
+                        mc,
+                        bp.as_ptr(),
+                        nc,
+                        c.as_mut_ptr().add(i0 * n + j0),
+                        n,
+                        p0 > 0,
+                    )
+                };
             }
         }
     }
