@@ -27,7 +27,17 @@ pub unsafe extern "C" fn tiles(
     ldc: usize,
     add: bool,
 ) {
-    unsafe { kernel::tiles::<kernel::Fused>(kc, a, mc, b, nc, c, ldc, add) }
+    let block = kernel::Block {
+        kc,
+        a,
+        mc,
+        b,
+        nc,
+        c,
+        ldc,
+        add,
+    };
+    unsafe { kernel::tiles::<kernel::Fused>(block) }
 }
 
 #[panic_handler]

@@ -175,38 +175,44 @@ unsafe fn tile<F: Madd>(
     }
 }
 
-/// Every tile of one block: `C[..mc, ..nc] (+)= A . B` over `kc` steps, with `a` the block's
-/// A panels (`ceil(mc / MR)` of `kc x MR`) and `b` its B panels (`ceil(nc / NR)` of `kc x NR`).
+/// One packed block of a product: `C[..mc, ..nc] (+)= A . B` over `kc` steps, with `a` the
+/// block's A panels (`ceil(mc / MR)` of `kc x MR`), `b` its B panels (`ceil(nc / NR)` of
+/// `kc x NR`), `c` its corner in C (row stride `ldc`); `add` keeps C's values (a later depth
+/// block).
+#[derive(Clone, Copy)]
+pub struct Block {
+    pub kc: usize,
+    pub a: *const f32,
+    pub mc: usize,
+    pub b: *const f32,
+    pub nc: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub add: bool,
+}
+
+/// Every tile of one [`Block`].
 ///
 /// # Safety
-/// `a` and `b` hold those panels; `c` is valid for `mc` rows of `nc` values at row stride `ldc`.
+/// `a` and `b` hold the block's panels; `c` is valid for `mc` rows of `nc` values at row stride
+/// `ldc`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn tiles<F: Madd>(
-    kc: usize,
-    a: *const f32,
-    mc: usize,
-    b: *const f32,
-    nc: usize,
-    c: *mut f32,
-    ldc: usize,
-    add: bool,
-) {
+pub unsafe fn tiles<F: Madd>(k: Block) {
     let mut j = 0;
-    while j < nc {
+    while j < k.nc {
         let mut i = 0;
-        while i < mc {
+        while i < k.mc {
             // SAFETY: panel i / MR of A and j / NR of B; the tile lies in C's mc x nc.
             unsafe {
                 tile::<F>(
-                    kc,
-                    a.add(i * kc),
-                    b.add(j * kc),
-                    c.add(i * ldc + j),
-                    ldc,
-                    (mc - i).min(MR),
-                    (nc - j).min(NR),
-                    add,
+                    k.kc,
+                    k.a.add(i * k.kc),
+                    k.b.add(j * k.kc),
+                    k.c.add(i * k.ldc + j),
+                    k.ldc,
+                    (k.mc - i).min(MR),
+                    (k.nc - j).min(NR),
+                    k.add,
                 )
             };
             i += MR;

@@ -68,34 +68,16 @@ mod relaxed {
 ///
 /// # Safety
 /// As [`kernel::tiles`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn block(
-    kc: usize,
-    a: *const f32,
-    mc: usize,
-    b: *const f32,
-    nc: usize,
-    c: *mut f32,
-    ldc: usize,
-    add: bool,
-) {
+unsafe fn block(k: kernel::Block) {
     #[cfg(target_arch = "wasm32")]
     if relaxed_simd() {
         let u = |x: usize| x as u32;
-        relaxed::tiles(
-            u(kc),
-            a as u32,
-            u(mc),
-            b as u32,
-            u(nc),
-            c as u32,
-            u(ldc),
-            add,
-        );
+        let (a, b, c) = (k.a as u32, k.b as u32, k.c as u32);
+        relaxed::tiles(u(k.kc), a, u(k.mc), b, u(k.nc), c, u(k.ldc), k.add);
         return;
     }
     // SAFETY: the caller's.
-    unsafe { kernel::tiles::<kernel::Plain>(kc, a, mc, b, nc, c, ldc, add) }
+    unsafe { kernel::tiles::<kernel::Plain>(k) }
 }
 
 /// Depth of a packed block (the inner products' share computed per pass over C).
@@ -172,16 +154,16 @@ fn product(a: View, b: View, c: &mut [f32], m: usize, k: usize, n: usize) {
                 // SAFETY: the panels of the block (packed above: ceil(mc / MR) of kc x MR and
                 // ceil(nc / NR) of kc x NR); C's block of mc x nc at (i0, j0), row stride n.
                 unsafe {
-                    block(
+                    block(kernel::Block {
                         kc,
-                        ap.as_ptr(),
+                        a: ap.as_ptr(),
                         mc,
-                        bp.as_ptr(),
+                        b: bp.as_ptr(),
                         nc,
-                        c.as_mut_ptr().add(i0 * n + j0),
-                        n,
-                        p0 > 0,
-                    )
+                        c: c.as_mut_ptr().add(i0 * n + j0),
+                        ldc: n,
+                        add: p0 > 0,
+                    })
                 };
             }
         }
