@@ -280,11 +280,12 @@ run() {
 serve() {
   need_model
   local stale="" wasm newer
-  for wasm in pkg/websam_core_bg.wasm pkg/websam_core_mt_bg.wasm; do
+  for wasm in pkg/websam_core_bg.wasm pkg/websam_core_mt_bg.wasm pkg/websam_kernels_bg.wasm \
+    pkg/websam_kernels_mt_bg.wasm; do
     if [ ! -f "$wasm" ]; then
       stale="$wasm is missing"
     elif [ -z "$stale" ]; then
-      newer=$(find src js Cargo.toml Cargo.lock build.sh -newer "$wasm" -type f -print -quit)
+      newer=$(find src js kernels Cargo.toml Cargo.lock build.sh -newer "$wasm" -type f -print -quit)
       [ -z "$newer" ] || stale="$newer is newer than $wasm"
     fi
   done
@@ -292,7 +293,7 @@ serve() {
     log "building pkg/ ($stale)"
     package
   else
-    log "pkg/ is up to date (its wasm is newer than src/, js/, Cargo.toml, Cargo.lock and build.sh): not rebuilt"
+    log "pkg/ is up to date (its wasm is newer than src/, js/, kernels/, Cargo.toml, Cargo.lock and build.sh): not rebuilt"
   fi
   local port="${PORT:-8080}"
   echo "websam demo, with the trained MobileSAM ($MODEL): http://127.0.0.1:$port/" >&2
