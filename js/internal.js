@@ -568,6 +568,12 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
   ...[0, 1, 2].flatMap(() => [253, 12, ...new Array(16).fill(0)]), 253, 133, 2, 11,
 ]);
 
+/**
+ * Where each build's module finds the kernels in a thread's global scope (src/gemm/mod.rs): one
+ * name per build, since a worker may hold both, each on its own memory.
+ */
+export const KERNELS_GLOBAL = { single: 'websamKernels', threaded: 'websamKernelsMt' };
+
 /** Whether this engine has relaxed SIMD. */
 export function hasRelaxedSimd() {
   try {

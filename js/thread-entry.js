@@ -2,7 +2,7 @@
 // instantiates the threaded module (and the relaxed-SIMD kernels, if sent) on the shared memory
 // it is sent and runs its pool thread.
 import init, { runThread } from './websam_core_mt.js';
-import { installKernels } from './internal.js';
+import { KERNELS_GLOBAL, installKernels } from './internal.js';
 
 self.onmessage = async ({ data: { module, memory, kernels } }) => {
   try {
@@ -12,7 +12,7 @@ self.onmessage = async ({ data: { module, memory, kernels } }) => {
     return;
   }
   // The relaxed-SIMD kernels, where the main thread compiled them, on the same memory.
-  const relaxed = await installKernels(kernels, memory, 'websamKernelsMt');
+  const relaxed = await installKernels(kernels, memory, KERNELS_GLOBAL.threaded);
   self.postMessage({ ready: true, relaxed });
   runThread(); // waits for the pool to hand this worker a thread; returns when the pool ends
 };

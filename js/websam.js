@@ -8,7 +8,7 @@ import initThreaded, {
   WebSam as WebSamThreaded, initThreadPool, threadResources,
 } from './websam_core_mt.js';
 import {
-  CACHE_NAME, abortReason, compileKernels, generateOptions, installKernels, loadOptions, panicMessage,
+  CACHE_NAME, KERNELS_GLOBAL, abortReason, compileKernels, generateOptions, installKernels, loadOptions, panicMessage,
   readWeights, recordsIn, toEmbedding, toPrompt, toRgba, withMaskLogits,
 } from './internal.js';
 
@@ -61,7 +61,7 @@ function renewSingle() {
     single.dead = false;
     WebSam.setPanicHandler((message) => instanceDied(single, message));
     single.relaxed = false;
-    single.renewing = enableKernels(single.kernels, WebSam, 'websamKernels').then((ok) => {
+    single.renewing = enableKernels(single.kernels, WebSam, KERNELS_GLOBAL.single).then((ok) => {
       single.relaxed = ok;
     });
   }
@@ -86,7 +86,7 @@ function initOnce(wasm) {
         WebSam.setPanicHandler((message) => instanceDied(single, message));
         watchTraps(single);
         single.kernels = await compileKernels(new URL('./websam_kernels_bg.wasm', import.meta.url));
-        single.relaxed = await enableKernels(single.kernels, WebSam, 'websamKernels');
+        single.relaxed = await enableKernels(single.kernels, WebSam, KERNELS_GLOBAL.single);
         return { WebSam, threads: 1, instance: single, renew: renewSingle };
       })
       .catch((e) => {
@@ -140,7 +140,7 @@ function initThreads(n) {
       const [module, memory] = threadResources();
       // Every thread that runs products gets the kernels before they are turned on.
       const kernels = await compileKernels(new URL('./websam_kernels_mt_bg.wasm', import.meta.url));
-      let relaxed = await installKernels(kernels, memory, 'websamKernelsMt');
+      let relaxed = await installKernels(kernels, memory, KERNELS_GLOBAL.threaded);
       // The workers first wait in runThread; initThreadPool then hands them rayon's threads
       // (it blocks until they run, which workers still starting could not do).
       const started = Array.from({ length: n }, () => new Promise((resolve, reject) => {

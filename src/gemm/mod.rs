@@ -101,9 +101,7 @@ impl View<'_> {
     fn at(&self, i: usize, j: usize) -> f32 {
         self.data[self.offset + i * self.rs + j * self.cs]
     }
-}
 
-impl View<'_> {
     /// The transposed matrix: A's rows packed as [`pack`] packs B's columns.
     fn t(self) -> Self {
         View {
@@ -224,13 +222,7 @@ impl candle_core::CustomOp2 for Matmul {
                     cs: sb[rank - 1],
                 };
                 product(va, vb, c, m, k, n);
-                for d in (0..index.len()).rev() {
-                    index[d] += 1;
-                    if index[d] < batch_dims[d] {
-                        break;
-                    }
-                    index[d] = 0;
-                }
+                crate::model::ops::next_index(&mut index, batch_dims);
             }
         }
         let mut shape = batch_dims.to_vec();

@@ -76,16 +76,22 @@ impl candle_core::CustomOp1 for StridedCopy {
                         *d = src[at + j * step];
                     }
                 }
-                for d in (0..outer.len()).rev() {
-                    index[d] += 1;
-                    if index[d] < outer[d] {
-                        break;
-                    }
-                    index[d] = 0;
-                }
+                next_index(&mut index, outer);
             }
         });
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Steps the multi-index `index` over `dims` to the next element in row-major order (back to
+/// all zeros after the last).
+pub(crate) fn next_index(index: &mut [usize], dims: &[usize]) {
+    for d in (0..dims.len()).rev() {
+        index[d] += 1;
+        if index[d] < dims[d] {
+            return;
+        }
+        index[d] = 0;
     }
 }
 
