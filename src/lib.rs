@@ -13,6 +13,7 @@ pub mod image;
 pub mod model;
 pub mod predictor;
 pub mod threads;
+pub mod train;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
