@@ -30,6 +30,8 @@ execFileSync(join(root, 'node_modules/.bin/wasm-opt'), ['-O3', '-g', join(pkg, '
 for (const f of ['websam.js', 'worker.js', 'worker-entry.js', 'internal.js', 'thread-entry.js']) cpSync(join(root, 'js', f), join(pkg, f));
 // websam.js imports the threaded glue statically; the one-thread profile never instantiates it.
 cpSync(join(root, 'pkg/websam_core_mt.js'), join(pkg, 'websam_core_mt.js'));
+// The relaxed-SIMD kernels module, which the package runs where the browser has relaxed SIMD.
+cpSync(join(root, 'pkg/websam_kernels_bg.wasm'), join(pkg, 'websam_kernels_bg.wasm'));
 
 const weightsDir = opts.weights ? dirname(resolve(opts.weights)) : join(root, 'tests/fixtures');
 const weights = `/weights/${opts.weights ? basename(opts.weights) : 'mobile_sam.pth'}`;
@@ -44,14 +46,16 @@ await cdp.send('Profiler.enable');
 await cdp.send('Profiler.setSamplingInterval', { interval: 200 });
 
 const encoder = opts.weights ? basename(opts.weights) : 'TinyViT';
-await page.evaluate(async (weights) => {
+const relaxed = await page.evaluate(async (weights) => {
   const { Sam } = await import('/pkg/websam.js');
   const blob = await (await fetch('/fixtures/image.png')).blob();
   globalThis.image = await createImageBitmap(blob);
   globalThis.sam = await Sam.load({ weights, backend: 'cpu', cache: false });
   await globalThis.sam.setImage(globalThis.image); // warm-up
   await globalThis.sam.predict({ points: [[320, 240, 1]] });
+  return globalThis.sam.relaxedSimd;
 }, weights);
+console.log(`relaxed-SIMD kernels: ${relaxed}`);
 
 /** Profiles `runs` calls of `call` (an expression evaluated in the page); self time by function. */
 async function profile(what, call) {

@@ -110,9 +110,12 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// One piece of [`matmul`]: in wasm, f32 products of the same rank go to the crate's SIMD GEMM
-/// ([`crate::gemm`]), the rest to candle.
+/// ([`crate::gemm`]), the rest (and products autograd runs through) to candle.
 fn product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    // candle's own GEMM where autograd runs through the product (training).
     if cfg!(target_arch = "wasm32")
+        && !a.track_op()
+        && !b.track_op()
         && a.dtype() == candle_core::DType::F32
         && b.dtype() == candle_core::DType::F32
         && a.rank() >= 2

@@ -1,10 +1,20 @@
 //! Training: SAM's loss against the reference written from the paper's definitions in PyTorch
-//! (tools/golden/make_train.py): each term, the chosen candidate and the gradients.
+//! (tools/golden/make_train.py): each term, the chosen candidate and the gradients; one AdamW
+//! step of the trained MobileSAM's prompt encoder and mask decoder against PyTorch's.
+
+mod common;
 
 use candle_core::{Device, Tensor, Var};
+use candle_nn::ParamsAdamW;
+use common::npy_vec;
+use common::real::{manifest, weights_path};
+use websam::model::sam::{Point, PointLabel, Prompt};
+use websam::model::weights::Weights;
 use websam::train::loss::{sam_loss, LossConfig};
+use websam::train::{Sample, Trainer};
 
 fn fixture(name: &str) -> std::collections::HashMap<String, Tensor> {
+    // The fixtures of this test: tools/golden/make_train.py.
     let path = format!("{}/tests/fixtures/train/{name}", env!("CARGO_MANIFEST_DIR"));
     candle_core::safetensors::load(&path, &Device::Cpu).unwrap()
 }
@@ -86,4 +96,378 @@ fn sam_loss_refuses_mismatched_shapes() {
     let iou2 = Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
     let target = Tensor::zeros((8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(sam_loss(&logits, &iou2, &target, &LossConfig::default()).is_err());
+}
+
+/// The batch of tools/golden/make_train.py's step: the reference's embedding of chelsea, the
+/// reference's box mask as the target; a click with three candidates, and a box, a negative
+/// click and the earlier mask as input with one.
+fn step_batch() -> Vec<Sample> {
+    let photo = manifest()
+        .photos
+        .into_iter()
+        .find(|p| p.name == "chelsea")
+        .expect("chelsea in the real fixtures");
+    let embedding = photo.embedding();
+    let box_mask: Vec<f32> = npy_vec("real/chelsea_box_low_res_logits.npy")
+        .iter()
+        .map(|&v| if v > 0.0 { 1.0 } else { 0.0 })
+        .collect();
+    let target = Tensor::from_vec(box_mask, (256, 256), &Device::Cpu).unwrap();
+    let point = |x, y, label| Point { x, y, label };
+    vec![
+        Sample {
+            embedding: embedding.clone(),
+            prompt: Prompt {
+                points: vec![point(250.0, 170.0, PointLabel::Positive)],
+                multimask: true,
+                ..Prompt::default()
+            },
+            target: target.clone(),
+        },
+        Sample {
+            embedding,
+            prompt: Prompt {
+                points: vec![point(180.0, 120.0, PointLabel::Negative)],
+                bbox: Some([130.0, 80.0, 215.0, 150.0]),
+                mask_input: Some(npy_vec("real/chelsea_mask_input.npy")),
+                multimask: false,
+            },
+            target,
+        },
+    ]
+}
+
+#[test]
+fn one_decoder_step_matches_pytorch_on_the_real_weights() {
+    let f = fixture("step.safetensors");
+    let weights = Weights::from_file(weights_path()).unwrap();
+    let adamw = ParamsAdamW {
+        lr: 1e-4,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let mut trainer = Trainer::new(&weights, adamw.clone(), LossConfig::default()).unwrap();
+    let batch = step_batch();
+    let (loss, grads) = trainer.gradients(&batch).unwrap();
+    let want = values(&f["loss"])[0];
+    let got = loss.value().unwrap();
+    println!("loss {got} (reference {want})");
+    for l in &loss.samples {
+        println!(
+            "sample: best {}, focal {:?}, dice {:?}, iou {:?}",
+            l.best, l.focal, l.dice, l.iou
+        );
+    }
+    assert!(
+        (got - want).abs() <= 1e-5 * want.abs(),
+        "loss {got} against {want}"
+    );
+    let bests: Vec<usize> = loss.samples.iter().map(|l| l.best).collect();
+    let want_bests: Vec<usize> = f["best"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|b| b as usize)
+        .collect();
+    assert_eq!(bests, want_bests);
+
+    // Every parameter's gradient, relative to its largest magnitude.
+    let sampled = |key: &str, t: &Tensor| -> Vec<f32> {
+        let flat = values(t);
+        match f.get(&format!("index.{key}")) {
+            Some(index) => index
+                .to_vec1::<i64>()
+                .unwrap()
+                .into_iter()
+                .map(|i| flat[i as usize])
+                .collect(),
+            None => flat,
+        }
+    };
+    let grad_max = |key: &str| match f.get(&format!("grad_max.{key}")) {
+        Some(m) => values(m)[0],
+        None => values(&f[&format!("grad.{key}")])
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs())),
+    };
+    let largest = trainer
+        .params()
+        .map(|(k, _)| grad_max(k))
+        .fold(0f32, f32::max);
+    let mut worst = (String::new(), 0f32);
+    let mut count = 0;
+    // The keys' biases of the attentions: a bias on every key adds the same q.b to each of a
+    // query's logits, which the softmax cancels, so their gradient is 0 and what either side
+    // computes is rounding (PyTorch's reaches 2.8e-6 here); where the decoder leaves the bias
+    // out, autograd finds no path to it at all.
+    let mut cancelled = Vec::new();
+    for (key, var) in trainer.params() {
+        let reference = values(&f[&format!("grad.{key}")]);
+        let scale = grad_max(key);
+        if key.ends_with("k_proj.bias") {
+            let ours = grads
+                .get(var.as_tensor())
+                .map_or(0.0, |g| values(g).iter().fold(0f32, |m, v| m.max(v.abs())));
+            assert!(
+                scale < 1e-5 * largest && ours < 1e-5 * largest,
+                "{key}: a gradient of {ours} (reference {scale}) where the softmax cancels it (the largest: {largest})"
+            );
+            cancelled.push(key.to_string());
+            continue;
+        }
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {key}"));
+        let err = max_rel(&sampled(key, g), &reference, scale.max(1e-30));
+        if err > worst.1 {
+            worst = (key.to_string(), err);
+        }
+        assert!(
+            err < 1e-4,
+            "gradient of {key} off by {err} of its largest value"
+        );
+        count += 1;
+    }
+    assert_eq!(cancelled.len(), 7, "{cancelled:?}");
+    assert_eq!(
+        count + cancelled.len(),
+        136,
+        "the prompt encoder's and decoder's parameters"
+    );
+    println!("{count} gradients; worst {} at {:.2e}", worst.0, worst.1);
+
+    // One AdamW step: the parameters after it. The keys' biases move by at most the step size
+    // (AdamW's first step moves each value by lr times the sign of its gradient, here the sign
+    // of rounding, or not at all without a gradient).
+    let before: Vec<Vec<f32>> = trainer
+        .params()
+        .map(|(_, v)| values(v.as_tensor()))
+        .collect();
+    trainer.step(&batch).unwrap();
+    let (mut worst, mut checked, mut amplified) = ((String::new(), 0f32), 0, 0);
+    for ((key, var), before) in trainer.params().zip(before) {
+        if cancelled.iter().any(|k| k == key) {
+            let moved = values(var.as_tensor())
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(moved <= 1.01e-4, "{key} moved by {moved}");
+            continue;
+        }
+        let got = sampled(key, var.as_tensor());
+        let reference = values(&f[&format!("after.{key}")]);
+        let g_ref = values(&f[&format!("grad.{key}")]);
+        let g_ours = sampled(key, grads.get(var.as_tensor()).unwrap());
+        // Within 1e-6, beyond what the two gradients' difference moves the first step
+        // `lr g / (|g| + eps)` by (which amplifies the rounding of gradients near eps: 1.5e-6
+        // at one value, a gradient of -4.6e-7 against -2.7e-7).
+        let first_step = |g: f32| adamw.lr as f32 * g / (g.abs() + adamw.eps as f32);
+        for i in 0..got.len() {
+            let allowed = (first_step(g_ours[i]) - first_step(g_ref[i])).abs();
+            let d = (got[i] - reference[i]).abs();
+            assert!(
+                d <= 1e-6 + allowed,
+                "{key}: value {i} after the step {} against {} (gradients {:e}, {:e})",
+                got[i],
+                reference[i],
+                g_ours[i],
+                g_ref[i]
+            );
+            if d > 1e-6 {
+                amplified += 1;
+            }
+            if d > worst.1 {
+                worst = (key.to_string(), d);
+            }
+            checked += 1;
+        }
+    }
+    println!(
+        "{checked} values after the step: worst {} at {:.2e}; {amplified} beyond 1e-6 by their gradients' rounding",
+        worst.0, worst.1
+    );
+}
+
+mod interactive {
+    use super::*;
+    use websam::image::{postprocess_logits, threshold, ImageFrame};
+    use websam::train::interactive::{
+        error_point, first_prompt, rng, schedule, target_from_mask, Truth, POINTS,
+    };
+    use websam::train::{Object, TARGET_SIDE};
+
+    /// A rectangle of a 300x451 image (chelsea's size) as a mask.
+    fn rectangle(frame: &ImageFrame, [x0, y0, x1, y1]: [usize; 4]) -> Vec<u8> {
+        let (h, w) = frame.original;
+        (0..h * w)
+            .map(|i| {
+                let (y, x) = (i / w, i % w);
+                u8::from((x0..x1).contains(&x) && (y0..y1).contains(&y))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_mask_goes_to_the_low_res_frame_as_the_image_does() {
+        let frame = ImageFrame::new(300, 451).unwrap();
+        // 1024 / 451 per pixel: columns 100..200 -> 227..454 of 1024 -> 56.8..113.5 at 256, a
+        // low-res pixel set where at least half of it is inside.
+        let target = target_from_mask(&rectangle(&frame, [100, 50, 200, 150]), &frame).unwrap();
+        let at = |i: usize, j: usize| target[i * TARGET_SIDE + j];
+        assert_eq!(at(60, 80), 1.0);
+        assert_eq!(
+            (at(60, 56), at(60, 57), at(60, 113), at(60, 114)),
+            (0.0, 1.0, 1.0, 0.0)
+        );
+        // Rows 50..150 -> 113.5..340.5 of 681 -> 28.4..85.1 at 256: row 28 is 62% inside.
+        assert_eq!(
+            (at(27, 80), at(28, 80), at(84, 80), at(85, 80)),
+            (0.0, 1.0, 1.0, 0.0)
+        );
+        // The whole image: the resized image's 681 rows -> 170.25 low-res rows (row 170 is a
+        // quarter inside), then padding.
+        let all = target_from_mask(&vec![1; 300 * 451], &frame).unwrap();
+        let rows = |r: usize| {
+            all[r * TARGET_SIDE..(r + 1) * TARGET_SIDE]
+                .iter()
+                .sum::<f32>()
+        };
+        assert_eq!((rows(0), rows(169), rows(170)), (256.0, 256.0, 0.0));
+        assert!(target_from_mask(&[1, 0], &frame).is_err());
+        assert!(Truth::new(vec![0; 300 * 451], frame).is_err());
+    }
+
+    #[test]
+    fn prompts_follow_the_paper_and_the_seed() {
+        let frame = ImageFrame::new(300, 451).unwrap();
+        let truth = Truth::new(rectangle(&frame, [100, 50, 200, 150]), frame).unwrap();
+        let (mut points, mut boxes) = (0, 0);
+        for index in 0..200 {
+            let mut r = rng(7, index);
+            let prompt = first_prompt(&mut r, &truth);
+            assert!(prompt.multimask && prompt.mask_input.is_none());
+            match (prompt.points.as_slice(), prompt.bbox) {
+                ([p], None) => {
+                    assert!((100.0..200.0).contains(&p.x) && (50.0..150.0).contains(&p.y));
+                    assert_eq!(p.label, PointLabel::Positive);
+                    points += 1;
+                }
+                ([], Some([x0, y0, x1, y1])) => {
+                    // The box 100..199 x 50..149 with noise of sd 9.9 px: within 6 sd.
+                    for (v, want) in [(x0, 100.0), (y0, 50.0), (x1, 199.0), (y1, 149.0)] {
+                        assert!((v - want).abs() < 60.0, "{v} for {want}");
+                    }
+                    boxes += 1;
+                }
+                other => panic!("a first prompt of {other:?}"),
+            }
+            let plan = schedule(&mut r);
+            assert_eq!(plan.len(), POINTS + 2);
+            assert_eq!(plan.iter().filter(|&&p| p).count(), POINTS);
+            assert!(!plan[POINTS + 1]);
+            // The same seed and index, the same sequence.
+            let mut again = rng(7, index);
+            assert_eq!(
+                format!("{:?}", first_prompt(&mut again, &truth)),
+                format!("{prompt:?}")
+            );
+            assert_eq!(schedule(&mut again), plan);
+        }
+        assert!(points > 70 && boxes > 70, "{points} points, {boxes} boxes");
+
+        // The error region: a prediction missing the rectangle's right half and marking a
+        // square outside it.
+        let mut pred: Vec<f32> = truth.low_res().iter().map(|&t| t * 2.0 - 1.0).collect();
+        for i in 0..TARGET_SIDE {
+            for j in 0..TARGET_SIDE {
+                if j >= 86 {
+                    pred[i * TARGET_SIDE + j] = -1.0;
+                }
+                if (120..130).contains(&i) && (20..30).contains(&j) {
+                    pred[i * TARGET_SIDE + j] = 1.0;
+                }
+            }
+        }
+        let (mut pos, mut neg) = (0, 0);
+        let mut r = rng(3, 0);
+        for _ in 0..300 {
+            let p = error_point(&mut r, &pred, &truth).expect("an error region");
+            match p.label {
+                PointLabel::Positive => {
+                    assert!(
+                        (150.0..200.0).contains(&p.x) && (50.0..150.0).contains(&p.y),
+                        "{p:?}"
+                    );
+                    pos += 1;
+                }
+                PointLabel::Negative => {
+                    // Low-res 120..130 x 20..30 -> 1024 frame 480..520 x 80..120 -> pixels.
+                    assert!(
+                        (35.0..53.0).contains(&p.x) && (211.0..229.0).contains(&p.y),
+                        "{p:?}"
+                    );
+                    neg += 1;
+                }
+                PointLabel::NotAPoint => panic!("{p:?}"),
+            }
+        }
+        // Uniform over the region: 1,624 missed pixels against 100 wrong ones.
+        assert!(pos > 250 && neg > 5, "{pos} positive, {neg} negative");
+        let perfect: Vec<f32> = truth.low_res().iter().map(|&t| t * 2.0 - 1.0).collect();
+        assert!(error_point(&mut r, &perfect, &truth).is_none());
+    }
+
+    #[test]
+    fn interactive_training_lowers_the_loss_on_a_real_object() {
+        let photo = manifest()
+            .photos
+            .into_iter()
+            .find(|p| p.name == "chelsea")
+            .unwrap();
+        let embedding = photo.embedding();
+        // The object: the reference's box mask at the photograph's size.
+        let low_res = npy_vec("real/chelsea_box_low_res_logits.npy");
+        let mask = threshold(&postprocess_logits(&low_res, &embedding.frame).unwrap());
+        let object = Object {
+            truth: Truth::new(mask, embedding.frame).unwrap(),
+            embedding,
+        };
+        let adamw = ParamsAdamW {
+            lr: 1e-4,
+            weight_decay: 0.1,
+            ..ParamsAdamW::default()
+        };
+        let weights = Weights::from_file(weights_path()).unwrap();
+        let mut trainer = Trainer::new(&weights, adamw, LossConfig::default()).unwrap();
+        let objects = [object];
+        let before = trainer.interactive_loss(&objects, 5, 0).unwrap();
+        assert_eq!(before.losses[0].len(), 11);
+        assert_eq!(before.ious[0].len(), 11);
+        // The same seed, the same sequence and loss.
+        let again = trainer.interactive_loss(&objects, 5, 0).unwrap();
+        assert_eq!(before.losses, again.losses);
+        let mut losses = vec![before.value().unwrap()];
+        for _ in 0..3 {
+            losses.push(
+                trainer
+                    .step_interactive(&objects, 5, 0)
+                    .unwrap()
+                    .value()
+                    .unwrap(),
+            );
+        }
+        let after = trainer.interactive_loss(&objects, 5, 0).unwrap();
+        losses.push(after.value().unwrap());
+        println!(
+            "loss over the steps: {losses:?}; IoU per iteration before {:?}, after {:?}",
+            before.ious[0], after.ious[0]
+        );
+        assert!(
+            losses[4] < 0.9 * losses[0],
+            "the loss did not fall: {losses:?}"
+        );
+    }
 }

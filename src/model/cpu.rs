@@ -113,6 +113,9 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
 
 /// `act(x)` on an owned tensor (overwritten in place when it can be).
 fn activate(x: Tensor, act: Activation) -> Result<Tensor> {
+    if x.track_op() {
+        return ops::differentiable_activation(&x, act);
+    }
     match act {
         Activation::None => Ok(x),
         Activation::Relu | Activation::Gelu => Epilogue { bias: None, act }.apply(contiguous(&x)?),
@@ -322,6 +325,9 @@ impl Backend for Cpu {
         let rank = k.rank();
         // k^T is a strided view that the batched GEMM reads as is.
         let logits = threads::matmul(&q, &k.transpose(rank - 2, rank - 1)?)?;
+        if bias.is_some_and(|b| b.track_op()) {
+            return Err(ops::no_backward("an attention bias"));
+        }
         let bias = bias.map(values).transpose()?;
         let attn = ops::softmax_last_scaled(&logits, scale, bias.as_deref())?;
         threads::matmul(&attn, &v)
@@ -411,6 +417,10 @@ impl Backend for Cpu {
         act: Activation,
     ) -> Result<Tensor> {
         use candle_core::Module;
+        if ops::tracked(&[x, weight, bias]) {
+            let y = candle_nn::ops::layer_norm_slow(x, weight, bias, eps)?;
+            return ops::differentiable_activation(&y, act);
+        }
         let norm = candle_nn::LayerNorm::new(weight.clone(), bias.clone(), eps as f64);
         activate(norm.forward(&contiguous(x)?)?, act)
     }
@@ -424,6 +434,18 @@ impl Backend for Cpu {
         act: Activation,
     ) -> Result<Tensor> {
         let c = x.dims4()?.1;
+        if ops::tracked(&[x, weight, bias]) {
+            // LayerNorm2d as the reference writes it: over the channels of each pixel.
+            let channel = |t: &Tensor| t.reshape((1, c, 1, 1));
+            let u = x.mean_keepdim(1)?;
+            let d = x.broadcast_sub(&u)?;
+            let s = d.sqr()?.mean_keepdim(1)?;
+            let y = d.broadcast_div(&(s + eps as f64)?.sqrt()?)?;
+            let y = y
+                .broadcast_mul(&channel(weight)?)?
+                .broadcast_add(&channel(bias)?)?;
+            return ops::differentiable_activation(&y, act);
+        }
         let op = ChannelNorm {
             weight: values(weight)?,
             bias: values(bias)?,
@@ -449,6 +471,21 @@ impl Backend for Cpu {
         act: Activation,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
+        if ops::tracked(&[x, weight]) || bias.is_some_and(|b| b.track_op()) {
+            if opts.groups != 1 {
+                return Err(ops::no_backward("a depthwise conv"));
+            }
+            let y = x.conv2d(weight, opts.padding, opts.stride, 1, 1)?;
+            let y = match bias {
+                Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+                None => y,
+            };
+            let y = match residual {
+                Some(r) => (y + r)?,
+                None => y,
+            };
+            return ops::differentiable_activation(&y, act);
+        }
         let x = contiguous(x)?;
         let bias = bias.map(values).transpose()?;
         let c_in = x.dims4()?.1;
@@ -500,6 +537,26 @@ impl Backend for Cpu {
             )));
         }
         let c_out = rows / 4;
+        if ops::tracked(&[x, weight]) || bias.is_some_and(|b| b.track_op()) {
+            // The same GEMM per image, then the pixel shuffle as a reshape and a permute:
+            // rows (out, ky, kx) x (i, j) -> out x (2i + ky) x (2j + kx).
+            let per_image = (0..b)
+                .map(|i| {
+                    let xi = x.get(i)?.reshape((c_in, h * w))?;
+                    let y = threads::matmul(weight, &xi)?
+                        .reshape((c_out, 2, 2, h, w))?
+                        .permute((0, 3, 1, 4, 2))?
+                        .reshape((c_out, 2 * h, 2 * w))?;
+                    Ok(y)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let y = Tensor::stack(&per_image, 0)?;
+            let y = match bias {
+                Some(t) => y.broadcast_add(&t.reshape((1, c_out, 1, 1))?)?,
+                None => y,
+            };
+            return ops::differentiable_activation(&y, act);
+        }
         let bias = match bias {
             Some(t) => values(t)?,
             None => vec![0.0; c_out],

@@ -12,7 +12,34 @@ use crate::threads;
 /// keeping NaN as PyTorch's does (candle's `relu` and `f32::max` turn it into 0, which hides a
 /// broken input behind plausible outputs).
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    if x.track_op() {
+        return differentiable_activation(x, act);
+    }
     Epilogue { bias: None, act }.apply(x.copy()?)
+}
+
+/// `act(x)` in candle's ops, which its autograd runs through (training: [`crate::train`]).
+pub fn differentiable_activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::None => x.clone(),
+        Activation::Relu => x.relu()?,
+        Activation::Gelu => x.gelu_erf()?,
+    })
+}
+
+/// Whether any of `ts` is part of an autograd graph (a variable or computed from one): then
+/// the CPU backend runs candle's differentiable ops instead of its own kernels, which have no
+/// backward pass.
+pub fn tracked(ts: &[&Tensor]) -> bool {
+    ts.iter().any(|t| t.track_op())
+}
+
+/// The error of a kernel with no backward pass given a tensor that needs one.
+pub fn no_backward(op: &str) -> crate::Error {
+    crate::Error::invalid(format!(
+        "{op} has no backward pass: training runs through the prompt encoder and mask decoder, \
+         the image encoder stays frozen"
+    ))
 }
 
 /// `x` laid out contiguously, copied on the crate's threads when it is a strided view (candle's
@@ -20,6 +47,9 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
 pub fn contiguous(x: &Tensor) -> Result<Tensor> {
     if x.is_contiguous() {
         return Ok(x.clone());
+    }
+    if x.track_op() {
+        return Ok(x.contiguous()?);
     }
     Ok(x.apply_op1_no_bwd(&StridedCopy)?)
 }
@@ -117,6 +147,17 @@ pub fn softmax_last_scaled(x: &Tensor, scale: f32, bias: Option<&[f32]>) -> Resu
             )));
         }
     }
+    if x.track_op() {
+        let mut logits = (&x * scale as f64)?;
+        if let Some(b) = bias {
+            let b = Tensor::from_slice(b, b.len(), x.device())?;
+            logits = logits
+                .reshape(((), b.dim(0)?))?
+                .broadcast_add(&b)?
+                .reshape(x.shape())?;
+        }
+        return Ok(candle_nn::ops::softmax(&logits, candle_core::D::Minus1)?);
+    }
     let bias = bias.map_or(SoftmaxBias::None, SoftmaxBias::Repeat);
     Ok(x.apply_op1_no_bwd(&SoftmaxOp { scale, bias })?)
 }
@@ -140,6 +181,9 @@ pub fn softmax_last_rel_pos(
             rel.len(),
             x.dims()
         )));
+    }
+    if x.track_op() {
+        return Err(no_backward("the softmax with relative positions"));
     }
     let bias = SoftmaxBias::Decomposed { rel, kh, kw };
     Ok(x.apply_op1_no_bwd(&SoftmaxOp { scale, bias })?)

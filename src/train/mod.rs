@@ -1,4 +1,287 @@
-//! Training SAM's prompt encoder and mask decoder on candle's autograd (the CPU backend): the
-//! paper's loss ([`loss`]).
+//! Training SAM's prompt encoder and mask decoder on candle's autograd, the image encoder frozen
+//! (its embeddings computed once): the paper's loss ([`loss`]) and AdamW over the same model
+//! modules the predictor runs (the CPU backend, whose kernels give way to candle's
+//! differentiable ops when a tensor carries a gradient).
 
+pub mod interactive;
 pub mod loss;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use crate::error::{Error, Result};
+use crate::model::cpu::Cpu;
+use crate::model::sam::{ImageEmbedding, Prompt, Sam};
+use crate::model::weights::Weights;
+use interactive::{error_point, first_prompt, schedule, Truth};
+use loss::{sam_loss, Loss, LossConfig};
+
+/// The side of the decoder's low-res masks, the frame the loss compares in.
+pub const TARGET_SIDE: usize = 256;
+
+/// Keys under these prefixes are trained.
+const TRAINED: [&str; 2] = ["prompt_encoder.", "mask_decoder."];
+/// Buffers among them (registered with `register_buffer` in the reference): never trained.
+const BUFFERS: [&str; 1] = ["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"];
+
+/// One training example: a prompt on an embedded image and the mask it should give, `target`
+/// `[256, 256]` (0 and 1) in the low-res masks' frame (the image resized and padded as the
+/// model sees it, at a quarter of 1024).
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub embedding: ImageEmbedding,
+    pub prompt: Prompt,
+    pub target: Tensor,
+}
+
+/// One object to train on interactively ([`interactive`]): its image's embedding and its truth.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub embedding: ImageEmbedding,
+    pub truth: Truth,
+}
+
+/// The loss of a batch of interactive sequences: the mean over objects and iterations, and per
+/// object the loss and the IoU of the chosen candidate at each iteration.
+#[derive(Debug, Clone)]
+pub struct InteractiveLoss {
+    pub total: Tensor,
+    pub losses: Vec<Vec<f32>>,
+    pub ious: Vec<Vec<f32>>,
+}
+
+impl InteractiveLoss {
+    pub fn value(&self) -> Result<f32> {
+        Ok(self.total.to_scalar::<f32>()?)
+    }
+}
+
+/// The loss of a batch: the mean of its samples' totals, and each sample's terms.
+#[derive(Debug, Clone)]
+pub struct BatchLoss {
+    pub total: Tensor,
+    pub samples: Vec<Loss>,
+}
+
+impl BatchLoss {
+    /// The batch's loss as a number.
+    pub fn value(&self) -> Result<f32> {
+        Ok(self.total.to_scalar::<f32>()?)
+    }
+}
+
+/// The trainable part of a SAM checkpoint as autograd variables, and AdamW over them.
+pub struct Trainer {
+    /// Trained tensors by official key, in key order.
+    params: Vec<(String, Var)>,
+    /// The rest of the prompt encoder and decoder (buffers), as loaded.
+    frozen: Vec<(String, Tensor)>,
+    optimizer: AdamW,
+    loss: LossConfig,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("params", &self.params.len())
+            .field("loss", &self.loss)
+            .finish()
+    }
+}
+
+impl Trainer {
+    /// Takes the prompt encoder and mask decoder of `weights` (any checkpoint the predictor
+    /// loads; the image encoder's tensors are not read).
+    pub fn new(weights: &Weights, adamw: ParamsAdamW, loss: LossConfig) -> Result<Self> {
+        let mut keys: Vec<&str> = weights
+            .keys()
+            .into_iter()
+            .filter(|k| TRAINED.iter().any(|p| k.starts_with(p)))
+            .collect();
+        keys.sort_unstable();
+        if !keys.iter().any(|k| k.starts_with("mask_decoder.")) {
+            return Err(Error::format(
+                "no `mask_decoder.*` tensors: not a SAM checkpoint to train",
+            ));
+        }
+        let (mut params, mut frozen) = (Vec::new(), Vec::new());
+        for key in keys {
+            let shape = weights.shape_of(key).unwrap_or_default();
+            let t = weights.get(key, &shape)?;
+            if BUFFERS.contains(&key) {
+                frozen.push((key.to_string(), t));
+            } else {
+                params.push((key.to_string(), Var::from_tensor(&t)?));
+            }
+        }
+        let vars = params.iter().map(|(_, v)| v.clone()).collect();
+        let optimizer = AdamW::new(vars, adamw)?;
+        Ok(Self {
+            params,
+            frozen,
+            optimizer,
+            loss,
+        })
+    }
+
+    /// The trained tensors, by official key.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &Var)> {
+        self.params.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The prompt encoder and decoder with the current values, under their official keys (the
+    /// variables' tensors: a model built from them is part of the autograd graph).
+    fn tracked_weights(&self) -> Result<Weights> {
+        Weights::from_tensors(
+            self.params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+                .chain(self.frozen.iter().cloned()),
+        )
+    }
+
+    /// The current values as plain tensors under their official keys: a checkpoint of the
+    /// prompt encoder and decoder (with an image encoder's weights added, a whole model).
+    pub fn weights(&self) -> Result<Weights> {
+        Weights::from_tensors(
+            self.params
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?)))
+                .chain(self.frozen.iter().map(|(k, t)| Ok((k.clone(), t.clone()))))
+                .collect::<Result<Vec<_>>>()?,
+        )
+    }
+
+    /// The batch's loss, as a graph back to the trained tensors.
+    pub fn loss(&self, samples: &[Sample]) -> Result<BatchLoss> {
+        if samples.is_empty() {
+            return Err(Error::invalid("a training batch needs at least one sample"));
+        }
+        let sam: Sam = Sam::new(&self.tracked_weights()?)?;
+        let mut totals = Vec::with_capacity(samples.len());
+        let mut losses = Vec::with_capacity(samples.len());
+        for s in samples {
+            if s.target.dims() != [TARGET_SIDE, TARGET_SIDE] {
+                return Err(Error::invalid(format!(
+                    "a training target of shape {:?}: give the mask at {TARGET_SIDE}x{TARGET_SIDE}, \
+                     in the low-res masks' frame",
+                    s.target.dims()
+                )));
+            }
+            let image = sam.record_prepare(&mut Cpu, &s.embedding.features, s.embedding.frame)?;
+            let (low_res, iou) = sam.record_decode(&mut Cpu, &image, &s.prompt)?;
+            let l = sam_loss(
+                &low_res.squeeze(0)?,
+                &iou.squeeze(0)?,
+                &s.target,
+                &self.loss,
+            )?;
+            totals.push(l.total.clone());
+            losses.push(l);
+        }
+        let total = (Tensor::stack(&totals, 0)?.sum_all()? / samples.len() as f64)?;
+        Ok(BatchLoss {
+            total,
+            samples: losses,
+        })
+    }
+
+    /// The batch's loss and its gradients with respect to the trained tensors.
+    pub fn gradients(&self, samples: &[Sample]) -> Result<(BatchLoss, GradStore)> {
+        let loss = self.loss(samples)?;
+        let grads = loss.total.backward()?;
+        Ok((loss, grads))
+    }
+
+    /// One optimisation step on a batch: its loss (before the step) back-propagated, then
+    /// AdamW.
+    pub fn step(&mut self, samples: &[Sample]) -> Result<BatchLoss> {
+        let (loss, grads) = self.gradients(samples)?;
+        self.optimizer.step(&grads)?;
+        Ok(loss)
+    }
+
+    /// The loss of the paper's interactive sequence (11 predictions) on each object, as a graph
+    /// back to the trained tensors. Object `i` draws its prompts from the generator of
+    /// (`seed`, `first_index + i`): the same arguments give the same sequence.
+    pub fn interactive_loss(
+        &self,
+        objects: &[Object],
+        seed: u64,
+        first_index: u64,
+    ) -> Result<InteractiveLoss> {
+        if objects.is_empty() {
+            return Err(Error::invalid("a training batch needs at least one object"));
+        }
+        let sam: Sam = Sam::new(&self.tracked_weights()?)?;
+        let (mut totals, mut losses, mut ious) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, object) in objects.iter().enumerate() {
+            let frame = object.embedding.frame;
+            if object.truth.frame() != frame {
+                return Err(Error::invalid(format!(
+                    "an object's mask is for a {:?} image, its embedding for {:?}",
+                    object.truth.frame().original,
+                    frame.original
+                )));
+            }
+            let mut rng = interactive::rng(seed, first_index + i as u64);
+            let image = sam.record_prepare(&mut Cpu, &object.embedding.features, frame)?;
+            let mut prompt = first_prompt(&mut rng, &object.truth);
+            let plan = schedule(&mut rng);
+            let (mut object_losses, mut object_ious) = (Vec::new(), Vec::new());
+            for iteration in 0..=plan.len() {
+                let (low_res, iou) = sam.record_decode(&mut Cpu, &image, &prompt)?;
+                let low_res = low_res.squeeze(0)?;
+                let l = sam_loss(&low_res, &iou.squeeze(0)?, &object.truth.target, &self.loss)?;
+                object_losses.push(l.total.to_scalar::<f32>()?);
+                object_ious.push(l.iou[l.best]);
+                totals.push(l.total);
+                let Some(&add_point) = plan.get(iteration) else {
+                    break;
+                };
+                // The next prompt: the chosen candidate's logits as the mask input, one mask.
+                let previous: Vec<f32> = low_res.get(l.best)?.detach().flatten_all()?.to_vec1()?;
+                if add_point {
+                    if let Some(p) = error_point(&mut rng, &previous, &object.truth) {
+                        prompt.points.push(p);
+                    }
+                }
+                prompt.mask_input = Some(previous);
+                prompt.multimask = false;
+            }
+            losses.push(object_losses);
+            ious.push(object_ious);
+        }
+        let n = totals.len();
+        let total = (Tensor::stack(&totals, 0)?.sum_all()? / n as f64)?;
+        Ok(InteractiveLoss {
+            total,
+            losses,
+            ious,
+        })
+    }
+
+    /// One optimisation step on a batch of objects' interactive sequences
+    /// ([`Self::interactive_loss`]): the loss before the step.
+    pub fn step_interactive(
+        &mut self,
+        objects: &[Object],
+        seed: u64,
+        first_index: u64,
+    ) -> Result<InteractiveLoss> {
+        let loss = self.interactive_loss(objects, seed, first_index)?;
+        let grads = loss.total.backward()?;
+        self.optimizer.step(&grads)?;
+        Ok(loss)
+    }
+
+    /// The learning rate of the next steps (a schedule's warm-up and decay).
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.optimizer.set_learning_rate(lr);
+    }
+
+    pub fn learning_rate(&self) -> f64 {
+        self.optimizer.learning_rate()
+    }
+}
