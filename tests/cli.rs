@@ -689,3 +689,158 @@ fn soak_short_heap_in_use_is_flat() {
     );
     assert!(err.contains("heap in use"), "{err}");
 }
+
+/// A COCO file of chelsea (www/samples/chelsea.png, 451x300) with two objects: the reference's
+/// box mask as a compressed RLE, and a polygon around the cat's head.
+fn chelsea_coco(dir: &Path) -> String {
+    use websam::amg::rle::Rle;
+    use websam::image::{postprocess_logits, threshold, ImageFrame};
+    let frame = ImageFrame::new(300, 451).unwrap();
+    let low_res = npy_vec("real/chelsea_box_low_res_logits.npy");
+    let mask = threshold(&postprocess_logits(&low_res, &frame).unwrap());
+    let rle = Rle::from_mask(&mask, 300, 451).unwrap().to_coco_string();
+    let coco = serde_json::json!({
+        "images": [{"id": 7, "file_name": "chelsea.png", "height": 300, "width": 451}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "iscrowd": 0,
+             "segmentation": {"size": [300, 451], "counts": rle}},
+            {"id": 2, "image_id": 7, "iscrowd": 0,
+             "segmentation": [[120.0, 60.0, 230.0, 55.0, 250.0, 160.0, 110.0, 170.0]]},
+        ],
+    });
+    let path = dir.join("coco.json");
+    std::fs::write(&path, coco.to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn train_tunes_the_decoder_on_coco_annotations_and_writes_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let coco = chelsea_coco(dir.path());
+    // The reference's embedding of the photograph, as the cache the command reads.
+    let embeddings = dir.path().join("embeddings");
+    std::fs::create_dir_all(&embeddings).unwrap();
+    std::fs::copy(
+        fixture("real/chelsea_embedding.npy"),
+        embeddings.join("chelsea.npy"),
+    )
+    .unwrap();
+    let weights = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mobile_sam.pt");
+    let images = concat!(env!("CARGO_MANIFEST_DIR"), "/www/samples");
+    let out = dir.path().join("tuned.safetensors");
+    let plot = dir.path().join("curve.png");
+    let run = websam(&[
+        "train",
+        "--weights",
+        weights,
+        "--coco",
+        &coco,
+        "--images",
+        images,
+        "--embeddings",
+        path(&embeddings),
+        "--val",
+        &coco,
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--eval-every",
+        "1",
+        "--out",
+        path(&out),
+        "--plot",
+        path(&plot),
+    ]);
+    let err = stderr(&run);
+    assert!(run.status.success(), "{err}");
+    println!("{err}");
+    for line in [
+        "training on 2 objects (1 images), 2 steps of 2",
+        "before training: val IoU after 1 / 3 / 5 clicks",
+        "step 1/2: lr",
+        "step 2/2: lr",
+    ] {
+        assert!(err.contains(line), "{line:?} not in {err}");
+    }
+    assert!(
+        !err.contains("embedded"),
+        "the cached embedding was not used: {err}"
+    );
+    let base = Weights::from_file(weights).unwrap();
+    let tuned = Weights::from_file(&out).unwrap();
+    assert_eq!(tuned.len(), base.len());
+    let differs = |key: &str| {
+        let shape = base.shape_of(key).unwrap();
+        let (a, b) = (
+            base.get(key, &shape).unwrap(),
+            tuned.get(key, &shape).unwrap(),
+        );
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    };
+    assert!(differs("mask_decoder.iou_prediction_head.layers.0.weight"));
+    assert!(differs("prompt_encoder.point_embeddings.1.weight"));
+    assert!(!differs("image_encoder.patch_embed.seq.0.c.weight"));
+    // The tuned checkpoint segments as any other.
+    let seg = dir.path().join("mask.png");
+    let run = websam(&[
+        "segment",
+        "--weights",
+        path(&out),
+        "--image",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/www/samples/chelsea.png"),
+        "--points",
+        "250,170,1",
+        "--out",
+        path(&seg),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let curve = image::open(&plot).unwrap();
+    assert_eq!((curve.width(), curve.height()), (640, 360));
+}
+
+#[test]
+fn train_refuses_bad_annotations_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mobile_sam.pt");
+    let out = dir.path().join("tuned.safetensors");
+    let run = |coco: serde_json::Value| {
+        let p = dir.path().join("bad.json");
+        std::fs::write(&p, coco.to_string()).unwrap();
+        expect_error(&[
+            "train",
+            "--weights",
+            weights,
+            "--coco",
+            path(&p),
+            "--images",
+            path(dir.path()),
+            "--out",
+            path(&out),
+        ])
+    };
+    let image = serde_json::json!([{"id": 1, "file_name": "x.png", "height": 30, "width": 40}]);
+    let err = run(serde_json::json!({"images": image, "annotations": [
+        {"id": 3, "image_id": 9, "segmentation": [[1.0, 1.0, 9.0, 1.0, 9.0, 9.0]]}]}));
+    assert!(err.contains("annotation 3 is of image 9"), "{err}");
+    let err = run(serde_json::json!({"images": image, "annotations": [
+        {"id": 3, "image_id": 1, "segmentation": {"size": [30, 41], "counts": "abc"}}]}));
+    assert!(
+        err.contains("an RLE mask of size [30, 41] on a 30x40 image"),
+        "{err}"
+    );
+    let err = run(serde_json::json!({"images": image, "annotations": [
+        {"id": 3, "image_id": 1, "segmentation": [[1.0, 1.0, 9.0]]}]}));
+    assert!(err.contains("a polygon of 3 numbers"), "{err}");
+    let err = run(serde_json::json!({"images": "none"}));
+    assert!(err.contains("a COCO annotation file"), "{err}");
+    assert!(!out.exists());
+}

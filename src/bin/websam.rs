@@ -14,9 +14,15 @@ use websam::amg::{records_to_json, GeneratorOptions, MaskGenerator, MaskRecord};
 use websam::gpu::context::Precision;
 use websam::image::{ImageFrame, RgbImage};
 use websam::model::config::{IMAGE_SIZE, LOW_RES_SIDE};
+use websam::model::sam::Sam;
 use websam::model::sam::{read_npy_f32, ImageEmbedding, Point, PointLabel, Prediction, Prompt};
 use websam::model::weights::Weights;
 use websam::predictor::{BackendChoice, Predictor};
+use websam::train::coco::Coco;
+use websam::train::eval::{click_ious, ClickScore};
+use websam::train::interactive::Truth;
+use websam::train::loss::LossConfig;
+use websam::train::{paper_adamw, Object, Schedule, Trainer};
 use websam::{Error, Result};
 
 #[derive(Parser)]
@@ -223,6 +229,53 @@ enum Command {
         shard: Option<(usize, usize)>,
         #[command(flatten)]
         options: GeneratorArgs,
+        #[command(flatten)]
+        engine: Engine,
+    },
+    /// Fine-tune the prompt encoder and mask decoder on COCO annotations, the image encoder
+    /// frozen: the paper's loss and interactive training (11 predictions per object), AdamW
+    /// with warm-up and step decay. Writes the whole checkpoint (safetensors, official keys).
+    Train {
+        /// Checkpoint to start from (its image encoder embeds images without a cached
+        /// embedding).
+        #[arg(long)]
+        weights: PathBuf,
+        /// COCO annotations to train on (RLE or polygons).
+        #[arg(long)]
+        coco: PathBuf,
+        /// The folder of the annotations' images (`file_name` relative to it).
+        #[arg(long)]
+        images: PathBuf,
+        /// Embeddings: `<image stem>.npy` read from here when present (as `websam embed` and
+        /// the page write them), else computed and written here.
+        #[arg(long)]
+        embeddings: Option<PathBuf>,
+        /// COCO annotations to measure on (images in --images): mean IoU after 1, 3 and 5
+        /// clicks placed by the error-region rule, before training and every --eval-every steps.
+        #[arg(long)]
+        val: Option<PathBuf>,
+        /// Optimisation steps.
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        /// Objects per step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Learning rate after the warm-up (AdamW, betas 0.9 / 0.999, weight decay 0.1).
+        #[arg(long, default_value_t = 1e-4)]
+        lr: f64,
+        /// Seed of the order of objects and of their prompts.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print the loss (and measure on --val) every this many steps (0: a tenth of the run).
+        #[arg(long, default_value_t = 0)]
+        eval_every: usize,
+        /// The tuned checkpoint (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// A PNG of the curves: the training loss (red) and the validation IoU after 1 click
+        /// (blue), over the steps.
+        #[arg(long)]
+        plot: Option<PathBuf>,
         #[command(flatten)]
         engine: Engine,
     },
@@ -499,6 +552,35 @@ fn run(cli: Cli) -> Result<()> {
             );
             write_npy(&sam.embedding()?.features, &out)
         }
+        Command::Train {
+            weights,
+            coco,
+            images,
+            embeddings,
+            val,
+            steps,
+            batch,
+            lr,
+            seed,
+            eval_every,
+            out,
+            plot,
+            engine,
+        } => train(TrainArgs {
+            weights,
+            coco,
+            images,
+            embeddings,
+            val,
+            steps,
+            batch,
+            lr,
+            seed,
+            eval_every,
+            out,
+            plot,
+            engine,
+        }),
         Command::Decode {
             weights,
             embedding,
@@ -918,6 +1000,258 @@ fn keep_freed_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
+
+struct TrainArgs {
+    weights: PathBuf,
+    coco: PathBuf,
+    images: PathBuf,
+    embeddings: Option<PathBuf>,
+    val: Option<PathBuf>,
+    steps: usize,
+    batch: usize,
+    lr: f64,
+    seed: u64,
+    eval_every: usize,
+    out: PathBuf,
+    plot: Option<PathBuf>,
+    engine: Engine,
+}
+
+/// The objects of a COCO file with their images' embeddings (read from the cache folder, or
+/// computed with `encoder`, made on first need, and written there).
+fn coco_objects(
+    path: &Path,
+    args: &TrainArgs,
+    encoder: &mut Option<Predictor>,
+    cache: &mut std::collections::HashMap<String, ImageEmbedding>,
+) -> Result<Vec<(ImageEmbedding, Vec<u8>)>> {
+    let coco = Coco::from_json(&std::fs::read(path).map_err(io_err(path))?)
+        .map_err(|e| e.context(format_args!("{}", path.display())))?;
+    // Every mask first: a bad annotation is an error before any image is embedded.
+    let mut masks = Vec::new();
+    for (image, annotation) in coco.objects()? {
+        let frame = ImageFrame::new(image.height, image.width)?;
+        let mask = annotation.segmentation.to_mask(image.height, image.width)?;
+        if mask.iter().all(|&m| m == 0) {
+            eprintln!(
+                "annotation {} of {}: an empty mask, skipped",
+                annotation.id, image.file_name
+            );
+            continue;
+        }
+        masks.push((image, frame, mask));
+    }
+    let mut objects = Vec::new();
+    for (image, frame, mask) in masks {
+        if !cache.contains_key(&image.file_name) {
+            let stem = Path::new(&image.file_name)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let npy = args
+                .embeddings
+                .as_ref()
+                .map(|d| d.join(format!("{stem}.npy")));
+            let embedding = match &npy {
+                Some(p) if p.exists() => {
+                    ImageEmbedding::from_npy_bytes(&std::fs::read(p).map_err(io_err(p))?, frame)
+                        .map_err(|e| e.context(format_args!("{}", p.display())))?
+                }
+                _ => {
+                    if encoder.is_none() {
+                        *encoder = Some(load(&args.weights, &args.engine)?);
+                    }
+                    let sam = encoder.as_mut().expect("made above");
+                    let img = RgbImage::open(args.images.join(&image.file_name))?;
+                    if (img.height, img.width) != (image.height, image.width) {
+                        return Err(Error::invalid(format!(
+                            "{} is {}x{}, the annotations say {}x{}",
+                            image.file_name, img.height, img.width, image.height, image.width
+                        )));
+                    }
+                    let t = Instant::now();
+                    pollster::block_on(sam.set_image(&img))?;
+                    eprintln!(
+                        "embedded {} in {:.1} s",
+                        image.file_name,
+                        t.elapsed().as_secs_f64()
+                    );
+                    let embedding = sam.embedding()?.clone();
+                    if let Some(p) = &npy {
+                        if let Some(dir) = p.parent() {
+                            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+                        }
+                        write_npy(&embedding.features, p)?;
+                    }
+                    embedding
+                }
+            };
+            cache.insert(image.file_name.clone(), embedding);
+        }
+        objects.push((cache[&image.file_name].clone(), mask));
+    }
+    Ok(objects)
+}
+
+/// Mean IoU after each of 5 clicks over `objects` ([`websam::train::eval`]).
+fn click_score(sam: &Sam, objects: &[(ImageEmbedding, Vec<u8>)]) -> Result<ClickScore> {
+    let per_object = objects
+        .iter()
+        .map(|(e, m)| click_ious(sam, e, m, 5))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ClickScore::from_ious(&per_object))
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    if args.steps == 0 || args.batch == 0 {
+        return Err(Error::invalid("--steps and --batch must be at least 1"));
+    }
+    let base = Weights::from_file(&args.weights)?;
+    let mut trainer = Trainer::new(&base, paper_adamw(args.lr), LossConfig::default())?;
+    let (mut encoder, mut cache) = (None, std::collections::HashMap::new());
+    let objects = coco_objects(&args.coco, &args, &mut encoder, &mut cache)?;
+    if objects.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no object to train on",
+            args.coco.display()
+        )));
+    }
+    let val = match &args.val {
+        Some(p) => coco_objects(p, &args, &mut encoder, &mut cache)?,
+        None => Vec::new(),
+    };
+    drop(encoder);
+    let objects: Vec<Object> = objects
+        .into_iter()
+        .map(|(embedding, mask)| {
+            Ok(Object {
+                truth: Truth::new(mask, embedding.frame)?,
+                embedding,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let schedule = Schedule::new(args.lr, args.steps);
+    let every = if args.eval_every == 0 {
+        args.steps.div_ceil(10)
+    } else {
+        args.eval_every
+    };
+    eprintln!(
+        "training on {} objects ({} images), {} steps of {}; warm-up {} steps; validation: {} objects",
+        objects.len(),
+        cache.len(),
+        args.steps,
+        args.batch,
+        schedule.warmup,
+        val.len()
+    );
+    let score = |trainer: &Trainer| -> Result<Option<ClickScore>> {
+        if val.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(click_score(&Sam::new(&trainer.weights()?)?, &val)?))
+    };
+    let show = |s: &ClickScore| {
+        format!(
+            "val IoU after 1 / 3 / 5 clicks {:.4} / {:.4} / {:.4}",
+            s.after(1).unwrap_or(0.0),
+            s.after(3).unwrap_or(0.0),
+            s.after(5).unwrap_or(0.0)
+        )
+    };
+    let mut val_curve = Vec::new();
+    if let Some(s) = score(&trainer)? {
+        eprintln!("before training: {}", show(&s));
+        val_curve.push((0.0, s.after(1).unwrap_or(0.0)));
+    }
+    // A seeded order of the objects, walked in batches (a new order each pass).
+    let mut order: Vec<usize> = Vec::new();
+    let mut rng = websam::train::interactive::rng(args.seed, u64::MAX);
+    let (mut loss_curve, mut window) = (Vec::new(), Vec::new());
+    let t = Instant::now();
+    for step in 0..args.steps {
+        let mut batch = Vec::with_capacity(args.batch);
+        while batch.len() < args.batch {
+            if order.is_empty() {
+                order = (0..objects.len()).collect();
+                rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+            }
+            batch.push(objects[order.pop().expect("refilled above")].clone());
+        }
+        trainer.set_learning_rate(schedule.lr_at(step));
+        let loss = trainer
+            .step_interactive(&batch, args.seed, (step * args.batch) as u64)?
+            .value()?;
+        if !loss.is_finite() {
+            return Err(Error::invalid(format!(
+                "the loss is {loss} at step {step}: lower --lr"
+            )));
+        }
+        window.push(loss);
+        if (step + 1) % every == 0 || step + 1 == args.steps {
+            let mean = window.iter().sum::<f32>() / window.len() as f32;
+            window.clear();
+            loss_curve.push(((step + 1) as f32, mean));
+            let mut line = format!(
+                "step {}/{}: lr {:.2e}, loss {mean:.5}, {:.1} s",
+                step + 1,
+                args.steps,
+                schedule.lr_at(step),
+                t.elapsed().as_secs_f64()
+            );
+            if let Some(s) = score(&trainer)? {
+                line.push_str(&format!("; {}", show(&s)));
+                val_curve.push(((step + 1) as f32, s.after(1).unwrap_or(0.0)));
+            }
+            eprintln!("{line}");
+        }
+    }
+    let bytes = trainer.checkpoint(&base)?.to_safetensors_bytes()?;
+    std::fs::write(&args.out, bytes).map_err(io_err(&args.out))?;
+    eprintln!("wrote {}", args.out.display());
+    if let Some(p) = &args.plot {
+        plot_curves(&[(&loss_curve, [200, 40, 40]), (&val_curve, [40, 80, 200])])
+            .save(p)
+            .map_err(|e| Error::invalid(format!("{}: {e}", p.display())))?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// A line chart of curves `(x, y)`, each scaled to the chart's height by its own range (a
+/// curve's values are in the command's output); the x axis shared. 640x360, white.
+/// A curve's points `(x, y)` and its colour.
+type Curve<'a> = (&'a [(f32, f32)], [u8; 3]);
+
+fn plot_curves(curves: &[Curve<'_>]) -> image::RgbImage {
+    use imageproc::drawing::draw_line_segment_mut;
+    let (w, h, margin) = (640u32, 360u32, 20f32);
+    let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+    let grey = image::Rgb([200, 200, 200]);
+    let (x0, x1, y0, y1) = (margin, w as f32 - margin, h as f32 - margin, margin);
+    draw_line_segment_mut(&mut img, (x0, y0), (x1, y0), grey);
+    draw_line_segment_mut(&mut img, (x0, y0), (x0, y1), grey);
+    let x_max = curves
+        .iter()
+        .flat_map(|(c, _)| c.iter().map(|p| p.0))
+        .fold(1.0f32, f32::max);
+    for (curve, color) in curves {
+        let (lo, hi) = curve.iter().fold((f32::MAX, f32::MIN), |(lo, hi), p| {
+            (lo.min(p.1), hi.max(p.1))
+        });
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        let at = |p: &(f32, f32)| {
+            (
+                x0 + (x1 - x0) * p.0 / x_max,
+                y0 - (y0 - y1) * (p.1 - lo) / span,
+            )
+        };
+        for pair in curve.windows(2) {
+            draw_line_segment_mut(&mut img, at(&pair[0]), at(&pair[1]), image::Rgb(*color));
+        }
+    }
+    img
+}
 
 fn main() -> ExitCode {
     keep_freed_memory();

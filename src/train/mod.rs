@@ -3,6 +3,8 @@
 //! modules the predictor runs (the CPU backend, whose kernels give way to candle's
 //! differentiable ops when a tensor carries a gradient).
 
+pub mod coco;
+pub mod eval;
 pub mod interactive;
 pub mod loss;
 
@@ -68,6 +70,50 @@ impl BatchLoss {
     /// The batch's loss as a number.
     pub fn value(&self) -> Result<f32> {
         Ok(self.total.to_scalar::<f32>()?)
+    }
+}
+
+/// The learning rate over a run, as the paper schedules it: a linear warm-up, then the base
+/// rate, divided by 10 at two thirds of the run and again at 26/27 of it (the paper's 60k and
+/// 86.7k of 90k iterations).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    pub lr: f64,
+    pub warmup: usize,
+    pub steps: usize,
+}
+
+impl Schedule {
+    /// The paper's warm-up of 250 iterations, at most a tenth of a shorter run.
+    pub fn new(lr: f64, steps: usize) -> Self {
+        Self {
+            lr,
+            warmup: 250.min(steps / 10),
+            steps,
+        }
+    }
+
+    /// The rate of step `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let decays = [2 * self.steps / 3, 26 * self.steps / 27]
+            .iter()
+            .filter(|&&at| step >= at)
+            .count();
+        self.lr * 0.1f64.powi(decays as i32)
+    }
+}
+
+/// AdamW's settings of the paper (betas 0.9 / 0.999, weight decay 0.1) at learning rate `lr`.
+pub fn paper_adamw(lr: f64) -> ParamsAdamW {
+    ParamsAdamW {
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
     }
 }
 
@@ -139,6 +185,22 @@ impl Trainer {
                 .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
                 .chain(self.frozen.iter().cloned()),
         )
+    }
+
+    /// `base` (the checkpoint trained from, its image encoder included) with the trained
+    /// tensors' current values: a whole checkpoint under the official keys.
+    pub fn checkpoint(&self, base: &Weights) -> Result<Weights> {
+        let trained: std::collections::HashMap<&str, &Var> =
+            self.params.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut tensors = Vec::with_capacity(base.len());
+        for key in base.keys() {
+            let t = match trained.get(key) {
+                Some(v) => v.as_tensor().detach().copy()?,
+                None => base.get(key, &base.shape_of(key).unwrap_or_default())?,
+            };
+            tensors.push((key.to_string(), t));
+        }
+        Weights::from_tensors(tensors)
     }
 
     /// The current values as plain tensors under their official keys: a checkpoint of the
