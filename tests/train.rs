@@ -471,3 +471,64 @@ mod interactive {
         );
     }
 }
+
+mod protocol {
+    use websam::model::sam::PointLabel;
+    use websam::train::eval::{next_click, ClickScore};
+    use websam::train::Schedule;
+
+    #[test]
+    fn the_schedule_warms_up_then_divides_by_ten_twice() {
+        let s = Schedule::new(1e-4, 900);
+        assert_eq!(s.warmup, 90);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b;
+        assert!(close(s.lr_at(0), 1e-4 / 90.0));
+        assert!(close(s.lr_at(89), 1e-4));
+        assert!(close(s.lr_at(599), 1e-4));
+        assert!(close(s.lr_at(600), 1e-5));
+        assert!(close(s.lr_at(865), 1e-5));
+        assert!(close(s.lr_at(866), 1e-6));
+        assert_eq!(Schedule::new(1e-4, 90_000).warmup, 250);
+    }
+
+    #[test]
+    fn clicks_go_to_the_middle_of_the_largest_error() {
+        let (h, w) = (40, 60);
+        let square = |x0: usize, y0: usize, side: usize| -> Vec<bool> {
+            (0..h * w)
+                .map(|i| {
+                    let (y, x) = (i / w, i % w);
+                    (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y)
+                })
+                .collect()
+        };
+        let truth = square(10, 10, 11);
+        let nothing = vec![false; h * w];
+        let p = next_click(&nothing, &truth, h, w).unwrap();
+        assert_eq!((p.x, p.y, p.label), (15.0, 15.0, PointLabel::Positive));
+        // The truth found, and a wrong 15x15 square beside it: a negative click in its middle.
+        let wrong: Vec<bool> = truth
+            .iter()
+            .zip(square(35, 5, 15))
+            .map(|(&a, b)| a || b)
+            .collect();
+        let p = next_click(&wrong, &truth, h, w).unwrap();
+        assert_eq!((p.x, p.y, p.label), (42.0, 12.0, PointLabel::Negative));
+        assert!(next_click(&truth, &truth, h, w).is_none());
+    }
+
+    #[test]
+    fn click_scores_average_and_count_clicks() {
+        let s = ClickScore::from_ious(&[
+            vec![0.5, 0.86, 0.91],
+            vec![0.9, 0.95, 0.97],
+            vec![0.1, 0.2, 0.3],
+        ]);
+        let near = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        assert_eq!(s.objects, 3);
+        assert!(near(s.after(1).unwrap(), 0.5) && near(s.after(3).unwrap(), 2.18 / 3.0));
+        assert_eq!(s.after(4), None);
+        // Clicks to 0.85: 2, 1 and never (3); to 0.90: 3, 1, 3.
+        assert!(near(s.clicks_to_85, 2.0) && near(s.clicks_to_90, 7.0 / 3.0));
+    }
+}
