@@ -532,3 +532,39 @@ mod protocol {
         assert!(near(s.clicks_to_85, 2.0) && near(s.clicks_to_90, 7.0 / 3.0));
     }
 }
+
+mod coco {
+    use websam::train::coco::{polygons_to_mask, Coco};
+
+    #[test]
+    fn annotations_read_as_masks_from_rle_and_polygons() {
+        let coco = Coco::from_json(
+            br#"{"images": [{"id": 1, "file_name": "a.png", "height": 3, "width": 4}],
+                 "annotations": [
+                   {"id": 1, "image_id": 1, "segmentation": {"size": [3, 4], "counts": [4, 2, 6]}},
+                   {"id": 2, "image_id": 1, "segmentation": {"size": [3, 4], "counts": "426"}},
+                   {"id": 3, "image_id": 1, "iscrowd": 1, "segmentation": [[0, 0, 3, 0, 3, 2]]},
+                   {"id": 4, "image_id": 1, "segmentation": [[0, 0, 3, 0, 3, 2, 0, 2, 0, 0]]}
+                 ]}"#,
+        )
+        .unwrap();
+        let objects = coco.objects().unwrap();
+        // The crowd region is not an object.
+        assert_eq!(
+            objects.iter().map(|(_, a)| a.id).collect::<Vec<_>>(),
+            [1, 2, 4]
+        );
+        // Column-major runs: 4 zeros (column 0, then row 0 of column 1), 2 ones.
+        let runs = objects[0].1.segmentation.to_mask(3, 4).unwrap();
+        assert_eq!(runs, [0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0]);
+        // pycocotools' string for the same runs.
+        assert_eq!(objects[1].1.segmentation.to_mask(3, 4).unwrap(), runs);
+        // A polygon closed on its first point, filled with its outline.
+        assert_eq!(objects[2].1.segmentation.to_mask(3, 4).unwrap(), [1; 12]);
+        assert_eq!(
+            polygons_to_mask(&[vec![1.0, 0.0, 2.0, 0.0, 2.0, 1.0, 1.0, 1.0]], 3, 4).unwrap(),
+            [0, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0]
+        );
+        assert!(polygons_to_mask(&[vec![1.0, f64::NAN]], 3, 4).is_err());
+    }
+}

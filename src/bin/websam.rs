@@ -254,6 +254,10 @@ enum Command {
         /// clicks placed by the error-region rule, before training and every --eval-every steps.
         #[arg(long)]
         val: Option<PathBuf>,
+        /// Clicks per validation object (the IoU after each; clicks to reach 0.85 and 0.90
+        /// count an object that never does as this many).
+        #[arg(long, default_value_t = 5)]
+        val_clicks: usize,
         /// Optimisation steps.
         #[arg(long, default_value_t = 200)]
         steps: usize,
@@ -558,6 +562,7 @@ fn run(cli: Cli) -> Result<()> {
             images,
             embeddings,
             val,
+            val_clicks,
             steps,
             batch,
             lr,
@@ -572,6 +577,7 @@ fn run(cli: Cli) -> Result<()> {
             images,
             embeddings,
             val,
+            val_clicks,
             steps,
             batch,
             lr,
@@ -1007,6 +1013,7 @@ struct TrainArgs {
     images: PathBuf,
     embeddings: Option<PathBuf>,
     val: Option<PathBuf>,
+    val_clicks: usize,
     steps: usize,
     batch: usize,
     lr: f64,
@@ -1093,18 +1100,24 @@ fn coco_objects(
     Ok(objects)
 }
 
-/// Mean IoU after each of 5 clicks over `objects` ([`websam::train::eval`]).
-fn click_score(sam: &Sam, objects: &[(ImageEmbedding, Vec<u8>)]) -> Result<ClickScore> {
+/// Mean IoU after each of `clicks` clicks over `objects` ([`websam::train::eval`]).
+fn click_score(
+    sam: &Sam,
+    objects: &[(ImageEmbedding, Vec<u8>)],
+    clicks: usize,
+) -> Result<ClickScore> {
     let per_object = objects
         .iter()
-        .map(|(e, m)| click_ious(sam, e, m, 5))
+        .map(|(e, m)| click_ious(sam, e, m, clicks))
         .collect::<Result<Vec<_>>>()?;
     Ok(ClickScore::from_ious(&per_object))
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    if args.steps == 0 || args.batch == 0 {
-        return Err(Error::invalid("--steps and --batch must be at least 1"));
+    if args.steps == 0 || args.batch == 0 || args.val_clicks == 0 {
+        return Err(Error::invalid(
+            "--steps, --batch and --val-clicks must be at least 1",
+        ));
     }
     let base = Weights::from_file(&args.weights)?;
     let mut trainer = Trainer::new(&base, paper_adamw(args.lr), LossConfig::default())?;
@@ -1149,14 +1162,21 @@ fn train(args: TrainArgs) -> Result<()> {
         if val.is_empty() {
             return Ok(None);
         }
-        Ok(Some(click_score(&Sam::new(&trainer.weights()?)?, &val)?))
+        Ok(Some(click_score(
+            &Sam::new(&trainer.weights()?)?,
+            &val,
+            args.val_clicks,
+        )?))
     };
     let show = |s: &ClickScore| {
+        let at = |c| s.after(c).map_or("-".to_string(), |v| format!("{v:.4}"));
         format!(
-            "val IoU after 1 / 3 / 5 clicks {:.4} / {:.4} / {:.4}",
-            s.after(1).unwrap_or(0.0),
-            s.after(3).unwrap_or(0.0),
-            s.after(5).unwrap_or(0.0)
+            "val IoU after 1 / 3 / 5 clicks {} / {} / {}, clicks to 0.85 / 0.90 {:.2} / {:.2}",
+            at(1),
+            at(3),
+            at(5),
+            s.clicks_to_85,
+            s.clicks_to_90
         )
     };
     let mut val_curve = Vec::new();
