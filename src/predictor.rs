@@ -45,6 +45,8 @@ enum Model<'a> {
 pub struct Predictor {
     /// Kept to build the model again when the GPU device is lost.
     weights: Weights,
+    /// The checkpoint as loaded, once tensors of it have been replaced ([`Self::set_tensors`]).
+    loaded: Option<Weights>,
     /// The model, on the CPU when `gpu` is `None`.
     cpu: Option<Sam>,
     gpu: Option<GpuSam>,
@@ -93,6 +95,7 @@ impl Predictor {
         Ok((
             Self {
                 weights,
+                loaded: None,
                 cpu,
                 gpu,
                 wants_gpu,
@@ -256,6 +259,61 @@ impl Predictor {
 
     fn gpu_lost(&self) -> bool {
         self.gpu.as_ref().is_some_and(|g| g.ctx().is_lost())
+    }
+
+    /// The weights the model is built from (the loaded checkpoint, with any tensors replaced).
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// The checkpoint as it was loaded, before any [`Self::set_tensors`].
+    pub fn loaded_weights(&self) -> &Weights {
+        self.loaded.as_ref().unwrap_or(&self.weights)
+    }
+
+    /// Replaces tensors of the model by official key (a fine-tuned prompt encoder and
+    /// decoder: [`crate::train::Trainer::weights`]) and builds it again on its backend; the
+    /// image stays set. Each key must be one of the checkpoint's, with its shape.
+    pub async fn set_tensors(&mut self, tensors: Weights) -> Result<()> {
+        let base = self.loaded_weights().clone();
+        let mut weights = base.clone();
+        for key in tensors.keys() {
+            let shape = base.shape_of(key).ok_or_else(|| {
+                Error::invalid(format!("`{key}` is not a tensor of the loaded checkpoint"))
+            })?;
+            weights.insert(key, tensors.get(key, &shape)?)?;
+        }
+        self.rebuild(weights).await?;
+        self.loaded = Some(base);
+        Ok(())
+    }
+
+    /// Builds the model again from the checkpoint as it was loaded, undoing
+    /// [`Self::set_tensors`].
+    pub async fn revert_tensors(&mut self) -> Result<()> {
+        if let Some(base) = self.loaded.take() {
+            self.rebuild(base).await?;
+        }
+        Ok(())
+    }
+
+    /// The model built again from `weights` on the backend in use, the image set again.
+    async fn rebuild(&mut self, weights: Weights) -> Result<()> {
+        if self.gpu.is_some() {
+            let gpu = open_gpu(&weights, self.precision).await?;
+            if let Some(state) = &mut self.image {
+                state.gpu = Some(gpu.upload_embedding(&state.embedding).await?);
+            }
+            self.gpu = Some(gpu);
+        } else {
+            let cpu = cpu_model(&weights)?;
+            if let Some(state) = &self.image {
+                cpu.prepare_decoder(&state.embedding)?;
+            }
+            self.cpu = Some(cpu);
+        }
+        self.weights = weights;
+        Ok(())
     }
 
     /// The GPU model when in use, replacing a lost device: a new device when one can be had

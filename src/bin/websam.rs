@@ -21,8 +21,7 @@ use websam::predictor::{BackendChoice, Predictor};
 use websam::train::coco::Coco;
 use websam::train::eval::{click_ious, ClickScore};
 use websam::train::interactive::Truth;
-use websam::train::loss::LossConfig;
-use websam::train::{paper_adamw, Object, Schedule, Trainer};
+use websam::train::{Object, Run, RunOptions};
 use websam::{Error, Result};
 
 #[derive(Parser)]
@@ -1114,21 +1113,18 @@ fn click_score(
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    if args.steps == 0 || args.batch == 0 || args.val_clicks == 0 {
-        return Err(Error::invalid(
-            "--steps, --batch and --val-clicks must be at least 1",
-        ));
+    if args.val_clicks == 0 {
+        return Err(Error::invalid("--val-clicks must be at least 1"));
     }
+    let options = RunOptions {
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        seed: args.seed,
+    };
     let base = Weights::from_file(&args.weights)?;
-    let mut trainer = Trainer::new(&base, paper_adamw(args.lr), LossConfig::default())?;
     let (mut encoder, mut cache) = (None, std::collections::HashMap::new());
     let objects = coco_objects(&args.coco, &args, &mut encoder, &mut cache)?;
-    if objects.is_empty() {
-        return Err(Error::invalid(format!(
-            "{}: no object to train on",
-            args.coco.display()
-        )));
-    }
     let val = match &args.val {
         Some(p) => coco_objects(p, &args, &mut encoder, &mut cache)?,
         None => Vec::new(),
@@ -1143,7 +1139,8 @@ fn train(args: TrainArgs) -> Result<()> {
             })
         })
         .collect::<Result<_>>()?;
-    let schedule = Schedule::new(args.lr, args.steps);
+    let mut run = Run::new(&base, objects, options)
+        .map_err(|e| e.context(format_args!("{}", args.coco.display())))?;
     let every = if args.eval_every == 0 {
         args.steps.div_ceil(10)
     } else {
@@ -1151,19 +1148,19 @@ fn train(args: TrainArgs) -> Result<()> {
     };
     eprintln!(
         "training on {} objects ({} images), {} steps of {}; warm-up {} steps; validation: {} objects",
-        objects.len(),
+        run.objects(),
         cache.len(),
         args.steps,
         args.batch,
-        schedule.warmup,
+        run.schedule().warmup,
         val.len()
     );
-    let score = |trainer: &Trainer| -> Result<Option<ClickScore>> {
+    let score = |run: &Run| -> Result<Option<ClickScore>> {
         if val.is_empty() {
             return Ok(None);
         }
         Ok(Some(click_score(
-            &Sam::new(&trainer.weights()?)?,
+            &Sam::new(&run.trainer().weights()?)?,
             &val,
             args.val_clicks,
         )?))
@@ -1180,52 +1177,33 @@ fn train(args: TrainArgs) -> Result<()> {
         )
     };
     let mut val_curve = Vec::new();
-    if let Some(s) = score(&trainer)? {
+    if let Some(s) = score(&run)? {
         eprintln!("before training: {}", show(&s));
         val_curve.push((0.0, s.after(1).unwrap_or(0.0)));
     }
-    // A seeded order of the objects, walked in batches (a new order each pass).
-    let mut order: Vec<usize> = Vec::new();
-    let mut rng = websam::train::interactive::rng(args.seed, u64::MAX);
     let (mut loss_curve, mut window) = (Vec::new(), Vec::new());
     let t = Instant::now();
-    for step in 0..args.steps {
-        let mut batch = Vec::with_capacity(args.batch);
-        while batch.len() < args.batch {
-            if order.is_empty() {
-                order = (0..objects.len()).collect();
-                rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
-            }
-            batch.push(objects[order.pop().expect("refilled above")].clone());
-        }
-        trainer.set_learning_rate(schedule.lr_at(step));
-        let loss = trainer
-            .step_interactive(&batch, args.seed, (step * args.batch) as u64)?
-            .value()?;
-        if !loss.is_finite() {
-            return Err(Error::invalid(format!(
-                "the loss is {loss} at step {step}: lower --lr"
-            )));
-        }
-        window.push(loss);
-        if (step + 1) % every == 0 || step + 1 == args.steps {
+    while !run.is_done() {
+        let lr = run.schedule().lr_at(run.steps_done());
+        window.push(run.step()?);
+        let step = run.steps_done();
+        if step % every == 0 || run.is_done() {
             let mean = window.iter().sum::<f32>() / window.len() as f32;
             window.clear();
-            loss_curve.push(((step + 1) as f32, mean));
+            loss_curve.push((step as f32, mean));
             let mut line = format!(
-                "step {}/{}: lr {:.2e}, loss {mean:.5}, {:.1} s",
-                step + 1,
+                "step {step}/{}: lr {lr:.2e}, loss {mean:.5}, {:.1} s",
                 args.steps,
-                schedule.lr_at(step),
                 t.elapsed().as_secs_f64()
             );
-            if let Some(s) = score(&trainer)? {
+            if let Some(s) = score(&run)? {
                 line.push_str(&format!("; {}", show(&s)));
-                val_curve.push(((step + 1) as f32, s.after(1).unwrap_or(0.0)));
+                val_curve.push((step as f32, s.after(1).unwrap_or(0.0)));
             }
             eprintln!("{line}");
         }
     }
+    let trainer = run.trainer();
     let bytes = trainer.checkpoint(&base)?.to_safetensors_bytes()?;
     std::fs::write(&args.out, bytes).map_err(io_err(&args.out))?;
     eprintln!("wrote {}", args.out.display());

@@ -106,6 +106,140 @@ impl Schedule {
     }
 }
 
+/// What a fine-tuning run does: `steps` optimisation steps of `batch` objects, the schedule's
+/// base learning rate `lr`, the seed of the objects' order and prompts.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunOptions {
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            steps: 200,
+            batch: 4,
+            lr: 1e-4,
+            seed: 0,
+        }
+    }
+}
+
+/// A fine-tuning run between its steps: objects drawn in a seeded order (a new one each pass),
+/// each step [`Trainer::step_interactive`] at the [`Schedule`]'s rate.
+pub struct Run {
+    trainer: Trainer,
+    objects: Vec<Object>,
+    options: RunOptions,
+    schedule: Schedule,
+    done: usize,
+    order: Vec<usize>,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("objects", &self.objects.len())
+            .field("options", &self.options)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl Run {
+    /// A run from `weights` (the prompt encoder and decoder are trained) on `objects`.
+    pub fn new(weights: &Weights, objects: Vec<Object>, options: RunOptions) -> Result<Self> {
+        if options.steps == 0 || options.batch == 0 {
+            return Err(Error::invalid(format!(
+                "a training run of {} steps of {} objects: both must be at least 1",
+                options.steps, options.batch
+            )));
+        }
+        if !(options.lr.is_finite() && options.lr > 0.0) {
+            return Err(Error::invalid(format!(
+                "learning rate {}: give a positive number",
+                options.lr
+            )));
+        }
+        if objects.is_empty() {
+            return Err(Error::invalid("no object to train on"));
+        }
+        Ok(Self {
+            trainer: Trainer::new(weights, paper_adamw(options.lr), LossConfig::default())?,
+            objects,
+            options,
+            schedule: Schedule::new(options.lr, options.steps),
+            done: 0,
+            order: Vec::new(),
+            rng: interactive::rng(options.seed, u64::MAX),
+        })
+    }
+
+    /// The next step: its loss (before the step). An error once every step is done, or when
+    /// the loss is not finite (the step is then not applied).
+    pub fn step(&mut self) -> Result<f32> {
+        if self.is_done() {
+            return Err(Error::invalid("the training run is finished"));
+        }
+        let batch: Vec<Object> = (0..self.options.batch)
+            .map(|_| {
+                if self.order.is_empty() {
+                    self.order = (0..self.objects.len()).collect();
+                    rand::seq::SliceRandom::shuffle(self.order.as_mut_slice(), &mut self.rng);
+                }
+                let i = self.order.pop().unwrap_or(0);
+                self.objects[i].clone()
+            })
+            .collect();
+        let first = (self.done * self.options.batch) as u64;
+        let loss = self
+            .trainer
+            .interactive_loss(&batch, self.options.seed, first)?;
+        let value = loss.value()?;
+        if !value.is_finite() {
+            return Err(Error::invalid(format!(
+                "the loss is {value} at step {}: lower the learning rate",
+                self.done + 1
+            )));
+        }
+        self.trainer
+            .set_learning_rate(self.schedule.lr_at(self.done));
+        let grads = loss.total.backward()?;
+        self.trainer.optimizer.step(&grads)?;
+        self.done += 1;
+        Ok(value)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done >= self.options.steps
+    }
+
+    /// Steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.done
+    }
+
+    pub fn options(&self) -> &RunOptions {
+        &self.options
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    pub fn objects(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn trainer(&self) -> &Trainer {
+        &self.trainer
+    }
+}
+
 /// AdamW's settings of the paper (betas 0.9 / 0.999, weight decay 0.1) at learning rate `lr`.
 pub fn paper_adamw(lr: f64) -> ParamsAdamW {
     ParamsAdamW {
