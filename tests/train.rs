@@ -568,3 +568,48 @@ mod coco {
         assert!(polygons_to_mask(&[vec![1.0, f64::NAN]], 3, 4).is_err());
     }
 }
+
+#[test]
+fn a_tuned_decoder_swaps_into_the_predictor_and_reverts_bit_for_bit() {
+    use websam::predictor::{BackendChoice, Predictor};
+    let weights = Weights::from_file(weights_path()).unwrap();
+    let (mut predictor, _) =
+        pollster::block_on(Predictor::new(weights.clone(), BackendChoice::Cpu)).unwrap();
+    let batch = step_batch();
+    pollster::block_on(predictor.set_embedding(batch[0].embedding.clone())).unwrap();
+    let prompt = batch[0].prompt.clone();
+    let original = pollster::block_on(predictor.predict_low_res(&prompt)).unwrap();
+    let adamw = ParamsAdamW {
+        lr: 1e-3,
+        ..ParamsAdamW::default()
+    };
+    let mut trainer = Trainer::new(&weights, adamw, LossConfig::default()).unwrap();
+    trainer.step(&batch).unwrap();
+    pollster::block_on(predictor.set_tensors(trainer.weights().unwrap())).unwrap();
+    let tuned = pollster::block_on(predictor.predict_low_res(&prompt)).unwrap();
+    assert_ne!(tuned.low_res_logits, original.low_res_logits);
+    // The tuned model is the trainer's: the same decode as a model built from its weights.
+    let direct = websam::model::sam::Sam::new(&trainer.checkpoint(&weights).unwrap())
+        .unwrap()
+        .decode(&batch[0].embedding, &prompt)
+        .unwrap();
+    assert_eq!(tuned.low_res_logits, direct.low_res_logits);
+    pollster::block_on(predictor.revert_tensors()).unwrap();
+    let reverted = pollster::block_on(predictor.predict_low_res(&prompt)).unwrap();
+    assert_eq!(reverted.low_res_logits, original.low_res_logits);
+    assert_eq!(reverted.iou, original.iou);
+    // A key the checkpoint does not have is refused, the model left as it was.
+    let stray = Weights::from_tensors([(
+        "mask_decoder.no_such.weight".to_string(),
+        Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    )])
+    .unwrap();
+    let err = pollster::block_on(predictor.set_tensors(stray)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not a tensor of the loaded checkpoint"),
+        "{err}"
+    );
+    let after = pollster::block_on(predictor.predict_low_res(&prompt)).unwrap();
+    assert_eq!(after.low_res_logits, original.low_res_logits);
+}
