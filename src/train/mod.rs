@@ -48,16 +48,20 @@ pub struct Object {
 /// object the loss and the IoU of the chosen candidate at each iteration.
 #[derive(Debug, Clone)]
 pub struct InteractiveLoss {
-    pub total: Tensor,
+    pub total: f32,
     pub losses: Vec<Vec<f32>>,
     pub ious: Vec<Vec<f32>>,
 }
 
 impl InteractiveLoss {
     pub fn value(&self) -> Result<f32> {
-        Ok(self.total.to_scalar::<f32>()?)
+        Ok(self.total)
     }
 }
+
+/// Predictions per object in the interactive sequence: the first prompt, the points, the
+/// iterations without one.
+pub const ITERATIONS: usize = 1 + interactive::POINTS + interactive::PLAIN_ITERATIONS;
 
 /// The loss of a batch: the mean of its samples' totals, and each sample's terms.
 #[derive(Debug, Clone)]
@@ -196,10 +200,10 @@ impl Run {
             })
             .collect();
         let first = (self.done * self.options.batch) as u64;
-        let loss = self
+        let (loss, grads) = self
             .trainer
-            .interactive_loss(&batch, self.options.seed, first)?;
-        let value = loss.value()?;
+            .interactive_gradients(&batch, self.options.seed, first)?;
+        let value = loss.total;
         if !value.is_finite() {
             return Err(Error::invalid(format!(
                 "the loss is {value} at step {}: lower the learning rate",
@@ -208,7 +212,6 @@ impl Run {
         }
         self.trainer
             .set_learning_rate(self.schedule.lr_at(self.done));
-        let grads = loss.total.backward()?;
         self.trainer.optimizer.step(&grads)?;
         self.done += 1;
         Ok(value)
@@ -398,20 +401,51 @@ impl Trainer {
         Ok(loss)
     }
 
-    /// The loss of the paper's interactive sequence (11 predictions) on each object, as a graph
-    /// back to the trained tensors. Object `i` draws its prompts from the generator of
-    /// (`seed`, `first_index + i`): the same arguments give the same sequence.
+    /// The loss of the paper's interactive sequence ([`ITERATIONS`] predictions) on each
+    /// object. Object `i` draws its prompts from the generator of (`seed`, `first_index + i`):
+    /// the same arguments give the same sequence.
     pub fn interactive_loss(
         &self,
         objects: &[Object],
         seed: u64,
         first_index: u64,
     ) -> Result<InteractiveLoss> {
+        Ok(self.interactive(objects, seed, first_index, false)?.0)
+    }
+
+    /// [`Self::interactive_loss`] and its gradients with respect to the trained tensors. Each
+    /// prediction's graph is back-propagated as soon as its loss is known (the mask input is
+    /// the previous prediction's detached logits, so the predictions share only the
+    /// parameters) and the gradients summed: the memory of one prediction's graph, not of the
+    /// whole batch's.
+    pub fn interactive_gradients(
+        &self,
+        objects: &[Object],
+        seed: u64,
+        first_index: u64,
+    ) -> Result<(InteractiveLoss, GradStore)> {
+        let (loss, grads) = self.interactive(objects, seed, first_index, true)?;
+        let grads = grads.ok_or_else(|| Error::invalid("no prediction to take gradients of"))?;
+        Ok((loss, grads))
+    }
+
+    fn interactive(
+        &self,
+        objects: &[Object],
+        seed: u64,
+        first_index: u64,
+        with_grads: bool,
+    ) -> Result<(InteractiveLoss, Option<GradStore>)> {
         if objects.is_empty() {
             return Err(Error::invalid("a training batch needs at least one object"));
         }
         let sam: Sam = Sam::new(&self.tracked_weights()?)?;
-        let (mut totals, mut losses, mut ious) = (Vec::new(), Vec::new(), Vec::new());
+        let scale = 1.0 / (objects.len() * ITERATIONS) as f64;
+        // The sum of each trained tensor's gradients, and the last prediction's store (candle's
+        // stores are made by `backward` only), which carries the sums out.
+        let mut sums: Vec<Option<Tensor>> = vec![None; self.params.len()];
+        let mut last: Option<GradStore> = None;
+        let (mut total, mut losses, mut ious) = (0f64, Vec::new(), Vec::new());
         for (i, object) in objects.iter().enumerate() {
             let frame = object.embedding.frame;
             if object.truth.frame() != frame {
@@ -422,17 +456,32 @@ impl Trainer {
                 )));
             }
             let mut rng = interactive::rng(seed, first_index + i as u64);
-            let image = sam.record_prepare(&mut Cpu, &object.embedding.features, frame)?;
             let mut prompt = first_prompt(&mut rng, &object.truth);
             let plan = schedule(&mut rng);
             let (mut object_losses, mut object_ious) = (Vec::new(), Vec::new());
-            for iteration in 0..=plan.len() {
+            for iteration in 0..ITERATIONS {
+                // The image's side of the decoder, per prediction: its graph goes with the
+                // prediction's.
+                let image = sam.record_prepare(&mut Cpu, &object.embedding.features, frame)?;
                 let (low_res, iou) = sam.record_decode(&mut Cpu, &image, &prompt)?;
                 let low_res = low_res.squeeze(0)?;
                 let l = sam_loss(&low_res, &iou.squeeze(0)?, &object.truth.target, &self.loss)?;
-                object_losses.push(l.total.to_scalar::<f32>()?);
+                let value = l.total.to_scalar::<f32>()?;
+                object_losses.push(value);
                 object_ious.push(l.iou[l.best]);
-                totals.push(l.total);
+                total += value as f64 * scale;
+                if with_grads {
+                    let g = (&l.total * scale)?.backward()?;
+                    for ((_, var), sum) in self.params.iter().zip(&mut sums) {
+                        if let Some(new) = g.get(var.as_tensor()) {
+                            *sum = Some(match sum.take() {
+                                Some(old) => (old + new)?,
+                                None => new.clone(),
+                            });
+                        }
+                    }
+                    last = Some(g);
+                }
                 let Some(&add_point) = plan.get(iteration) else {
                     break;
                 };
@@ -449,25 +498,36 @@ impl Trainer {
             losses.push(object_losses);
             ious.push(object_ious);
         }
-        let n = totals.len();
-        let total = (Tensor::stack(&totals, 0)?.sum_all()? / n as f64)?;
-        Ok(InteractiveLoss {
-            total,
-            losses,
-            ious,
-        })
+        let grads = match last {
+            Some(mut store) => {
+                for ((_, var), sum) in self.params.iter().zip(sums) {
+                    if let Some(sum) = sum {
+                        store.insert(var.as_tensor(), sum);
+                    }
+                }
+                Some(store)
+            }
+            None => None,
+        };
+        Ok((
+            InteractiveLoss {
+                total: total as f32,
+                losses,
+                ious,
+            },
+            grads,
+        ))
     }
 
     /// One optimisation step on a batch of objects' interactive sequences
-    /// ([`Self::interactive_loss`]): the loss before the step.
+    /// ([`Self::interactive_gradients`]): the loss before the step.
     pub fn step_interactive(
         &mut self,
         objects: &[Object],
         seed: u64,
         first_index: u64,
     ) -> Result<InteractiveLoss> {
-        let loss = self.interactive_loss(objects, seed, first_index)?;
-        let grads = loss.total.backward()?;
+        let (loss, grads) = self.interactive_gradients(objects, seed, first_index)?;
         self.optimizer.step(&grads)?;
         Ok(loss)
     }
