@@ -450,6 +450,30 @@ const GENERATE_JS_OPTIONS = ['outputMode'];
  * Checks the options of `generate` and the call's `{ onProgress, signal }`. Returns the JSON of
  * the generator's options (the wasm module checks their values and names) and the JS ones.
  */
+/**
+ * `Sam.train`'s objects checked and laid out for the module: `[{ mask: Uint8Array, width,
+ * height, embedding: Float32Array | undefined }]`.
+ */
+export function trainObjects(objects) {
+  if (!Array.isArray(objects) || objects.length === 0) {
+    throw new TypeError('train: give a non-empty array of objects { mask, width, height, embedding }');
+  }
+  return objects.map((o, i) => {
+    const { mask, width, height } = o ?? {};
+    if (!Number.isInteger(width) || !Number.isInteger(height) || width <= 0 || height <= 0) {
+      throw new TypeError(`train: object ${i} needs integer width and height`);
+    }
+    if (!(mask instanceof Uint8Array) || mask.length !== width * height) {
+      throw new TypeError(`train: object ${i}'s mask must be a Uint8Array of width * height (${width * height}) values`);
+    }
+    let embedding = o.embedding?.data ?? o.embedding;
+    if (embedding !== undefined && !(embedding instanceof Float32Array)) {
+      throw new TypeError(`train: object ${i}'s embedding must be a Float32Array (256*64*64) or an object from getEmbedding`);
+    }
+    return { mask, width, height, embedding };
+  });
+}
+
 export function generateOptions(options, call) {
   if (options === undefined || options === null) options = {};
   if (typeof options !== 'object' || Array.isArray(options)) {

@@ -225,6 +225,35 @@ export interface GenerateCall {
   signal?: AbortSignal;
 }
 
+/** An object a person annotated, to fine-tune on (`train`). */
+export interface TrainObject {
+  /** `width * height` values, nonzero inside the object. */
+  mask: Uint8Array;
+  width: number;
+  height: number;
+  /** The image's embedding (256*64*64, or an object from `getEmbedding`); left out: the image set now. */
+  embedding?: Float32Array | Embedding<Float32Array>;
+}
+
+export interface TrainOptions {
+  /** Optimisation steps (200). */
+  steps?: number;
+  /** Objects per step (4). */
+  batch?: number;
+  /** Learning rate after the warm-up (1e-4; AdamW, betas 0.9 / 0.999, weight decay 0.1). */
+  lr?: number;
+  /** Seed of the objects' order and of their simulated clicks (0). */
+  seed?: number;
+}
+
+export interface TrainProgress {
+  step: number;
+  steps: number;
+  /** The step's batch loss before the step. */
+  loss: number;
+  lr: number;
+}
+
 /** The methods of `Sam` and `SamWorker`. */
 export interface SamPredictor {
   /** The backend in use: "cpu" after a lost GPU device that could not be replaced. */
@@ -268,6 +297,23 @@ export interface SamPredictor {
   generate(options?: GenerateOptions & { outputMode?: 'coco_rle' }, call?: GenerateCall): Promise<MaskRecord<CocoRle>[]>;
   generate(options: GenerateOptions & { outputMode: 'uncompressed_rle' }, call?: GenerateCall): Promise<MaskRecord<UncompressedRle>[]>;
   generate(options: GenerateOptions & { outputMode: 'binary_mask' }, call?: GenerateCall): Promise<MaskRecord<BinaryMask>[]>;
+  /**
+   * Fine-tunes the prompt encoder and mask decoder on annotated objects (the image encoder
+   * frozen; the SAM paper's loss and interactive training; on the CPU). Resolves to the loss of
+   * each step; the model then decodes with the trained weights. `signal` stops it between steps
+   * (rejecting with its reason, the model as it was).
+   */
+  train(
+    objects: TrainObject[],
+    options?: TrainOptions,
+    call?: { onProgress?: (p: TrainProgress) => void; signal?: AbortSignal },
+  ): Promise<number[]>;
+  /** Whether the model decodes with trained weights (after `train`). */
+  readonly tuned: boolean;
+  /** Back to the checkpoint's prompt encoder and decoder; the image stays set. */
+  revertTraining(): Promise<void>;
+  /** The model as it decodes now, as `.safetensors` bytes under the official keys. */
+  checkpoint(): Promise<Uint8Array>;
   /**
    * Frees the model: a call running finishes, calls still waiting reject (SamWorker: every
    * pending call, its worker stopped at once), later calls are refused.

@@ -9,7 +9,7 @@ import initThreaded, {
 } from './websam_core_mt.js';
 import {
   CACHE_NAME, KERNELS_GLOBAL, abortReason, compileKernels, generateOptions, installKernels, loadOptions, panicMessage,
-  readWeights, recordsIn, toEmbedding, toPrompt, toRgba, withMaskLogits,
+  readWeights, recordsIn, toEmbedding, toPrompt, toRgba, trainObjects, withMaskLogits,
 } from './internal.js';
 
 export { decodeMask } from './internal.js';
@@ -432,6 +432,69 @@ export class Sam {
         await new Promise((resolve) => setTimeout(resolve, 0));
       }
     });
+  }
+
+  /**
+   * Fine-tunes the prompt encoder and mask decoder on objects a person annotated, the image
+   * encoder frozen (the SAM paper's loss and interactive training: 11 predictions per object,
+   * AdamW with warm-up and step decay; on the CPU whatever the backend, on this thread).
+   * `objects`: `[{ mask, width, height, embedding }]`, `mask` a Uint8Array of `width * height`
+   * (nonzero inside), `embedding` the image's (a Float32Array of 256*64*64 or an object from
+   * `getEmbedding`; left out: the image set now). `options`: `{ steps: 200, batch: 4, lr: 1e-4,
+   * seed: 0 }`. `onProgress({ step, steps, loss, lr })` after each step; `signal` stops the run
+   * between steps (rejecting with its reason, the model as it was). When it resolves (to the
+   * losses, one per step) the model decodes with the trained weights; `revertTraining()` goes
+   * back to the checkpoint's, `checkpoint()` gives the tuned file.
+   */
+  train(objects, options = {}, { onProgress, signal } = {}) {
+    let list;
+    let json;
+    try {
+      list = trainObjects(objects);
+      json = JSON.stringify(options ?? {});
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#run('train', async (core) => {
+      if (signal?.aborted) throw abortReason(signal);
+      try {
+        for (const o of list) core.trainAddObject(o.embedding, o.width, o.height, o.mask);
+        await core.trainStart(json);
+        const losses = [];
+        for (;;) {
+          if (signal?.aborted) throw abortReason(signal);
+          const step = JSON.parse(await core.trainStep());
+          losses.push(step.loss);
+          onProgress?.({ step: step.step, steps: step.steps, loss: step.loss, lr: step.lr });
+          if (step.done) break;
+          // A turn of the event loop between steps: an abort (in a worker, a message) gets in.
+          await new Promise((resolve) => setTimeout(resolve, 0));
+        }
+        await core.trainFinish();
+        return losses;
+      } catch (e) {
+        core.trainCancel();
+        throw e;
+      }
+    });
+  }
+
+  /** Whether the model decodes with trained weights (`train`) rather than the checkpoint's. */
+  get tuned() {
+    return this.#core.tuned;
+  }
+
+  /** Goes back to the checkpoint's prompt encoder and decoder after `train`; the image stays. */
+  revertTraining() {
+    return this.#run('revertTraining', (core) => core.revertTraining());
+  }
+
+  /**
+   * The model's checkpoint as it decodes now (with trained weights after `train`): the bytes of
+   * a `.safetensors` file under the official keys, which `Sam.load` and the command line read.
+   */
+  checkpoint() {
+    return this.#run('checkpoint', (core) => core.checkpoint());
   }
 
   /**

@@ -1,5 +1,5 @@
 // The module worker behind SamWorker: one Sam, driven by messages { id, op, args }. Replies are
-// { id, result, state } or { id, error }; load, setImage and generate also post { id, progress }. Results travel with
+// { id, result, state } or { id, error }; load, setImage, generate and train also post { id, progress }. Results travel with
 // their buffers transferred, not copied.
 import { Sam } from './websam.js';
 
@@ -15,6 +15,7 @@ function state() {
     threads: sam.threads,
     relaxedSimd: sam.relaxedSimd,
     precision: sam.precision,
+    tuned: sam.tuned,
   };
 }
 
@@ -51,6 +52,28 @@ const ops = {
     } finally {
       aborts.delete(id);
     }
+  },
+  async train(id, { objects, options }) {
+    // Aborted through an `abort` message, as generate.
+    const controller = aborts.get(id) ?? new AbortController();
+    aborts.set(id, controller);
+    try {
+      const losses = await model().train(objects, options, {
+        signal: controller.signal,
+        onProgress: (progress) => self.postMessage({ id, progress }),
+      });
+      return [losses, []];
+    } finally {
+      aborts.delete(id);
+    }
+  },
+  async revertTraining() {
+    await model().revertTraining();
+    return [undefined, []];
+  },
+  async checkpoint() {
+    const bytes = await model().checkpoint();
+    return [bytes, [bytes.buffer]];
   },
   async getEmbedding(id, { options }) {
     const e = await model().getEmbedding(options);

@@ -1,7 +1,7 @@
 // SamWorker: the Sam API with the model in a module worker, so the page never blocks. Inputs are
 // checked and images read to RGBA here; buffers cross to and from the worker transferred.
 import {
-  abortReason, generateOptions, loadOptions, panicMessage, recordsIn, resolveUrl, toEmbedding, toPrompt,
+  abortReason, generateOptions, loadOptions, panicMessage, recordsIn, resolveUrl, toEmbedding, toPrompt, trainObjects,
   toRgba,
 } from './internal.js';
 
@@ -217,6 +217,15 @@ export class SamWorker {
    */
   async generate(options, { onProgress, signal } = {}) {
     const opts = generateOptions(options, { onProgress, signal });
+    const json = await this.#abortable('generate', { options: opts.json }, onProgress, signal);
+    return recordsIn(json, opts.outputMode);
+  }
+
+  /**
+   * A call the worker runs in steps (generate, train): progress per step, and an aborted
+   * `signal` posts an `abort` that stops it there between steps.
+   */
+  async #abortable(op, args, onProgress, signal) {
     if (signal?.aborted) throw abortReason(signal);
     let id;
     // Before the call is posted (calls made before it still waiting), the abort goes with it.
@@ -227,14 +236,37 @@ export class SamWorker {
       if (signal?.aborted) abort();
     };
     try {
-      const json = await this.#call('generate', [{ options: opts.json }], (p) => onProgress?.(p), posted);
-      return recordsIn(json, opts.outputMode);
+      return await this.#call(op, [args], (p) => onProgress?.(p), posted);
     } catch (e) {
       if (signal?.aborted && e?.name === 'AbortError') throw abortReason(signal);
       throw e;
     } finally {
       signal?.removeEventListener('abort', abort);
     }
+  }
+
+  /**
+   * As `Sam.train`: the run is in the worker (the page stays responsive); progress arrives per
+   * step, and an aborted `signal` stops it there between steps. The objects' buffers are copied.
+   */
+  async train(objects, options = {}, { onProgress, signal } = {}) {
+    const list = trainObjects(objects);
+    return this.#abortable('train', { objects: list, options: options ?? {} }, onProgress, signal);
+  }
+
+  /** As `Sam.tuned` (as of the last reply from the worker). */
+  get tuned() {
+    return this.#state.tuned;
+  }
+
+  /** As `Sam.revertTraining`. */
+  revertTraining() {
+    return this.#call('revertTraining', [{}]);
+  }
+
+  /** As `Sam.checkpoint`; the bytes are transferred from the worker. */
+  checkpoint() {
+    return this.#call('checkpoint', [{}]);
   }
 
   /** As `Sam.getEmbedding`. */

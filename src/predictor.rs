@@ -266,6 +266,11 @@ impl Predictor {
         &self.weights
     }
 
+    /// Whether tensors of the loaded checkpoint have been replaced ([`Self::set_tensors`]).
+    pub fn is_tuned(&self) -> bool {
+        self.loaded.is_some()
+    }
+
     /// The checkpoint as it was loaded, before any [`Self::set_tensors`].
     pub fn loaded_weights(&self) -> &Weights {
         self.loaded.as_ref().unwrap_or(&self.weights)

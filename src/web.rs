@@ -23,6 +23,8 @@ use crate::model::sam::{ImageEmbedding, Prompt};
 use crate::model::source::{check_range, ByteSource};
 use crate::model::weights::Weights;
 use crate::predictor::{Backend, BackendChoice, Predictor};
+use crate::train::interactive::Truth;
+use crate::train::{Run, RunOptions};
 
 /// The module's allocator: the standard one, counting the bytes it has handed out and not yet
 /// taken back. Linear memory never shrinks and grows in steps the allocator's fragmentation
@@ -94,6 +96,10 @@ struct Shared {
     image: RefCell<Option<RgbImage>>,
     /// The "segment everything" run in progress, between its steps.
     generation: RefCell<Option<MaskGenerator>>,
+    /// Objects given for the next training run (`trainAddObject`).
+    training_objects: RefCell<Vec<crate::train::Object>>,
+    /// The training run in progress, between its steps.
+    training: RefCell<Option<Run>>,
 }
 
 impl Shared {
@@ -212,6 +218,8 @@ impl WebSam {
             predictor: RefCell::new(Some(predictor)),
             image: RefCell::new(None),
             generation: RefCell::new(None),
+            training_objects: RefCell::new(Vec::new()),
+            training: RefCell::new(None),
         };
         Ok(WebSam {
             shared: Rc::new(shared),
@@ -525,6 +533,157 @@ impl WebSam {
             shared.stop_generation().await;
             Ok(JsValue::UNDEFINED)
         })
+    }
+
+    /// Adds an object to the next training run: its mask (`width * height` values, nonzero
+    /// inside) on the image of `embedding` (`256 * 64 * 64` values; `undefined`: the image set
+    /// now). Checked now: an empty mask or a size that is not the embedding's is an error.
+    #[wasm_bindgen(js_name = trainAddObject)]
+    pub fn train_add_object(
+        &self,
+        embedding: Option<Vec<f32>>,
+        width: u32,
+        height: u32,
+        mask: Vec<u8>,
+    ) -> Result<(), JsValue> {
+        let frame = ImageFrame::new(height as usize, width as usize).map_err(js_err)?;
+        let embedding = match embedding {
+            Some(data) => {
+                let side = crate::model::config::EMBEDDING_SIDE;
+                let dim = crate::model::config::EMBED_DIM;
+                let n = data.len();
+                if n != dim * side * side {
+                    return Err(js_err(format!(
+                        "a training object's embedding of {n} values: give {}",
+                        dim * side * side
+                    )));
+                }
+                let t = candle_core::Tensor::from_vec(
+                    data,
+                    (1, dim, side, side),
+                    &candle_core::Device::Cpu,
+                )
+                .map_err(js_err)?;
+                ImageEmbedding::new(t, frame).map_err(js_err)?
+            }
+            None => {
+                let guard = self.shared.predictor.borrow();
+                let p = guard.as_ref().ok_or_else(busy)?;
+                let e = p.embedding().map_err(js_err)?.clone();
+                if e.frame != frame {
+                    return Err(js_err(format!(
+                        "a training object's mask of {width}x{height} for the image set, which is {}x{}",
+                        e.frame.original.1, e.frame.original.0
+                    )));
+                }
+                e
+            }
+        };
+        let truth = Truth::new(mask, frame).map_err(js_err)?;
+        self.shared
+            .training_objects
+            .borrow_mut()
+            .push(crate::train::Object { embedding, truth });
+        Ok(())
+    }
+
+    /// Starts a training run of the prompt encoder and decoder (from the model as it is now) on
+    /// the objects added, with options as JSON (`{ steps, batch, lr, seed }`). Resolves to
+    /// JSON `{ step: 0, steps, objects }`. Steps follow with `trainStep`.
+    #[wasm_bindgen(js_name = trainStart)]
+    pub fn train_start(&self, options: String) -> Promise {
+        let shared = Rc::clone(&self.shared);
+        future_to_promise(async move {
+            let options: RunOptions = serde_json::from_str(&options)
+                .map_err(|e| js_err(format!("training options: {e}")))?;
+            let objects = std::mem::take(&mut *shared.training_objects.borrow_mut());
+            let run = {
+                let guard = shared.predictor.borrow();
+                let p = guard.as_ref().ok_or_else(busy)?;
+                Run::new(p.weights(), objects, options).map_err(js_err)?
+            };
+            let out = serde_json::json!({
+                "step": 0, "steps": options.steps, "objects": run.objects(),
+            });
+            *shared.training.borrow_mut() = Some(run);
+            Ok(JsValue::from_str(&out.to_string()))
+        })
+    }
+
+    /// Runs the next training step: resolves to JSON `{ step, steps, loss, lr, done }` (the
+    /// loss of the step's batch before it). A failed step ends the run.
+    #[wasm_bindgen(js_name = trainStep)]
+    pub fn train_step(&self) -> Promise {
+        let shared = Rc::clone(&self.shared);
+        future_to_promise(async move {
+            let mut run = shared
+                .training
+                .borrow_mut()
+                .take()
+                .ok_or_else(|| js_err("no training run in progress: call trainStart first"))?;
+            let lr = run.schedule().lr_at(run.steps_done());
+            let loss = run.step().map_err(js_err)?;
+            let out = serde_json::json!({
+                "step": run.steps_done(), "steps": run.options().steps, "loss": loss, "lr": lr,
+                "done": run.is_done(),
+            });
+            *shared.training.borrow_mut() = Some(run);
+            Ok(JsValue::from_str(&out.to_string()))
+        })
+    }
+
+    /// Ends the training run: the model decodes with the trained prompt encoder and decoder
+    /// from now on (the image stays set).
+    #[wasm_bindgen(js_name = trainFinish)]
+    pub fn train_finish(&self) -> Promise {
+        let shared = Rc::clone(&self.shared);
+        future_to_promise(async move {
+            let run = shared
+                .training
+                .borrow_mut()
+                .take()
+                .ok_or_else(|| js_err("no training run in progress"))?;
+            let tuned = run.trainer().weights().map_err(js_err)?;
+            drop(run);
+            shared.call(async |p| p.set_tensors(tuned).await).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Drops the training run in progress and the objects added, the model as it was.
+    #[wasm_bindgen(js_name = trainCancel)]
+    pub fn train_cancel(&self) {
+        self.shared.training.borrow_mut().take();
+        self.shared.training_objects.borrow_mut().clear();
+    }
+
+    /// Whether the model decodes with trained tensors (`trainFinish`) rather than the
+    /// checkpoint's.
+    #[wasm_bindgen(getter)]
+    pub fn tuned(&self) -> Result<bool, JsValue> {
+        let guard = self.shared.predictor.borrow();
+        let p = guard.as_ref().ok_or_else(busy)?;
+        Ok(p.is_tuned())
+    }
+
+    /// Goes back to the checkpoint's prompt encoder and decoder (the image stays set).
+    #[wasm_bindgen(js_name = revertTraining)]
+    pub fn revert_training(&self) -> Promise {
+        let shared = Rc::clone(&self.shared);
+        future_to_promise(async move {
+            shared.call(async |p| p.revert_tensors().await).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The model's checkpoint as it decodes now (with any trained tensors), as safetensors
+    /// bytes under the official keys: a file every loader of websam reads.
+    #[wasm_bindgen(js_name = checkpoint)]
+    pub fn checkpoint(&self) -> Result<Uint8Array, JsValue> {
+        let guard = self.shared.predictor.borrow();
+        let p = guard.as_ref().ok_or_else(busy)?;
+        let bytes = p.weights().to_safetensors_bytes().map_err(js_err)?;
+        Ok(Uint8Array::from(bytes.as_slice()))
     }
 
     /// Masks for a prompt in image pixels: `points` flat `[x, y, label, ...]` (label 1, 0 or

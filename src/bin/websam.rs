@@ -234,54 +234,7 @@ enum Command {
     /// Fine-tune the prompt encoder and mask decoder on COCO annotations, the image encoder
     /// frozen: the paper's loss and interactive training (11 predictions per object), AdamW
     /// with warm-up and step decay. Writes the whole checkpoint (safetensors, official keys).
-    Train {
-        /// Checkpoint to start from (its image encoder embeds images without a cached
-        /// embedding).
-        #[arg(long)]
-        weights: PathBuf,
-        /// COCO annotations to train on (RLE or polygons).
-        #[arg(long)]
-        coco: PathBuf,
-        /// The folder of the annotations' images (`file_name` relative to it).
-        #[arg(long)]
-        images: PathBuf,
-        /// Embeddings: `<image stem>.npy` read from here when present (as `websam embed` and
-        /// the page write them), else computed and written here.
-        #[arg(long)]
-        embeddings: Option<PathBuf>,
-        /// COCO annotations to measure on (images in --images): mean IoU after 1, 3 and 5
-        /// clicks placed by the error-region rule, before training and every --eval-every steps.
-        #[arg(long)]
-        val: Option<PathBuf>,
-        /// Clicks per validation object (the IoU after each; clicks to reach 0.85 and 0.90
-        /// count an object that never does as this many).
-        #[arg(long, default_value_t = 5)]
-        val_clicks: usize,
-        /// Optimisation steps.
-        #[arg(long, default_value_t = 200)]
-        steps: usize,
-        /// Objects per step.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// Learning rate after the warm-up (AdamW, betas 0.9 / 0.999, weight decay 0.1).
-        #[arg(long, default_value_t = 1e-4)]
-        lr: f64,
-        /// Seed of the order of objects and of their prompts.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Print the loss (and measure on --val) every this many steps (0: a tenth of the run).
-        #[arg(long, default_value_t = 0)]
-        eval_every: usize,
-        /// The tuned checkpoint (.safetensors).
-        #[arg(long)]
-        out: PathBuf,
-        /// A PNG of the curves: the training loss (red) and the validation IoU after 1 click
-        /// (blue), over the steps.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        #[command(flatten)]
-        engine: Engine,
-    },
+    Train(TrainArgs),
     /// Long-session check: many decodes on one predictor, the embedding replaced now and then,
     /// printing the process's resident memory as it goes (docs/RELIABILITY.md; not in the tests).
     Soak {
@@ -555,37 +508,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             write_npy(&sam.embedding()?.features, &out)
         }
-        Command::Train {
-            weights,
-            coco,
-            images,
-            embeddings,
-            val,
-            val_clicks,
-            steps,
-            batch,
-            lr,
-            seed,
-            eval_every,
-            out,
-            plot,
-            engine,
-        } => train(TrainArgs {
-            weights,
-            coco,
-            images,
-            embeddings,
-            val,
-            val_clicks,
-            steps,
-            batch,
-            lr,
-            seed,
-            eval_every,
-            out,
-            plot,
-            engine,
-        }),
+        Command::Train(args) => train(args),
         Command::Decode {
             weights,
             embedding,
@@ -1006,20 +929,53 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+#[derive(clap::Args)]
 struct TrainArgs {
+    /// Checkpoint to start from (its image encoder embeds images without a cached
+    /// embedding).
+    #[arg(long)]
     weights: PathBuf,
+    /// COCO annotations to train on (RLE or polygons).
+    #[arg(long)]
     coco: PathBuf,
+    /// The folder of the annotations' images (`file_name` relative to it).
+    #[arg(long)]
     images: PathBuf,
+    /// Embeddings: `<image stem>.npy` read from here when present (as `websam embed` and
+    /// the page write them), else computed and written here.
+    #[arg(long)]
     embeddings: Option<PathBuf>,
+    /// COCO annotations to measure on (images in --images): mean IoU after 1, 3 and 5
+    /// clicks placed by the error-region rule, before training and every --eval-every steps.
+    #[arg(long)]
     val: Option<PathBuf>,
+    /// Clicks per validation object (the IoU after each; clicks to reach 0.85 and 0.90
+    /// count an object that never does as this many).
+    #[arg(long, default_value_t = 5)]
     val_clicks: usize,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = 200)]
     steps: usize,
+    /// Objects per step.
+    #[arg(long, default_value_t = 4)]
     batch: usize,
+    /// Learning rate after the warm-up (AdamW, betas 0.9 / 0.999, weight decay 0.1).
+    #[arg(long, default_value_t = 1e-4)]
     lr: f64,
+    /// Seed of the order of objects and of their prompts.
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Print the loss (and measure on --val) every this many steps (0: a tenth of the run).
+    #[arg(long, default_value_t = 0)]
     eval_every: usize,
+    /// The tuned checkpoint (.safetensors).
+    #[arg(long)]
     out: PathBuf,
+    /// A PNG of the curves: the training loss (red) and the validation IoU after 1 click
+    /// (blue), over the steps.
+    #[arg(long)]
     plot: Option<PathBuf>,
+    #[command(flatten)]
     engine: Engine,
 }
 

@@ -3,7 +3,7 @@
 // (@ts-expect-error fails the compile when a line stops being an error).
 import {
   Sam, clearWeightsCache, decodeMask, type GenerateProgress, type LoadProgress, type MaskRecord,
-  type Prediction, type SamPredictor,
+  type Prediction, type SamPredictor, type TrainProgress,
 } from '../../pkg/websam.js';
 import { SamWorker, decodeMask as decodeMaskToo } from '../../pkg/worker.js';
 
@@ -38,6 +38,15 @@ async function demo(canvas: HTMLCanvasElement, file: File): Promise<number> {
   decodeMaskToo({ size: [2, 2], counts: [1, 3] });
   // @ts-expect-error output modes are coco_rle, uncompressed_rle and binary_mask
   await sam.generate({ outputMode: 'polygons' });
+  const losses: number[] = await sam.train([{ mask: pixels, width: 2, height: 2, embedding: e }], { steps: 10 }, {
+    signal: controller.signal,
+    onProgress: (p: TrainProgress) => console.log(p.step, p.steps, p.loss, p.lr),
+  });
+  const tuned: boolean = sam.tuned;
+  const tunedFile: Uint8Array = await sam.checkpoint();
+  await sam.revertTraining();
+  // @ts-expect-error a mask is a Uint8Array
+  await sam.train([{ mask: [1, 0], width: 2, height: 1 }]);
   sam.dispose();
 
   const half = await Sam.load({ weights: '/mobile_sam.pt', backend: 'webgpu', precision: 'f16' });
