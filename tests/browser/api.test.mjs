@@ -186,6 +186,28 @@ for (const api of ['Sam', 'SamWorker']) {
 
 // Threads: a cross-origin isolated page (COOP/COEP headers: shared memory), where SamWorker runs
 // the CPU path on the threaded module (websam_core_mt) and a pool of worker threads.
+describe('training', () => {
+  // SamWorker on the CPU: the worker's messages, progress and revert. `Sam` on WebGPU (the
+  // tuned model uploaded again) passes too but takes 76 s on SwiftShader: run it on request
+  // with TRAIN_WEBGPU=1.
+  const cases = [['SamWorker', 'cpu'], ...(process.env.TRAIN_WEBGPU ? [['Sam', 'webgpu']] : [])];
+  for (const [api, backend] of cases) {
+    test(`${api} on ${backend}: train, the tuned masks, revert bit for bit`, async () => {
+      const r = await inPage('training', [api, backend]);
+      assert.equal(r.backend, backend);
+      assert.equal(r.losses.length, 1);
+      assert.ok(Number.isFinite(r.losses[0]) && r.losses[0] > 0, `loss ${r.losses[0]}`);
+      assert.deepEqual(r.progress.map((p) => [p.step, p.steps]), [[1, 1]]);
+      assert.equal(r.tuned, true);
+      assert.ok(r.changed > 0, 'the tuned model predicts as the original');
+      assert.equal(r.reverted, 0);
+      assert.equal(r.stillTuned, false);
+      assert.ok(r.checkpointBytes > 1e6, `checkpoint of ${r.checkpointBytes} bytes`);
+      console.log(`${api} ${backend}: one training step of one object in ${ms(r.trainMs)}`);
+    });
+  }
+});
+
 describe('threads (cross-origin isolated page)', () => {
   let isolated;
   before(async () => {

@@ -316,3 +316,31 @@ export async function webgpuAdapterName() {
   sam.dispose();
   return name;
 }
+
+/**
+ * Fine-tuning through `api` on `backend`: one step on one object (the box's rectangle), the
+ * progress, the tuned model's masks, revert bit for bit, the tuned checkpoint's size.
+ */
+export async function training(api, backend) {
+  const sam = await apis[api].load({ weights: FIXTURES + 'sam_decoder.safetensors', backend, cache: false });
+  const embedding = await (await fetchOk(FIXTURES + 'embedding.npy')).arrayBuffer();
+  await sam.setEmbedding(embedding, { width: 640, height: 480 });
+  const prompt = { box: [370, 50, 570, 210], multimask: false };
+  const original = await sam.predict(prompt);
+  const mask = new Uint8Array(640 * 480);
+  for (let y = 50; y < 210; y++) mask.fill(1, y * 640 + 370, y * 640 + 570);
+  const progress = [];
+  const t = performance.now();
+  const losses = await sam.train([{ mask, width: 640, height: 480 }], { steps: 1, batch: 1, lr: 1e-3 }, {
+    onProgress: (p) => progress.push(p),
+  });
+  const trainMs = performance.now() - t;
+  const tuned = sam.tuned;
+  const changed = maxAbsDiff((await sam.predict(prompt)).lowResLogits, original.lowResLogits);
+  const checkpointBytes = (await sam.checkpoint()).length;
+  await sam.revertTraining();
+  const reverted = maxAbsDiff((await sam.predict(prompt)).lowResLogits, original.lowResLogits);
+  const out = { backend: sam.backend, losses, progress, tuned, changed, reverted, stillTuned: sam.tuned, checkpointBytes, trainMs };
+  sam.dispose();
+  return out;
+}
