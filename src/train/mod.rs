@@ -200,19 +200,12 @@ impl Run {
             })
             .collect();
         let first = (self.done * self.options.batch) as u64;
-        let (loss, grads) = self
-            .trainer
-            .interactive_gradients(&batch, self.options.seed, first)?;
-        let value = loss.total;
-        if !value.is_finite() {
-            return Err(Error::invalid(format!(
-                "the loss is {value} at step {}: lower the learning rate",
-                self.done + 1
-            )));
-        }
         self.trainer
             .set_learning_rate(self.schedule.lr_at(self.done));
-        self.trainer.optimizer.step(&grads)?;
+        let value = self
+            .trainer
+            .step_interactive(&batch, self.options.seed, first)?
+            .total;
         self.done += 1;
         Ok(value)
     }
@@ -520,7 +513,8 @@ impl Trainer {
     }
 
     /// One optimisation step on a batch of objects' interactive sequences
-    /// ([`Self::interactive_gradients`]): the loss before the step.
+    /// ([`Self::interactive_gradients`]): the loss before the step. A loss that is not finite
+    /// is an error and the step is not applied.
     pub fn step_interactive(
         &mut self,
         objects: &[Object],
@@ -528,6 +522,12 @@ impl Trainer {
         first_index: u64,
     ) -> Result<InteractiveLoss> {
         let (loss, grads) = self.interactive_gradients(objects, seed, first_index)?;
+        if !loss.total.is_finite() {
+            return Err(Error::invalid(format!(
+                "the loss is {}: the step is not applied; lower the learning rate",
+                loss.total
+            )));
+        }
         self.optimizer.step(&grads)?;
         Ok(loss)
     }
