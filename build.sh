@@ -216,8 +216,12 @@ package() {
   mv pkg/websam_core_bg.opt.wasm pkg/websam_core_bg.wasm
   wasm-bindgen --target web --out-dir pkg --out-name websam_core_mt \
     "$mt_dir/$WASM_TARGET/release/websam.wasm"
-  node_modules/.bin/wasm-opt -O3 --enable-threads pkg/websam_core_mt_bg.wasm -o pkg/websam_core_mt_bg.opt.wasm
-  mv pkg/websam_core_mt_bg.opt.wasm pkg/websam_core_mt_bg.wasm
+  # binaryen's wasm-opt runs on one thread (several minutes a module): the test command goes on
+  # with the tests that do not load the threaded module meanwhile (PACKAGE_MT_OPT_ASYNC=1, then
+  # package_finish).
+  log "wasm-opt -O3 of the threaded module (in the background)"
+  node_modules/.bin/wasm-opt -O3 --enable-threads pkg/websam_core_mt_bg.wasm -o pkg/websam_core_mt_bg.opt.wasm &
+  PACKAGE_MT_OPT=$!
   log "the relaxed-SIMD kernels modules (kernels/)"
   kernels_module websam_kernels_bg.wasm "" kernels ""
   kernels_module websam_kernels_mt_bg.wasm ",+atomics,+bulk-memory,+mutable-globals" kernels-mt \
@@ -258,6 +262,14 @@ package() {
 JSON
   printf 'pkg/websam_core_bg.wasm: %s bytes raw, %s after wasm-opt, %s gzipped\n' \
     "$raw" "$(wc -c < pkg/websam_core_bg.wasm)" "$(gzip -9 -c pkg/websam_core_bg.wasm | wc -c)" >&2
+  if [ -z "${PACKAGE_MT_OPT_ASYNC:-}" ]; then package_finish; fi
+}
+
+# The end of `package`: the threaded module's wasm-opt awaited and put in place.
+package_finish() {
+  log "waiting for wasm-opt of the threaded module"
+  wait "$PACKAGE_MT_OPT"
+  mv pkg/websam_core_mt_bg.opt.wasm pkg/websam_core_mt_bg.wasm
   printf 'pkg/websam_core_mt_bg.wasm (threads): %s bytes after wasm-opt, %s gzipped\n' \
     "$(wc -c < pkg/websam_core_mt_bg.wasm)" "$(gzip -9 -c pkg/websam_core_mt_bg.wasm | wc -c)" >&2
 }
@@ -322,15 +334,18 @@ test_all() {
   # A short run of every fuzz target, the crash reproducers of fuzz/regressions/ first (no ASan:
   # its cold build takes much longer; panics, aborts, hangs and out-of-memory are still caught).
   # `./build.sh fuzz [SECONDS]` is the long run, with ASan (docs/RELIABILITY.md).
-  FUZZ_SANITIZER=none FUZZ_CODEGEN_UNITS=16 fuzz "${FUZZ_TEST_SECONDS:-10}"
-  # Release profile: the browser tests and the wasm32 build below share their compiled deps.
+  FUZZ_SANITIZER=none FUZZ_DEV=1 fuzz "${FUZZ_TEST_SECONDS:-10}"
+  # The package first, its threaded module's wasm-opt left running (one thread) while the tests
+  # that do not load that module run; release profile: the engine tests' wasm32 build reuses
+  # the package's compiled deps.
+  PACKAGE_MT_OPT_ASYNC=1 package
   log "GPU engine tests in headless Chromium (WebGPU: SwiftShader here)"
   CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}" \
     cargo test --release --target "$WASM_TARGET" --test web
-  package
   log "Node: the package on the CPU backend, the page's annotation model; TypeScript declarations"
   node --test --test-reporter=spec tests/node/
   node_modules/.bin/tsc -p tests/types/tsconfig.json
+  package_finish
   log "headless Chromium: the package (Sam, SamWorker; WebGPU and CPU), a Vite app, the demo page"
   node --test --test-concurrency=1 --test-reporter=spec tests/browser/
 }
@@ -345,9 +360,11 @@ test_all() {
 # crash that comes back fails at once. A crash, a leak, an out-of-memory (over 2 GB of RSS, or
 # one allocation over 1 GB) or a run over 10 s fails the target: its input is written to
 # fuzz/artifacts/<target>/ and the command exits non-zero once every target has run.
-# FUZZ_SANITIZER=none builds without ASan and FUZZ_CODEGEN_UNITS=16 with parallel codegen (what
-# the test command's short run uses: a cold build on 2 cores spends about 15 CPU minutes with
-# ASan, 11 without; 16 units use both cores better); FUZZ_TARGETS picks targets (space separated).
+# FUZZ_SANITIZER=none builds without ASan, FUZZ_CODEGEN_UNITS=16 with parallel codegen, and
+# FUZZ_DEV=1 in fuzz/'s dev profile (opt-level 1, no debug info: what the test command's short
+# run uses; a cold build on 2 cores: 256 s, against 315 s for release with 16 units and about
+# 15 CPU minutes with ASan; 75-90% of release's executions a second); FUZZ_TARGETS picks
+# targets (space separated).
 FUZZ_TARGETS_ALL=(pth safetensors npy weights_to_model js_values image)
 FUZZ_LIBFUZZER_ARGS=(-rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 -print_final_stats=1)
 # weights_to_model runs about 1 to 10 inputs a second (each builds a model): libFuzzer's slow
@@ -358,9 +375,9 @@ fuzz() {
   local seconds="${1:-300}" sanitizer="${FUZZ_SANITIZER:-address}"
   local targets
   read -r -a targets <<<"${FUZZ_TARGETS:-${FUZZ_TARGETS_ALL[*]}}"
-  local cgu="${FUZZ_CODEGEN_UNITS:-}"
-  local target_dir="target/$sanitizer${cgu:+-cgu$cgu}"
-  local build_args=(--sanitizer "$sanitizer" --target-dir "$target_dir" ${cgu:+--codegen-units "$cgu"})
+  local cgu="${FUZZ_CODEGEN_UNITS:-}" dev="${FUZZ_DEV:-}"
+  local target_dir="target/$sanitizer${cgu:+-cgu$cgu}${dev:+-dev}"
+  local build_args=(--sanitizer "$sanitizer" --target-dir "$target_dir" ${cgu:+--codegen-units "$cgu"} ${dev:+--dev})
   log "cargo fuzz build (sanitizer $sanitizer, ${targets[*]})"
   # One `cargo fuzz build` builds every target; it takes at most one name.
   if [ ${#targets[@]} -eq ${#FUZZ_TARGETS_ALL[@]} ]; then
@@ -370,7 +387,8 @@ fuzz() {
       (cd fuzz && cargo +nightly fuzz build "${build_args[@]}" "$t")
     done
   fi
-  local bin="fuzz/$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
+  local bin="fuzz/$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/${dev:+debug}"
+  [ -n "$dev" ] || bin+=release
   local failed=() summary=() t log_file
   for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t" "fuzz/regressions/$t"

@@ -308,6 +308,12 @@ export interface SamPredictor {
     options?: TrainOptions,
     call?: { onProgress?: (p: TrainProgress) => void; signal?: AbortSignal },
   ): Promise<number[]>;
+  /**
+   * What `train` did to `objects`, measured on the model as it is now, training nothing: the
+   * training loss of a first prompt (a click or a noisy box drawn from the object), the mean over
+   * 8 prompts per object drawn with `seed` (0), the same prompts whatever the model.
+   */
+  trainingLoss(objects: TrainObject[], options?: { seed?: number }): Promise<number>;
   /** Whether the model decodes with trained weights (after `train`). */
   readonly tuned: boolean;
   /** Back to the checkpoint's prompt encoder and decoder; the image stays set. */

@@ -479,6 +479,34 @@ export class Sam {
     });
   }
 
+  /**
+   * What `train` did to `objects` (as it takes them), measured on the model as it is now,
+   * training nothing: the training loss of a first prompt (a click or a noisy box drawn from
+   * the object, the best of three candidates), the mean over 8 prompts per object drawn with
+   * `seed` (0). The prompts do not depend on the model: the same weights, objects and seed give
+   * the same value, before and after a run.
+   */
+  trainingLoss(objects, { seed = 0 } = {}) {
+    let list;
+    try {
+      list = trainObjects(objects);
+      if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
+        throw new TypeError(`trainingLoss: seed must be an integer in [0, 2^32), got ${seed}`);
+      }
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#run('trainingLoss', async (core) => {
+      try {
+        for (const o of list) core.trainAddObject(o.embedding, o.width, o.height, o.mask);
+        return await core.trainingLoss(seed);
+      } catch (e) {
+        core.trainCancel();
+        throw e;
+      }
+    });
+  }
+
   /** Whether the model decodes with trained weights (`train`) rather than the checkpoint's. */
   get tuned() {
     return this.#core.tuned;

@@ -67,6 +67,9 @@ const ops = {
       aborts.delete(id);
     }
   },
+  async trainingLoss(id, { objects, options }) {
+    return [await model().trainingLoss(objects, options), []];
+  },
   async revertTraining() {
     await model().revertTraining();
     return [undefined, []];

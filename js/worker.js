@@ -254,6 +254,17 @@ export class SamWorker {
     return this.#abortable('train', { objects: list, options: options ?? {} }, onProgress, signal);
   }
 
+  /** As `Sam.trainingLoss`, in the worker. The objects' buffers are copied. */
+  trainingLoss(objects, options = {}) {
+    let list;
+    try {
+      list = trainObjects(objects);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#call('trainingLoss', [{ objects: list, options: options ?? {} }]);
+  }
+
   /** As `Sam.tuned` (as of the last reply from the worker). */
   get tuned() {
     return this.#state.tuned;

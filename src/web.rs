@@ -650,6 +650,22 @@ impl WebSam {
         })
     }
 
+    /// What a training run did to the objects added (which it consumes), measured on the model
+    /// as it is now, training nothing: resolves to `train::objective` with `seed` (the loss of
+    /// seeded first prompts), the same for the same weights, objects and seed.
+    #[wasm_bindgen(js_name = trainingLoss)]
+    pub fn training_loss(&self, seed: u32) -> Promise {
+        let shared = Rc::clone(&self.shared);
+        future_to_promise(async move {
+            let objects = std::mem::take(&mut *shared.training_objects.borrow_mut());
+            let guard = shared.predictor.borrow();
+            let p = guard.as_ref().ok_or_else(busy)?;
+            let loss =
+                crate::train::objective(p.weights(), &objects, u64::from(seed)).map_err(js_err)?;
+            Ok(JsValue::from_f64(f64::from(loss)))
+        })
+    }
+
     /// Drops the training run in progress and the objects added, the model as it was.
     #[wasm_bindgen(js_name = trainCancel)]
     pub fn train_cancel(&self) {

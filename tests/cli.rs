@@ -744,7 +744,7 @@ fn train_tunes_the_decoder_on_coco_annotations_and_writes_a_checkpoint() {
         "--steps",
         "2",
         "--batch",
-        "2",
+        "1",
         "--eval-every",
         "1",
         "--out",
@@ -756,7 +756,7 @@ fn train_tunes_the_decoder_on_coco_annotations_and_writes_a_checkpoint() {
     assert!(run.status.success(), "{err}");
     println!("{err}");
     for line in [
-        "training on 2 objects (1 images), 2 steps of 2",
+        "training on 2 objects (1 images), 2 steps of 1",
         "before training: val IoU after 1 / 3 / 5 clicks",
         "step 1/2: lr",
         "step 2/2: lr",

@@ -1,7 +1,7 @@
 // The websam demo and annotation page: a SamWorker (the model off the page's thread), an image
 // on a canvas, prompts from pointer events, masks drawn on overlay canvases, objects with undo,
-// "segment everything", and exports. The state is immutable and every action pushes the next
-// one onto the history.
+// "segment everything", fine-tuning on the objects kept ("Adapt"), and exports. The state is
+// immutable and every action pushes the next one onto the history.
 import { SamWorker, decodeMask } from './pkg/worker.js';
 import {
   History, maskPolygons, maskStats, maskUnion, nonOverlapping, overlapFraction, rleCounts, rleToString,
@@ -73,6 +73,14 @@ let pending = 0; // actions queued or running
 let chain = Promise.resolve();
 let everything = null; // the "segment everything" run under way: { controller, reason, done, total }
 let nextAutoName = 1; // the number in the name of the next object "segment everything" adds
+let adapting = null; // the training run under way: { controller, reason, step, steps }
+// The objects kept on the images opened before this one with this model, with their embedding:
+// [{ name, width, height, embedding, masks }] ("Adapt" trains on them and on this image's).
+let earlier = [];
+let lastAdapt = null; // the last run that ended: { losses, objects, images, ms }
+
+/** The model is busy with a run (segment everything, adapt): no prompts until it ends. */
+const busy = () => !!(everything || adapting);
 
 // ---------------------------------------------------------------- status and messages
 
@@ -285,7 +293,7 @@ const pointsPerBatch = (pointsPerSide) => Math.max(16, Math.min(64, Math.ceil((p
  * embedding or model stop it with nothing added.
  */
 async function segmentEverything() {
-  if (everything || !canDecode()) return;
+  if (busy() || !canDecode()) return;
   // `done` of `total` steps: the model's, also those it makes after a Cancel before it sees it.
   const run = { controller: new AbortController(), reason: null, done: 0, total: 0 };
   everything = run;
@@ -394,6 +402,163 @@ function cancelEverything(reason = null) {
   $('#everything-cancel').disabled = true;
 }
 
+// ---------------------------------------------------------------- adapt (fine-tuning)
+
+/** Objects per training step: the package's default, or fewer when fewer are kept. */
+const ADAPT_BATCH = 4;
+/** The objects the loss is measured on before and after a run: at most this many, spread out. */
+const ADAPT_MEASURED = 8;
+
+/** The number of training steps the control asks for (a whole number, at least 1). */
+function adaptSteps() {
+  const v = Math.round($('#adapt-steps').valueAsNumber);
+  return Number.isFinite(v) ? Math.min(10000, Math.max(1, v)) : 20;
+}
+
+/**
+ * Keeps the objects of the image being left, with its embedding, so that "Adapt" trains on
+ * every image of the session (the model's encoder is frozen: the embedding stays valid).
+ */
+async function keepForTraining() {
+  const objects = history.current.objects;
+  if (!sam || !image || imageState !== 'ready' || !objects.length) return;
+  setPending(1);
+  try {
+    const embedding = await sam.getEmbedding();
+    earlier.push({ name: image.name, width: image.width, height: image.height, embedding, masks: objects.map((o) => o.mask) });
+  } catch (e) {
+    message(`The objects of ${image.name} cannot be used to adapt: ${e.message ?? e}`, true);
+  } finally {
+    setPending(-1);
+  }
+}
+
+/**
+ * Fine-tunes the model on the objects kept (this image's and the earlier images'), in the
+ * model's worker: progress and loss per step, Cancel (or Escape, a new image, embedding or
+ * model) stops it between steps and leaves the model as it was. Prompting is off until it ends.
+ */
+async function adapt() {
+  if (busy() || !canDecode()) return;
+  const current = history.current.objects;
+  const objects = [
+    ...earlier.flatMap((e) => e.masks.map((m) => ({ mask: m.data, width: m.width, height: m.height, embedding: e.embedding }))),
+    ...current.map((o) => ({ mask: o.mask.data, width: o.mask.width, height: o.mask.height })),
+  ];
+  if (!objects.length) return;
+  const images = earlier.length + (current.length ? 1 : 0);
+  const steps = adaptSteps();
+  const batch = Math.min(ADAPT_BATCH, objects.length);
+  const run = { controller: new AbortController(), reason: null, step: 0, steps };
+  adapting = run;
+  const status = $('#adapt-status');
+  const bar = $('#adapt-progress');
+  Object.assign(bar, { hidden: false, max: steps, value: 0 });
+  status.classList.remove('error');
+  const what = `${objects.length} object${objects.length === 1 ? '' : 's'} of ${images} image${images === 1 ? '' : 's'}`;
+  status.textContent = `Adapting to ${what}: ${steps} step${steps === 1 ? '' : 's'} of ${batch}…`;
+  document.body.dataset.adapt = 'running';
+  hover = null;
+  clearPreview();
+  setPending(1);
+  render();
+  const t = performance.now();
+  const losses = [];
+  // The loss of first prompts on (some of) the objects, the same prompts before and after: what
+  // the run did.
+  const stride = Math.max(1, objects.length / ADAPT_MEASURED);
+  const measured = Array.from({ length: Math.min(ADAPT_MEASURED, objects.length) }, (_, i) => objects[Math.floor(i * stride)]);
+  try {
+    status.textContent = `Adapting to ${what}: the loss before…`;
+    const before = await sam.trainingLoss(measured);
+    if (run.controller.signal.aborted) throw new DOMException('adapting was cancelled', 'AbortError');
+    const trainStart = performance.now();
+    await sam.train(objects, { steps, batch }, {
+      signal: run.controller.signal,
+      onProgress: ({ step, loss }) => {
+        run.step = step;
+        losses.push(loss);
+        if (adapting !== run || run.controller.signal.aborted) return;
+        bar.value = step;
+        const elapsed = performance.now() - trainStart;
+        const left = step < steps ? `, about ${fmtMs((elapsed / step) * (steps - step))} left` : '';
+        status.textContent = `Adapting to ${what}: step ${step} of ${steps}, the step's loss ${lossText(losses)}${left}…`;
+      },
+    });
+    status.textContent = `Adapting to ${what}: the loss after…`;
+    const after = await sam.trainingLoss(measured);
+    const ms = performance.now() - t;
+    lastAdapt = { losses, before, after, measured: measured.length, objects: objects.length, images, ms };
+    const on = measured.length < objects.length ? `on ${measured.length} of them` : 'on them';
+    status.textContent = `Adapted to ${what} in ${fmtMs(ms)} (${steps} step${steps === 1 ? '' : 's'}): the loss ${on} `
+      + `${before.toPrecision(3)} → ${after.toPrecision(3)} (the same prompts). The next clicks use the adapted model.`;
+    document.body.dataset.adapt = 'done';
+  } catch (e) {
+    if (e?.name === 'AbortError') {
+      const after = run.step ? ` after ${run.step} of ${steps} steps` : '';
+      status.textContent = `Adapting cancelled${run.reason ? ` (${run.reason})` : ''}${after}: the model is as it was.`;
+      document.body.dataset.adapt = 'cancelled';
+    } else {
+      status.textContent = `Adapting failed: ${e.message ?? e}`;
+      status.classList.add('error');
+      document.body.dataset.adapt = 'failed';
+    }
+  } finally {
+    adapting = null;
+    previewCache = null;
+    bar.hidden = true;
+    setPending(-1);
+    render();
+  }
+}
+
+/** The loss of the first step and of the latest (each step's own clicks: they vary). */
+function lossText(losses) {
+  const f = (v) => v.toPrecision(3);
+  return losses.length > 1 ? `${f(losses[0])} → ${f(losses.at(-1))}` : f(losses[0]);
+}
+
+/** Stops the training run under way, if any (`reason`: why, when it is not Cancel). */
+function cancelAdapt(reason = null) {
+  if (!adapting || adapting.controller.signal.aborted) return;
+  adapting.reason = reason;
+  adapting.controller.abort();
+  $('#adapt-status').textContent = 'Cancelling at the end of the step under way…';
+  $('#adapt-cancel').disabled = true;
+}
+
+/** Back to the checkpoint's weights (the image stays set). */
+async function revertAdapt() {
+  if (!sam?.tuned || busy()) return;
+  setPending(1);
+  try {
+    await sam.revertTraining();
+    previewCache = null;
+    $('#adapt-status').textContent = `Back to the weights of ${modelLabel}.`;
+    document.body.dataset.adapt = 'reverted';
+  } catch (e) {
+    message(`Could not revert: ${e.message ?? e}`, true);
+  } finally {
+    setPending(-1);
+    render();
+  }
+}
+
+/** The adapted model as a checkpoint (.safetensors, the official key names): any loader takes it. */
+async function downloadAdapted() {
+  if (!sam?.tuned || busy()) return;
+  setPending(1);
+  try {
+    const bytes = await sam.checkpoint();
+    const base = ((modelUrl ? new URL(modelUrl).pathname.split('/').pop() : modelLabel) || 'model').replace(/\.[^.]*$/, '');
+    download(new Blob([bytes], { type: 'application/octet-stream' }), `${base}-adapted.safetensors`);
+  } catch (e) {
+    message(`Could not export the adapted weights: ${e.message ?? e}`, true);
+  } finally {
+    setPending(-1);
+  }
+}
+
 // ---------------------------------------------------------------- drawing
 
 /** Paints masks onto a canvas of the image's size: fill, and a full-alpha outline. */
@@ -457,11 +622,19 @@ function render() {
   $('#export-cutout').disabled = !selectedMask(s);
   $('#export-coco').disabled = !s.objects.length;
   $('#export-polygons').disabled = !s.objects.length;
-  $('#export-embedding').disabled = !canDecode() || !!everything;
-  $('#everything').disabled = !canDecode() || !!everything;
+  $('#export-embedding').disabled = !canDecode() || busy();
+  $('#everything').disabled = !canDecode() || busy();
   $('#everything-cancel').disabled = !everything || everything.controller.signal.aborted;
   $('#points-per-side').disabled = !!everything;
   $('#max-overlap').disabled = !!everything;
+  const objects = s.objects.length + earlier.reduce((n, e) => n + e.masks.length, 0);
+  $('#adapt').disabled = !canDecode() || busy() || !objects;
+  $('#adapt').title = objects ? `Trains on ${objects} object${objects === 1 ? '' : 's'}` : 'Keep an object first';
+  $('#adapt-cancel').disabled = !adapting || adapting.controller.signal.aborted;
+  $('#adapt-steps').disabled = !!adapting;
+  $('#adapt-revert').disabled = !sam?.tuned || busy();
+  $('#adapt-download').disabled = !sam?.tuned || busy();
+  $('#adapted-status').textContent = sam?.tuned ? 'decoder: adapted' : '';
 }
 
 const SVG = 'http://www.w3.org/2000/svg';
@@ -626,8 +799,8 @@ function setupPointer() {
   const layers = $('#layers');
   layers.addEventListener('contextmenu', (e) => e.preventDefault());
   layers.addEventListener('pointerdown', (e) => {
-    // No prompts while "segment everything" runs: the model is busy until it ends.
-    if (!image || everything || (e.button !== 0 && e.button !== 2)) return;
+    // No prompts while "segment everything" or "Adapt" runs: the model is busy until it ends.
+    if (!image || busy() || (e.button !== 0 && e.button !== 2)) return;
     layers.setPointerCapture(e.pointerId);
     // preventDefault below also prevents the focus change a click would make: move the focus to
     // the image, so that the keys (Enter, Escape, 1-3) reach the page after a toolbar control.
@@ -710,6 +883,7 @@ function setupKeys() {
       commit();
     } else if (e.key === 'Escape') {
       if (everything) cancelEverything();
+      else if (adapting) cancelAdapt();
       else discardPrompt();
     } else if (['1', '2', '3'].includes(e.key) && !ctrl) {
       selectCandidate(Number(e.key) - 1);
@@ -788,8 +962,13 @@ async function loadModel(weights, label) {
       return undefined;
     }
     cancelEverything('a new model');
+    cancelAdapt('a new model');
     sam?.dispose();
     sam = next;
+    // The embeddings kept for "Adapt" are the previous model's encoder's.
+    earlier = [];
+    lastAdapt = null;
+    $('#adapt-status').textContent = '';
     modelLabel = label;
     modelUrl = typeof weights === 'string' ? new URL(weights, location.href).href : null;
     const on = sam.backend === 'webgpu' ? 'WebGPU' : 'CPU';
@@ -861,7 +1040,9 @@ async function openImage(blob, name, embedding = null, sample = null) {
     return;
   }
   cancelEverything('a new image');
+  cancelAdapt('a new image');
   await chain;
+  await keepForTraining();
   const canvas = $('#image');
   canvas.width = bitmap.width;
   canvas.height = bitmap.height;
@@ -939,6 +1120,7 @@ async function useEmbedding(bytes) {
     return;
   }
   cancelEverything('a new embedding');
+  cancelAdapt('a new embedding');
   setPending(1);
   try {
     await sam.setEmbedding(bytes, { width: image.width, height: image.height });
@@ -1116,6 +1298,10 @@ function setupControls() {
   $('#clear-all').addEventListener('click', clearAll);
   $('#everything').addEventListener('click', segmentEverything);
   $('#everything-cancel').addEventListener('click', () => cancelEverything());
+  $('#adapt').addEventListener('click', adapt);
+  $('#adapt-cancel').addEventListener('click', () => cancelAdapt());
+  $('#adapt-revert').addEventListener('click', revertAdapt);
+  $('#adapt-download').addEventListener('click', downloadAdapted);
   $('#export-mask').addEventListener('click', exportMask);
   $('#export-cutout').addEventListener('click', exportCutout);
   $('#export-coco').addEventListener('click', () => exportCoco('rle'));
@@ -1169,6 +1355,7 @@ render();
 document.body.dataset.pending = '0';
 document.body.dataset.image = 'none';
 document.body.dataset.everything = 'idle';
+document.body.dataset.adapt = 'idle';
 if ('serviceWorker' in navigator && !new URLSearchParams(location.search).has('nosw')) {
   navigator.serviceWorker.register('sw.js').catch(() => {});
 }
@@ -1177,6 +1364,8 @@ fromAddress().catch((e) => message(e.message, true));
 /** Read-only view for tests and the console. */
 window.websamApp = {
   state: () => history.current,
+  // The last "Adapt" run that ended (its losses, one per step), and the objects kept for it.
+  adapt: () => ({ last: lastAdapt, earlier: earlier.map((e) => ({ name: e.name, objects: e.masks.length })) }),
   // Tests: the model fails as a bug would, inside an action like any click's decode.
   failForTesting: (kind) => act(async () => {
     await sam.failForTesting(kind);

@@ -236,6 +236,47 @@ impl Run {
     }
 }
 
+/// The generator streams of [`objective`]'s prompts start here: far from a run's (object `i`
+/// of step `s` draws from stream `s * batch + i`), so an evaluation never replays a step's.
+pub const OBJECTIVE_STREAM: u64 = 1 << 62;
+
+/// First prompts per object in [`objective`].
+pub const OBJECTIVE_PROMPTS: usize = 8;
+
+/// What a run did to its objects, measured on `weights` without training: the training loss
+/// of a first prompt (a click or a noisy box drawn from the object, three candidates, the best
+/// one's loss, as a step's first prediction), the mean over [`OBJECTIVE_PROMPTS`] seeded prompts
+/// per object. The prompts depend only on the objects and `seed`, never on the model's answers
+/// (a whole interactive sequence places its clicks in the model's errors, so its loss jumps
+/// when a click moves); the value is a continuous function of the weights, the same for the
+/// same weights, objects and seed.
+pub fn objective(weights: &Weights, objects: &[Object], seed: u64) -> Result<f32> {
+    if objects.is_empty() {
+        return Err(Error::invalid("no object to evaluate"));
+    }
+    let trainer = Trainer::new(weights, paper_adamw(1e-4), LossConfig::default())?;
+    let mut sum = 0f64;
+    for (i, o) in objects.iter().enumerate() {
+        let target = Tensor::from_slice(
+            o.truth.low_res(),
+            (TARGET_SIDE, TARGET_SIDE),
+            &candle_core::Device::Cpu,
+        )?;
+        let samples: Vec<Sample> = (0..OBJECTIVE_PROMPTS)
+            .map(|k| {
+                let stream = OBJECTIVE_STREAM + (i * OBJECTIVE_PROMPTS + k) as u64;
+                Sample {
+                    embedding: o.embedding.clone(),
+                    prompt: first_prompt(&mut interactive::rng(seed, stream), &o.truth),
+                    target: target.clone(),
+                }
+            })
+            .collect();
+        sum += f64::from(trainer.loss(&samples)?.value()?);
+    }
+    Ok((sum / objects.len() as f64) as f32)
+}
+
 /// AdamW's settings of the paper (betas 0.9 / 0.999, weight decay 0.1) at learning rate `lr`.
 pub fn paper_adamw(lr: f64) -> ParamsAdamW {
     ParamsAdamW {

@@ -3,7 +3,8 @@
 // click on the cat checked against the official code's golden; keys after toolbar controls;
 // weights by URL parameter and by file input, an image by file input, hover, clicks, a dragged
 // box, candidates, objects, undo/redo, every export, offline reload, "segment everything" (with
-// cancel, and added to objects kept); on the CPU and on WebGPU.
+// cancel, and added to objects kept), "Adapt" (fine-tuning on the objects kept, revert, the
+// adapted weights downloaded); on the CPU and on WebGPU.
 // What the page draws is compared with what the package's API returns for the same prompt (a
 // reference model in the same page, on the page's own exported embedding), and the box with
 // the PyTorch golden.
@@ -260,6 +261,76 @@ describe('the trained MobileSAM, by default', () => {
     assert.equal(s.candidates, 0);
     assert.equal(s.objects.length, 1, 'the kept object stays');
     assert.equal((await helpers(page, 'layer', 'current-layer')).indexOf('1'), -1, 'no current mask');
+  });
+
+  test('Adapt: objects of two images, progress and loss, the adapted masks on the next click, revert bit for bit, the adapted weights downloaded and loaded', async (t) => {
+    // The cat kept on chelsea (the test above); a second image: chelsea's object is kept for
+    // training with its embedding, and the cup is kept on coffee.
+    await page.click('#samples button[data-src="samples/coffee.png"]');
+    await page.waitForFunction(() => document.body.dataset.image === 'ready'
+      && /^coffee\.png: .*encoded/.test(document.getElementById('image-status').textContent), null, { timeout: 120000 });
+    assert.deepEqual((await page.evaluate(() => window.websamApp.adapt())).earlier, [{ name: 'chelsea.png', objects: 1 }]);
+    const cup = [290, 150];
+    const logits = () => page.evaluate(() => window.websamApp.state().result.masks.map((m) => Array.from(m.lowResLogits)));
+    const clickCup = async () => {
+      await page.mouse.click(...(await at(page, ...cup)));
+      await idle(page);
+      return logits();
+    };
+    const original = await clickCup();
+    assert.equal(original.length, 3);
+    await page.keyboard.press('Enter');
+    await idle(page);
+    assert.equal((await state(page)).objects.length, 1);
+    assert.equal(await page.isDisabled('#adapt-revert'), true, 'nothing to revert before adapting');
+    // Three steps of both objects, in the page's worker (the first steps of AdamW move every
+    // weight by about the rate whatever its gradient: a shorter run may not lower the loss yet).
+    await page.fill('#adapt-steps', '3');
+    await page.click('#adapt');
+    await page.waitForSelector('body[data-adapt=running]');
+    assert.equal(await page.isDisabled('#adapt-cancel'), false);
+    assert.match(await page.textContent('#adapt-status'), /^Adapting to 2 objects of 2 images/);
+    await page.waitForSelector('body[data-adapt=done]', { timeout: 600000 });
+    const { last } = await page.evaluate(() => window.websamApp.adapt());
+    const said = await page.textContent('#adapt-status');
+    t.diagnostic(`${said} The steps' losses: ${last.losses.join(', ')}`);
+    assert.equal(last.objects, 2);
+    assert.equal(last.images, 2);
+    assert.equal(last.measured, 2);
+    assert.equal(last.losses.length, 3);
+    assert.ok(last.losses.every((l) => Number.isFinite(l) && l > 0), `losses ${last.losses}`);
+    // The loss on the two objects, the same prompts before and after, fell.
+    assert.ok(last.after < last.before, `the loss went from ${last.before} to ${last.after}`);
+    assert.equal(said, `Adapted to 2 objects of 2 images in ${said.split(' in ')[1].split(' (')[0]} (3 steps): the loss on them `
+      + `${last.before.toPrecision(3)} → ${last.after.toPrecision(3)} (the same prompts). The next clicks use the adapted model.`);
+    assert.equal(await page.textContent('#adapted-status'), 'decoder: adapted');
+    // The next click is decoded by the adapted model.
+    const tuned = await clickCup();
+    let change = 0;
+    tuned.forEach((m, i) => m.forEach((v, j) => {
+      change = Math.max(change, Math.abs(v - original[i][j]));
+    }));
+    t.diagnostic(`the cup's logits moved by up to ${change.toFixed(4)}`);
+    assert.ok(change > 1e-3, `the adapted model predicts as the original (${change})`);
+    await page.keyboard.press('Escape');
+    // The adapted weights as a checkpoint: safetensors (an 8-byte header length, then JSON).
+    const file = await download(page, '#adapt-download');
+    assert.equal(file.name, 'mobile_sam-adapted.safetensors');
+    assert.equal(file.bytes[8], '{'.charCodeAt(0));
+    assert.ok(file.bytes.length > 1e6, `${file.bytes.length} bytes`);
+    // Revert: the original masks, bit for bit.
+    await page.click('#adapt-revert');
+    await idle(page);
+    assert.equal(await page.textContent('#adapt-status'), 'Back to the weights of MobileSAM (this server).');
+    assert.equal(await page.textContent('#adapted-status'), '');
+    assert.deepEqual(await clickCup(), original, 'after revert, the original logits');
+    await page.keyboard.press('Escape');
+    // The downloaded file loads as any checkpoint and decodes as the adapted model did.
+    await page.fill('#weights-url', `${server.url}/downloads/${file.name}`);
+    await page.click('#load-url');
+    await page.waitForFunction(() => /^mobile_sam-adapted\.safetensors loaded/.test(document.getElementById('model-status').textContent), null, { timeout: 120000 });
+    await page.waitForSelector('body[data-image=ready]', { timeout: 120000 });
+    assert.deepEqual(await clickCup(), tuned, 'the downloaded weights give the adapted logits');
     await page.context().close();
   });
 

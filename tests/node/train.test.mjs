@@ -1,7 +1,7 @@
 // Fine-tuning through the package's API under Node (the CPU path): Sam.train on an annotated
-// object, its progress and losses, the tuned model in use (tuned, other masks), the tuned
-// checkpoint loading as any other, revertTraining bit for bit, an abort leaving the model as it
-// was, and bad objects refused before anything runs.
+// object, its progress and losses, the training objective on it (trainingLoss) falling, the tuned
+// model in use (tuned, other masks), the tuned checkpoint loading as any other, revertTraining
+// bit for bit, an abort leaving the model as it was, and bad objects refused before anything runs.
 import { readFileSync } from 'node:fs';
 import { Sam } from '../../pkg/websam.js';
 
@@ -54,6 +54,14 @@ try {
 if (!aborted || sam.tuned) throw new Error(`abort: ${aborted}, tuned ${sam.tuned}`);
 if (!same((await sam.predict(prompt)).lowResLogits, original.lowResLogits)) throw new Error('an aborted run changed the model');
 
+let badSeed = '';
+try {
+  await sam.trainingLoss([object], { seed: -1 });
+} catch (e) {
+  badSeed = e.message;
+}
+if (!badSeed.includes('seed must be an integer')) throw new Error(`seed -1: "${badSeed}"`);
+const before = await sam.trainingLoss([object]);
 const t = performance.now();
 const progress = [];
 const losses = await sam.train([object], { steps: 2, batch: 1, lr: 1e-3, seed: 3 }, { onProgress: (p) => progress.push(p) });
@@ -63,6 +71,9 @@ if (progress.map((p) => p.step).join() !== '1,2' || progress[1].steps !== 2) thr
 if (!sam.tuned) throw new Error('not tuned after train');
 const tuned = await sam.predict(prompt);
 if (same(tuned.lowResLogits, original.lowResLogits)) throw new Error('the tuned model predicts as the original');
+// The objective with the same clicks: lower after the run.
+const after = await sam.trainingLoss([object]);
+if (!(after < before)) throw new Error(`the training objective went from ${before} to ${after}`);
 
 // The tuned checkpoint loads as any other and predicts as the tuned model.
 const bytes = await sam.checkpoint();
@@ -74,5 +85,8 @@ reloaded.dispose();
 await sam.revertTraining();
 if (sam.tuned) throw new Error('tuned after revert');
 if (!same((await sam.predict(prompt)).lowResLogits, original.lowResLogits)) throw new Error('revert is not bit for bit');
+const reverted = await sam.trainingLoss([object]);
+if (!Object.is(reverted, before)) throw new Error(`the objective after revert ${reverted}, before the run ${before}`);
 sam.dispose();
-console.log(`training on Node (cpu): losses ${losses.map((l) => l.toFixed(4)).join(', ')}; 2 steps of one object in ${seconds.toFixed(1)} s`);
+console.log(`training on Node (cpu): losses ${losses.map((l) => l.toFixed(4)).join(', ')}; 2 steps of one object in ${seconds.toFixed(1)} s; `
+  + `the objective ${before.toFixed(4)} -> ${after.toFixed(4)}`);

@@ -42,6 +42,9 @@ async function demo(canvas: HTMLCanvasElement, file: File): Promise<number> {
     signal: controller.signal,
     onProgress: (p: TrainProgress) => console.log(p.step, p.steps, p.loss, p.lr),
   });
+  const objective: number = await sam.trainingLoss([{ mask: pixels, width: 2, height: 2, embedding: e }], { seed: 1 });
+  // @ts-expect-error the seed is a number
+  await sam.trainingLoss([{ mask: pixels, width: 2, height: 2 }], { seed: '1' });
   const tuned: boolean = sam.tuned;
   const tunedFile: Uint8Array = await sam.checkpoint();
   await sam.revertTraining();
