@@ -387,8 +387,7 @@ fuzz() {
       (cd fuzz && cargo +nightly fuzz build "${build_args[@]}" "$t")
     done
   fi
-  local bin="fuzz/$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/${dev:+debug}"
-  [ -n "$dev" ] || bin+=release
+  local bin="fuzz/$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/${dev:+debug}${dev:-release}"
   local failed=() summary=() t log_file
   for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t" "fuzz/regressions/$t"

@@ -189,6 +189,11 @@ function panicError(message, recoverable) {
   return e;
 }
 
+/** Hands checked training objects (`trainObjects`) to the module, for trainStart or trainingLoss. */
+function addTrainingObjects(core, list) {
+  for (const o of list) core.trainAddObject(o.embedding, o.width, o.height, o.mask);
+}
+
 /** Segment Anything on one thread: the model, the image set, and predictions per prompt. */
 export class Sam {
   #core;
@@ -458,7 +463,7 @@ export class Sam {
     return this.#run('train', async (core) => {
       if (signal?.aborted) throw abortReason(signal);
       try {
-        for (const o of list) core.trainAddObject(o.embedding, o.width, o.height, o.mask);
+        addTrainingObjects(core, list);
         await core.trainStart(json);
         const losses = [];
         for (;;) {
@@ -498,7 +503,7 @@ export class Sam {
     }
     return this.#run('trainingLoss', async (core) => {
       try {
-        for (const o of list) core.trainAddObject(o.embedding, o.width, o.height, o.mask);
+        addTrainingObjects(core, list);
         return await core.trainingLoss(seed);
       } catch (e) {
         core.trainCancel();

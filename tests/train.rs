@@ -421,6 +421,57 @@ mod interactive {
     }
 
     #[test]
+    fn objective_is_the_training_loss_of_seeded_first_prompts() {
+        use websam::train::{objective, OBJECTIVE_PROMPTS, OBJECTIVE_STREAM};
+        let photo = manifest()
+            .photos
+            .into_iter()
+            .find(|p| p.name == "chelsea")
+            .unwrap();
+        let embedding = photo.embedding();
+        let low_res = npy_vec("real/chelsea_box_low_res_logits.npy");
+        let mask = threshold(&postprocess_logits(&low_res, &embedding.frame).unwrap());
+        let object = Object {
+            truth: Truth::new(mask, embedding.frame).unwrap(),
+            embedding,
+        };
+        let weights = Weights::from_file(weights_path()).unwrap();
+        let value = objective(&weights, std::slice::from_ref(&object), 3).unwrap();
+        // The same prompts through the trainer's autograd path.
+        let target = Tensor::from_slice(
+            object.truth.low_res(),
+            (TARGET_SIDE, TARGET_SIDE),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let samples: Vec<Sample> = (0..OBJECTIVE_PROMPTS as u64)
+            .map(|k| Sample {
+                embedding: object.embedding.clone(),
+                prompt: first_prompt(&mut rng(3, OBJECTIVE_STREAM + k), &object.truth),
+                target: target.clone(),
+            })
+            .collect();
+        let trainer =
+            Trainer::new(&weights, ParamsAdamW::default(), LossConfig::default()).unwrap();
+        let tracked = trainer.loss(&samples).unwrap().value().unwrap();
+        println!("objective {value}, through autograd {tracked}");
+        assert!(
+            (value - tracked).abs() <= 1e-5 * tracked.abs(),
+            "{value} vs {tracked}"
+        );
+        assert_eq!(
+            objective(&weights, std::slice::from_ref(&object), 3).unwrap(),
+            value
+        );
+        assert_ne!(
+            objective(&weights, &[object], 4).unwrap(),
+            value,
+            "the seed draws other prompts"
+        );
+        assert!(objective(&weights, &[], 3).is_err());
+    }
+
+    #[test]
     fn interactive_training_lowers_the_loss_on_a_real_object() {
         let photo = manifest()
             .photos

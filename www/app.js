@@ -373,15 +373,7 @@ async function segmentEverything() {
     document.body.dataset.everything = 'done';
   } catch (e) {
     if (!current()) return;
-    if (e?.name === 'AbortError') {
-      const after = run.total ? ` after ${run.done} of ${run.total} steps` : '';
-      status.textContent = `Everything cancelled${run.reason ? ` (${run.reason})` : ''}${after}: no objects added.`;
-      document.body.dataset.everything = 'cancelled';
-    } else {
-      status.textContent = `Everything failed: ${e.message ?? e}`;
-      status.classList.add('error');
-      document.body.dataset.everything = 'failed';
-    }
+    runStopped(e, 'everything', status, 'Everything', run.reason, run.total ? [run.done, run.total] : null, 'no objects added');
   } finally {
     if (current()) {
       everything = null;
@@ -390,6 +382,23 @@ async function segmentEverything() {
     }
     setPending(-1);
     render();
+  }
+}
+
+/**
+ * The status of a run (Everything, Adapt; `key` its body data attribute) that ended with `e`:
+ * cancelled (why, after how many steps: `progress` [done, total] or null, and `outcome`) or
+ * failed.
+ */
+function runStopped(e, key, status, label, reason, progress, outcome) {
+  if (e?.name === 'AbortError') {
+    const after = progress ? ` after ${progress[0]} of ${progress[1]} steps` : '';
+    status.textContent = `${label} cancelled${reason ? ` (${reason})` : ''}${after}: ${outcome}.`;
+    document.body.dataset[key] = 'cancelled';
+  } else {
+    status.textContent = `${label} failed: ${e.message ?? e}`;
+    status.classList.add('error');
+    document.body.dataset[key] = 'failed';
   }
 }
 
@@ -494,15 +503,7 @@ async function adapt() {
       + `${before.toPrecision(3)} → ${after.toPrecision(3)} (the same prompts). The next clicks use the adapted model.`;
     document.body.dataset.adapt = 'done';
   } catch (e) {
-    if (e?.name === 'AbortError') {
-      const after = run.step ? ` after ${run.step} of ${steps} steps` : '';
-      status.textContent = `Adapting cancelled${run.reason ? ` (${run.reason})` : ''}${after}: the model is as it was.`;
-      document.body.dataset.adapt = 'cancelled';
-    } else {
-      status.textContent = `Adapting failed: ${e.message ?? e}`;
-      status.classList.add('error');
-      document.body.dataset.adapt = 'failed';
-    }
+    runStopped(e, 'adapt', status, 'Adapting', run.reason, run.step ? [run.step, steps] : null, 'the model is as it was');
   } finally {
     adapting = null;
     previewCache = null;

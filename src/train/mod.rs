@@ -254,7 +254,9 @@ pub fn objective(weights: &Weights, objects: &[Object], seed: u64) -> Result<f32
     if objects.is_empty() {
         return Err(Error::invalid("no object to evaluate"));
     }
-    let trainer = Trainer::new(weights, paper_adamw(1e-4), LossConfig::default())?;
+    // The inference path (no autograd graph), each image prepared once for its prompts.
+    let sam: Sam = Sam::new(weights)?;
+    let config = LossConfig::default();
     let mut sum = 0f64;
     for (i, o) in objects.iter().enumerate() {
         let target = Tensor::from_slice(
@@ -262,19 +264,16 @@ pub fn objective(weights: &Weights, objects: &[Object], seed: u64) -> Result<f32
             (TARGET_SIDE, TARGET_SIDE),
             &candle_core::Device::Cpu,
         )?;
-        let samples: Vec<Sample> = (0..OBJECTIVE_PROMPTS)
-            .map(|k| {
-                let stream = OBJECTIVE_STREAM + (i * OBJECTIVE_PROMPTS + k) as u64;
-                Sample {
-                    embedding: o.embedding.clone(),
-                    prompt: first_prompt(&mut interactive::rng(seed, stream), &o.truth),
-                    target: target.clone(),
-                }
-            })
-            .collect();
-        sum += f64::from(trainer.loss(&samples)?.value()?);
+        let image = sam.record_prepare(&mut Cpu, &o.embedding.features, o.embedding.frame)?;
+        for k in 0..OBJECTIVE_PROMPTS {
+            let stream = OBJECTIVE_STREAM + (i * OBJECTIVE_PROMPTS + k) as u64;
+            let prompt = first_prompt(&mut interactive::rng(seed, stream), &o.truth);
+            let (low_res, iou) = sam.record_decode(&mut Cpu, &image, &prompt)?;
+            let loss = sam_loss(&low_res.squeeze(0)?, &iou.squeeze(0)?, &target, &config)?;
+            sum += f64::from(loss.total.to_scalar::<f32>()?);
+        }
     }
-    Ok((sum / objects.len() as f64) as f32)
+    Ok((sum / (objects.len() * OBJECTIVE_PROMPTS) as f64) as f32)
 }
 
 /// AdamW's settings of the paper (betas 0.9 / 0.999, weight decay 0.1) at learning rate `lr`.
