@@ -387,7 +387,9 @@ fuzz() {
       (cd fuzz && cargo +nightly fuzz build "${build_args[@]}" "$t")
     done
   fi
-  local bin="fuzz/$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/${dev:+debug}${dev:-release}"
+  local profile=release
+  [ -z "$dev" ] || profile=debug
+  local bin="fuzz/$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/$profile"
   local failed=() summary=() t log_file
   for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t" "fuzz/regressions/$t"
