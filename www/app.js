@@ -73,7 +73,7 @@ let pending = 0; // actions queued or running
 let chain = Promise.resolve();
 let everything = null; // the "segment everything" run under way: { controller, reason, done, total }
 let nextAutoName = 1; // the number in the name of the next object "segment everything" adds
-let adapting = null; // the training run under way: { controller, reason, step, steps }
+let adapting = null; // the training run under way: { controller, reason, step }
 // The objects kept on the images opened before this one with this model, with their embedding:
 // [{ name, width, height, embedding, masks }] ("Adapt" trains on them and on this image's).
 let earlier = [];
@@ -458,7 +458,7 @@ async function adapt() {
   const images = earlier.length + (current.length ? 1 : 0);
   const steps = adaptSteps();
   const batch = Math.min(ADAPT_BATCH, objects.length);
-  const run = { controller: new AbortController(), reason: null, step: 0, steps };
+  const run = { controller: new AbortController(), reason: null, step: 0 };
   adapting = run;
   const status = $('#adapt-status');
   const bar = $('#adapt-progress');
