@@ -71,7 +71,7 @@ if (progress.map((p) => p.step).join() !== '1,2' || progress[1].steps !== 2) thr
 if (!sam.tuned) throw new Error('not tuned after train');
 const tuned = await sam.predict(prompt);
 if (same(tuned.lowResLogits, original.lowResLogits)) throw new Error('the tuned model predicts as the original');
-// The objective with the same clicks: lower after the run.
+// The objective with the same prompts: lower after the run.
 const after = await sam.trainingLoss([object]);
 if (!(after < before)) throw new Error(`the training objective went from ${before} to ${after}`);
 
