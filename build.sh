@@ -10,6 +10,7 @@
 #                      of a Vite app and of the demo page
 #   ./build.sh bench   websam against its peers, side by side (not in the tests; installs PyTorch)
 #   ./build.sh bench-vit [b|l|h]  SAM's ViT encoder natively: websam's CPU backend beside PyTorch's
+#   ./build.sh bench-train [STEPS]  training throughput: PyTorch, websam natively and in Chromium
 #   ./build.sh device  prepare websam vs PyTorch on a lent GPU machine (bench/DEVICE.md)
 #   ./build.sh fuzz [SECONDS]  cargo-fuzz (libFuzzer, nightly) on each target in fuzz/ for SECONDS
 #                      (300 by default): the loaders, the weights-to-model mapping, the JS values
@@ -56,6 +57,30 @@ setup() {
     log "adding the $WASM_TARGET target"
     rustup target add "$WASM_TARGET"
   fi
+  for component in rustfmt clippy; do
+    if ! rustup component list --installed | grep -q "^$component"; then
+      log "adding $component"
+      rustup component add "$component"
+    fi
+  done
+  # The two tools cargo builds from source (minutes of CPU) build in the background while the
+  # downloads below run (Debian packages, npm, the nightly toolchain, the checkpoint); their
+  # output goes to target/setup/<tool>.log, whose end is shown if a build fails.
+  mkdir -p target/setup
+  local builds=() names=()
+  if ! wasm-bindgen --version 2>/dev/null | grep -q " $WASM_BINDGEN_VERSION\b"; then
+    log "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (in the background; target/setup/wasm-bindgen-cli.log)"
+    install_wasm_bindgen >target/setup/wasm-bindgen-cli.log 2>&1 &
+    builds+=($!)
+    names+=(wasm-bindgen-cli)
+  fi
+  # cargo-fuzz (libFuzzer) drives the fuzz targets in fuzz/ on the nightly toolchain.
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz (in the background; target/setup/cargo-fuzz.log)"
+    cargo install cargo-fuzz --locked >target/setup/cargo-fuzz.log 2>&1 &
+    builds+=($!)
+    names+=(cargo-fuzz)
+  fi
   local missing=()
   for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -74,15 +99,6 @@ setup() {
     log "npm ci (wasm-opt, playwright-core, vite, typescript)"
     npm ci --no-audit --no-fund
   fi
-  if ! wasm-bindgen --version 2>/dev/null | grep -q " $WASM_BINDGEN_VERSION\b"; then
-    install_wasm_bindgen
-  fi
-  for component in rustfmt clippy; do
-    if ! rustup component list --installed | grep -q "^$component"; then
-      log "adding $component"
-      rustup component add "$component"
-    fi
-  done
   # The threaded wasm build rebuilds std with atomics: a nightly toolchain and its sources.
   if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     log "installing a nightly toolchain (the threaded wasm build)"
@@ -91,12 +107,16 @@ setup() {
     log "adding rust-src to the nightly toolchain (the threaded wasm build)"
     rustup component add rust-src --toolchain nightly
   fi
-  # cargo-fuzz (libFuzzer) drives the fuzz targets in fuzz/ on that nightly toolchain.
-  if ! cargo fuzz --version >/dev/null 2>&1; then
-    log "installing cargo-fuzz"
-    cargo install cargo-fuzz --locked
-  fi
   fetch_model
+  local i
+  for i in "${!builds[@]}"; do
+    if ! wait "${builds[$i]}"; then
+      tail -n 40 "target/setup/${names[$i]}.log" >&2
+      echo "error: installing ${names[$i]} failed (the whole output: target/setup/${names[$i]}.log)" >&2
+      exit 1
+    fi
+    log "${names[$i]} installed"
+  done
 }
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
@@ -476,6 +496,15 @@ bench() {
   node bench/run.mjs
 }
 
+# Training throughput (bench/train.mjs): PyTorch's official modules, `websam train` and the
+# package's CPU path in Chromium on the same objects, 1 and 2 threads each.
+bench_train() {
+  need_model
+  cargo build --release --bin websam
+  package
+  BENCH_PYTHON="$(bench_python)" node bench/train.mjs "$@"
+}
+
 # bench/candle-peer (its own package and lock file, built into target/candle-peer): the native
 # binary, and the wasm with its wasm-bindgen glue in bench/out/candle-peer/ (as candle's
 # segment-anything wasm example builds it: wasm-bindgen --target web, no wasm-opt); the fixture
@@ -521,6 +550,7 @@ case "$cmd" in
   test) test_all ;;
   bench) bench ;;
   bench-vit) bench_vit "$@" ;;
+  bench-train) bench_train "$@" ;;
   device) cargo build --release --bin websam && bash bench/device-prepare.sh ;;
   fuzz) fuzz "$@" ;;
   *)
