@@ -89,7 +89,9 @@ try {
     copyFileSync(join(root, `tests/fixtures/real/${o.name}_embedding.npy`), join(dir, 'emb', `${o.name}.npy`));
     coco.images.push({ id: i + 1, file_name: `${o.name}.png`, height: o.height, width: o.width });
     coco.annotations.push({ id: i + 1, image_id: i + 1, category_id: 1, iscrowd: 0, segmentation: rle(o.mask, o.height, o.width) });
-    console.error(`${o.name}: ${o.width}x${o.height}, the object ${o.mask.reduce((a, b) => a + b, 0)} pixels`);
+    const pixels = o.mask.reduce((a, b) => a + b, 0);
+    if (pixels === 0) throw new Error(`${o.name}: an empty object`);
+    console.error(`${o.name}: ${o.width}x${o.height}, the object ${pixels} pixels`);
   });
   writeFileSync(join(dir, 'objects.json'), JSON.stringify(objs.map(({ name, width, height }) => ({ name, width, height }))));
   writeFileSync(join(dir, 'coco.json'), JSON.stringify(coco));

@@ -44,7 +44,7 @@ export async function objects(weights, names) {
     const box = photo.cases.find((c) => c.name === 'box');
     await sam.setEmbedding(await embedding(name), { width, height });
     const p = await sam.predict({ box: box.box, multimask: false });
-    out.push({ name, width, height, mask: Array.from(p.masks[0], (v) => (v ? 1 : 0)) });
+    out.push({ name, width, height, mask: Array.from(p.masks[0].data, (v) => (v ? 1 : 0)) });
   }
   sam.dispose();
   return out;

@@ -1081,6 +1081,8 @@ fn train(args: TrainArgs) -> Result<()> {
     let base = Weights::from_file(&args.weights)?;
     let (mut encoder, mut cache) = (None, std::collections::HashMap::new());
     let objects = coco_objects(&args.coco, &args, &mut encoder, &mut cache)?;
+    // The cache holds each image once: the training set's images, then those only --val has.
+    let train_images = cache.len();
     let val = match &args.val {
         Some(p) => coco_objects(p, &args, &mut encoder, &mut cache)?,
         None => Vec::new(),
@@ -1105,7 +1107,7 @@ fn train(args: TrainArgs) -> Result<()> {
     eprintln!(
         "training on {} objects ({} images), {} steps of {}; warm-up {} steps; validation: {} objects",
         run.objects(),
-        cache.len(),
+        train_images,
         args.steps,
         args.batch,
         run.schedule().warmup,
