@@ -3,13 +3,15 @@
 // this cache when it does not. Checkpoints are not handled here: the package keeps every one it
 // fetched by URL (the default models/mobile_sam.pt included) in its own Cache API store and
 // reads it from there on the next visit, online or not.
-const SHELL = 'websam-shell-v4';
+const SHELL = 'websam-shell-v5';
 const FILES = [
   './', 'index.html', 'style.css', 'app.js', 'annotate.js',
   'pkg/worker.js', 'pkg/worker-entry.js', 'pkg/websam.js', 'pkg/internal.js',
   'pkg/websam_core.js', 'pkg/websam_core_bg.wasm',
   // The threaded build and its thread workers (a cross-origin isolated page).
   'pkg/thread-entry.js', 'pkg/websam_core_mt.js', 'pkg/websam_core_mt_bg.wasm',
+  // The relaxed-SIMD kernels modules (without them the CPU path runs the portable kernel).
+  'pkg/websam_kernels_bg.wasm', 'pkg/websam_kernels_mt_bg.wasm',
   'samples/chelsea.png', 'samples/coffee.png', 'samples/astronaut.png',
   'samples/thumbs/chelsea.jpg', 'samples/thumbs/coffee.jpg', 'samples/thumbs/astronaut.jpg',
 ];

@@ -839,6 +839,16 @@ describe('loading', () => {
     await page.reload();
     await page.waitForSelector('body[data-backend=cpu]', { timeout: 30000 });
     assert.match(await page.textContent('#model-status'), /loaded on CPU/);
+    // Every script and wasm module of the package (its package.json's files) is in the shell's
+    // cache: the relaxed-SIMD kernels modules included, or the CPU path offline falls back to
+    // the portable kernel.
+    const { files } = JSON.parse(readFileSync(join(root, 'pkg/package.json'), 'utf8'));
+    const missing = await page.evaluate(async (modules) => {
+      const shell = (await caches.keys()).find((k) => k.startsWith('websam-shell-'));
+      const cached = new Set((await (await caches.open(shell)).keys()).map((r) => new URL(r.url).pathname));
+      return modules.filter((f) => !cached.has(`/pkg/${f}`));
+    }, files.filter((f) => /\.(js|wasm)$/.test(f)));
+    assert.deepEqual(missing, [], 'package files the offline page cannot load');
     await page.context().close();
   });
 });
