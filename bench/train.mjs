@@ -18,6 +18,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { serve } from '../tools/serve.mjs';
+import { rleCounts } from '../www/annotate.js';
 import { launch } from '../tests/browser/browser.mjs';
 
 const root = fileURLToPath(new URL('../', import.meta.url));
@@ -31,38 +32,6 @@ const dir = join(root, 'bench/out/train-bench');
 const python = process.env.BENCH_PYTHON ?? join(root, 'target/bench-venv/bin/python');
 const weights = '/models/mobile_sam.pt';
 mkdirSync(join(dir, 'emb'), { recursive: true });
-
-// A 2-D uint8 .npy (version 1).
-function npyU8(values, height, width) {
-  let header = `{'descr': '|u1', 'fortran_order': False, 'shape': (${height}, ${width}), }`;
-  header += ' '.repeat(63 - ((10 + header.length) % 64)) + '\n';
-  const head = Buffer.alloc(10);
-  head.write('\x93NUMPY', 0, 'latin1');
-  head[6] = 1;
-  head[7] = 0;
-  head.writeUInt16LE(header.length, 8);
-  return Buffer.concat([head, Buffer.from(header, 'latin1'), Buffer.from(values)]);
-}
-
-// COCO's uncompressed RLE: column-major runs, starting with zeros.
-function rle(mask, height, width) {
-  const counts = [];
-  let last = 0;
-  let run = 0;
-  for (let x = 0; x < width; x++) {
-    for (let y = 0; y < height; y++) {
-      const v = mask[y * width + x];
-      if (v !== last) {
-        counts.push(run);
-        last = v;
-        run = 0;
-      }
-      run++;
-    }
-  }
-  counts.push(run);
-  return { size: [height, width], counts };
-}
 
 const server = await serve({
   '/': join(root, 'bench/page'), '/pkg/': join(root, 'pkg'), '/fixtures/': join(root, 'tests/fixtures'),
@@ -85,15 +54,13 @@ try {
   const objs = await inPage('objects', [weights, names]);
   const coco = { images: [], annotations: [], categories: [{ id: 1, name: 'object' }] };
   objs.forEach((o, i) => {
-    writeFileSync(join(dir, `${o.name}_mask.npy`), npyU8(o.mask, o.height, o.width));
     copyFileSync(join(root, `tests/fixtures/real/${o.name}_embedding.npy`), join(dir, 'emb', `${o.name}.npy`));
     coco.images.push({ id: i + 1, file_name: `${o.name}.png`, height: o.height, width: o.width });
-    coco.annotations.push({ id: i + 1, image_id: i + 1, category_id: 1, iscrowd: 0, segmentation: rle(o.mask, o.height, o.width) });
+    coco.annotations.push({ id: i + 1, image_id: i + 1, category_id: 1, iscrowd: 0, segmentation: { size: [o.height, o.width], counts: rleCounts({ data: o.mask, width: o.width, height: o.height }) } });
     const pixels = o.mask.reduce((a, b) => a + b, 0);
     if (pixels === 0) throw new Error(`${o.name}: an empty object`);
     console.error(`${o.name}: ${o.width}x${o.height}, the object ${pixels} pixels`);
   });
-  writeFileSync(join(dir, 'objects.json'), JSON.stringify(objs.map(({ name, width, height }) => ({ name, width, height }))));
   writeFileSync(join(dir, 'coco.json'), JSON.stringify(coco));
   const samples = steps * objs.length;
   const torch = {};

@@ -3,14 +3,15 @@
 The same work per object as a step of websam's trainer (docs/TRAINING.md): the official
 prompt encoder and mask decoder of the trained MobileSAM (models/mobile_sam.pt, on the official
 segment_anything modules) run an interactive sequence of 11 predictions from the object's cached
-embedding: a first click drawn from the mask or its noisy box (three candidates), then 8 clicks
-from the previous prediction's error region with its best low-res logits as the mask input, and
-two iterations with no new point; each prediction's loss (the paper's, tools/golden/make_train.py)
-back-propagated at once; one AdamW step per batch (every object). Timed per step.
+embedding: a first click drawn from the mask (three candidates; websam's noisy-box first prompts
+cost the same as a click: two more prompt tokens), then 8 clicks from the previous prediction's
+error region with its best low-res logits as the mask input, and two iterations with no new
+point; each prediction's loss (the paper's, tools/golden/make_train.py) back-propagated at once;
+one AdamW step per batch (every object). Timed per step.
 
     python bench/train_torch.py DIR STEPS THREADS
-DIR holds objects.json ([{name, width, height}]) and <name>_mask.npy (uint8, the image's size)
-written by bench/train.mjs; the embeddings come from tests/fixtures/real/<name>_embedding.npy.
+DIR holds coco.json, written by bench/train.mjs: one object per image, its mask as COCO's
+uncompressed RLE; each image's embedding is tests/fixtures/real/<image stem>_embedding.npy.
 Prints one JSON line: {"threads", "objects", "steps", "seconds": [per step]}.
 """
 
@@ -29,6 +30,14 @@ from make_fixtures import build_mobile_sam  # noqa: E402
 from make_train import ADAMW, sam_loss  # noqa: E402
 
 
+def rle_decode(segmentation):
+    """COCO's uncompressed RLE (column-major runs, zeros first) to an HxW uint8 mask."""
+    h, w = segmentation["size"]
+    counts = segmentation["counts"]
+    flat = np.repeat(np.arange(len(counts)) % 2, counts).astype(np.uint8)
+    return flat.reshape((w, h)).T
+
+
 def low_res_target(mask):
     """The truth in the 256x256 low-res frame: resized as the image (longest side 1024), padded,
     a quarter of it."""
@@ -41,14 +50,14 @@ def low_res_target(mask):
 
 
 def sequence(model, features, target, rng):
-    """One object's 11 predictions, each back-propagated at once."""
+    """One object's 11 predictions, each back-propagated at once (the gradients summed)."""
     ys, xs = torch.nonzero(target, as_tuple=True)
     points, labels = [], []
     i = rng.integers(len(ys))
     points.append([float(xs[i]) * 4 + 2, float(ys[i]) * 4 + 2])
     labels.append(1)
     silent = {int(rng.integers(1, 10)), 10}
-    mask_input, total = None, 0.0
+    mask_input = None
     for k in range(11):
         coords = torch.tensor(points, dtype=torch.float32)[None]
         sparse, dense = model.prompt_encoder(points=(coords, torch.tensor(labels)[None]), boxes=None,
@@ -58,7 +67,6 @@ def sequence(model, features, target, rng):
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=k == 0)
         loss, best, *_ = sam_loss(low_res[0], iou[0], target)
         loss.backward()
-        total += loss.item()
         mask_input = low_res[:, best:best + 1].detach()
         if k + 1 < 11 and (k + 1) not in silent:
             pred = mask_input[0, 0] > 0
@@ -68,7 +76,6 @@ def sequence(model, features, target, rng):
             i = rng.integers(len(ys))
             points.append([float(xs[i]) * 4 + 2, float(ys[i]) * 4 + 2])
             labels.append(label)
-    return total / 11
 
 
 def main():
@@ -79,10 +86,12 @@ def main():
     params = list(model.prompt_encoder.parameters()) + list(model.mask_decoder.parameters())
     opt = torch.optim.AdamW(params, **ADAMW)
     objects = []
-    for o in json.load(open(os.path.join(out, "objects.json"))):
-        emb = np.load(os.path.join(ROOT, "tests", "fixtures", "real", f"{o['name']}_embedding.npy")).astype(np.float32)
-        target = low_res_target(np.load(os.path.join(out, f"{o['name']}_mask.npy")))
-        objects.append((torch.from_numpy(emb), target))
+    coco = json.load(open(os.path.join(out, "coco.json")))
+    stems = {im["id"]: os.path.splitext(im["file_name"])[0] for im in coco["images"]}
+    for ann in coco["annotations"]:
+        path = os.path.join(ROOT, "tests", "fixtures", "real", f"{stems[ann['image_id']]}_embedding.npy")
+        emb = np.load(path).astype(np.float32)
+        objects.append((torch.from_numpy(emb), low_res_target(rle_decode(ann["segmentation"]))))
     rng = np.random.default_rng(0)
     seconds = []
     for _ in range(steps):

@@ -11,28 +11,6 @@ async function embedding(name) {
   return new Uint8Array(await (await fetch(`${REAL}${name}_embedding.npy`)).arrayBuffer());
 }
 
-// The .npy's values as f32 (little-endian f2 or f4; version 1 or 2 headers).
-function npyF32(bytes) {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const major = bytes[6];
-  const headerLen = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
-  const start = (major === 1 ? 10 : 12) + headerLen;
-  const header = new TextDecoder().decode(bytes.subarray(major === 1 ? 10 : 12, start));
-  const data = bytes.slice(start);
-  if (header.includes("'<f4'")) return new Float32Array(data.buffer);
-  if (!header.includes("'<f2'")) throw new Error(`not little-endian f16 or f32: ${header}`);
-  const half = new Uint16Array(data.buffer);
-  const out = new Float32Array(half.length);
-  for (let i = 0; i < half.length; i++) {
-    const h = half[i];
-    const sign = h & 0x8000 ? -1 : 1;
-    const exp = (h >> 10) & 0x1f;
-    const frac = h & 0x3ff;
-    out[i] = exp === 0 ? sign * frac * 2 ** -24 : exp === 31 ? (frac ? NaN : sign * Infinity) : sign * (1 + frac / 1024) * 2 ** (exp - 15);
-  }
-  return out;
-}
-
 /** Each photograph's object: its box case's best mask at the image's size (0/1). */
 export async function objects(weights, names) {
   const cases = await (await fetch(REAL + 'cases.json')).json();
@@ -57,9 +35,11 @@ export async function objects(weights, names) {
 export async function train(weights, api, threads, objs, steps) {
   const load = { weights, backend: 'cpu', cache: false };
   const sam = api === 'Sam' ? await Sam.load(load) : await SamWorker.load({ ...load, threads });
+  // Each image's embedding as `getEmbedding` gives it, through the package's own .npy reader.
   const items = [];
   for (const o of objs) {
-    items.push({ mask: Uint8Array.from(o.mask), width: o.width, height: o.height, embedding: npyF32(await embedding(o.name)) });
+    await sam.setEmbedding(await embedding(o.name), { width: o.width, height: o.height });
+    items.push({ mask: Uint8Array.from(o.mask), width: o.width, height: o.height, embedding: await sam.getEmbedding() });
   }
   const t = performance.now();
   const losses = await sam.train(items, { steps, batch: items.length, lr: 1e-4, seed: 0 });
