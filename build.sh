@@ -342,6 +342,8 @@ serve() {
 }
 
 test_all() {
+  # A cold build (CI's) gains nothing from incremental compilation's bookkeeping.
+  export CARGO_INCREMENTAL=0
   log "cargo fmt --check"
   cargo fmt --check
   log "clippy (native)"
@@ -415,16 +417,26 @@ fuzz() {
   local profile=release
   [ -z "$dev" ] || profile=debug
   local bin="fuzz/$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/$profile"
-  local failed=() summary=() t log_file
+  local failed=() summary=() runs=() t log_file jobs="${FUZZ_JOBS:-$(nproc)}"
+  # Each libFuzzer run takes one core: the targets run side by side, FUZZ_JOBS (the cores) at a
+  # time, each for the whole ${seconds}s.
   for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t" "fuzz/regressions/$t"
     cp -n "fuzz/seeds/$t"/* "fuzz/corpus/$t/" 2>/dev/null || true
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
     log "fuzzing $t for ${seconds}s"
-    log_file="fuzz/artifacts/$t/last-run.log"
-    local rc=0
     # shellcheck disable=SC2086 # the per-target arguments split on spaces
-    "$bin/$t" "fuzz/corpus/$t" "fuzz/regressions/$t" "${FUZZ_LIBFUZZER_ARGS[@]}" ${FUZZ_TARGET_ARGS[$t]:-} \
-      -max_total_time="$seconds" -artifact_prefix="fuzz/artifacts/$t/" >"$log_file" 2>&1 || rc=$?
+    ( rc=0
+      "$bin/$t" "fuzz/corpus/$t" "fuzz/regressions/$t" "${FUZZ_LIBFUZZER_ARGS[@]}" ${FUZZ_TARGET_ARGS[$t]:-} \
+        -max_total_time="$seconds" -artifact_prefix="fuzz/artifacts/$t/" >"fuzz/artifacts/$t/last-run.log" 2>&1 || rc=$?
+      echo "$rc" >"fuzz/artifacts/$t/last-run.rc" ) &
+    runs+=($!)
+  done
+  wait "${runs[@]}"
+  for t in "${targets[@]}"; do
+    log_file="fuzz/artifacts/$t/last-run.log"
+    local rc
+    rc=$(cat "fuzz/artifacts/$t/last-run.rc")
     # libFuzzer's last status line: "#N DONE cov: C ft: F corp: K/SIZE ... exec/s: E rss: R".
     local status execs cov corp eps
     status=$(grep -E '^#[0-9]+' "$log_file" | tail -n1)

@@ -1,7 +1,8 @@
 //! The GPU model with the trained MobileSAM checkpoint against the official code on real
 //! photographs (`tests/fixtures/real`), in f32 and in f16 (`Precision::F16`), natively (lavapipe
 //! on machines without a GPU). Every case is decoded from the reference's embedding; photographs
-//! are also encoded on the GPU and decoded from our embedding (f32: one, f16: all three).
+//! are also encoded on the GPU and decoded from our embedding (f32: one; f16: one in the test
+//! command, all three with `--ignored`: each encode takes about 30 s on lavapipe).
 //! Tolerances:
 //! - f32, as the CPU path (tests/real.rs): low-res logits and IoU within 2e-4 of the reference,
 //!   embedding within 1e-3, no mask pixel differs where the reference's logit is 0.01 (from its
@@ -55,8 +56,14 @@ const F16: Limits = Limits {
     embedding: 2e-2,
     band: [0.1, 0.1],
     mask_iou: 0.999,
-    // Each photograph's own activation ranges meet the f16 GEMMs.
+    // Each photograph's own activation ranges meet the f16 GEMMs: chelsea here, all three in
+    // `F16_ALL_PHOTOS` (measured embedding errors 2.1e-3 to 2.4e-3, a tenth of the limit).
+    encode: &["chelsea"],
+};
+
+const F16_ALL_PHOTOS: Limits = Limits {
     encode: &["chelsea", "coffee", "astronaut"],
+    ..F16
 };
 
 fn model(ctx: &GpuContext) -> GpuSam {
@@ -139,4 +146,15 @@ fn real_gpu_f16_matches_pytorch() {
         .with_precision(Precision::F16)
         .unwrap_or_else(|e| panic!("the f16 tests need shader-f16: {e}"));
     check(&ctx, "f16", &F16);
+}
+
+// Two more f16 encodes, about a minute on lavapipe: out of the test command.
+// `cargo test --test gpu_real -- --ignored` runs it.
+#[test]
+#[ignore = "about 2 minutes on lavapipe; run with --ignored"]
+fn real_gpu_f16_all_photographs_match_pytorch() {
+    let ctx = gpu::ctx()
+        .with_precision(Precision::F16)
+        .unwrap_or_else(|e| panic!("the f16 tests need shader-f16: {e}"));
+    check(&ctx, "f16", &F16_ALL_PHOTOS);
 }
