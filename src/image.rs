@@ -133,13 +133,25 @@ pub fn preprocess_shape(height: usize, width: usize, long_side: usize) -> (usize
     (new_h, new_w)
 }
 
+/// How an image is fitted into the encoder's 1024x1024 frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// SAM: the longest side scaled to 1024, the aspect kept, padded at the bottom and right
+    /// (`ResizeLongestSide`).
+    LongestSide,
+    /// SAM 2: resized to 1024x1024 whatever its aspect (`SAM2Transforms`).
+    Stretch,
+}
+
 /// The size of an image and the size it has inside the encoder's 1024 frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageFrame {
     /// Original (height, width).
     pub original: (usize, usize),
-    /// (height, width) after resizing the longest side to 1024, before padding.
+    /// (height, width) inside the 1024 frame: after resizing the longest side to 1024, before
+    /// padding; (1024, 1024) when stretched.
     pub input: (usize, usize),
+    pub fit: Fit,
 }
 
 impl ImageFrame {
@@ -156,13 +168,32 @@ impl ImageFrame {
         Ok(Self {
             original: (height, width),
             input,
+            fit: Fit::LongestSide,
         })
     }
 
-    /// `ResizeLongestSide.apply_coords`: a point from the original frame to the 1024 frame
-    /// (float64 arithmetic, as numpy does it, then f32 as the predictor's tensor).
+    /// The frame of an image SAM 2 stretches to 1024x1024.
+    pub fn stretched(height: usize, width: usize) -> Result<Self> {
+        check_size(width, height)?;
+        Ok(Self {
+            original: (height, width),
+            input: (IMAGE_SIZE, IMAGE_SIZE),
+            fit: Fit::Stretch,
+        })
+    }
+
+    /// A point from the original frame to the 1024 frame: `ResizeLongestSide.apply_coords`
+    /// (float64 arithmetic, as numpy does it, then f32 as the predictor's tensor), or SAM 2's
+    /// `transform_coords` (`x / width * 1024` on the f32 tensor).
     pub fn apply_coords(&self, x: f64, y: f64) -> (f32, f32) {
         let (old_h, old_w) = self.original;
+        if self.fit == Fit::Stretch {
+            let side = IMAGE_SIZE as f32;
+            return (
+                x as f32 / old_w as f32 * side,
+                y as f32 / old_h as f32 * side,
+            );
+        }
         let (new_h, new_w) = self.input;
         let x = x * (new_w as f64 / old_w as f64);
         let y = y * (new_h as f64 / old_h as f64);
@@ -371,6 +402,117 @@ pub fn preprocess(img: &RgbImage) -> Result<(Tensor, ImageFrame)> {
     Ok((t, frame))
 }
 
+/// ImageNet's mean and std on the 0..1 scale (`SAM2Transforms`).
+const SAM2_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const SAM2_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// `SAM2Transforms` on an image: `ToTensor` (bytes / 255), `Resize((1024, 1024))` on the
+/// float planes (bilinear with antialiasing: [`resize_plane_aa`]), `Normalize` with ImageNet's
+/// mean and std. Returns `[1, 3, 1024, 1024]` and the (stretched) frame.
+pub fn preprocess_sam2(img: &RgbImage) -> Result<(Tensor, ImageFrame)> {
+    let frame = ImageFrame::stretched(img.height, img.width)?;
+    let (h, w) = (img.height, img.width);
+    let side = IMAGE_SIZE;
+    let mut data = Vec::with_capacity(3 * side * side);
+    let taps_w = aa_taps(w, side);
+    let taps_h = aa_taps(h, side);
+    let mut plane = vec![0f32; h * w];
+    for (c, (mean, std)) in SAM2_MEAN.iter().zip(SAM2_STD).enumerate() {
+        for (p, px) in plane.iter_mut().zip(img.data.chunks_exact(3)) {
+            *p = px[c] as f32 / 255.0;
+        }
+        let resized = resize_plane_aa(&plane, (h, w), (side, side), &taps_h, &taps_w);
+        data.extend(resized.into_iter().map(|v| (v - mean) / std));
+    }
+    let t = Tensor::from_vec(data, (1, 3, side, side), &Device::Cpu)?;
+    Ok((t, frame))
+}
+
+/// One output index of an antialiased resize: the first source index and the weights.
+struct AaTap {
+    first: usize,
+    weights: Vec<f32>,
+}
+
+/// PyTorch's `_compute_weights_aa` for the bilinear (triangle) filter, `align_corners=False`,
+/// in its arithmetic: f32 scale, centre, support and weights; f64 where the C++ mixes in a
+/// double (`i + 0.5`, the filter's argument, the window's bounds).
+fn aa_taps(in_size: usize, out_size: usize) -> Vec<AaTap> {
+    let scale = in_size as f32 / out_size as f32;
+    let support = if scale >= 1.0 { scale } else { 1.0 };
+    let invscale = if scale >= 1.0 {
+        (1.0 / scale as f64) as f32
+    } else {
+        1.0
+    };
+    let max_size = support.ceil() as i64 * 2 + 1;
+    (0..out_size)
+        .map(|i| {
+            let center = (scale as f64 * (i as f64 + 0.5)) as f32;
+            let xmin = ((center as f64 - support as f64 + 0.5) as i64).max(0);
+            let xsize = ((center as f64 + support as f64 + 0.5) as i64).min(in_size as i64) - xmin;
+            let xsize = xsize.clamp(0, max_size);
+            let mut weights: Vec<f32> = (0..xsize)
+                .map(|j| {
+                    let x = (((j + xmin) as f64 - center as f64 + 0.5) * invscale as f64) as f32;
+                    let x = x.abs();
+                    if x < 1.0 {
+                        1.0 - x
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let total: f32 = weights.iter().fold(0.0, |a, &w| a + w);
+            if total != 0.0 {
+                weights.iter_mut().for_each(|w| *w /= total);
+            }
+            AaTap {
+                first: xmin as usize,
+                weights,
+            }
+        })
+        .collect()
+}
+
+/// `F.interpolate(mode="bilinear", antialias=True, align_corners=False)` of one plane, as
+/// PyTorch's separable CPU kernel: the rows first (skipped when the width is kept), then the
+/// columns, each output `t0 * w0 + t1 * w1 + ...` in f32.
+fn resize_plane_aa(
+    src: &[f32],
+    (in_h, in_w): (usize, usize),
+    (out_h, out_w): (usize, usize),
+    taps_h: &[AaTap],
+    taps_w: &[AaTap],
+) -> Vec<f32> {
+    let sum = |tap: &AaTap, at: &dyn Fn(usize) -> f32| -> f32 {
+        let mut acc = at(tap.first) * tap.weights[0];
+        for (j, w) in tap.weights.iter().enumerate().skip(1) {
+            acc += at(tap.first + j) * w;
+        }
+        acc
+    };
+    let rows: Vec<f32> = if in_w == out_w {
+        src.to_vec()
+    } else {
+        let mut out = Vec::with_capacity(in_h * out_w);
+        for row in src.chunks_exact(in_w) {
+            out.extend(taps_w.iter().map(|t| sum(t, &|x| row[x])));
+        }
+        out
+    };
+    if in_h == out_h {
+        return rows;
+    }
+    let mut out = vec![0f32; out_h * out_w];
+    for (y, t) in taps_h.iter().enumerate() {
+        for x in 0..out_w {
+            out[y * out_w + x] = sum(t, &|r| rows[r * out_w + x]);
+        }
+    }
+    out
+}
+
 /// Source index and weight pairs of PyTorch's bilinear interpolation with
 /// `align_corners=False` (`area_pixel_compute_source_index`, f32 arithmetic).
 fn linear_taps(in_size: usize, out_size: usize) -> Vec<(usize, usize, f32, f32)> {
@@ -425,6 +567,18 @@ pub fn postprocess_logits(low_res: &[f32], frame: &ImageFrame) -> Result<Vec<f32
     }
     let (in_h, in_w) = frame.input;
     let (orig_h, orig_w) = frame.original;
+    if frame.fit == Fit::Stretch {
+        // SAM 2's `postprocess_masks`: straight from 256x256 to the original size.
+        return Ok(interpolate_plane(
+            low_res,
+            LOW_RES_SIDE,
+            LOW_RES_SIDE,
+            orig_h,
+            orig_w,
+            orig_h,
+            orig_w,
+        ));
+    }
     let up = interpolate_plane(
         low_res,
         LOW_RES_SIDE,

@@ -71,6 +71,13 @@ impl Predictor {
         choice: BackendChoice,
         precision: Precision,
     ) -> Result<(Self, Option<Error>)> {
+        if weights.has_prefix("sam_mask_decoder.") {
+            return Err(Error::UnsupportedModel(
+                "a SAM 2 checkpoint: the predictor (the JS API, the page, the CLI) does not take \
+                 SAM 2 yet; websam::model::sam::Sam runs it on the CPU"
+                    .into(),
+            ));
+        }
         let (gpu, why_not) = match choice {
             BackendChoice::Cpu => (None, None),
             BackendChoice::Gpu => (Some(open_gpu(&weights, precision).await?), None),

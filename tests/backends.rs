@@ -73,7 +73,15 @@ fn act64(x: Tensor, act: Activation) -> Tensor {
         Activation::None => x,
         Activation::Relu => x.relu().unwrap(),
         Activation::Gelu => gelu64(&x),
+        Activation::Sigmoid => sigmoid64(&x),
     }
+}
+
+fn sigmoid64(x: &Tensor) -> Tensor {
+    (x.neg().unwrap().exp().unwrap() + 1.0)
+        .unwrap()
+        .recip()
+        .unwrap()
 }
 
 /// Scales `t` so that a product over `k` terms has about unit variance.
@@ -108,6 +116,7 @@ fn linear_with_bias_and_activation() {
         (vec![3, 7], 33, 17, true, Activation::Relu),
         (vec![1, 5, 2], 256, 2048, true, Activation::Gelu),
         (vec![9], 64, 5, false, Activation::None),
+        (vec![2, 3], 256, 4, true, Activation::Sigmoid),
     ] {
         let mut xs = lead.clone();
         xs.push(k);
@@ -867,6 +876,8 @@ enum Op {
     Add,
     Gelu,
     Relu,
+    Sigmoid,
+    Maximum,
     Permute,
     Slice,
     Concat,
@@ -886,6 +897,8 @@ impl Case for Program<Op> {
             Op::Add => b.add(&x[0], &x[1]).unwrap(),
             Op::Gelu => b.activation(&x[0], Activation::Gelu).unwrap(),
             Op::Relu => b.activation(&x[0], Activation::Relu).unwrap(),
+            Op::Sigmoid => b.activation(&x[0], Activation::Sigmoid).unwrap(),
+            Op::Maximum => b.maximum(&x[0], &x[1]).unwrap(),
             // A view permuted, then permuted again: the CPU's strided views are read right.
             Op::Permute => {
                 let y = b.permute(&x[0], &[2, 0, 3, 1]).unwrap();
@@ -933,8 +946,22 @@ fn elementwise_ops_broadcast_and_activate() {
         TOL,
         "gelu",
     );
+    check(
+        &program(Op::Sigmoid, vec![x.clone()]),
+        &sigmoid64(&f64_of(&x)),
+        TOL,
+        "sigmoid",
+    );
     let want = f64_of(&x).relu().unwrap();
     check(&program(Op::Relu, vec![x]), &want, EXACT, "relu");
+    let (a, b) = (randn(&[4, 1, 6, 3]), randn(&[4, 5, 1, 3]));
+    let want = f64_of(&a).broadcast_maximum(&f64_of(&b)).unwrap();
+    check(
+        &program(Op::Maximum, vec![a, b]),
+        &want,
+        EXACT,
+        "maximum, broadcast",
+    );
 }
 
 #[test]

@@ -51,6 +51,7 @@ fn act_ref(x: Tensor, act: Activation) -> Tensor {
         Activation::None => x,
         Activation::Gelu => x.gelu_erf().unwrap(),
         Activation::Relu => x.relu().unwrap(),
+        Activation::Sigmoid => candle_nn::ops::sigmoid(&x).unwrap(),
     }
 }
 

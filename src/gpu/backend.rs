@@ -110,11 +110,16 @@ impl Backend for Gpu {
         binary(&mut self.rec, a, b, Binary::Add)
     }
 
+    fn maximum(&mut self, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
+        binary(&mut self.rec, a, b, Binary::Max)
+    }
+
     fn activation(&mut self, x: &GpuTensor, a: Activation) -> Result<GpuTensor> {
         match a {
             Activation::None => Ok(x.clone()),
             Activation::Gelu => unary(&mut self.rec, x, Unary::Gelu),
             Activation::Relu => unary(&mut self.rec, x, Unary::Relu),
+            Activation::Sigmoid => unary(&mut self.rec, x, Unary::Sigmoid),
         }
     }
 

@@ -171,6 +171,8 @@ pub trait Backend: Sized {
 
     /// `a + b`, broadcasting as numpy does.
     fn add(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `max(a, b)` elementwise, broadcasting as numpy does.
+    fn maximum(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
     /// `act(x)`.
     fn activation(&mut self, x: &Self::Tensor, act: Activation) -> Result<Self::Tensor>;
     /// `nn.Linear`: `act(x @ weight^T + bias)` over the last dim, `weight` from

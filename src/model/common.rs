@@ -65,6 +65,12 @@ impl<B: Backend> Linear<B> {
         Self { weight, bias: None }
     }
 
+    /// A linear layer from a weight uploaded with [`Param::Linear`] and a bias with
+    /// [`Param::Plain`] (a 1x1 conv's, reshaped).
+    pub fn from_weight_and_bias(weight: B::Tensor, bias: Option<B::Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
     /// `act(x @ W^T + b)` over the last dim of `x` (any leading dims).
     pub fn forward(&self, b: &mut B, x: &B::Tensor, act: Activation) -> Result<B::Tensor> {
         b.linear(x, &self.weight, self.bias.as_ref(), act)
@@ -124,7 +130,8 @@ impl<B: Backend> LayerNorm2d<B> {
     }
 }
 
-/// `MLPBlock`: `lin2(act(lin1(x)))`. The two-way transformer builds it with ReLU.
+/// `MLPBlock`: `lin2(act(lin1(x)))`. The two-way transformer builds it with ReLU. SAM 2's
+/// two-layer `MLP` is the same computation under the keys `layers.0`, `layers.1`.
 #[derive(Debug, Clone)]
 pub struct MLPBlock<B: Backend> {
     lin1: Linear<B>,
@@ -133,6 +140,7 @@ pub struct MLPBlock<B: Backend> {
 }
 
 impl<B: Backend> MLPBlock<B> {
+    /// Reads `<vb>.lin1` and `<vb>.lin2`.
     pub fn new(
         dev: &B::Device,
         vb: &WeightPath,
@@ -140,9 +148,21 @@ impl<B: Backend> MLPBlock<B> {
         mlp_dim: usize,
         act: Activation,
     ) -> Result<Self> {
+        Self::with_keys(dev, vb, ["lin1", "lin2"], embedding_dim, mlp_dim, act)
+    }
+
+    /// Reads the two layers under `<vb>.<keys[0]>` and `<vb>.<keys[1]>`.
+    pub fn with_keys(
+        dev: &B::Device,
+        vb: &WeightPath,
+        keys: [&str; 2],
+        embedding_dim: usize,
+        mlp_dim: usize,
+        act: Activation,
+    ) -> Result<Self> {
         Ok(Self {
-            lin1: Linear::new(dev, &vb.pp("lin1"), embedding_dim, mlp_dim, true)?,
-            lin2: Linear::new(dev, &vb.pp("lin2"), mlp_dim, embedding_dim, true)?,
+            lin1: Linear::new(dev, &vb.pp(keys[0]), embedding_dim, mlp_dim, true)?,
+            lin2: Linear::new(dev, &vb.pp(keys[1]), mlp_dim, embedding_dim, true)?,
             act,
         })
     }

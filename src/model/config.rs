@@ -43,6 +43,9 @@ pub struct TransformerConfig {
     pub attention_downsample_rate: usize,
     /// `nn.LayerNorm` default eps.
     pub layer_norm_eps: f64,
+    /// The keys of each block's MLP layers: SAM's `MLPBlock` (`lin1`, `lin2`), SAM 2's `MLP`
+    /// (`layers.0`, `layers.1`).
+    pub mlp_keys: [&'static str; 2],
 }
 
 /// `MaskDecoder` constants.
@@ -53,9 +56,56 @@ pub struct MaskDecoderConfig {
     pub iou_head_depth: usize,
     pub iou_head_hidden_dim: usize,
     pub transformer: TransformerConfig,
+    /// SAM 2's decoder (`sam2/modeling/sam/mask_decoder.py`) where set.
+    pub sam2: Option<Sam2DecoderConfig>,
+}
+
+/// What SAM 2's mask decoder adds, as `build_sam2` builds it for the SAM 2.1 checkpoints: an
+/// object-score token before the IoU token, a sigmoid on the IoU head, the image encoder's
+/// high-resolution features added in the upscaling, and (`apply_postprocessing`, the image
+/// predictor's default) a single-mask request that falls back to the best of the three
+/// candidates when the single mask is unstable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sam2DecoderConfig {
+    /// `dynamic_multimask_stability_delta`: the logit band of the stability score.
+    pub stability_delta: f32,
+    /// `dynamic_multimask_stability_thresh`: the stability a single mask needs to be kept.
+    pub stability_thresh: f32,
 }
 
 impl MaskDecoderConfig {
+    /// SAM's (and MobileSAM's) mask decoder.
+    pub fn sam1() -> Self {
+        Self {
+            transformer_dim: EMBED_DIM,
+            num_multimask_outputs: 3,
+            iou_head_depth: 3,
+            iou_head_hidden_dim: 256,
+            transformer: TransformerConfig {
+                depth: 2,
+                embedding_dim: EMBED_DIM,
+                num_heads: 8,
+                mlp_dim: 2048,
+                attention_downsample_rate: 2,
+                layer_norm_eps: 1e-5,
+                mlp_keys: ["lin1", "lin2"],
+            },
+            sam2: None,
+        }
+    }
+
+    /// SAM 2.1's mask decoder (`SAM2Base._build_sam_heads` with the SAM 2.1 configurations'
+    /// flags and `build_sam2`'s post-processing overrides).
+    pub fn sam2() -> Self {
+        let mut cfg = Self::sam1();
+        cfg.transformer.mlp_keys = ["layers.0", "layers.1"];
+        cfg.sam2 = Some(Sam2DecoderConfig {
+            stability_delta: 0.05,
+            stability_thresh: 0.98,
+        });
+        cfg
+    }
+
     /// Multimask candidates plus the single-mask token.
     pub fn num_mask_tokens(&self) -> usize {
         self.num_multimask_outputs + 1
@@ -110,20 +160,7 @@ impl SamConfig {
                 mask_in_chans: 16,
                 num_point_embeddings: 4,
             },
-            mask_decoder: MaskDecoderConfig {
-                transformer_dim: EMBED_DIM,
-                num_multimask_outputs: 3,
-                iou_head_depth: 3,
-                iou_head_hidden_dim: 256,
-                transformer: TransformerConfig {
-                    depth: 2,
-                    embedding_dim: EMBED_DIM,
-                    num_heads: 8,
-                    mlp_dim: 2048,
-                    attention_downsample_rate: 2,
-                    layer_norm_eps: 1e-5,
-                },
-            },
+            mask_decoder: MaskDecoderConfig::sam1(),
             tiny_vit: TinyVitConfig {
                 img_size: IMAGE_SIZE,
                 in_chans: 3,

@@ -133,6 +133,7 @@ impl Activation {
             Activation::Gelu => gelu(x),
             // Not `x.max(0.0)`: PyTorch's ReLU keeps a NaN a NaN, `f32::max` drops it.
             Activation::Relu => relu(x),
+            Activation::Sigmoid => sigmoid(x),
         }
     }
 
@@ -142,6 +143,7 @@ impl Activation {
             Activation::None => {}
             Activation::Gelu => xs.iter_mut().for_each(|x| *x = gelu(*x)),
             Activation::Relu => xs.iter_mut().for_each(|x| *x = relu(*x)),
+            Activation::Sigmoid => xs.iter_mut().for_each(|x| *x = sigmoid(*x)),
         }
     }
 }
@@ -193,6 +195,12 @@ pub fn erf(x: f32) -> f32 {
         q = q * x2 + b;
     }
     p / q
+}
+
+/// `1 / (1 + exp(-x))`, as PyTorch's f32 sigmoid.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 /// GELU, exact erf form: `x / 2 * (1 + erf(x / sqrt(2)))`.

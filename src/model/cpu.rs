@@ -118,7 +118,9 @@ fn activate(x: Tensor, act: Activation) -> Result<Tensor> {
     }
     match act {
         Activation::None => Ok(x),
-        Activation::Relu | Activation::Gelu => Epilogue { bias: None, act }.apply(contiguous(&x)?),
+        Activation::Relu | Activation::Gelu | Activation::Sigmoid => {
+            Epilogue { bias: None, act }.apply(contiguous(&x)?)
+        }
     }
 }
 
@@ -250,10 +252,20 @@ impl Backend for Cpu {
         }
     }
 
+    fn maximum(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if a.dims() == b.dims() {
+            Ok(a.maximum(b)?)
+        } else {
+            Ok(a.broadcast_maximum(b)?)
+        }
+    }
+
     fn activation(&mut self, x: &Tensor, act: Activation) -> Result<Tensor> {
         match act {
             Activation::None => Ok(x.clone()),
-            Activation::Relu | Activation::Gelu => ops::activation(&contiguous(x)?, act),
+            Activation::Relu | Activation::Gelu | Activation::Sigmoid => {
+                ops::activation(&contiguous(x)?, act)
+            }
         }
     }
 

@@ -1,19 +1,25 @@
-//! Follows `segment_anything/modeling/mask_decoder.py` (MaskDecoder, MLP).
+//! Follows `segment_anything/modeling/mask_decoder.py` (MaskDecoder, MLP) and, with
+//! [`MaskDecoderConfig::sam2`], `sam2/modeling/sam/mask_decoder.py`: the same decoder with an
+//! object-score token, a sigmoid IoU head, high-resolution features in the upscaling and the
+//! dynamic fallback to multimask ([`MaskDecoder::select_stable`]).
 
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 use crate::model::backend::{dims3, load, Activation, Backend, Gemm, Param};
 use crate::model::common::{LayerNorm2d, Linear};
-use crate::model::config::{MaskDecoderConfig, LAYER_NORM_2D_EPS};
+use crate::model::config::{
+    MaskDecoderConfig, Sam2DecoderConfig, EMBEDDING_SIDE, LAYER_NORM_2D_EPS,
+};
 use crate::model::transformer::{ImageSide, TwoWayTransformer};
 use crate::model::weights::WeightPath;
 
 /// A plain MLP: `num_layers` linears with ReLU between them (from MaskFormer). SAM builds
-/// every one with `sigmoid_output=False`.
+/// every one with `sigmoid_output=False`; SAM 2's IoU head has the sigmoid.
 #[derive(Debug, Clone)]
 pub struct MLP<B: Backend> {
     layers: Vec<Linear<B>>,
+    sigmoid_output: bool,
 }
 
 impl<B: Backend> MLP<B> {
@@ -37,7 +43,18 @@ impl<B: Backend> MLP<B> {
                 Linear::new(dev, &vb.pp("layers").pp(i), n, k, true)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers })
+        Ok(Self {
+            layers,
+            sigmoid_output: false,
+        })
+    }
+
+    /// The MLP with a sigmoid on its output (`sigmoid_output=True`).
+    pub fn with_sigmoid_output(self) -> Self {
+        Self {
+            sigmoid_output: true,
+            ..self
+        }
     }
 
     pub fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<B::Tensor> {
@@ -46,6 +63,8 @@ impl<B: Backend> MLP<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             let act = if i < last {
                 Activation::Relu
+            } else if self.sigmoid_output {
+                Activation::Sigmoid
             } else {
                 Activation::None
             };
@@ -152,10 +171,14 @@ pub enum ImageInput<'a, B: Backend> {
 pub struct MaskDecoder<B: Backend> {
     transformer: TwoWayTransformer<B>,
     num_multimask_outputs: usize,
-    /// `iou_token.weight` `[1, C]` and `mask_tokens.weight` `[num_mask_tokens, C]`,
-    /// concatenated once at load, on the host (they join the sparse prompt there).
+    /// SAM 2's `obj_score_token.weight` `[1, C]`, `iou_token.weight` `[1, C]` and
+    /// `mask_tokens.weight` `[num_mask_tokens, C]`, concatenated once at load, on the host
+    /// (they join the sparse prompt there).
     output_tokens: Tensor,
+    /// Where the IoU token is among them: 1 after SAM 2's object-score token, else 0.
+    iou_token_index: usize,
     num_mask_tokens: usize,
+    sam2: Option<Sam2DecoderConfig>,
     /// `output_upscaling`: ConvT(C->C/4, k2, s2), LN2d, GELU, ConvT(C/4->C/8, k2, s2), GELU.
     upscaling_0: ConvTranspose2x2<B>,
     upscaling_1: LayerNorm2d<B>,
@@ -176,14 +199,21 @@ impl<B: Backend> MaskDecoder<B> {
         let mask_tokens = vb
             .pp("mask_tokens")
             .get(&[num_mask_tokens, dim], "weight")?;
-        let output_tokens = Tensor::cat(&[iou_token, mask_tokens], 0)?;
+        let mut output_tokens = vec![iou_token, mask_tokens];
+        if cfg.sam2.is_some() {
+            // `pred_obj_scores`: the object-score token first. Its head
+            // (`pred_obj_score_head`) scores objects for video; the image predictor drops it.
+            output_tokens.insert(0, vb.pp("obj_score_token").get(&[1, dim], "weight")?);
+        }
+        let iou_token_index = output_tokens.len() - 2;
+        let output_tokens = Tensor::cat(&output_tokens, 0)?;
         let up = vb.pp("output_upscaling");
         let (c4, c8) = (dim / 4, dim / 8);
         let hyper = vb.pp("output_hypernetworks_mlps");
         let hyper_dims = [dim, dim, dim, c8];
         let hypernetworks_multi = StackedMlps::new(dev, &hyper, 1..num_mask_tokens, &hyper_dims)?;
         let hypernetworks_single = StackedMlps::new(dev, &hyper, 0..1, &hyper_dims)?;
-        let iou_prediction_head = MLP::new(
+        let mut iou_prediction_head = MLP::new(
             dev,
             &vb.pp("iou_prediction_head"),
             dim,
@@ -191,11 +221,16 @@ impl<B: Backend> MaskDecoder<B> {
             num_mask_tokens,
             cfg.iou_head_depth,
         )?;
+        if cfg.sam2.is_some() {
+            iou_prediction_head = iou_prediction_head.with_sigmoid_output();
+        }
         Ok(Self {
             transformer,
             num_multimask_outputs: cfg.num_multimask_outputs,
             output_tokens,
+            iou_token_index,
             num_mask_tokens,
+            sam2: cfg.sam2.clone(),
             upscaling_0: ConvTranspose2x2::new(dev, &up.pp(0), dim, c4)?,
             upscaling_1: LayerNorm2d::new(dev, &up.pp(1), c4, LAYER_NORM_2D_EPS)?,
             upscaling_3: ConvTranspose2x2::new(dev, &up.pp(3), c4, c8)?,
@@ -206,13 +241,12 @@ impl<B: Backend> MaskDecoder<B> {
     }
 
     /// The output tokens followed by the sparse prompt embeddings `[B, N, C]`, on the host:
-    /// the decoder's token input `[B, 1 + num_mask_tokens + N, C]`.
+    /// the decoder's token input `[B, T + N, C]`, `T` the output tokens (SAM: the IoU token and
+    /// the mask tokens; SAM 2: the object-score token first).
     pub fn tokens(&self, sparse: &Tensor) -> Result<Tensor> {
         let (b, _, dim) = sparse.dims3()?;
-        let output_tokens =
-            self.output_tokens
-                .unsqueeze(0)?
-                .broadcast_as((b, 1 + self.num_mask_tokens, dim))?;
+        let t = self.output_tokens.dim(0)?;
+        let output_tokens = self.output_tokens.unsqueeze(0)?.broadcast_as((b, t, dim))?;
         Ok(Tensor::cat(&[&output_tokens, sparse], 1)?)
     }
 
@@ -231,9 +265,13 @@ impl<B: Backend> MaskDecoder<B> {
     /// Predicts masks given image and prompt embeddings.
     ///
     /// `image`: the image tokens plus dense prompt (or the per-image work), `[1, HW, C]` for
-    /// an `hw = (h, w)` grid; `image_pe` tokens `[1, HW, C]`; `tokens` from [`Self::tokens`]
-    /// `[B, T, C]`. Returns the low-res mask logits `[B, M, 4h, 4w]` and the IoU predictions
-    /// `[B, M]`, with `M = 3` when `multimask_output`, else 1.
+    /// the 64x64 grid of the embedding; `image_pe` tokens `[1, HW, C]`; `tokens` from
+    /// [`Self::tokens`]
+    /// `[B, T, C]`; SAM 2's `high_res` features `(feat_s0 [1, C/8, 4h, 4w], feat_s1
+    /// [1, C/4, 2h, 2w])`. Returns the low-res mask logits `[B, M, 4h, 4w]` and the IoU
+    /// predictions `[B, M]`, with `M = 3` when `multimask_output`, else 1; SAM 2's single-mask
+    /// request gives all four (`M = 4`), of which [`Self::select_stable`] keeps one once
+    /// they are read.
     pub fn forward(
         &self,
         b: &mut B,
@@ -241,16 +279,24 @@ impl<B: Backend> MaskDecoder<B> {
         image_pe: &B::Tensor,
         tokens: &B::Tensor,
         multimask_output: bool,
-        (h, w): (usize, usize),
+        high_res: Option<(&B::Tensor, &B::Tensor)>,
     ) -> Result<(B::Tensor, B::Tensor)> {
+        let (h, w) = (EMBEDDING_SIDE, EMBEDDING_SIDE);
         // Select the correct mask or masks for output. Only the selected mask tokens go
         // through their hypernetwork and the final product: each mask depends on its own
         // token alone, so this equals slicing the masks afterwards, without the unused work.
         let mask_slice = if multimask_output {
             1..self.num_mask_tokens
+        } else if self.sam2.is_some() {
+            0..self.num_mask_tokens
         } else {
             0..1
         };
+        if self.sam2.is_some() != high_res.is_some() {
+            return Err(Error::invalid(
+                "SAM 2's mask decoder takes the high-resolution features, SAM's none",
+            ));
+        }
         let (src, side) = match image {
             ImageInput::Src(src) => (src, None),
             ImageInput::Cached(side) => (side.keys(), Some(side)),
@@ -277,21 +323,43 @@ impl<B: Backend> MaskDecoder<B> {
 
         // Run the transformer
         let (hs, src) = self.transformer.forward(b, &src, image_pe, tokens, side)?;
-        let iou_token_out = b.slice(&hs, 1, 0, 1)?;
+        let s = self.iou_token_index;
+        let iou_token_out = b.slice(&hs, 1, s, 1)?;
 
         // Upscale mask embeddings and predict masks using the mask tokens
         let src = b.reshape(&src, &[n_b, h, w, c])?;
         let src = b.permute(&src, &[0, 3, 1, 2])?; // B x C x h x w
-        let x = self.upscaling_0.forward(b, &src, Activation::None)?;
-        let x = self.upscaling_1.forward(b, &x, Activation::Gelu)?;
-        let upscaled = self.upscaling_3.forward(b, &x, Activation::Gelu)?;
+        let upscaled = match high_res {
+            None => {
+                let x = self.upscaling_0.forward(b, &src, Activation::None)?;
+                let x = self.upscaling_1.forward(b, &x, Activation::Gelu)?;
+                self.upscaling_3.forward(b, &x, Activation::Gelu)?
+            }
+            // act1(ln1(dc1(src) + feat_s1)), then act2(dc2(.) + feat_s0): each feature map is
+            // one image's, broadcast over the batch.
+            Some((feat_s0, feat_s1)) => {
+                let x = self.upscaling_0.forward(b, &src, Activation::None)?;
+                let x = b.add(&x, feat_s1)?;
+                let x = self.upscaling_1.forward(b, &x, Activation::Gelu)?;
+                let x = self.upscaling_3.forward(b, &x, Activation::None)?;
+                let x = b.add(&x, feat_s0)?;
+                b.activation(&x, Activation::Gelu)?
+            }
+        };
         let &[_, uc, uh, uw] = B::dims(&upscaled) else {
             return Err(Error::invalid("output_upscaling did not return NCHW"));
         };
-        let mask_tokens = b.slice(&hs, 1, 1 + mask_slice.start, mask_slice.len())?;
-        let hyper_in = match multimask_output {
-            true => self.hypernetworks_multi.forward(b, &mask_tokens)?,
-            false => self.hypernetworks_single.forward(b, &mask_tokens)?,
+        let mask_tokens = b.slice(&hs, 1, s + 1 + mask_slice.start, mask_slice.len())?;
+        let hyper_in = if mask_slice.start == 1 {
+            self.hypernetworks_multi.forward(b, &mask_tokens)?
+        } else if mask_slice.len() == 1 {
+            self.hypernetworks_single.forward(b, &mask_tokens)?
+        } else {
+            let single = b.slice(&mask_tokens, 1, 0, 1)?;
+            let multi = b.slice(&mask_tokens, 1, 1, mask_slice.len() - 1)?;
+            let single = self.hypernetworks_single.forward(b, &single)?;
+            let multi = self.hypernetworks_multi.forward(b, &multi)?;
+            b.concat(&[&single, &multi], 1)?
         }; // B x M x C/8
         let upscaled = b.reshape(&upscaled, &[n_b, uc, uh * uw])?;
         let masks = b.matmul(&hyper_in, &upscaled, Gemm::default())?;
@@ -308,5 +376,63 @@ impl<B: Backend> MaskDecoder<B> {
     /// Number of candidate masks in multimask mode.
     pub fn num_multimask_outputs(&self) -> usize {
         self.num_multimask_outputs
+    }
+
+    /// Whether this is SAM 2's decoder.
+    pub fn is_sam2(&self) -> bool {
+        self.sam2.is_some()
+    }
+
+    /// SAM 2's `_dynamic_multimask_via_stability` on the read-back output of a single-mask
+    /// [`Self::forward`]: per prompt, the single mask (token 0) and its IoU when its
+    /// stability score (the area above `delta` over the area above `-delta`, 1 when that is
+    /// empty) is at least `thresh`, else the multimask candidate of the highest predicted IoU
+    /// (the first of equals). `logits` `[B, 4, H, W]` and `iou` `[B, 4]`, flat; returns
+    /// `[B, 1, H, W]` and `[B, 1]`. Multimask outputs, and SAM's, pass through.
+    pub fn select_stable(
+        &self,
+        logits: Vec<f32>,
+        iou: Vec<f32>,
+        multimask_output: bool,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let Some(cfg) = self.sam2.as_ref().filter(|_| !multimask_output) else {
+            return Ok((logits, iou));
+        };
+        let m = self.num_mask_tokens;
+        if iou.is_empty() || !iou.len().is_multiple_of(m) || !logits.len().is_multiple_of(iou.len())
+        {
+            return Err(Error::invalid(format!(
+                "dynamic multimask: {} logits and {} IoU values are not {m} masks a prompt",
+                logits.len(),
+                iou.len()
+            )));
+        }
+        let plane = logits.len() / iou.len();
+        let (mut out_logits, mut out_iou) = (Vec::new(), Vec::new());
+        for (masks, scores) in logits.chunks_exact(m * plane).zip(iou.chunks_exact(m)) {
+            let single = &masks[..plane];
+            let above = single.iter().filter(|&&v| v > cfg.stability_delta).count();
+            let union = single.iter().filter(|&&v| v > -cfg.stability_delta).count();
+            let stability = if union > 0 {
+                above as f32 / union as f32
+            } else {
+                1.0
+            };
+            let pick = if stability >= cfg.stability_thresh {
+                0
+            } else {
+                // torch.argmax: the first of equal maxima.
+                let mut best = 1;
+                for i in 2..m {
+                    if scores[i] > scores[best] {
+                        best = i;
+                    }
+                }
+                best
+            };
+            out_logits.extend_from_slice(&masks[pick * plane..(pick + 1) * plane]);
+            out_iou.push(scores[pick]);
+        }
+        Ok((out_logits, out_iou))
     }
 }

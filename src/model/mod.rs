@@ -8,6 +8,7 @@ pub mod config;
 pub mod conv;
 pub mod cpu;
 pub mod hf;
+pub mod hiera;
 pub mod mask_decoder;
 pub mod ops;
 pub mod prompt_encoder;

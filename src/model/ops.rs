@@ -24,6 +24,7 @@ pub fn differentiable_activation(x: &Tensor, act: Activation) -> Result<Tensor> 
         Activation::None => x.clone(),
         Activation::Relu => x.relu()?,
         Activation::Gelu => x.gelu_erf()?,
+        Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
     })
 }
 

@@ -256,6 +256,9 @@ impl<B: Backend> PromptEncoder<B> {
                 .unsqueeze(D::Minus1)?)
         };
         let (pad_mask, neg_mask, pos_mask) = (is(-1.0)?, is(0.0)?, is(1.0)?);
+        // SAM 2's labels 2 and 3: a box's corners given as points (the image predictor puts
+        // them first), which SAM's labels never are.
+        let (tl_mask, br_mask) = (is(2.0)?, is(3.0)?);
         // point_embedding[labels == -1] = 0.0
         let point_embedding = pe.broadcast_mul(&pad_mask.affine(-1.0, 1.0)?)?;
         // point_embedding[labels == -1] += not_a_point_embed
@@ -267,6 +270,11 @@ impl<B: Backend> PromptEncoder<B> {
         // point_embedding[labels == 1] += point_embeddings[1]
         let point_embedding =
             point_embedding.broadcast_add(&pos_mask.broadcast_mul(&self.point_embeddings[1])?)?;
+        // point_embedding[labels == 2] += point_embeddings[2], [labels == 3] likewise
+        let point_embedding =
+            point_embedding.broadcast_add(&tl_mask.broadcast_mul(&self.point_embeddings[2])?)?;
+        let point_embedding =
+            point_embedding.broadcast_add(&br_mask.broadcast_mul(&self.point_embeddings[3])?)?;
         Ok(point_embedding)
     }
 
@@ -361,7 +369,7 @@ impl<B: Backend> PromptEncoder<B> {
     /// The sparse prompt embeddings `[B, n_tokens, C]`, on the host.
     ///
     /// `points`: coords `[B, N, 2]` in the input frame (not yet shifted by 0.5) and labels
-    /// `[B, N]` (1 positive, 0 negative, -1 padding). `boxes`: `[B, 4]` (x0, y0, x1, y1) in the
+    /// `[B, N]` (1 positive, 0 negative, -1 padding; SAM 2's 2 and 3: a box's corners). `boxes`: `[B, 4]` (x0, y0, x1, y1) in the
     /// input frame. `masks`, when given, only sets the batch size and is checked. As in the
     /// reference, a padding point (0, 0) with label -1 is appended to the points when no box
     /// is given.

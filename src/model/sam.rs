@@ -10,10 +10,14 @@ use crate::gpu::backend::{expect_outputs, Gpu};
 use crate::gpu::kernels::resize::resize_bilinear;
 use crate::gpu::{GpuContext, Recorder};
 use crate::image::{
-    postprocess_logits, preprocess, stability_score, threshold, ImageFrame, RgbImage,
+    postprocess_logits, preprocess, preprocess_sam2, stability_score, threshold, ImageFrame,
+    RgbImage,
 };
 use crate::model::backend::{dims4, Backend, Cpu};
-use crate::model::config::{SamConfig, EMBEDDING_SIDE, EMBED_DIM, IMAGE_SIZE, LOW_RES_SIDE};
+use crate::model::config::{
+    MaskDecoderConfig, SamConfig, EMBEDDING_SIDE, EMBED_DIM, IMAGE_SIZE, LOW_RES_SIDE,
+};
+use crate::model::hiera::{HieraConfig, Sam2ImageEncoder};
 use crate::model::mask_decoder::{ImageInput, MaskDecoder};
 use crate::model::prompt_encoder::PromptEncoder;
 use crate::model::tiny_vit::TinyViT;
@@ -25,6 +29,14 @@ use crate::model::weights::Weights;
 const TINY_VIT_PROBE_KEY: &str = "image_encoder.patch_embed.seq.0.c.weight";
 /// Key that only SAM's ViT encoders (ViT-B/L/H) have.
 const VIT_PROBE_KEY: &str = "image_encoder.pos_embed";
+/// Key that only SAM 2's Hiera trunk has.
+const HIERA_PROBE_KEY: &str = "image_encoder.trunk.patch_embed.proj.weight";
+/// SAM 2's prompt encoder and mask decoder (SAM's are `prompt_encoder`, `mask_decoder`).
+const SAM2_PROMPT_ENCODER: &str = "sam_prompt_encoder";
+const SAM2_MASK_DECODER: &str = "sam_mask_decoder";
+/// SAM 2's predictor returns its low-res logits clamped to this (`_predict`), after the masks
+/// at the image's size are made from them unclamped.
+pub const SAM2_LOW_RES_CLAMP: f32 = 32.0;
 
 /// Which image encoder a checkpoint carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +45,8 @@ pub enum EncoderKind {
     TinyVit,
     /// SAM's ViT-B/L/H (or any encoder of their structure).
     Vit,
+    /// SAM 2's Hiera trunk and FPN neck.
+    Hiera,
     /// A decoder-only checkpoint (`prompt_encoder.*` and `mask_decoder.*`).
     None,
 }
@@ -42,6 +56,8 @@ impl EncoderKind {
     pub fn detect(weights: &Weights) -> Self {
         if weights.contains(TINY_VIT_PROBE_KEY) {
             EncoderKind::TinyVit
+        } else if weights.contains(HIERA_PROBE_KEY) {
+            EncoderKind::Hiera
         } else if weights.contains(VIT_PROBE_KEY) {
             EncoderKind::Vit
         } else {
@@ -62,7 +78,7 @@ pub fn cpu_encode_working_bytes(weights: &Weights) -> u64 {
                 .map_or(1280, |c| c.embed_dim) as u64;
             32 * TOKENS * dim * 4
         }
-        EncoderKind::TinyVit => 256 << 20,
+        EncoderKind::TinyVit | EncoderKind::Hiera => 256 << 20,
         EncoderKind::None => 0,
     }
 }
@@ -179,6 +195,9 @@ impl Prompt {
 pub struct ImageEmbedding {
     /// `[1, 256, 64, 64]`, f32.
     pub features: Tensor,
+    /// SAM 2's high-resolution features (`high_res_feats`, after `conv_s0` and `conv_s1`):
+    /// `[1, 32, 256, 256]` and `[1, 64, 128, 128]`, f32.
+    pub high_res: Option<[Tensor; 2]>,
     pub frame: ImageFrame,
 }
 
@@ -199,15 +218,40 @@ impl ImageEmbedding {
                 features.dims()
             )));
         }
-        let features = features.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-        let values = features.flatten_all()?.to_vec1::<f32>()?;
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::invalid(format!(
-                "image embedding holds {} (element {i}): an embedding must be finite",
-                values[i]
-            )));
+        Ok(Self {
+            features: finite_f32(features, "image embedding")?,
+            high_res: None,
+            frame,
+        })
+    }
+
+    /// SAM 2's embedding: `image_embed` `[1, 256, 64, 64]` and the high-resolution features
+    /// `[1, 32, 256, 256]`, `[1, 64, 128, 128]` (batch dims optional), checked as
+    /// [`Self::new`] checks.
+    pub fn sam2(features: Tensor, high_res: [Tensor; 2], frame: ImageFrame) -> Result<Self> {
+        let mut e = Self::new(features, frame)?;
+        let shapes = [
+            [1, EMBED_DIM / 8, 4 * EMBEDDING_SIDE, 4 * EMBEDDING_SIDE],
+            [1, EMBED_DIM / 4, 2 * EMBEDDING_SIDE, 2 * EMBEDDING_SIDE],
+        ];
+        let mut checked = Vec::with_capacity(2);
+        for (i, (t, shape)) in high_res.into_iter().zip(shapes).enumerate() {
+            let t = if t.dims() == &shape[1..] {
+                t.unsqueeze(0)?
+            } else {
+                t
+            };
+            if t.dims() != shape {
+                return Err(Error::invalid(format!(
+                    "high_res_feats_{i} has shape {:?}, expected {shape:?}",
+                    t.dims()
+                )));
+            }
+            checked.push(finite_f32(t, &format!("high_res_feats_{i}"))?);
         }
-        Ok(Self { features, frame })
+        let [h0, h1]: [Tensor; 2] = checked.try_into().map_err(|_| Error::invalid("two maps"))?;
+        e.high_res = Some([h0, h1]);
+        Ok(e)
     }
 
     /// Reads features saved as `.npy` (f32 or f16, C order): what `websam embed` and the
@@ -240,6 +284,19 @@ impl ImageEmbedding {
         w.finish().map_err(io)?;
         Ok(out)
     }
+}
+
+/// `t` on the CPU in f32, every value finite (`what` names it in the error).
+fn finite_f32(t: Tensor, what: &str) -> Result<Tensor> {
+    let t = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+    let values = t.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!(
+            "{what} holds {} (element {i}): an embedding must be finite",
+            values[i]
+        )));
+    }
+    Ok(t)
 }
 
 /// One output mask at the original image size.
@@ -339,6 +396,8 @@ pub struct PreparedImage<B: Backend> {
     /// The image embedding as tokens `[1, 64*64, 256]`.
     tokens: B::Tensor,
     side: ImageSide<B>,
+    /// SAM 2's high-resolution features (feat_s0, feat_s1), NCHW.
+    high_res: Option<(B::Tensor, B::Tensor)>,
     pub frame: ImageFrame,
 }
 
@@ -347,6 +406,8 @@ pub struct PreparedImage<B: Backend> {
 pub enum ImageEncoder<B: Backend> {
     TinyVit(TinyViT<B>),
     Vit(ImageEncoderViT<B>),
+    /// SAM 2's: three outputs ([`Sam2ImageEncoder::forward`]), one step.
+    Hiera(Sam2ImageEncoder<B>),
 }
 
 impl<B: Backend> ImageEncoder<B> {
@@ -354,7 +415,7 @@ impl<B: Backend> ImageEncoder<B> {
     /// (it takes a fraction of the time of a ViT block).
     pub fn steps(&self) -> usize {
         match self {
-            ImageEncoder::TinyVit(_) => 1,
+            ImageEncoder::TinyVit(_) | ImageEncoder::Hiera(_) => 1,
             ImageEncoder::Vit(e) => e.config().depth,
         }
     }
@@ -367,6 +428,9 @@ impl<B: Backend> ImageEncoder<B> {
         let last = i + 1 == self.steps();
         match self {
             ImageEncoder::TinyVit(e) => e.forward(b, x),
+            ImageEncoder::Hiera(_) => Err(Error::invalid(
+                "SAM 2's encoder gives three feature maps: encode with Sam::embed",
+            )),
             ImageEncoder::Vit(e) => {
                 let x = if i == 0 {
                     e.patch_embed(b, x)?
@@ -392,6 +456,8 @@ pub struct Sam<B: Backend = Cpu> {
     mask_decoder: MaskDecoder<B>,
     image_encoder: Option<ImageEncoder<B>>,
     encoder_kind: EncoderKind,
+    /// SAM 2 (`sam_prompt_encoder.*`, `sam_mask_decoder.*`, a Hiera encoder).
+    sam2: bool,
     /// The last embedding the CPU's `decode` prepared, keyed by its features' tensor (tensors
     /// are immutable: a new embedding has a new id). The GPU's `decode` takes the
     /// [`PreparedImage`] from the caller instead (it lives on the device), so this stays empty
@@ -404,17 +470,48 @@ impl<B: Backend> Sam<B> {
     /// are required; the image encoder (TinyViT or ViT, its configuration read from the
     /// checkpoint) is built when the checkpoint has it.
     pub fn on(device: &B::Device, weights: &Weights) -> Result<Self> {
+        Self::with_hiera(device, weights, None)
+    }
+
+    /// [`Sam::on`], a SAM 2 checkpoint's Hiera trunk built as `hiera` says rather than as
+    /// detected ([`HieraConfig::detect`] knows SAM 2.1's four; a checkpoint does not hold its
+    /// trunk's heads, windows or global blocks).
+    pub fn with_hiera(
+        device: &B::Device,
+        weights: &Weights,
+        hiera: Option<&HieraConfig>,
+    ) -> Result<Self> {
         let cfg = SamConfig::mobile_sam();
-        if !weights.has_prefix("mask_decoder.") && !weights.has_prefix("prompt_encoder.") {
+        let sam2 = weights.has_prefix(&format!("{SAM2_MASK_DECODER}."));
+        let (pe_key, md_key, md_cfg) = if sam2 {
+            (
+                SAM2_PROMPT_ENCODER,
+                SAM2_MASK_DECODER,
+                MaskDecoderConfig::sam2(),
+            )
+        } else {
+            ("prompt_encoder", "mask_decoder", cfg.mask_decoder.clone())
+        };
+        if !weights.has_prefix(&format!("{md_key}.")) && !weights.has_prefix(&format!("{pe_key}."))
+        {
             return Err(Error::format(
-                "no `prompt_encoder.*` or `mask_decoder.*` tensors: not a SAM checkpoint",
+                "no `prompt_encoder.*` or `mask_decoder.*` tensors (SAM 2: `sam_prompt_encoder.*`, \
+                 `sam_mask_decoder.*`): not a SAM checkpoint",
             ));
         }
-        let prompt_encoder =
-            PromptEncoder::new(device, &cfg.prompt_encoder, &weights.pp("prompt_encoder"))?;
-        let mask_decoder =
-            MaskDecoder::new(device, &cfg.mask_decoder, &weights.pp("mask_decoder"))?;
+        let prompt_encoder = PromptEncoder::new(device, &cfg.prompt_encoder, &weights.pp(pe_key))?;
+        let mask_decoder = MaskDecoder::new(device, &md_cfg, &weights.pp(md_key))?;
         let encoder_kind = EncoderKind::detect(weights);
+        if sam2 != (encoder_kind == EncoderKind::Hiera) {
+            return Err(Error::UnsupportedModel(format!(
+                "a checkpoint with {} and a {encoder_kind:?} image encoder",
+                if sam2 {
+                    "SAM 2's prompt encoder and mask decoder"
+                } else {
+                    "SAM's prompt encoder and mask decoder"
+                }
+            )));
+        }
         let image_encoder = match encoder_kind {
             EncoderKind::TinyVit => Some(ImageEncoder::TinyVit(TinyViT::new(
                 device,
@@ -430,6 +527,23 @@ impl<B: Backend> Sam<B> {
                     &weights.pp("image_encoder"),
                 )?))
             }
+            EncoderKind::Hiera => {
+                let detected;
+                let hiera = match hiera {
+                    Some(h) => h,
+                    None => {
+                        detected = HieraConfig::detect(&|k: &str| {
+                            weights.shape_of(&format!("image_encoder.trunk.{k}"))
+                        })?;
+                        &detected
+                    }
+                };
+                Some(ImageEncoder::Hiera(Sam2ImageEncoder::new(
+                    device,
+                    hiera,
+                    &weights.pp(""),
+                )?))
+            }
             EncoderKind::None => None,
         };
         Ok(Self {
@@ -438,8 +552,14 @@ impl<B: Backend> Sam<B> {
             mask_decoder,
             image_encoder,
             encoder_kind,
+            sam2,
             prepared: Mutex::new(None),
         })
+    }
+
+    /// Whether this is SAM 2.
+    pub fn is_sam2(&self) -> bool {
+        self.sam2
     }
 
     /// Where the model lives.
@@ -479,6 +599,25 @@ impl<B: Backend> Sam<B> {
         features: &B::Tensor,
         frame: ImageFrame,
     ) -> Result<PreparedImage<B>> {
+        self.record_prepare_with(b, features, None, frame)
+    }
+
+    /// [`Self::record_prepare`] with SAM 2's high-resolution features (feat_s0, feat_s1),
+    /// which its decoder takes.
+    pub fn record_prepare_with(
+        &self,
+        b: &mut B,
+        features: &B::Tensor,
+        high_res: Option<(B::Tensor, B::Tensor)>,
+        frame: ImageFrame,
+    ) -> Result<PreparedImage<B>> {
+        if high_res.is_some() != self.sam2 {
+            return Err(Error::invalid(if self.sam2 {
+                "SAM 2 decodes from its high-resolution features too: this embedding has none"
+            } else {
+                "an embedding with high-resolution features is SAM 2's, not this model's"
+            }));
+        }
         let (n, c, h, w) = dims4::<B>(features)?;
         if (n, c, h, w) != (1, EMBED_DIM, EMBEDDING_SIDE, EMBEDDING_SIDE) {
             return Err(Error::invalid(format!(
@@ -496,6 +635,7 @@ impl<B: Backend> Sam<B> {
         Ok(PreparedImage {
             tokens,
             side,
+            high_res,
             frame,
         })
     }
@@ -508,7 +648,10 @@ impl<B: Backend> Sam<B> {
         image: &PreparedImage<B>,
         prompt: &Prompt,
     ) -> Result<(B::Tensor, B::Tensor)> {
-        let p = PromptTensors::new(prompt, &image.frame)?;
+        let mut p = PromptTensors::new(prompt, &image.frame)?;
+        if self.sam2 {
+            p = p.box_as_points()?;
+        }
         // Embed prompts: the sparse ones on the host, joined to the output tokens.
         let sparse = self.prompt_encoder.sparse(
             p.points.as_ref().map(|(c, l)| (c, l)),
@@ -539,8 +682,27 @@ impl<B: Backend> Sam<B> {
             self.prompt_encoder.dense_pe_tokens(),
             &tokens,
             prompt.multimask,
-            (EMBEDDING_SIDE, EMBEDDING_SIDE),
+            image.high_res.as_ref().map(|(s0, s1)| (s0, s1)),
         )
+    }
+
+    /// The read-back output of [`Self::record_decode`] as the prediction: SAM 2's single-mask
+    /// request keeps its stable mask ([`MaskDecoder::select_stable`]).
+    pub fn prediction(
+        &self,
+        prompt: &Prompt,
+        low_res_logits: Vec<f32>,
+        iou: Vec<f32>,
+        frame: ImageFrame,
+    ) -> Result<Prediction> {
+        let (low_res_logits, iou) =
+            self.mask_decoder
+                .select_stable(low_res_logits, iou, prompt.multimask)?;
+        Ok(Prediction {
+            low_res_logits,
+            iou,
+            frame,
+        })
     }
 }
 
@@ -573,6 +735,12 @@ impl Sam<Cpu> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<ImageEmbedding> {
         let encoder = self.encoder()?;
+        if let ImageEncoder::Hiera(e) = encoder {
+            let (input, frame) = preprocess_sam2(image)?;
+            let f = e.forward(&mut Cpu, &Cpu.input(&input)?)?;
+            progress(1, 1);
+            return ImageEmbedding::sam2(f.image_embed, [f.high_res_0, f.high_res_1], frame);
+        }
         let (input, frame) = preprocess(image)?;
         let steps = encoder.steps();
         let mut x = Cpu.input(&input)?;
@@ -592,7 +760,12 @@ impl Sam<Cpu> {
                 return Ok(image.clone());
             }
         }
-        let image = self.record_prepare(&mut Cpu, &embedding.features, embedding.frame)?;
+        let high_res = embedding
+            .high_res
+            .as_ref()
+            .map(|[s0, s1]| (s0.clone(), s1.clone()));
+        let image =
+            self.record_prepare_with(&mut Cpu, &embedding.features, high_res, embedding.frame)?;
         *cache = Some((id, image.clone()));
         Ok(image)
     }
@@ -607,11 +780,12 @@ impl Sam<Cpu> {
     pub fn decode(&self, embedding: &ImageEmbedding, prompt: &Prompt) -> Result<Prediction> {
         let image = self.prepared(embedding)?;
         let (low_res, iou) = self.record_decode(&mut Cpu, &image, prompt)?;
-        Ok(Prediction {
-            low_res_logits: low_res.flatten_all()?.to_vec1()?,
-            iou: iou.flatten_all()?.to_vec1()?,
-            frame: embedding.frame,
-        })
+        self.prediction(
+            prompt,
+            low_res.flatten_all()?.to_vec1()?,
+            iou.flatten_all()?.to_vec1()?,
+            embedding.frame,
+        )
     }
 }
 
@@ -619,6 +793,13 @@ impl Sam<Gpu> {
     /// Builds the model on the GPU, its weights uploaded once; upload errors (out of memory, a
     /// lost device) surface here rather than at the first decode.
     pub async fn upload(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
+        if weights.has_prefix(&format!("{SAM2_MASK_DECODER}.")) {
+            return Err(Error::UnsupportedModel(
+                "SAM 2 runs on the CPU backend (websam::model::sam::Sam) in this version; its \
+                 GPU path is not built yet"
+                    .into(),
+            ));
+        }
         let sam = Self::on(ctx, weights)?;
         Recorder::new(ctx).finish().await?;
         Ok(sam)
@@ -896,6 +1077,32 @@ impl PromptTensors {
     }
 }
 
+impl PromptTensors {
+    /// SAM 2's prompt: the box's corners as points with labels 2 and 3, before the clicks
+    /// (`SAM2ImagePredictor._predict`); the prompt encoder then pads the points as for any
+    /// prompt without a box.
+    pub fn box_as_points(self) -> Result<Self> {
+        let Some(boxes) = self.boxes else {
+            return Ok(self);
+        };
+        let dev = Device::Cpu;
+        let corners = boxes.reshape((1, 2, 2))?;
+        let corner_labels = Tensor::from_vec(vec![2f32, 3.0], (1, 2), &dev)?;
+        let points = match self.points {
+            None => (corners, corner_labels),
+            Some((coords, labels)) => (
+                Tensor::cat(&[&corners, &coords], 1)?,
+                Tensor::cat(&[&corner_labels, &labels], 1)?,
+            ),
+        };
+        Ok(Self {
+            points: Some(points),
+            boxes: None,
+            mask_input: self.mask_input,
+        })
+    }
+}
+
 /// Reads an `.npy` array held in memory as f32 (f32 or f16 stored, C order).
 pub fn read_npy_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     let bad = |e: std::io::Error| Error::invalid(format!("not a readable .npy array: {e}"));
@@ -1068,7 +1275,7 @@ mod tests {
                     sam.prompt_encoder.dense_pe_tokens(),
                     &tokens,
                     prompt.multimask,
-                    (EMBEDDING_SIDE, EMBEDDING_SIDE),
+                    None,
                 )
                 .unwrap();
             let full: Vec<f32> = low_res.flatten_all().unwrap().to_vec1().unwrap();

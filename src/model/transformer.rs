@@ -287,7 +287,14 @@ impl<B: Backend> TwoWayAttentionBlock<B> {
                 rate,
             )?,
             norm2: LayerNorm::new(dev, &vb.pp("norm2"), dim, eps)?,
-            mlp: MLPBlock::new(dev, &vb.pp("mlp"), dim, cfg.mlp_dim, Activation::Relu)?,
+            mlp: MLPBlock::with_keys(
+                dev,
+                &vb.pp("mlp"),
+                cfg.mlp_keys,
+                dim,
+                cfg.mlp_dim,
+                Activation::Relu,
+            )?,
             norm3: LayerNorm::new(dev, &vb.pp("norm3"), dim, eps)?,
             norm4: LayerNorm::new(dev, &vb.pp("norm4"), dim, eps)?,
             cross_attn_image_to_token: Attention::new(

@@ -1,5 +1,6 @@
 //! The deterministic weights of `tests/fixtures/vit/` (made by `tools/golden/make_vit.py`):
-//! SAM with ViT-B's encoder structure cut to two blocks. The weights are not committed: both
+//! SAM with ViT-B's encoder structure cut to two blocks; and of any manifest of that form
+//! (`tests/fixtures/sam2/`, `tools/golden/make_sam2.py`: [`manifest_at`], [`checkpoint_of`]). The weights are not committed: both
 //! sides generate them from the manifest's keys, shapes, offsets and scales with the counter
 //! hash below (the manifest's `generator`), and every tensor is checked against the SHA-256 the
 //! script recorded, so a test never runs on weights other than the reference's.
@@ -16,6 +17,9 @@ use super::{fixture, Case};
 #[derive(Debug, Deserialize)]
 pub struct Manifest {
     pub tensors: Vec<TensorSpec>,
+    /// Generated inputs besides the weights (SAM 2's decoder features), where listed.
+    #[serde(default)]
+    pub features: Vec<TensorSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,7 +39,12 @@ pub struct VitCases {
 }
 
 pub fn manifest() -> Manifest {
-    let path = fixture("vit/manifest.json");
+    manifest_at("vit/manifest.json")
+}
+
+/// A manifest under `tests/fixtures`.
+pub fn manifest_at(name: &str) -> Manifest {
+    let path = fixture(name);
     serde_json::from_slice(&std::fs::read(&path).unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -101,7 +110,12 @@ pub fn checkpoint() -> Vec<u8> {
 /// The whole state dict as a safetensors file (f32), each tensor under the names `names`
 /// gives its official key (none, one or several).
 pub fn checkpoint_named(names: &dyn Fn(&str) -> Vec<String>) -> Vec<u8> {
-    let m = manifest();
+    checkpoint_of(&manifest(), names)
+}
+
+/// The tensors of manifest `m` as a safetensors file (f32), each under the names `names`
+/// gives its key.
+pub fn checkpoint_of(m: &Manifest, names: &dyn Fn(&str) -> Vec<String>) -> Vec<u8> {
     let data: Vec<(String, Vec<usize>, Vec<f32>)> = m
         .tensors
         .iter()

@@ -2,7 +2,7 @@
 
 struct Params {
     numel: u32,
-    op: u32,      // 0: add, 1: sub, 2: mul
+    op: u32,      // 0: add, 1: sub, 2: mul, 3: max
     _pad0: u32,
     _pad1: u32,
     shape: vec4<u32>,      // output shape, padded in front with 1s
@@ -35,6 +35,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     switch p.op {
         case 0u: { y[i] = va + vb; }
         case 1u: { y[i] = va - vb; }
-        default: { y[i] = va * vb; }
+        case 2u: { y[i] = va * vb; }
+        default: { y[i] = max(va, vb); }
     }
 }

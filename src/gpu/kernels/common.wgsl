@@ -27,12 +27,17 @@ fn relu_f32(x: f32) -> f32 {
     return select(x, 0.0, x < 0.0);
 }
 
+fn sigmoid_f32(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
 // The fused activation of a kernel's epilogue (Activation::code on the Rust side):
 // 0 none, 1 GELU (erf), 2 ReLU.
 fn activate(x: f32, code: u32) -> f32 {
     switch code {
         case 1u: { return gelu_f32(x); }
         case 2u: { return relu_f32(x); }
+        case 3u: { return sigmoid_f32(x); }
         default: { return x; }
     }
 }

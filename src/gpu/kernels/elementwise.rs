@@ -13,6 +13,7 @@ pub enum Unary {
     /// GELU, exact erf form.
     Gelu,
     Relu,
+    Sigmoid,
     /// `x * scale + shift`.
     Affine {
         scale: f32,
@@ -47,6 +48,7 @@ pub fn unary(rec: &mut Recorder, x: &GpuTensor, op: Unary) -> Result<GpuTensor> 
         Unary::Gelu => (0, 0.0, 0.0),
         Unary::Relu => (1, 0.0, 0.0),
         Unary::Affine { scale, shift } => (2, scale, shift),
+        Unary::Sigmoid => (3, 0.0, 0.0),
     };
     let y = GpuTensor::empty(&ctx, x.shape())?;
     let params = UnaryParams {
@@ -66,6 +68,7 @@ pub enum Binary {
     Add,
     Sub,
     Mul,
+    Max,
 }
 
 #[repr(C)]
@@ -153,6 +156,7 @@ pub fn binary(rec: &mut Recorder, a: &GpuTensor, b: &GpuTensor, op: Binary) -> R
             Binary::Add => 0,
             Binary::Sub => 1,
             Binary::Mul => 2,
+            Binary::Max => 3,
         },
         _pad: [0; 2],
         shape: to_u32(shape, "shape")?,

@@ -23,6 +23,8 @@ pub enum Activation {
     /// GELU, exact erf form.
     Gelu,
     Relu,
+    /// `1 / (1 + exp(-x))` (SAM 2's IoU head).
+    Sigmoid,
 }
 
 impl Activation {
@@ -32,6 +34,7 @@ impl Activation {
             Activation::None => 0,
             Activation::Gelu => 1,
             Activation::Relu => 2,
+            Activation::Sigmoid => 3,
         }
     }
 }

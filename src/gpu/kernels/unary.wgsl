@@ -2,7 +2,7 @@
 
 struct Params {
     numel: u32,
-    op: u32,      // 0: GELU (erf), 1: ReLU, 2: x * alpha + beta
+    op: u32,      // 0: GELU (erf), 1: ReLU, 2: x * alpha + beta, 3: sigmoid
     alpha: f32,
     beta: f32,
 }
@@ -21,6 +21,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     switch p.op {
         case 0u: { y[i] = gelu_f32(v); }
         case 1u: { y[i] = relu_f32(v); }
+        case 3u: { y[i] = sigmoid_f32(v); }
         default: { y[i] = v * p.alpha + p.beta; }
     }
 }
