@@ -35,6 +35,11 @@ const IMAGE_SIZE: usize = 1024;
 const STAGES: usize = 4;
 /// `q_pool` (3): the first block of each stage after the first pools its queries 2x2.
 const Q_STRIDE: usize = 2;
+/// The most values an intermediate of a block holds: larger ones are computed in slices (of
+/// windows, or of tokens) and joined. WebGPU's default limit on a buffer a kernel binds is
+/// 128 MiB, and whole, the q-pool blocks' qkv at 256x256 tokens take 144 MiB (Hiera-T) to
+/// 216 MiB (Hiera-L), Hiera-L's first MLP 144 MiB; on the CPU the slices keep the peak lower.
+const MAX_VALUES: usize = 1 << 24;
 /// Channels of the decoder's high-resolution inputs: `conv_s0` (256x256) and `conv_s1`
 /// (128x128).
 const HIGH_RES_CHANNELS: [usize; 2] = [EMBED_DIM / 8, EMBED_DIM / 4];
@@ -356,21 +361,54 @@ impl<B: Backend> MultiScaleBlock<B> {
             None => x.clone(),
         };
         let ws = self.window_size;
+        let width = 4 * self.attn.dim_out; // qkv's 3 and the MLP's 4 times the width
         let x = if ws > 0 {
             // Windows zero-padded at the bottom and right (after the norm); padded tokens
             // take part in the attention, as in the reference.
             let windows = b.window_partition(&xn, grid, ws)?;
-            let a = self.attn.forward(b, &windows, (ws, ws))?;
+            let a = in_slices(b, &windows, 0, ws * ws * width, |b, w| {
+                self.attn.forward(b, w, (ws, ws))
+            })?;
             let out_ws = if pooled { ws / Q_STRIDE } else { ws };
             b.window_reverse(&a, out_grid, out_ws, Some(&shortcut))?
         } else {
             let a = self.attn.forward(b, &xn, grid)?;
             b.add(&shortcut, &a)?
         };
-        let m = self.norm2.forward(b, &x)?;
-        let m = self.mlp.forward(b, &m)?;
+        let m = in_slices(b, &x, 1, width, |b, t| {
+            let m = self.norm2.forward(b, t)?;
+            self.mlp.forward(b, &m)
+        })?;
         Ok((b.add(&x, &m)?, out_grid))
     }
+}
+
+/// `f` over `x` in slices along `dim`, joined: whole when its intermediates of `per_item`
+/// values for each index of `dim` stay under [`MAX_VALUES`], else in as many equal slices as
+/// keep them there.
+fn in_slices<B: Backend>(
+    b: &mut B,
+    x: &B::Tensor,
+    dim: usize,
+    per_item: usize,
+    f: impl Fn(&mut B, &B::Tensor) -> Result<B::Tensor>,
+) -> Result<B::Tensor> {
+    let dims = B::dims(x);
+    let n = dims[dim];
+    let batch: usize = dims[..dim].iter().product();
+    let per = per_item.max(1) * batch.max(1);
+    if n * per <= MAX_VALUES {
+        return f(b, x);
+    }
+    let pieces = (n * per).div_ceil(MAX_VALUES);
+    let len = n.div_ceil(pieces);
+    let mut outs = Vec::with_capacity(pieces);
+    for start in (0..n).step_by(len) {
+        let part = b.slice(x, dim, start, len.min(n - start))?;
+        outs.push(f(b, &part)?);
+    }
+    let refs: Vec<&B::Tensor> = outs.iter().collect();
+    b.concat(&refs, dim)
 }
 
 /// What SAM 2's image encoder gives the decoder for one image (`SAM2ImagePredictor`'s

@@ -395,8 +395,34 @@ impl<B: Backend> MaskDecoder<B> {
         iou: Vec<f32>,
         multimask_output: bool,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let Some(cfg) = self.sam2.as_ref().filter(|_| !multimask_output) else {
+        let Some(picks) = self.stable_picks(&logits, &iou, multimask_output)? else {
             return Ok((logits, iou));
+        };
+        let m = self.num_mask_tokens;
+        let plane = logits.len() / iou.len();
+        let mut out_logits = Vec::with_capacity(picks.len() * plane);
+        for (p, &pick) in picks.iter().enumerate() {
+            let mask = p * m + pick;
+            out_logits.extend_from_slice(&logits[mask * plane..(mask + 1) * plane]);
+        }
+        let out_iou = picks
+            .iter()
+            .enumerate()
+            .map(|(p, &k)| iou[p * m + k])
+            .collect();
+        Ok((out_logits, out_iou))
+    }
+
+    /// The mask [`Self::select_stable`] keeps of each prompt's four (an index into them), or
+    /// `None` where every output is kept.
+    pub fn stable_picks(
+        &self,
+        logits: &[f32],
+        iou: &[f32],
+        multimask_output: bool,
+    ) -> Result<Option<Vec<usize>>> {
+        let Some(cfg) = self.sam2.as_ref().filter(|_| !multimask_output) else {
+            return Ok(None);
         };
         let m = self.num_mask_tokens;
         if iou.is_empty() || !iou.len().is_multiple_of(m) || !logits.len().is_multiple_of(iou.len())
@@ -408,19 +434,21 @@ impl<B: Backend> MaskDecoder<B> {
             )));
         }
         let plane = logits.len() / iou.len();
-        let (mut out_logits, mut out_iou) = (Vec::new(), Vec::new());
-        for (masks, scores) in logits.chunks_exact(m * plane).zip(iou.chunks_exact(m)) {
-            let single = &masks[..plane];
-            let above = single.iter().filter(|&&v| v > cfg.stability_delta).count();
-            let union = single.iter().filter(|&&v| v > -cfg.stability_delta).count();
-            let stability = if union > 0 {
-                above as f32 / union as f32
-            } else {
-                1.0
-            };
-            let pick = if stability >= cfg.stability_thresh {
-                0
-            } else {
+        let picks = logits
+            .chunks_exact(m * plane)
+            .zip(iou.chunks_exact(m))
+            .map(|(masks, scores)| {
+                let single = &masks[..plane];
+                let above = single.iter().filter(|&&v| v > cfg.stability_delta).count();
+                let union = single.iter().filter(|&&v| v > -cfg.stability_delta).count();
+                let stability = if union > 0 {
+                    above as f32 / union as f32
+                } else {
+                    1.0
+                };
+                if stability >= cfg.stability_thresh {
+                    return 0;
+                }
                 // torch.argmax: the first of equal maxima.
                 let mut best = 1;
                 for i in 2..m {
@@ -429,10 +457,8 @@ impl<B: Backend> MaskDecoder<B> {
                     }
                 }
                 best
-            };
-            out_logits.extend_from_slice(&masks[pick * plane..(pick + 1) * plane]);
-            out_iou.push(scores[pick]);
-        }
-        Ok((out_logits, out_iou))
+            })
+            .collect();
+        Ok(Some(picks))
     }
 }

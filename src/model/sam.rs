@@ -8,9 +8,9 @@ use candle_core::{DType, Device, Tensor, TensorId};
 use crate::error::{Error, Result};
 use crate::gpu::backend::{expect_outputs, Gpu};
 use crate::gpu::kernels::resize::resize_bilinear;
-use crate::gpu::{GpuContext, Recorder};
+use crate::gpu::{GpuContext, GpuTensor, Recorder};
 use crate::image::{
-    postprocess_logits, preprocess, preprocess_sam2, stability_score, threshold, ImageFrame,
+    postprocess_logits, preprocess, preprocess_sam2, stability_score, threshold, Fit, ImageFrame,
     RgbImage,
 };
 use crate::model::backend::{dims4, Backend, Cpu};
@@ -793,14 +793,16 @@ impl Sam<Gpu> {
     /// Builds the model on the GPU, its weights uploaded once; upload errors (out of memory, a
     /// lost device) surface here rather than at the first decode.
     pub async fn upload(ctx: &GpuContext, weights: &Weights) -> Result<Self> {
-        if weights.has_prefix(&format!("{SAM2_MASK_DECODER}.")) {
-            return Err(Error::UnsupportedModel(
-                "SAM 2 runs on the CPU backend (websam::model::sam::Sam) in this version; its \
-                 GPU path is not built yet"
-                    .into(),
-            ));
-        }
-        let sam = Self::on(ctx, weights)?;
+        Self::upload_with_hiera(ctx, weights, None).await
+    }
+
+    /// [`Sam::upload`] with a SAM 2 trunk's configuration given ([`Sam::with_hiera`]).
+    pub async fn upload_with_hiera(
+        ctx: &GpuContext,
+        weights: &Weights,
+        hiera: Option<&HieraConfig>,
+    ) -> Result<Self> {
+        let sam = Self::with_hiera(ctx, weights, hiera)?;
         Recorder::new(ctx).finish().await?;
         Ok(sam)
     }
@@ -825,6 +827,34 @@ impl Sam<Gpu> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(ImageEmbedding, PreparedImage<Gpu>, usize)> {
         let encoder = self.encoder()?;
+        if let ImageEncoder::Hiera(e) = encoder {
+            // SAM 2: one submit, the three maps read back.
+            let (input, frame) = preprocess_sam2(image)?;
+            let mut g = Gpu::begin(&self.device);
+            let x = g.input(&input)?;
+            let f = e.forward(&mut g, &x)?;
+            let high_res = (f.high_res_0.clone(), f.high_res_1.clone());
+            let prepared =
+                self.record_prepare_with(&mut g, &f.image_embed, Some(high_res), frame)?;
+            let mut rec = g.into_recorder();
+            let dispatches = rec.dispatch_count();
+            for t in [&f.image_embed, &f.high_res_0, &f.high_res_1] {
+                rec.read(t);
+            }
+            let out = rec.finish().await?;
+            progress(1, 1);
+            expect_outputs(&out, 3, "embed")?;
+            let [embed, s0, s1]: [Vec<f32>; 3] = out
+                .try_into()
+                .map_err(|_| Error::invalid("embed: three maps expected"))?;
+            let t = |v: Vec<f32>, like: &GpuTensor| Tensor::from_vec(v, like.shape(), &Device::Cpu);
+            let embedding = ImageEmbedding::sam2(
+                t(embed, &f.image_embed)?,
+                [t(s0, &f.high_res_0)?, t(s1, &f.high_res_1)?],
+                frame,
+            )?;
+            return Ok((embedding, prepared, dispatches));
+        }
         let (input, frame) = preprocess(image)?;
         let steps = encoder.steps();
         let mut dispatches = 0;
@@ -860,7 +890,11 @@ impl Sam<Gpu> {
     pub async fn upload_embedding(&self, embedding: &ImageEmbedding) -> Result<PreparedImage<Gpu>> {
         let mut g = Gpu::begin(&self.device);
         let features = g.input(&embedding.features)?;
-        let prepared = self.record_prepare(&mut g, &features, embedding.frame)?;
+        let high_res = match &embedding.high_res {
+            Some([s0, s1]) => Some((g.input(s0)?, g.input(s1)?)),
+            None => None,
+        };
+        let prepared = self.record_prepare_with(&mut g, &features, high_res, embedding.frame)?;
         g.into_recorder().finish().await?;
         Ok(prepared)
     }
@@ -895,12 +929,11 @@ impl Sam<Gpu> {
         expect_outputs(&out, 2 * prompts.len(), "decode")?;
         let mut out = out.into_iter();
         let mut predictions = Vec::with_capacity(prompts.len());
-        while let (Some(low_res_logits), Some(iou)) = (out.next(), out.next()) {
-            predictions.push(Prediction {
-                low_res_logits,
-                iou,
-                frame: image.frame,
-            });
+        for prompt in prompts {
+            let (Some(low_res_logits), Some(iou)) = (out.next(), out.next()) else {
+                return Err(Error::invalid("decode: an output missing"));
+            };
+            predictions.push(self.prediction(prompt, low_res_logits, iou, image.frame)?);
         }
         Ok(predictions)
     }
@@ -950,7 +983,17 @@ impl Sam<Gpu> {
             let frame = image.frame;
             let (in_h, in_w) = frame.input;
             let (h, w) = frame.original;
-            let up = resize_bilinear(&mut rec, &masks, IMAGE_SIZE, IMAGE_SIZE, in_h, in_w)?;
+            // SAM 2 resizes the low-res logits straight to the image's size.
+            let up = if frame.fit == Fit::Stretch {
+                masks.clone()
+            } else {
+                resize_bilinear(&mut rec, &masks, IMAGE_SIZE, IMAGE_SIZE, in_h, in_w)?
+            };
+            let (in_h, in_w) = if frame.fit == Fit::Stretch {
+                (LOW_RES_SIDE, LOW_RES_SIDE)
+            } else {
+                (in_h, in_w)
+            };
             let channels = up.shape()[1];
             let limits = self.device.limits();
             let fits = limits
@@ -978,7 +1021,7 @@ impl Sam<Gpu> {
         let mut out = out.into_iter();
         let low_res_logits = out.next().unwrap_or_default();
         let iou = out.next().unwrap_or_default();
-        let full = match full.len() {
+        let mut full = match full.len() {
             0 => None,
             1 => out.next(),
             _ => Some(out.flatten().collect()),
@@ -987,12 +1030,19 @@ impl Sam<Gpu> {
             low_res_logits.len(),
             iou.len() * LOW_RES_SIDE * LOW_RES_SIDE
         );
+        // SAM 2's single mask: the planes at the image's size of the mask kept.
+        let picks = self
+            .mask_decoder
+            .stable_picks(&low_res_logits, &iou, prompt.multimask)?;
+        if let (Some(picks), Some(planes)) = (&picks, &mut full) {
+            let (h, w) = image.frame.original;
+            *planes = picks
+                .iter()
+                .flat_map(|&k| planes[k * h * w..(k + 1) * h * w].to_vec())
+                .collect();
+        }
         Ok((
-            Prediction {
-                low_res_logits,
-                iou,
-                frame: image.frame,
-            },
+            self.prediction(prompt, low_res_logits, iou, image.frame)?,
             full,
             dispatches,
         ))

@@ -7,7 +7,8 @@ decoder's dynamic multimask via stability), its Hiera trunk cut to stages [1, 2,
 every kind of block is there in 8 blocks: windowed at 256x256 (window 8), the three q-pool
 blocks (windows 8 -> 4, 4 -> 2, 14 -> 7 with padding), windowed with padding (64x64 in windows
 of 14), one global block (5) and the last stage's padded windows of 7 at 32x32. Widths are
-Hiera-T's (embed 96, 1 head at first, head dim 96), the neck's channels [768, 384, 192, 96].
+half Hiera-T's (embed 48, 1 head at first, head dim 48; the neck's channels [384, 192, 96, 48]):
+a quarter of the work, so that the GPU's encode takes seconds on a software adapter.
 
 As tools/golden/make_vit.py (whose generator, rules and helpers this imports), no weight file is
 written: every tensor of the image path (image_encoder.*, sam_prompt_encoder.*,
@@ -68,8 +69,10 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 REPO = make_vit.REPO
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 OVERRIDES = [
+    "++model.image_encoder.trunk.embed_dim=48",
     "++model.image_encoder.trunk.stages=[1,2,3,2]",
     "++model.image_encoder.trunk.global_att_blocks=[5]",
+    "++model.image_encoder.neck.backbone_channel_list=[384,192,96,48]",
 ]
 OFFICIAL = {
     "t": "configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -285,7 +288,7 @@ def main():
     head = {
         "config": CONFIG,
         "overrides": OVERRIDES,
-        "hiera": {"embed_dim": 96, "num_heads": 1, "stages": [1, 2, 3, 2],
+        "hiera": {"embed_dim": 48, "num_heads": 1, "stages": [1, 2, 3, 2],
                   "global_att_blocks": [5], "window_spec": [8, 4, 14, 7],
                   "window_pos_embed_bkg_spatial_size": [7, 7]},
         "generator": make_vit.GENERATOR,
