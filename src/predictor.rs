@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::context::Precision;
 use crate::gpu::{GpuContext, GpuEmbedding, GpuSam};
-use crate::image::RgbImage;
+use crate::image::{ImageFrame, RgbImage};
 use crate::model::sam::{ImageEmbedding, Mask, Prediction, Prompt, Sam};
 use crate::model::weights::Weights;
 
@@ -71,13 +71,6 @@ impl Predictor {
         choice: BackendChoice,
         precision: Precision,
     ) -> Result<(Self, Option<Error>)> {
-        if weights.has_prefix("sam_mask_decoder.") {
-            return Err(Error::UnsupportedModel(
-                "a SAM 2 checkpoint: the predictor (the JS API, the page, the CLI) does not take \
-                 SAM 2 yet; websam::model::sam::Sam runs it on the CPU"
-                    .into(),
-            ));
-        }
         let (gpu, why_not) = match choice {
             BackendChoice::Cpu => (None, None),
             BackendChoice::Gpu => (Some(open_gpu(&weights, precision).await?), None),
@@ -132,6 +125,21 @@ impl Predictor {
     /// The adapter in use, e.g. "llvmpipe (...) (Vulkan, Cpu)"; `None` on the CPU.
     pub fn adapter_name(&self) -> Option<String> {
         self.gpu.as_ref().map(|g| g.ctx().adapter_name())
+    }
+
+    /// Whether the checkpoint is SAM 2's.
+    pub fn is_sam2(&self) -> bool {
+        is_sam2(&self.weights)
+    }
+
+    /// The frame of an image of `height x width` for this model: SAM's (the longest side to
+    /// 1024) or SAM 2's (stretched to 1024x1024).
+    pub fn frame(&self, height: usize, width: usize) -> Result<ImageFrame> {
+        if self.is_sam2() {
+            ImageFrame::stretched(height, width)
+        } else {
+            ImageFrame::new(height, width)
+        }
     }
 
     /// The CPU model, when in use.
@@ -401,6 +409,11 @@ async fn open_gpu(weights: &Weights, precision: Precision) -> Result<GpuSam> {
         _ => ctx,
     };
     GpuSam::upload(&ctx, weights).await
+}
+
+/// Whether `weights` are SAM 2's (its decoder's keys).
+pub fn is_sam2(weights: &Weights) -> bool {
+    weights.has_prefix("sam_mask_decoder.")
 }
 
 fn no_image() -> Error {

@@ -208,6 +208,12 @@ impl WebSam {
         };
         // The bytes stay in JavaScript; each tensor is copied in as the model takes it.
         let weights = Weights::from_source(Arc::new(JsBytes(weights))).map_err(js_err)?;
+        if crate::predictor::is_sam2(&weights) {
+            return Err(js_err(
+                "a SAM 2 checkpoint: the package does not take SAM 2 yet (the Rust crate and the \
+                 CLI do)",
+            ));
+        }
         let (predictor, why_not) = Predictor::with_precision(weights, choice, precision)
             .await
             .map_err(js_err)?;

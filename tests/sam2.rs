@@ -24,7 +24,7 @@ mod gpu;
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
-use common::vit::{checkpoint_of, generate, manifest_at, Manifest};
+use common::vit::{checkpoint_of, checkpoint_with_metadata, generate, manifest_at, Manifest};
 use common::{fixture, max_abs_diff, npy_vec, Case};
 use serde::Deserialize;
 use websam::gpu::GpuSam;
@@ -283,14 +283,13 @@ fn check_decodes(
         let (pred, planes) = decode(&case.prompt());
         let reference = npy_vec(&case.low_res_logits);
         let ref_iou = npy_vec(&case.iou);
-        let clamped: Vec<f32> = pred
-            .low_res_logits
-            .iter()
-            .map(|v| v.clamp(-SAM2_LOW_RES_CLAMP, SAM2_LOW_RES_CLAMP))
-            .collect();
+        // Clamped as `predict` returns them; the masks come from the logits before the clamp.
+        let clamped = &pred.low_res_logits;
+        assert!(clamped.iter().all(|v| v.abs() <= SAM2_LOW_RES_CLAMP));
+        assert!(pred.unclamped.is_some());
         assert_eq!(clamped.len(), reference.len(), "{}: masks", case.name);
         let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d_logits = max_abs_diff(&clamped, &reference) / scale;
+        let d_logits = max_abs_diff(clamped, &reference) / scale;
         let d_iou = max_abs_diff(&pred.iou, &ref_iou);
         let mut line = format!(
             "{:>24}: {} masks, low-res logits {d_logits:.2e} of {scale:.1}, iou {d_iou:.2e}",
@@ -420,10 +419,144 @@ fn decodes_match_from_our_features_of_a_photograph() {
     );
 }
 
+/// The fixture as a safetensors file that names its trunk in its metadata, as any checkpoint of
+/// a trunk other than SAM 2.1's four can.
+fn checkpoint_naming_its_trunk(hiera: &HieraConfig) -> Vec<u8> {
+    let metadata = [(
+        HieraConfig::METADATA_KEY.to_owned(),
+        serde_json::to_string(hiera).unwrap(),
+    )];
+    checkpoint_with_metadata(
+        &manifest(),
+        &|k| vec![k.to_owned()],
+        Some(metadata.into_iter().collect()),
+    )
+}
+
+fn websam_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_websam"))
+        .args(args)
+        .output()
+        .expect("run websam")
+}
+
+/// The predictor and the CLI on SAM 2: the trunk's configuration from the checkpoint's
+/// metadata; `embed` writes the three maps as `.npz`, `decode` reads them back and gives the
+/// reference's click; a SAM 2 embedding is no `.npy`.
+#[test]
+fn the_predictor_and_the_cli_take_sam2() {
+    let bytes = checkpoint_naming_its_trunk(&fixture_hiera());
+    let weights = Weights::from_safetensors_bytes(&bytes).unwrap();
+    assert_eq!(HieraConfig::of(&weights).unwrap(), fixture_hiera());
+    // A configuration that is not the checkpoint's is refused.
+    let mut other = fixture_hiera();
+    other.stages = [1, 2, 2, 3];
+    let wrong = Weights::from_safetensors_bytes(&checkpoint_naming_its_trunk(&other)).unwrap();
+    let e = Sam::new(&wrong).err().expect("refused").to_string();
+    assert!(e.contains("is not the checkpoint's"), "{e}");
+
+    let click = cases("image_")
+        .into_iter()
+        .find(|c| c.name == "image_click")
+        .unwrap();
+    let reference = npy_vec(&click.low_res_logits);
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (mut p, _) = pollster::block_on(websam::predictor::Predictor::new(
+        weights,
+        websam::predictor::BackendChoice::Cpu,
+    ))
+    .unwrap();
+    assert!(p.is_sam2());
+    pollster::block_on(p.set_image(&chelsea())).unwrap();
+    let (pred, masks) = pollster::block_on(p.predict(&click.prompt())).unwrap();
+    assert_eq!(masks.len(), 3);
+    let d = max_abs_diff(&pred.low_res_logits, &reference) / scale;
+    assert!(d <= 1e-3, "predictor: {d:e}");
+    // Segment everything takes SAM 2 in a later step: refused by name.
+    let e = websam::amg::MaskGenerator::new(Default::default(), &p, None)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("SAM 2"), "{e}");
+    // .npz round trip; no .npy of three maps.
+    let embedding = p.embedding().unwrap();
+    let npz = embedding.to_npz_bytes().unwrap();
+    let back = ImageEmbedding::from_file_bytes(&npz, embedding.frame).unwrap();
+    assert_eq!(flat(&back.features), flat(&embedding.features));
+    let [a0, a1] = back.high_res.as_ref().unwrap();
+    let [b0, b1] = embedding.high_res.as_ref().unwrap();
+    assert_eq!((flat(a0), flat(a1)), (flat(b0), flat(b1)));
+    let e = embedding.to_npy_bytes().unwrap_err().to_string();
+    assert!(e.contains(".npz"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("sam2_fixture.safetensors");
+    std::fs::write(&ck, &bytes).unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let image = concat!(env!("CARGO_MANIFEST_DIR"), "/www/samples/chelsea.png");
+    let npy = websam_cli(&[
+        "embed",
+        "--weights",
+        &s(&ck),
+        "--image",
+        image,
+        "--out",
+        &s(&dir.path().join("e.npy")),
+    ]);
+    let err = String::from_utf8_lossy(&npy.stderr);
+    assert!(!npy.status.success() && err.contains(".npz"), "{err}");
+    let e = dir.path().join("e.npz");
+    let out = websam_cli(&[
+        "embed",
+        "--weights",
+        &s(&ck),
+        "--image",
+        image,
+        "--out",
+        &s(&e),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = websam_cli(&[
+        "decode",
+        "--weights",
+        &s(&ck),
+        "--embedding",
+        &s(&e),
+        "--points",
+        "250,170,1",
+        "--multimask",
+        "--orig-size",
+        "300,451",
+        "--out-dir",
+        &s(dir.path()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = Tensor::read_npy(dir.path().join("low_res_logits.npy")).unwrap();
+    assert_eq!(got.dims(), [3, 256, 256]);
+    let d = max_abs_diff(&flat(&got), &reference) / scale;
+    println!("websam embed + decode (.npz): low-res logits within {d:.2e} of the reference");
+    assert!(d <= 1e-3, "CLI: {d:e}");
+    assert!(dir.path().join("mask.png").exists());
+}
+
 #[test]
 fn sam2_is_refused_where_it_is_not_built_yet() {
-    let e = websam::predictor::Predictor::new(weights(), websam::predictor::BackendChoice::Cpu);
-    let e = pollster::block_on(e).err().expect("refused").to_string();
+    // Segment everything and training take SAM 2 in a later step.
+    let bytes = checkpoint_naming_its_trunk(&fixture_hiera());
+    let weights = Weights::from_safetensors_bytes(&bytes).unwrap();
+    let Err(e) = websam::train::Trainer::new(&weights, Default::default(), Default::default())
+    else {
+        panic!("a SAM 2 checkpoint to train was taken");
+    };
+    let e = e.to_string();
     assert!(e.contains("SAM 2"), "{e}");
     // A SAM embedding (no high-resolution features) is refused by SAM 2's decoder.
     let sam = model();

@@ -396,6 +396,12 @@ impl MaskGenerator {
         predictor: &Predictor,
         image: Option<RgbImage>,
     ) -> Result<Self> {
+        if predictor.is_sam2() {
+            return Err(Error::UnsupportedModel(
+                "segment everything with SAM 2 (SAM2AutomaticMaskGenerator) is not built yet"
+                    .into(),
+            ));
+        }
         let grids = opts.point_grids()?;
         let embedding = predictor.embedding()?.clone();
         let size = embedding.frame.original;

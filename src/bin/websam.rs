@@ -151,7 +151,8 @@ fn load(weights: &Path, engine: &Engine) -> Result<Predictor> {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write the image embedding (1x256x64x64 f32 .npy) of an image.
+    /// Write the image embedding of an image: SAM's 1x256x64x64 f32 .npy; SAM 2's .npz
+    /// (image_embed 1x256x64x64, high_res_feats_0 1x32x256x256, high_res_feats_1 1x64x128x128).
     Embed {
         /// Checkpoint with an image encoder (.pth, .pt or .safetensors).
         #[arg(long)]
@@ -159,7 +160,7 @@ enum Command {
         /// PNG or JPEG image.
         #[arg(long)]
         image: PathBuf,
-        /// Output .npy file.
+        /// Output file: .npy (SAM), .npz (SAM 2).
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -171,7 +172,8 @@ enum Command {
         /// Checkpoint (a decoder-only one is enough).
         #[arg(long)]
         weights: PathBuf,
-        /// Image embedding, 1x256x64x64 (or 256x64x64) .npy.
+        /// Image embedding: SAM's 1x256x64x64 (or 256x64x64) .npy, SAM 2's .npz (as `embed`
+        /// writes them).
         #[arg(long)]
         embedding: PathBuf,
         #[command(flatten)]
@@ -497,6 +499,13 @@ fn run(cli: Cli) -> Result<()> {
             engine,
         } => {
             let mut sam = load(&weights, &engine)?;
+            let want = if sam.is_sam2() { "npz" } else { "npy" };
+            if out.extension().and_then(|e| e.to_str()) != Some(want) {
+                return Err(Error::invalid(format!(
+                    "{}: this model's embedding is a .{want} file",
+                    out.display()
+                )));
+            }
             let img = RgbImage::open(&image)?;
             let t = Instant::now();
             pollster::block_on(sam.set_image(&img))?;
@@ -506,7 +515,11 @@ fn run(cli: Cli) -> Result<()> {
                 img.height,
                 t.elapsed().as_secs_f64() * 1e3
             );
-            write_npy(&sam.embedding()?.features, &out)
+            let embedding = sam.embedding()?;
+            if embedding.high_res.is_none() {
+                return write_npy(&embedding.features, &out);
+            }
+            std::fs::write(&out, embedding.to_npz_bytes()?).map_err(io_err(&out))
         }
         Command::Train(args) => train(args),
         Command::Decode {
@@ -520,7 +533,8 @@ fn run(cli: Cli) -> Result<()> {
             let mut sam = load(&weights, &engine)?;
             let prompt = prompt.to_prompt()?;
             let (h, w) = orig_size.unwrap_or((IMAGE_SIZE, IMAGE_SIZE));
-            let emb = ImageEmbedding::new(read_npy(&embedding)?, ImageFrame::new(h, w)?)
+            let bytes = std::fs::read(&embedding).map_err(io_err(&embedding))?;
+            let emb = ImageEmbedding::from_file_bytes(&bytes, sam.frame(h, w)?)
                 .map_err(|e| e.context(embedding.display()))?;
             let t = Instant::now();
             pollster::block_on(sam.set_embedding(emb))?;

@@ -77,6 +77,56 @@ impl<B: Backend> Linear<B> {
     }
 }
 
+/// `PatchEmbed` (SAM's ViT and SAM 2's Hiera alike): a `Conv2d(in, C, kernel, stride,
+/// padding)` with bias under `<vb>.proj`, the image NCHW -> tokens `[B, h*w, C]`.
+#[derive(Debug, Clone)]
+pub struct PatchEmbed<B: Backend> {
+    weight: B::Tensor,
+    bias: B::Tensor,
+    opts: ConvOpts,
+}
+
+impl<B: Backend> PatchEmbed<B> {
+    /// Reads `<vb>.proj.weight` `[out, in, kernel, kernel]` and `<vb>.proj.bias`.
+    pub fn new(
+        dev: &B::Device,
+        vb: &WeightPath,
+        (in_chans, out_chans): (usize, usize),
+        kernel: usize,
+        opts: ConvOpts,
+    ) -> Result<Self> {
+        let proj = vb.pp("proj");
+        Ok(Self {
+            weight: load::<B>(
+                dev,
+                &proj,
+                &[out_chans, in_chans, kernel, kernel],
+                "weight",
+                Param::Conv,
+            )?,
+            bias: load::<B>(dev, &proj, &[out_chans], "bias", Param::Plain)?,
+            opts,
+        })
+    }
+
+    /// The image `[B, in, H, W]` -> tokens `[B, h*w, C]` and their grid `(h, w)`.
+    pub fn forward(&self, b: &mut B, x: &B::Tensor) -> Result<(B::Tensor, (usize, usize))> {
+        let y = b.conv2d(
+            x,
+            &self.weight,
+            Some(&self.bias),
+            self.opts,
+            Activation::None,
+            None,
+        )?;
+        let grid = match B::dims(&y) {
+            &[_, _, h, w] => (h, w),
+            other => return Err(Error::invalid(format!("patch embedding gave {other:?}"))),
+        };
+        Ok((to_tokens(b, &y)?, grid))
+    }
+}
+
 /// `nn.LayerNorm` over the last dim.
 #[derive(Debug, Clone)]
 pub struct LayerNorm<B: Backend> {

@@ -19,9 +19,10 @@ use crate::threads;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cpu;
 
-/// Scores held at once by [`Cpu::attention_rel_pos`]: 16 Mi values (64 MiB), so that a global
-/// block's 12 heads x 4096 x 4096 scores (768 MiB, past what wasm32 can spare) go in 13 pieces.
-const REL_POS_SCORES: usize = 1 << 24;
+/// Scores held at once by [`Cpu::attention_rel_pos`] and [`Cpu::attention`]: 16 Mi values
+/// (64 MiB), so that a global block's 12 heads x 4096 x 4096 scores (768 MiB, past what wasm32
+/// can spare) go in 13 pieces.
+const SCORES_AT_ONCE: usize = 1 << 24;
 
 /// `x` as a GEMM operand: contiguous, or a transpose of a contiguous tensor in its last two
 /// dims (which candle's GEMM reads as is); otherwise copied.
@@ -336,13 +337,29 @@ impl Backend for Cpu {
         let (q, k, v) = (gemm_operand(q)?, gemm_operand(k)?, gemm_operand(v)?);
         let rank = k.rank();
         // k^T is a strided view that the batched GEMM reads as is.
-        let logits = threads::matmul(&q, &k.transpose(rank - 2, rank - 1)?)?;
+        let kt = k.transpose(rank - 2, rank - 1)?;
         if bias.is_some_and(|b| b.track_op()) {
             return Err(ops::no_backward("an attention bias"));
         }
-        let bias = bias.map(values).transpose()?;
-        let attn = ops::softmax_last_scaled(&logits, scale, bias.as_deref())?;
-        threads::matmul(&attn, &v)
+        let (nq, nk) = (q.dims()[rank - 2], k.dims()[rank - 2]);
+        let batch: usize = q.dims()[..rank - 2].iter().product();
+        let rows = (SCORES_AT_ONCE / (batch * nk).max(1)).clamp(1, nq.max(1));
+        if bias.is_some() || rows >= nq || ops::tracked(&[&q, &k, &v]) {
+            let logits = threads::matmul(&q, &kt)?;
+            let bias = bias.map(values).transpose()?;
+            let attn = ops::softmax_last_scaled(&logits, scale, bias.as_deref())?;
+            return threads::matmul(&attn, &v);
+        }
+        // Queries in blocks whose scores take at most SCORES_AT_ONCE values (Hiera-L's global
+        // blocks: 8 heads x 4096 x 4096 scores, 512 MiB, whole).
+        let mut outs = Vec::with_capacity(nq.div_ceil(rows));
+        for start in (0..nq).step_by(rows) {
+            let len = rows.min(nq - start);
+            let logits = threads::matmul(&q.narrow(rank - 2, start, len)?, &kt)?;
+            let attn = ops::softmax_last_scaled(&logits, scale, None)?;
+            outs.push(threads::matmul(&attn, &v)?);
+        }
+        Ok(Tensor::cat(&outs, rank - 2)?)
     }
 
     fn attention_rel_pos(
@@ -368,8 +385,8 @@ impl Backend for Cpu {
         let (q, k, v) = (gemm_operand(q)?, gemm_operand(k)?, gemm_operand(v)?);
         let kt = k.transpose(2, 3)?;
         let rel = contiguous(rel)?;
-        // Queries in blocks whose scores take at most REL_POS_SCORES values.
-        let rows = (REL_POS_SCORES / (b * h * nk).max(1)).clamp(1, nq.max(1));
+        // Queries in blocks whose scores take at most SCORES_AT_ONCE values.
+        let rows = (SCORES_AT_ONCE / (b * h * nk).max(1)).clamp(1, nq.max(1));
         let mut outs = Vec::with_capacity(nq.div_ceil(rows));
         for start in (0..nq).step_by(rows) {
             let len = rows.min(nq - start);

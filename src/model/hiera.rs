@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::backend::{load, Activation, Backend, ConvOpts, Param};
-use crate::model::common::{to_nchw, to_tokens, LayerNorm, Linear, MLPBlock};
+use crate::model::common::{to_nchw, LayerNorm, Linear, MLPBlock, PatchEmbed};
 use crate::model::config::EMBED_DIM;
 use crate::model::weights::WeightPath;
 
@@ -46,8 +46,9 @@ const HIGH_RES_CHANNELS: [usize; 2] = [EMBED_DIM / 8, EMBED_DIM / 4];
 
 /// The structure of a Hiera trunk. A checkpoint holds the widths and the stages' depths but not
 /// the heads, windows or global blocks: [`HieraConfig::detect`] matches its shapes against the
-/// four SAM 2.1 configurations.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// four SAM 2.1 configurations; a safetensors file of another trunk can name its configuration
+/// in its metadata ([`HieraConfig::METADATA_KEY`], [`HieraConfig::of`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HieraConfig {
     /// The name of an official configuration (`tiny`, `small`, `base_plus`, `large`), or of
     /// the configuration a caller built.
@@ -67,6 +68,39 @@ pub struct HieraConfig {
 }
 
 impl HieraConfig {
+    /// The safetensors `__metadata__` key under which a checkpoint may hold its trunk's
+    /// configuration, as this struct's JSON.
+    pub const METADATA_KEY: &'static str = "websam.hiera";
+
+    /// The trunk of `weights`: the configuration its metadata names (checked against its
+    /// shapes), else the official one its shapes are ([`Self::detect`]).
+    pub fn of(weights: &crate::model::weights::Weights) -> Result<Self> {
+        let shape_of = |k: &str| weights.shape_of(&format!("image_encoder.trunk.{k}"));
+        let Some(json) = weights.metadata(Self::METADATA_KEY) else {
+            return Self::detect(&shape_of);
+        };
+        let cfg: Self = serde_json::from_str(json).map_err(|e| {
+            Error::UnsupportedModel(format!("SAM 2: the metadata's {}: {e}", Self::METADATA_KEY))
+        })?;
+        cfg.check()?;
+        let ends = cfg.stage_ends();
+        let blocks = (0..)
+            .take_while(|i| shape_of(&format!("blocks.{i}.norm1.weight")).is_some())
+            .count();
+        let first = shape_of("patch_embed.proj.weight").and_then(|s| s.first().copied());
+        if blocks != cfg.depth()
+            || first != Some(cfg.embed_dim)
+            || (1..STAGES)
+                .any(|s| shape_of(&format!("blocks.{}.proj.weight", ends[s - 1] + 1)).is_none())
+        {
+            return Err(Error::UnsupportedModel(format!(
+                "SAM 2: the metadata's trunk ({cfg:?}) is not the checkpoint's ({blocks} blocks, \
+                 patch embedding {first:?} wide)"
+            )));
+        }
+        Ok(cfg)
+    }
+
     fn official(
         name: &str,
         embed_dim: usize,
@@ -426,8 +460,7 @@ pub struct Sam2Features<T> {
 #[derive(Debug, Clone)]
 pub struct Sam2ImageEncoder<B: Backend> {
     cfg: HieraConfig,
-    patch_weight: B::Tensor,
-    patch_bias: B::Tensor,
+    patch_embed: PatchEmbed<B>,
     /// `_get_pos_embed` for the 256x256 grid, as tokens `[1, 256*256, C]`.
     pos_embed: B::Tensor,
     blocks: Vec<MultiScaleBlock<B>>,
@@ -463,7 +496,6 @@ impl<B: Backend> Sam2ImageEncoder<B> {
         cfg.check()?;
         let trunk = vb.pp("image_encoder").pp("trunk");
         let c0 = cfg.embed_dim;
-        let proj = trunk.pp("patch_embed").pp("proj");
         let pos_embed = position_embedding(
             &trunk.get(
                 &[1, c0, cfg.pos_embed_size, cfg.pos_embed_size],
@@ -540,14 +572,13 @@ impl<B: Backend> Sam2ImageEncoder<B> {
         let decoder = vb.pp("sam_mask_decoder");
         Ok(Self {
             cfg: cfg.clone(),
-            patch_weight: load::<B>(
+            patch_embed: PatchEmbed::new(
                 dev,
-                &proj,
-                &[c0, 3, PATCH_KERNEL, PATCH_KERNEL],
-                "weight",
-                Param::Conv,
+                &trunk.pp("patch_embed"),
+                (3, c0),
+                PATCH_KERNEL,
+                ConvOpts::new(PATCH_STRIDE, PATCH_PADDING),
             )?,
-            patch_bias: load::<B>(dev, &proj, &[c0], "bias", Param::Plain)?,
             pos_embed: B::param(dev, &pos_embed, Param::Plain)?,
             blocks,
             lateral,
@@ -570,18 +601,8 @@ impl<B: Backend> Sam2ImageEncoder<B> {
             )));
         }
         // Hiera: patch embedding, position embedding, the blocks; each stage's output kept.
-        let opts = ConvOpts::new(PATCH_STRIDE, PATCH_PADDING);
-        let x = b.conv2d(
-            x,
-            &self.patch_weight,
-            Some(&self.patch_bias),
-            opts,
-            Activation::None,
-            None,
-        )?;
-        let mut grid = (B::dims(&x)[2], B::dims(&x)[3]);
-        let mut x = to_tokens(b, &x)?;
-        x = b.add(&x, &self.pos_embed)?;
+        let (x, mut grid) = self.patch_embed.forward(b, x)?;
+        let mut x = b.add(&x, &self.pos_embed)?;
         let stage_ends = self.cfg.stage_ends();
         let mut stages = Vec::with_capacity(STAGES);
         for (i, block) in self.blocks.iter().enumerate() {

@@ -70,6 +70,8 @@ impl EncoderKind {
 /// Chromium on ViT-B (342 MB with 2 threads, docs/PERFORMANCE.md), it scales with the tokens'
 /// width (the 64x64 tokens times `embed_dim`, about 27 such tensors at the peak; 32 counted);
 /// TinyViT's 200 MB, 256 counted. Used to refuse a model that cannot fit before building it.
+/// SAM 2's Hiera is counted as TinyViT until it is measured in the browser (the predictor, and
+/// so the package, does not take SAM 2 yet).
 pub fn cpu_encode_working_bytes(weights: &Weights) -> u64 {
     const TOKENS: u64 = 64 * 64;
     match EncoderKind::detect(weights) {
@@ -261,6 +263,87 @@ impl ImageEmbedding {
         Self::new(Tensor::from_vec(data, shape, &Device::Cpu)?, frame)
     }
 
+    /// Reads SAM 2's embedding saved as `.npz` (what `websam embed` writes for SAM 2): the
+    /// arrays `image_embed` `[1, 256, 64, 64]`, `high_res_feats_0` `[1, 32, 256, 256]` and
+    /// `high_res_feats_1` `[1, 64, 128, 128]`, f32 or f16, stored as `np.savez` stores them
+    /// (`np.savez_compressed`'s deflated entries are refused, with the reason).
+    pub fn from_npz_bytes(bytes: &[u8], frame: ImageFrame) -> Result<Self> {
+        use std::io::Read;
+        let bad = |why: String| Error::invalid(format!("not a SAM 2 embedding .npz: {why}"));
+        let mut zip =
+            zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| bad(format!("{e}")))?;
+        let mut read = |name: &str, values: usize| -> Result<Tensor> {
+            let mut entry = zip.by_name(&format!("{name}.npy")).map_err(|e| match e {
+                zip::result::ZipError::FileNotFound => bad(format!("no {name}.npy in it")),
+                e => bad(format!(
+                    "{name}.npy: {e} (save it with np.savez, not compressed)"
+                )),
+            })?;
+            // Its header and values, checked before anything is inflated.
+            let most = values as u64 * 4 + 4096;
+            if entry.size() > most {
+                return Err(bad(format!("{name}.npy holds {} bytes", entry.size())));
+            }
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry
+                .by_ref()
+                .take(most)
+                .read_to_end(&mut data)
+                .map_err(|e| bad(format!("{name}.npy: {e}")))?;
+            let (shape, values) = read_npy_f32(&data).map_err(|e| e.context(name))?;
+            Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+        };
+        let side = EMBEDDING_SIDE;
+        let embed = read("image_embed", EMBED_DIM * side * side)?;
+        let s0 = read("high_res_feats_0", EMBED_DIM / 8 * 16 * side * side)?;
+        let s1 = read("high_res_feats_1", EMBED_DIM / 4 * 4 * side * side)?;
+        Self::sam2(embed, [s0, s1], frame)
+    }
+
+    /// Reads an embedding file: `.npy` (SAM's) or `.npz` (SAM 2's), told by its first bytes.
+    pub fn from_file_bytes(bytes: &[u8], frame: ImageFrame) -> Result<Self> {
+        if bytes.starts_with(b"PK") {
+            Self::from_npz_bytes(bytes, frame)
+        } else {
+            Self::from_npy_bytes(bytes, frame)
+        }
+    }
+
+    /// The embedding as a file: `.npy` bytes for SAM's ([`Self::to_npy_bytes`]), `.npz` for SAM
+    /// 2's ([`Self::to_npz_bytes`]).
+    pub fn to_file_bytes(&self) -> Result<Vec<u8>> {
+        match self.high_res {
+            Some(_) => self.to_npz_bytes(),
+            None => self.to_npy_bytes(),
+        }
+    }
+
+    /// SAM 2's embedding as `.npz` (as `np.savez` writes it: stored `.npy` entries
+    /// `image_embed`, `high_res_feats_0`, `high_res_feats_1`, f32).
+    pub fn to_npz_bytes(&self) -> Result<Vec<u8>> {
+        use std::io::Write;
+        let Some([s0, s1]) = &self.high_res else {
+            return Err(Error::invalid(
+                "a SAM embedding has one array: save it as .npy (to_npy_bytes)",
+            ));
+        };
+        let zerr = |e: zip::result::ZipError| Error::invalid(format!("writing .npz: {e}"));
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(false);
+        for (name, t) in [
+            ("image_embed", &self.features),
+            ("high_res_feats_0", s0),
+            ("high_res_feats_1", s1),
+        ] {
+            zip.start_file(format!("{name}.npy"), opts).map_err(zerr)?;
+            zip.write_all(&npy_bytes(t)?)
+                .map_err(|e| Error::invalid(format!("writing .npz: {e}")))?;
+        }
+        Ok(zip.finish().map_err(zerr)?.into_inner())
+    }
+
     /// Features as a flat `Vec` (C-order `[1, 256, 64, 64]`).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         Ok(self.features.flatten_all()?.to_vec1()?)
@@ -269,21 +352,31 @@ impl ImageEmbedding {
     /// The features as `.npy` bytes (float32, C order, shape `[1, 256, 64, 64]`), the file the
     /// official demo reads; [`ImageEmbedding::from_npy_bytes`] reads it back.
     pub fn to_npy_bytes(&self) -> Result<Vec<u8>> {
-        use npyz::WriterBuilder;
-        let shape: Vec<u64> = self.features.dims().iter().map(|&d| d as u64).collect();
-        let data = self.to_vec()?;
-        let mut out = Vec::with_capacity(data.len() * 4 + 128);
-        let io = |e: std::io::Error| Error::invalid(format!("writing .npy: {e}"));
-        let mut w = npyz::WriteOptions::<f32>::new()
-            .default_dtype()
-            .shape(&shape)
-            .writer(&mut out)
-            .begin_nd()
-            .map_err(io)?;
-        w.extend(data).map_err(io)?;
-        w.finish().map_err(io)?;
-        Ok(out)
+        if self.high_res.is_some() {
+            return Err(Error::invalid(
+                "a SAM 2 embedding has three arrays: save it as .npz (to_npz_bytes)",
+            ));
+        }
+        npy_bytes(&self.features)
     }
+}
+
+/// A tensor as `.npy` bytes (float32, C order).
+fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    use npyz::WriterBuilder;
+    let shape: Vec<u64> = t.dims().iter().map(|&d| d as u64).collect();
+    let data = t.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = Vec::with_capacity(data.len() * 4 + 128);
+    let io = |e: std::io::Error| Error::invalid(format!("writing .npy: {e}"));
+    let mut w = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(&mut out)
+        .begin_nd()
+        .map_err(io)?;
+    w.extend(data).map_err(io)?;
+    w.finish().map_err(io)?;
+    Ok(out)
 }
 
 /// `t` on the CPU in f32, every value finite (`what` names it in the error).
@@ -315,8 +408,12 @@ pub struct Mask {
 /// The decoder's output for one prompt.
 #[derive(Debug, Clone)]
 pub struct Prediction {
-    /// `num_masks * 256 * 256` low-res logits.
+    /// `num_masks * 256 * 256` low-res logits (SAM 2's clamped to +-32, as its `predict`
+    /// returns them: what a refinement feeds back).
     pub low_res_logits: Vec<f32>,
+    /// SAM 2: the low-res logits before that clamp, which its masks at the image's size are
+    /// made from.
+    pub unclamped: Option<Vec<f32>>,
     /// Predicted IoU per mask.
     pub iou: Vec<f32>,
     /// The frame the prompt was given in.
@@ -350,7 +447,8 @@ impl Prediction {
         &self.low_res_logits[i * n..(i + 1) * n]
     }
 
-    /// Logits of mask `i` at the original image size (`Sam.postprocess_masks`).
+    /// Logits of mask `i` at the original image size (`Sam.postprocess_masks`; SAM 2's from
+    /// the unclamped low-res logits).
     pub fn logits(&self, i: usize) -> Result<Vec<f32>> {
         if i >= self.num_masks() {
             return Err(Error::invalid(format!(
@@ -358,7 +456,12 @@ impl Prediction {
                 self.num_masks()
             )));
         }
-        postprocess_logits(self.low_res(i), &self.frame)
+        let n = LOW_RES_SIDE * LOW_RES_SIDE;
+        let low_res = match &self.unclamped {
+            Some(u) => &u[i * n..(i + 1) * n],
+            None => self.low_res(i),
+        };
+        postprocess_logits(low_res, &self.frame)
     }
 
     /// Every mask at the original image size, thresholded at 0, with its scores.
@@ -532,9 +635,7 @@ impl<B: Backend> Sam<B> {
                 let hiera = match hiera {
                     Some(h) => h,
                     None => {
-                        detected = HieraConfig::detect(&|k: &str| {
-                            weights.shape_of(&format!("image_encoder.trunk.{k}"))
-                        })?;
+                        detected = HieraConfig::of(weights)?;
                         &detected
                     }
                 };
@@ -698,9 +799,19 @@ impl<B: Backend> Sam<B> {
         let (low_res_logits, iou) =
             self.mask_decoder
                 .select_stable(low_res_logits, iou, prompt.multimask)?;
+        if !self.sam2 {
+            return Ok(Prediction {
+                low_res_logits,
+                iou,
+                unclamped: None,
+                frame,
+            });
+        }
+        let c = SAM2_LOW_RES_CLAMP;
         Ok(Prediction {
-            low_res_logits,
+            low_res_logits: low_res_logits.iter().map(|v| v.clamp(-c, c)).collect(),
             iou,
+            unclamped: Some(low_res_logits),
             frame,
         })
     }

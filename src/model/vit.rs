@@ -17,8 +17,8 @@
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::model::backend::{load, Activation, Backend, ConvOpts, Gemm, Param};
-use crate::model::common::{to_tokens, LayerNorm, Linear, MLPBlock, Neck};
+use crate::model::backend::{Activation, Backend, ConvOpts, Gemm, Param};
+use crate::model::common::{LayerNorm, Linear, MLPBlock, Neck, PatchEmbed};
 use crate::model::weights::WeightPath;
 
 /// `nn.LayerNorm`'s eps in the blocks (`partial(torch.nn.LayerNorm, eps=1e-6)` in
@@ -392,8 +392,7 @@ impl<B: Backend> Block<B> {
 pub struct ImageEncoderViT<B: Backend> {
     cfg: VitConfig,
     /// `patch_embed.proj`: `[C, 3, 16, 16]` and its bias.
-    patch_weight: B::Tensor,
-    patch_bias: B::Tensor,
+    patch_embed: PatchEmbed<B>,
     /// `pos_embed` `[1, 64, 64, C]` as tokens `[1, 64*64, C]`.
     pos_embed: B::Tensor,
     blocks: Vec<Block<B>>,
@@ -413,14 +412,18 @@ impl<B: Backend> ImageEncoderViT<B> {
                 "SAM ViT encoder: an inconsistent configuration {cfg:?}"
             )));
         }
-        let proj = vb.pp("patch_embed").pp("proj");
         let pos_embed = vb
             .get(&[1, grid, grid, c], "pos_embed")?
             .reshape((1, grid * grid, c))?;
         Ok(Self {
             cfg: cfg.clone(),
-            patch_weight: load::<B>(dev, &proj, &[c, cfg.in_chans, p, p], "weight", Param::Conv)?,
-            patch_bias: load::<B>(dev, &proj, &[c], "bias", Param::Plain)?,
+            patch_embed: PatchEmbed::new(
+                dev,
+                &vb.pp("patch_embed"),
+                (cfg.in_chans, c),
+                p,
+                ConvOpts::new(p, 0),
+            )?,
             pos_embed: B::param(dev, &pos_embed, Param::Plain)?,
             blocks: (0..cfg.depth)
                 .map(|i| Block::new(dev, &vb.pp("blocks").pp(i), cfg, i))
@@ -464,16 +467,7 @@ impl<B: Backend> ImageEncoderViT<B> {
                 B::dims(x)
             )));
         }
-        let opts = ConvOpts::new(self.cfg.patch_size, 0);
-        let x = b.conv2d(
-            x,
-            &self.patch_weight,
-            Some(&self.patch_bias),
-            opts,
-            Activation::None,
-            None,
-        )?;
-        let x = to_tokens(b, &x)?;
+        let (x, _) = self.patch_embed.forward(b, x)?;
         b.add(&x, &self.pos_embed)
     }
 

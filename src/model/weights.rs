@@ -33,6 +33,8 @@ pub struct Weights {
     source: Arc<dyn ByteSource>,
     /// Read from a Hugging Face `SamModel` checkpoint (its keys renamed on load).
     hugging_face: bool,
+    /// A safetensors file's `__metadata__` (strings by key); empty for other files.
+    metadata: HashMap<String, String>,
 }
 
 impl Default for Weights {
@@ -41,6 +43,7 @@ impl Default for Weights {
             tensors: HashMap::new(),
             source: Arc::new(Vec::new()),
             hugging_face: false,
+            metadata: HashMap::new(),
         }
     }
 }
@@ -165,8 +168,24 @@ impl Weights {
         source.read_into(0, &mut head)?;
         match WeightFormat::detect_head(&head, source.len())? {
             WeightFormat::PyTorchZip => Self::indexed_by(source, pth::index_pth),
-            WeightFormat::Safetensors => Self::indexed_by(source, index_safetensors),
+            WeightFormat::Safetensors => Self::safetensors(source),
         }
+    }
+
+    /// A safetensors file's tensors and its `__metadata__`.
+    fn safetensors(source: Arc<dyn ByteSource>) -> Result<Self> {
+        let mut w = Self::indexed_by(source, index_safetensors)?;
+        w.metadata = safetensors_header(w.source.as_ref())?
+            .0
+            .metadata()
+            .clone()
+            .unwrap_or_default();
+        Ok(w)
+    }
+
+    /// The value under `key` in a safetensors file's `__metadata__`.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 
     /// Weights over `source`, indexed by one container's reader.
@@ -199,6 +218,7 @@ impl Weights {
                 tensors,
                 source,
                 hugging_face: false,
+                metadata: HashMap::new(),
             });
         }
         let renames = hf::to_official(tensors.keys().map(String::as_str))?;
@@ -213,6 +233,7 @@ impl Weights {
             tensors: official,
             source,
             hugging_face: true,
+            metadata: HashMap::new(),
         })
     }
 
@@ -231,7 +252,7 @@ impl Weights {
 
     /// Reads a safetensors file held in memory.
     pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<Self> {
-        Self::indexed_by(Arc::new(bytes.to_vec()), index_safetensors)
+        Self::safetensors(Arc::new(bytes.to_vec()))
     }
 
     /// Reads a PyTorch zip checkpoint held in memory: a state dict at the top level, or under
@@ -353,7 +374,11 @@ impl Weights {
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::format(format!("safetensors: {e}")))?;
-        safetensors::serialize(views, None).map_err(|e| Error::format(format!("safetensors: {e}")))
+        safetensors::serialize(
+            views,
+            (!self.metadata.is_empty()).then(|| self.metadata.clone()),
+        )
+        .map_err(|e| Error::format(format!("safetensors: {e}")))
     }
 }
 
@@ -372,7 +397,8 @@ const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
 
 /// Indexes a safetensors file: its JSON header, validated by the safetensors crate (offsets in
 /// order, each tensor's bytes matching its shape), and the data's length against the file's.
-fn index_safetensors(src: &dyn ByteSource) -> Result<HashMap<String, StoredTensor>> {
+/// A safetensors file's header, checked against the file's size, and where its data starts.
+fn safetensors_header(src: &dyn ByteSource) -> Result<(safetensors::tensor::Metadata, u64)> {
     let bad = |msg: String| Error::format(format!("safetensors: {msg}"));
     let mut n = [0u8; 8];
     check_range(0, 8, src.len()).map_err(|e| bad(e.to_string()))?;
@@ -395,6 +421,11 @@ fn index_safetensors(src: &dyn ByteSource) -> Result<HashMap<String, StoredTenso
             src.len() - data_start
         )));
     }
+    Ok((meta, data_start))
+}
+
+fn index_safetensors(src: &dyn ByteSource) -> Result<HashMap<String, StoredTensor>> {
+    let (meta, data_start) = safetensors_header(src)?;
     let mut tensors = HashMap::new();
     for (name, info) in meta.tensors() {
         let dtype = match info.dtype {

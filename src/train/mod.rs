@@ -316,6 +316,11 @@ impl Trainer {
             .filter(|k| TRAINED.iter().any(|p| k.starts_with(p)))
             .collect();
         keys.sort_unstable();
+        if crate::predictor::is_sam2(weights) {
+            return Err(Error::UnsupportedModel(
+                "training SAM 2's decoder is not built yet".into(),
+            ));
+        }
         if !keys.iter().any(|k| k.starts_with("mask_decoder.")) {
             return Err(Error::format(
                 "no `mask_decoder.*` tensors: not a SAM checkpoint to train",

@@ -116,6 +116,15 @@ pub fn checkpoint_named(names: &dyn Fn(&str) -> Vec<String>) -> Vec<u8> {
 /// The tensors of manifest `m` as a safetensors file (f32), each under the names `names`
 /// gives its key.
 pub fn checkpoint_of(m: &Manifest, names: &dyn Fn(&str) -> Vec<String>) -> Vec<u8> {
+    checkpoint_with_metadata(m, names, None)
+}
+
+/// [`checkpoint_of`] with a safetensors `__metadata__`.
+pub fn checkpoint_with_metadata(
+    m: &Manifest,
+    names: &dyn Fn(&str) -> Vec<String>,
+    metadata: Option<HashMap<String, String>>,
+) -> Vec<u8> {
     let data: Vec<(String, Vec<usize>, Vec<f32>)> = m
         .tensors
         .iter()
@@ -131,7 +140,7 @@ pub fn checkpoint_of(m: &Manifest, names: &dyn Fn(&str) -> Vec<String>) -> Vec<u
             })
         })
         .collect();
-    safetensors::tensor::serialize(views, None::<HashMap<String, String>>).unwrap()
+    safetensors::tensor::serialize(views, metadata).unwrap()
 }
 
 /// `tests/fixtures/vit/hf_keys.json`: transformers' `SamModel` names of the fixture model's

@@ -61,9 +61,7 @@ import make_vit  # same folder: the weight generator and its rules
 
 from sam2.build_sam import build_sam2
 from sam2.modeling.backbones.hieradet import Hiera
-from sam2.modeling.position_encoding import PositionEmbeddingRandom
 from sam2.modeling.sam2_base import SAM2Base
-from sam2.modeling.sam2_utils import LayerNorm2d
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 REPO = make_vit.REPO
@@ -108,42 +106,20 @@ def official_keys(config) -> str:
     return text
 
 
+def special(mod, pname, full):
+    """SAM 2's own tensors (make_vit's rules do the rest)."""
+    if isinstance(mod, Hiera):
+        assert pname in ("pos_embed", "pos_embed_window"), full
+        return (0.0, POS_EMBED_SCALE)
+    if isinstance(mod, SAM2Base):
+        assert pname == "no_mem_embed", full
+        return (0.0, POS_EMBED_SCALE)
+    return None
+
+
 def offset_scale(model: nn.Module) -> dict:
-    """{key: (offset, scale)} for every image-path tensor, by make_vit's rules."""
-    rules = {}
-    for mname, mod in model.named_modules():
-        prefix = mname + "." if mname else ""
-        local = list(mod.named_parameters(recurse=False)) + list(
-            mod.named_buffers(recurse=False))
-        for pname, t in local:
-            full = prefix + pname
-            if not full.startswith(IMAGE_PATH):
-                continue
-            assert torch.is_floating_point(t), full
-            if isinstance(mod, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-                b = 1.0 / math.sqrt(make_fixtures._fan_in(mod))
-                g = make_vit.WEIGHT_GAIN
-                if (mname.startswith("sam_mask_decoder.output_hypernetworks_mlps.")
-                        and mname.endswith(".layers.2")):
-                    g *= make_vit.HYPER_OUT_GAIN
-                r = {"weight": (0.0, g * b), "bias": (0.0, make_vit.BIAS_GAIN * b)}[pname]
-            elif isinstance(mod, (nn.LayerNorm, LayerNorm2d)):
-                r = {"weight": make_vit.NORM_WEIGHT, "bias": make_vit.NORM_BIAS}[pname]
-            elif isinstance(mod, Hiera):
-                assert pname in ("pos_embed", "pos_embed_window"), full
-                r = (0.0, POS_EMBED_SCALE)
-            elif isinstance(mod, SAM2Base):
-                assert pname == "no_mem_embed", full
-                r = (0.0, POS_EMBED_SCALE)
-            elif isinstance(mod, nn.Embedding):
-                r = (0.0, make_vit.EMBED_SCALE)
-            elif isinstance(mod, PositionEmbeddingRandom):
-                assert pname == "positional_encoding_gaussian_matrix", full
-                r = (0.0, make_vit.EMBED_SCALE)
-            else:
-                raise KeyError(f"unhandled tensor {full} in {type(mod).__name__}")
-            rules[full] = (make_vit.f32(r[0]), make_vit.f32(r[1]))
-    return rules
+    """{key: (offset, scale)} for every image-path tensor."""
+    return make_vit.offset_scale(model, special, keep=lambda key: key.startswith(IMAGE_PATH))
 
 
 def spec(key, shape, offset, scale):

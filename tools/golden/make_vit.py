@@ -79,9 +79,7 @@ from segment_anything.modeling import (
     Sam,
     TwoWayTransformer,
 )
-from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.image_encoder import Attention as ViTAttention
-from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -234,8 +232,11 @@ def f32(v: float) -> float:
     return float(np.float32(v))
 
 
-def offset_scale(model: nn.Module) -> dict:
-    """{key: (offset, scale)} for every tensor of the state dict, by the rules above."""
+def offset_scale(model: nn.Module, special=None, keep=lambda key: True) -> dict:
+    """{key: (offset, scale)} for every tensor of the state dict (those `keep` accepts), by the
+    rules above; `special(mod, pname, key)` gives a module-specific tensor's (offset, scale), or
+    None. Without `special`: SAM's (pos_embed, relative positions)."""
+    special = special or _sam_special
     rules = {}
     for mname, mod in model.named_modules():
         prefix = mname + "." if mname else ""
@@ -245,12 +246,16 @@ def offset_scale(model: nn.Module) -> dict:
             full = prefix + pname
             if isinstance(mod, Sam) and pname in ("pixel_mean", "pixel_std"):
                 continue  # non-persistent constants
+            if not keep(full):
+                continue
             assert torch.is_floating_point(t), full
-            if isinstance(mod, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            r = special(mod, pname, full)
+            if r is not None:
+                pass
+            elif isinstance(mod, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
                 b = 1.0 / math.sqrt(make_fixtures._fan_in(mod))
                 g = WEIGHT_GAIN
-                if (mname.startswith("mask_decoder.output_hypernetworks_mlps.")
-                        and mname.endswith(".layers.2")):
+                if ".output_hypernetworks_mlps." in "." + mname and mname.endswith(".layers.2"):
                     g *= HYPER_OUT_GAIN
                 if pname == "weight":
                     r = (0.0, g * b)
@@ -258,23 +263,27 @@ def offset_scale(model: nn.Module) -> dict:
                     r = (0.0, BIAS_GAIN * b)
                 else:
                     raise KeyError(full)
-            elif isinstance(mod, (nn.LayerNorm, LayerNorm2d)):
+            elif isinstance(mod, nn.LayerNorm) or type(mod).__name__ == "LayerNorm2d":
                 r = {"weight": NORM_WEIGHT, "bias": NORM_BIAS}[pname]
-            elif isinstance(mod, ImageEncoderViT):
-                assert pname == "pos_embed", full
-                r = (0.0, POS_EMBED_SCALE)
-            elif isinstance(mod, ViTAttention):
-                assert pname in ("rel_pos_h", "rel_pos_w"), full
-                r = (0.0, REL_POS_SCALE)
             elif isinstance(mod, nn.Embedding):
                 r = (0.0, EMBED_SCALE)
-            elif isinstance(mod, PositionEmbeddingRandom):
+            elif type(mod).__name__ == "PositionEmbeddingRandom":
                 assert pname == "positional_encoding_gaussian_matrix", full
                 r = (0.0, EMBED_SCALE)
             else:
                 raise KeyError(f"unhandled tensor {full} in {type(mod).__name__}")
             rules[full] = (f32(r[0]), f32(r[1]))
     return rules
+
+
+def _sam_special(mod, pname, full):
+    if isinstance(mod, ImageEncoderViT):
+        assert pname == "pos_embed", full
+        return (0.0, POS_EMBED_SCALE)
+    if isinstance(mod, ViTAttention):
+        assert pname in ("rel_pos_h", "rel_pos_w"), full
+        return (0.0, REL_POS_SCALE)
+    return None
 
 
 def make_model():
