@@ -29,8 +29,7 @@ use common::{fixture, max_abs_diff, npy_vec, Case};
 use serde::Deserialize;
 use websam::gpu::GpuSam;
 use websam::image::{preprocess_sam2, ImageFrame, RgbImage};
-use websam::model::backend::{Backend, Cpu};
-use websam::model::hiera::{HieraConfig, Sam2ImageEncoder};
+use websam::model::hiera::HieraConfig;
 use websam::model::sam::{
     EncoderKind, ImageEmbedding, Prediction, Prompt, Sam, SAM2_LOW_RES_CLAMP,
 };
@@ -202,21 +201,19 @@ fn preprocessing_matches_sam2_transforms() {
     assert!(d <= 1e-5, "downscaled: {d:e}");
 }
 
+/// Chelsea's three maps on the CPU (`Sam::embed`: SAM2Transforms, the trunk, the neck), and
+/// the decodes from them.
 #[test]
-fn image_features_match_on_the_cpu() {
+fn image_features_and_decodes_match_on_the_cpu() {
     let s = sampled();
     let sam = model();
     assert_eq!(sam.encoder_kind(), EncoderKind::Hiera);
-    let (x, _) = preprocess_sam2(&chelsea()).unwrap();
-    let enc = Sam2ImageEncoder::<Cpu>::new(&(), &fixture_hiera(), &weights().pp("")).unwrap();
-    let f = enc.forward(&mut Cpu, &Cpu.input(&x).unwrap()).unwrap();
-    check_map(&s, "image_embed", &flat(&f.image_embed), 1e-4);
-    check_map(&s, "high_res_feats_0", &flat(&f.high_res_0), 1e-4);
-    check_map(&s, "high_res_feats_1", &flat(&f.high_res_1), 1e-4);
-    // The model's embed gives the same maps.
     let e = sam.embed(&chelsea()).unwrap();
-    assert_eq!(flat(&e.features), flat(&f.image_embed));
-    assert_eq!(flat(&e.high_res.as_ref().unwrap()[0]), flat(&f.high_res_0));
+    check_map(&s, "image_embed", &flat(&e.features), 1e-4);
+    let [s0, s1] = e.high_res.as_ref().unwrap();
+    check_map(&s, "high_res_feats_0", &flat(s0), 1e-4);
+    check_map(&s, "high_res_feats_1", &flat(s1), 1e-4);
+    check_decodes(&cpu_decode(&sam, &e), "image_", 1e-3, 0.01, true);
 }
 
 #[derive(Deserialize)]
@@ -405,13 +402,6 @@ fn decodes_match_from_generated_features() {
     check_decodes(&cpu_decode(&sam, &embedding), "features_", 2e-4, 0.01, true);
 }
 
-#[test]
-fn decodes_match_from_our_features_of_a_photograph() {
-    let sam = model();
-    let embedding = sam.embed(&chelsea()).unwrap();
-    check_decodes(&cpu_decode(&sam, &embedding), "image_", 1e-3, 0.01, true);
-}
-
 /// The fixture as a safetensors file that names its trunk in its metadata, as any checkpoint of
 /// a trunk other than SAM 2.1's four can.
 fn checkpoint_naming_its_trunk(hiera: &HieraConfig) -> Vec<u8> {
@@ -454,34 +444,6 @@ fn the_predictor_and_the_cli_take_sam2() {
         .unwrap();
     let reference = npy_vec(&click.low_res_logits);
     let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let (mut p, _) = pollster::block_on(websam::predictor::Predictor::new(
-        weights,
-        websam::predictor::BackendChoice::Cpu,
-    ))
-    .unwrap();
-    assert!(p.is_sam2());
-    pollster::block_on(p.set_image(&chelsea())).unwrap();
-    let (pred, masks) = pollster::block_on(p.predict(&click.prompt())).unwrap();
-    assert_eq!(masks.len(), 3);
-    let d = max_abs_diff(&pred.low_res_logits, &reference) / scale;
-    assert!(d <= 1e-3, "predictor: {d:e}");
-    // Segment everything takes SAM 2 in a later step: refused by name.
-    let e = websam::amg::MaskGenerator::new(Default::default(), &p, None)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(e.contains("SAM 2"), "{e}");
-    // .npz round trip; no .npy of three maps.
-    let embedding = p.embedding().unwrap();
-    let npz = embedding.to_npz_bytes().unwrap();
-    let back = ImageEmbedding::from_file_bytes(&npz, embedding.frame).unwrap();
-    assert_eq!(flat(&back.features), flat(&embedding.features));
-    let [a0, a1] = back.high_res.as_ref().unwrap();
-    let [b0, b1] = embedding.high_res.as_ref().unwrap();
-    assert_eq!((flat(a0), flat(a1)), (flat(b0), flat(b1)));
-    let e = embedding.to_npy_bytes().unwrap_err().to_string();
-    assert!(e.contains(".npz"), "{e}");
-
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().join("sam2_fixture.safetensors");
     std::fs::write(&ck, &bytes).unwrap();
@@ -538,6 +500,36 @@ fn the_predictor_and_the_cli_take_sam2() {
     println!("websam embed + decode (.npz): low-res logits within {d:.2e} of the reference");
     assert!(d <= 1e-3, "CLI: {d:e}");
     assert!(dir.path().join("mask.png").exists());
+    // The predictor on the embedding `websam embed` wrote (no encode again).
+    let (mut p, _) = pollster::block_on(websam::predictor::Predictor::new(
+        weights,
+        websam::predictor::BackendChoice::Cpu,
+    ))
+    .unwrap();
+    assert!(p.is_sam2());
+    let npz = std::fs::read(&e).unwrap();
+    let embedding = ImageEmbedding::from_file_bytes(&npz, p.frame(300, 451).unwrap()).unwrap();
+    pollster::block_on(p.set_embedding(embedding)).unwrap();
+    let (pred, masks) = pollster::block_on(p.predict(&click.prompt())).unwrap();
+    assert_eq!(masks.len(), 3);
+    let d = max_abs_diff(&pred.low_res_logits, &reference) / scale;
+    assert!(d <= 1e-3, "predictor: {d:e}");
+    // Segment everything takes SAM 2 in a later step: refused by name.
+    let e = websam::amg::MaskGenerator::new(Default::default(), &p, None)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("SAM 2"), "{e}");
+    // .npz round trip; no .npy of three maps.
+    let embedding = p.embedding().unwrap();
+    let back = ImageEmbedding::from_file_bytes(&embedding.to_npz_bytes().unwrap(), embedding.frame)
+        .unwrap();
+    assert_eq!(flat(&back.features), flat(&embedding.features));
+    let [a0, a1] = back.high_res.as_ref().unwrap();
+    let [b0, b1] = embedding.high_res.as_ref().unwrap();
+    assert_eq!((flat(a0), flat(a1)), (flat(b0), flat(b1)));
+    let e = embedding.to_npy_bytes().unwrap_err().to_string();
+    assert!(e.contains(".npz"), "{e}");
 }
 
 #[test]

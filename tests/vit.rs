@@ -237,8 +237,8 @@ fn cpu_image_to_embedding_to_masks_matches_pytorch() {
 }
 
 /// The fixture model as a hub file of transformers' `SamModel` (`save_pretrained`'s names, from
-/// `vit/hf_keys.json`) through the normal loader: the official keys and values, and the CPU
-/// path as on the official checkpoint.
+/// `vit/hf_keys.json`) through the normal loader: the official keys, every value bit for bit,
+/// and the model built from them.
 #[test]
 fn cpu_hf_checkpoint_loads_as_the_official_one_and_matches_pytorch() {
     let names = vit::hf_keys();
@@ -259,25 +259,10 @@ fn cpu_hf_checkpoint_loads_as_the_official_one_and_matches_pytorch() {
             "{key}"
         );
     }
+    // The same values under the same keys build the same model: what the official checkpoint
+    // gives (cpu_image_to_embedding_to_masks_matches_pytorch), not run twice.
     let sam = Sam::new(&w).unwrap();
     assert_eq!(sam.encoder_kind(), EncoderKind::Vit);
-    let image = RgbImage::open(fixture(&vit::cases().image)).unwrap();
-    let emb = sam.embed(&image).unwrap();
-    check_image_to_masks(
-        &emb,
-        &|e, p| sam.decode(e, p).unwrap(),
-        "CPU, HF checkpoint",
-        CPU_EMBEDDING,
-    );
-    let c = vit::cases();
-    let case = &c.cases[0];
-    let pred = sam.decode(&emb, &case.prompt()).unwrap();
-    let low = max_abs_diff(&pred.low_res_logits, &npy_vec(&case.low_res_logits));
-    println!(
-        "CPU, HF checkpoint, {}: low-res logits max abs diff {low:.2e}",
-        case.name
-    );
-    assert!(low <= 1e-4, "{}: low-res logits diff {low:e}", case.name);
 }
 
 #[test]
