@@ -129,7 +129,7 @@ impl Predictor {
 
     /// Whether the checkpoint is SAM 2's.
     pub fn is_sam2(&self) -> bool {
-        is_sam2(&self.weights)
+        crate::model::sam::is_sam2(&self.weights)
     }
 
     /// The frame of an image of `height x width` for this model: SAM's (the longest side to
@@ -409,11 +409,6 @@ async fn open_gpu(weights: &Weights, precision: Precision) -> Result<GpuSam> {
         _ => ctx,
     };
     GpuSam::upload(&ctx, weights).await
-}
-
-/// Whether `weights` are SAM 2's (its decoder's keys).
-pub fn is_sam2(weights: &Weights) -> bool {
-    weights.has_prefix("sam_mask_decoder.")
 }
 
 fn no_image() -> Error {

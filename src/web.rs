@@ -208,7 +208,7 @@ impl WebSam {
         };
         // The bytes stay in JavaScript; each tensor is copied in as the model takes it.
         let weights = Weights::from_source(Arc::new(JsBytes(weights))).map_err(js_err)?;
-        if crate::predictor::is_sam2(&weights) {
+        if crate::model::sam::is_sam2(&weights) {
             return Err(js_err(
                 "a SAM 2 checkpoint: the package does not take SAM 2 yet (the Rust crate and the \
                  CLI do)",

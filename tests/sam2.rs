@@ -449,27 +449,22 @@ fn the_predictor_and_the_cli_take_sam2() {
     std::fs::write(&ck, &bytes).unwrap();
     let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
     let image = concat!(env!("CARGO_MANIFEST_DIR"), "/www/samples/chelsea.png");
-    let npy = websam_cli(&[
-        "embed",
-        "--weights",
-        &s(&ck),
-        "--image",
-        image,
-        "--out",
-        &s(&dir.path().join("e.npy")),
-    ]);
+    let embed = |out: &std::path::Path| {
+        websam_cli(&[
+            "embed",
+            "--weights",
+            &s(&ck),
+            "--image",
+            image,
+            "--out",
+            &s(out),
+        ])
+    };
+    let npy = embed(&dir.path().join("e.npy"));
     let err = String::from_utf8_lossy(&npy.stderr);
     assert!(!npy.status.success() && err.contains(".npz"), "{err}");
     let e = dir.path().join("e.npz");
-    let out = websam_cli(&[
-        "embed",
-        "--weights",
-        &s(&ck),
-        "--image",
-        image,
-        "--out",
-        &s(&e),
-    ]);
+    let out = embed(&e);
     assert!(
         out.status.success(),
         "{}",

@@ -108,6 +108,28 @@ fn same_batch_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// The values of a small f32 tensor (a bias, a norm's weight).
+/// `block(start, len)` over `nq` queries in blocks whose scores (`per_query` each) take at most
+/// [`SCORES_AT_ONCE`] values, the results joined along `dim`.
+fn in_query_blocks(
+    nq: usize,
+    per_query: usize,
+    dim: usize,
+    block: impl Fn(usize, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if nq == 0 {
+        return block(0, 0);
+    }
+    let rows = (SCORES_AT_ONCE / per_query.max(1)).clamp(1, nq);
+    let mut outs = (0..nq)
+        .step_by(rows)
+        .map(|start| block(start, rows.min(nq - start)))
+        .collect::<Result<Vec<_>>>()?;
+    if outs.len() == 1 {
+        return Ok(outs.remove(0));
+    }
+    Ok(Tensor::cat(&outs, dim)?)
+}
+
 fn values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
 }
@@ -341,25 +363,20 @@ impl Backend for Cpu {
         if bias.is_some_and(|b| b.track_op()) {
             return Err(ops::no_backward("an attention bias"));
         }
-        let (nq, nk) = (q.dims()[rank - 2], k.dims()[rank - 2]);
-        let batch: usize = q.dims()[..rank - 2].iter().product();
-        let rows = (SCORES_AT_ONCE / (batch * nk).max(1)).clamp(1, nq.max(1));
-        if bias.is_some() || rows >= nq || ops::tracked(&[&q, &k, &v]) {
+        if bias.is_some() || ops::tracked(&[&q, &k, &v]) {
             let logits = threads::matmul(&q, &kt)?;
             let bias = bias.map(values).transpose()?;
             let attn = ops::softmax_last_scaled(&logits, scale, bias.as_deref())?;
             return threads::matmul(&attn, &v);
         }
-        // Queries in blocks whose scores take at most SCORES_AT_ONCE values (Hiera-L's global
-        // blocks: 8 heads x 4096 x 4096 scores, 512 MiB, whole).
-        let mut outs = Vec::with_capacity(nq.div_ceil(rows));
-        for start in (0..nq).step_by(rows) {
-            let len = rows.min(nq - start);
+        // Hiera-L's global blocks: 8 heads x 4096 x 4096 scores, 512 MiB whole.
+        let (nq, nk) = (q.dims()[rank - 2], k.dims()[rank - 2]);
+        let batch: usize = q.dims()[..rank - 2].iter().product();
+        in_query_blocks(nq, batch * nk, rank - 2, |start, len| {
             let logits = threads::matmul(&q.narrow(rank - 2, start, len)?, &kt)?;
             let attn = ops::softmax_last_scaled(&logits, scale, None)?;
-            outs.push(threads::matmul(&attn, &v)?);
-        }
-        Ok(Tensor::cat(&outs, rank - 2)?)
+            threads::matmul(&attn, &v)
+        })
     }
 
     fn attention_rel_pos(
@@ -385,20 +402,12 @@ impl Backend for Cpu {
         let (q, k, v) = (gemm_operand(q)?, gemm_operand(k)?, gemm_operand(v)?);
         let kt = k.transpose(2, 3)?;
         let rel = contiguous(rel)?;
-        // Queries in blocks whose scores take at most SCORES_AT_ONCE values.
-        let rows = (SCORES_AT_ONCE / (b * h * nk).max(1)).clamp(1, nq.max(1));
-        let mut outs = Vec::with_capacity(nq.div_ceil(rows));
-        for start in (0..nq).step_by(rows) {
-            let len = rows.min(nq - start);
+        in_query_blocks(nq, b * h * nk, 2, |start, len| {
             let logits = threads::matmul(&q.narrow(2, start, len)?, &kt)?;
             let rel_block = values(&rel.narrow(2, start, len)?)?;
             let attn = ops::softmax_last_rel_pos(&logits, scale, &rel_block, (kh, kw))?;
-            outs.push(threads::matmul(&attn, &v)?);
-        }
-        if outs.len() == 1 {
-            return Ok(outs.remove(0));
-        }
-        Ok(Tensor::cat(&outs, 2)?)
+            threads::matmul(&attn, &v)
+        })
     }
 
     fn multi_head_attention(

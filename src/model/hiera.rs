@@ -83,19 +83,11 @@ impl HieraConfig {
             Error::UnsupportedModel(format!("SAM 2: the metadata's {}: {e}", Self::METADATA_KEY))
         })?;
         cfg.check()?;
-        let ends = cfg.stage_ends();
-        let blocks = (0..)
-            .take_while(|i| shape_of(&format!("blocks.{i}.norm1.weight")).is_some())
-            .count();
-        let first = shape_of("patch_embed.proj.weight").and_then(|s| s.first().copied());
-        if blocks != cfg.depth()
-            || first != Some(cfg.embed_dim)
-            || (1..STAGES)
-                .any(|s| shape_of(&format!("blocks.{}.proj.weight", ends[s - 1] + 1)).is_none())
-        {
+        let shapes = TrunkShapes::read(&shape_of)?;
+        if !shapes.fit(&cfg) {
             return Err(Error::UnsupportedModel(format!(
-                "SAM 2: the metadata's trunk ({cfg:?}) is not the checkpoint's ({blocks} blocks, \
-                 patch embedding {first:?} wide)"
+                "SAM 2: the metadata's trunk ({cfg:?}) is not the checkpoint's ({})",
+                shapes.describe()
             )));
         }
         Ok(cfg)
@@ -180,52 +172,21 @@ impl HieraConfig {
     /// configuration they are: a trunk of any other structure is an error that says what it
     /// has.
     pub fn detect(shape_of: &dyn Fn(&str) -> Option<Vec<usize>>) -> Result<Self> {
-        let patch = shape_of("patch_embed.proj.weight").ok_or_else(|| {
-            Error::UnsupportedModel("SAM 2: no image_encoder.trunk.patch_embed.proj.weight".into())
-        })?;
-        let embed_dim = match patch.as_slice() {
-            &[c, 3, PATCH_KERNEL, PATCH_KERNEL] => c,
-            other => {
-                return Err(Error::UnsupportedModel(format!(
-                    "SAM 2: a patch embedding of shape {other:?}, expected [C, 3, 7, 7]"
-                )))
-            }
-        };
-        let depth = (0..)
-            .take_while(|i| shape_of(&format!("blocks.{i}.norm1.weight")).is_some())
-            .count();
-        // The blocks that change the width (a `proj`) start the stages after the first.
-        let starts: Vec<usize> = (0..depth)
-            .filter(|i| shape_of(&format!("blocks.{i}.proj.weight")).is_some())
-            .collect();
-        let pos = shape_of("pos_embed").unwrap_or_default();
-        let found = || {
-            format!(
-                "embed dim {embed_dim}, {depth} blocks, width changes at blocks {starts:?}, \
-                 pos_embed {pos:?}"
-            )
-        };
-        let stages = match starts.as_slice() {
-            &[a, b, c] if 0 < a && a < b && b < c && c < depth => [a, b - a, c - b, depth - c],
-            _ => {
-                return Err(Error::UnsupportedModel(format!(
-                    "SAM 2: not a four-stage Hiera trunk ({})",
-                    found()
-                )))
-            }
-        };
+        let shapes = TrunkShapes::read(shape_of)?;
+        if shapes.stages().is_none() {
+            return Err(Error::UnsupportedModel(format!(
+                "SAM 2: not a four-stage Hiera trunk ({})",
+                shapes.describe()
+            )));
+        }
         Self::official_configs()
             .into_iter()
-            .find(|c| {
-                c.embed_dim == embed_dim
-                    && c.stages == stages
-                    && pos == [1, embed_dim, c.pos_embed_size, c.pos_embed_size]
-            })
+            .find(|c| shapes.fit(c))
             .ok_or_else(|| {
                 Error::UnsupportedModel(format!(
                     "SAM 2: a Hiera trunk that is none of SAM 2.1's tiny, small, base+ and large \
                      ({}); its heads, windows and global blocks are not in the checkpoint",
-                    found()
+                    shapes.describe()
                 ))
             })
     }
@@ -274,6 +235,67 @@ impl HieraConfig {
             return bad("the first window must tile the 256x256 grid (pos_embed_window)");
         }
         Ok(())
+    }
+}
+
+/// What a checkpoint's trunk shows of its structure (keys under `image_encoder.trunk.`).
+struct TrunkShapes {
+    embed_dim: usize,
+    depth: usize,
+    /// The blocks that change the width (a `proj`): they start the stages after the first.
+    starts: Vec<usize>,
+    pos_embed: Vec<usize>,
+}
+
+impl TrunkShapes {
+    fn read(shape_of: &dyn Fn(&str) -> Option<Vec<usize>>) -> Result<Self> {
+        let patch = shape_of("patch_embed.proj.weight").ok_or_else(|| {
+            Error::UnsupportedModel("SAM 2: no image_encoder.trunk.patch_embed.proj.weight".into())
+        })?;
+        let embed_dim = match patch.as_slice() {
+            &[c, 3, PATCH_KERNEL, PATCH_KERNEL] => c,
+            other => {
+                return Err(Error::UnsupportedModel(format!(
+                    "SAM 2: a patch embedding of shape {other:?}, expected [C, 3, 7, 7]"
+                )))
+            }
+        };
+        let depth = (0..)
+            .take_while(|i| shape_of(&format!("blocks.{i}.norm1.weight")).is_some())
+            .count();
+        Ok(Self {
+            embed_dim,
+            depth,
+            starts: (0..depth)
+                .filter(|i| shape_of(&format!("blocks.{i}.proj.weight")).is_some())
+                .collect(),
+            pos_embed: shape_of("pos_embed").unwrap_or_default(),
+        })
+    }
+
+    /// Blocks per stage, when the widths change where four stages would.
+    fn stages(&self) -> Option<[usize; STAGES]> {
+        match self.starts.as_slice() {
+            &[a, b, c] if 0 < a && a < b && b < c && c < self.depth => {
+                Some([a, b - a, c - b, self.depth - c])
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether these are the shapes of a trunk of `cfg`.
+    fn fit(&self, cfg: &HieraConfig) -> bool {
+        let p = cfg.pos_embed_size;
+        self.embed_dim == cfg.embed_dim
+            && self.stages() == Some(cfg.stages)
+            && self.pos_embed == [1, cfg.embed_dim, p, p]
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "embed dim {}, {} blocks, width changes at blocks {:?}, pos_embed {:?}",
+            self.embed_dim, self.depth, self.starts, self.pos_embed
+        )
     }
 }
 

@@ -38,6 +38,11 @@ const SAM2_MASK_DECODER: &str = "sam_mask_decoder";
 /// at the image's size are made from them unclamped.
 pub const SAM2_LOW_RES_CLAMP: f32 = 32.0;
 
+/// Whether `weights` are SAM 2's (its prompt encoder and mask decoder are `sam_*`).
+pub fn is_sam2(weights: &Weights) -> bool {
+    weights.has_prefix(&format!("{SAM2_MASK_DECODER}."))
+}
+
 /// Which image encoder a checkpoint carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EncoderKind {
@@ -309,15 +314,6 @@ impl ImageEmbedding {
         }
     }
 
-    /// The embedding as a file: `.npy` bytes for SAM's ([`Self::to_npy_bytes`]), `.npz` for SAM
-    /// 2's ([`Self::to_npz_bytes`]).
-    pub fn to_file_bytes(&self) -> Result<Vec<u8>> {
-        match self.high_res {
-            Some(_) => self.to_npz_bytes(),
-            None => self.to_npy_bytes(),
-        }
-    }
-
     /// SAM 2's embedding as `.npz` (as `np.savez` writes it: stored `.npy` entries
     /// `image_embed`, `high_res_feats_0`, `high_res_feats_1`, f32).
     pub fn to_npz_bytes(&self) -> Result<Vec<u8>> {
@@ -559,8 +555,6 @@ pub struct Sam<B: Backend = Cpu> {
     mask_decoder: MaskDecoder<B>,
     image_encoder: Option<ImageEncoder<B>>,
     encoder_kind: EncoderKind,
-    /// SAM 2 (`sam_prompt_encoder.*`, `sam_mask_decoder.*`, a Hiera encoder).
-    sam2: bool,
     /// The last embedding the CPU's `decode` prepared, keyed by its features' tensor (tensors
     /// are immutable: a new embedding has a new id). The GPU's `decode` takes the
     /// [`PreparedImage`] from the caller instead (it lives on the device), so this stays empty
@@ -585,7 +579,7 @@ impl<B: Backend> Sam<B> {
         hiera: Option<&HieraConfig>,
     ) -> Result<Self> {
         let cfg = SamConfig::mobile_sam();
-        let sam2 = weights.has_prefix(&format!("{SAM2_MASK_DECODER}."));
+        let sam2 = is_sam2(weights);
         let (pe_key, md_key, md_cfg) = if sam2 {
             (
                 SAM2_PROMPT_ENCODER,
@@ -605,7 +599,8 @@ impl<B: Backend> Sam<B> {
         let prompt_encoder = PromptEncoder::new(device, &cfg.prompt_encoder, &weights.pp(pe_key))?;
         let mask_decoder = MaskDecoder::new(device, &md_cfg, &weights.pp(md_key))?;
         let encoder_kind = EncoderKind::detect(weights);
-        if sam2 != (encoder_kind == EncoderKind::Hiera) {
+        // A decoder-only checkpoint of either is fine; an encoder must be its generation's.
+        if encoder_kind != EncoderKind::None && sam2 != (encoder_kind == EncoderKind::Hiera) {
             return Err(Error::UnsupportedModel(format!(
                 "a checkpoint with {} and a {encoder_kind:?} image encoder",
                 if sam2 {
@@ -653,14 +648,13 @@ impl<B: Backend> Sam<B> {
             mask_decoder,
             image_encoder,
             encoder_kind,
-            sam2,
             prepared: Mutex::new(None),
         })
     }
 
     /// Whether this is SAM 2.
     pub fn is_sam2(&self) -> bool {
-        self.sam2
+        self.mask_decoder.is_sam2()
     }
 
     /// Where the model lives.
@@ -712,8 +706,8 @@ impl<B: Backend> Sam<B> {
         high_res: Option<(B::Tensor, B::Tensor)>,
         frame: ImageFrame,
     ) -> Result<PreparedImage<B>> {
-        if high_res.is_some() != self.sam2 {
-            return Err(Error::invalid(if self.sam2 {
+        if high_res.is_some() != self.is_sam2() {
+            return Err(Error::invalid(if self.is_sam2() {
                 "SAM 2 decodes from its high-resolution features too: this embedding has none"
             } else {
                 "an embedding with high-resolution features is SAM 2's, not this model's"
@@ -750,7 +744,7 @@ impl<B: Backend> Sam<B> {
         prompt: &Prompt,
     ) -> Result<(B::Tensor, B::Tensor)> {
         let mut p = PromptTensors::new(prompt, &image.frame)?;
-        if self.sam2 {
+        if self.is_sam2() {
             p = p.box_as_points()?;
         }
         // Embed prompts: the sparse ones on the host, joined to the output tokens.
@@ -799,7 +793,7 @@ impl<B: Backend> Sam<B> {
         let (low_res_logits, iou) =
             self.mask_decoder
                 .select_stable(low_res_logits, iou, prompt.multimask)?;
-        if !self.sam2 {
+        if !self.is_sam2() {
             return Ok(Prediction {
                 low_res_logits,
                 iou,

@@ -316,7 +316,7 @@ impl Trainer {
             .filter(|k| TRAINED.iter().any(|p| k.starts_with(p)))
             .collect();
         keys.sort_unstable();
-        if crate::predictor::is_sam2(weights) {
+        if crate::model::sam::is_sam2(weights) {
             return Err(Error::UnsupportedModel(
                 "training SAM 2's decoder is not built yet".into(),
             ));
