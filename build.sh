@@ -259,7 +259,7 @@ package() {
 {
   "name": "websam",
   "version": "$version",
-  "description": "Segment Anything (SAM, MobileSAM) in the browser: WebGPU with a CPU fallback",
+  "description": "Segment Anything (SAM, MobileSAM, SAM 2.1) in the browser: WebGPU with a CPU fallback",
   "license": "Apache-2.0",
   "type": "module",
   "module": "websam.js",

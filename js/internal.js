@@ -413,11 +413,21 @@ export function withMaskLogits(result) {
 
 const NPY_MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59];
 
-/** Checks `setEmbedding`'s arguments: `{ kind: 'f32' | 'npy', data, width, height }`. */
+const NPZ_MAGIC = [0x50, 0x4b, 0x03, 0x04];
+/** SAM 2's high-resolution features: 32x256x256 and 64x128x128. */
+const HIGH_RES_LENGTHS = [32 * 256 * 256, 64 * 128 * 128];
+
+/**
+ * Checks `setEmbedding`'s arguments: `{ kind: 'f32', data, highRes, width, height }` (`highRes`
+ * SAM 2's two maps, or undefined) or `{ kind: 'file', data, width, height }` (`.npy` or `.npz`
+ * bytes).
+ */
 export function toEmbedding(data, size) {
+  let highRes;
   if (data !== null && typeof data === 'object' && !ArrayBuffer.isView(data) && !(data instanceof ArrayBuffer) && 'data' in data) {
     // An object from getEmbedding(): its own width and height unless given.
     size = size ?? { width: data.width, height: data.height };
+    highRes = data.highRes ?? undefined;
     data = data.data;
   }
   if (size === null || typeof size !== 'object') {
@@ -431,15 +441,32 @@ export function toEmbedding(data, size) {
     if (data.length !== EMBEDDING_LENGTH) {
       throw new TypeError(`setEmbedding: ${data.length} floats; an embedding has ${EMBEDDING_LENGTH} (1x256x64x64)`);
     }
-    return { kind: 'f32', data, width, height };
+    if (highRes !== undefined) {
+      const ok = Array.isArray(highRes) && highRes.length === 2
+        && highRes.every((m, i) => m instanceof Float32Array && m.length === HIGH_RES_LENGTHS[i]);
+      if (!ok) {
+        throw new TypeError(`setEmbedding: highRes must be SAM 2's two maps, Float32Arrays of ${HIGH_RES_LENGTHS.join(' and ')} floats (32x256x256, 64x128x128), not ${describe(highRes)}`);
+      }
+    }
+    return { kind: 'f32', data, highRes, width, height };
   }
   let bytes;
   if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
   else if (data instanceof Uint8Array) bytes = data;
-  if (!bytes || !NPY_MAGIC.every((b, i) => bytes[i] === b)) {
-    throw new TypeError(`setEmbedding: give a Float32Array of ${EMBEDDING_LENGTH} floats or the bytes of a .npy file, not ${describe(data)}`);
+  const starts = (magic) => magic.every((b, i) => bytes[i] === b);
+  if (!bytes || !(starts(NPY_MAGIC) || starts(NPZ_MAGIC))) {
+    throw new TypeError(`setEmbedding: give a Float32Array of ${EMBEDDING_LENGTH} floats, an object from getEmbedding, or the bytes of a .npy (SAM) or .npz (SAM 2) file, not ${describe(data)}`);
   }
-  return { kind: 'npy', data: bytes, width, height };
+  return { kind: 'file', data: bytes, width, height };
+}
+
+/** `getEmbedding`'s format: "f32", "npy" (SAM) or "npz" (SAM 2). */
+export function embeddingFormat(options) {
+  const format = options?.format ?? 'f32';
+  if (!['f32', 'npy', 'npz'].includes(format)) {
+    throw new TypeError(`getEmbedding: format ${JSON.stringify(format)}; use "f32", "npy" (SAM) or "npz" (SAM 2)`);
+  }
+  return format;
 }
 
 const OUTPUT_MODES = ['coco_rle', 'uncompressed_rle', 'binary_mask'];

@@ -26,8 +26,9 @@ export interface EncodeProgress {
 
 export interface LoadOptions {
   /**
-   * A `.pth`, `.pt` or `.safetensors` checkpoint (f32, f16 or bf16): MobileSAM (image encoder
-   * and decoder) or any SAM checkpoint's prompt encoder and mask decoder (use `setEmbedding`).
+   * A `.pth`, `.pt` or `.safetensors` checkpoint (f32, f16 or bf16): MobileSAM, SAM ViT-B/L/H or
+   * SAM 2.1 Hiera T/S/B+/L (image encoder and decoder), or any of their checkpoints' prompt
+   * encoder and mask decoder alone (use `setEmbedding`).
    * A URL (relative to the page) is fetched with progress and kept in the Cache API.
    */
   weights: string | URL | ArrayBuffer | ArrayBufferView | Blob;
@@ -127,16 +128,24 @@ export interface Prediction {
 }
 
 export interface Embedding<D = Float32Array> {
-  /** 1 * 256 * 64 * 64 floats (C order), or the bytes of a `.npy` file with `format: 'npy'`. */
+  /**
+   * 1 * 256 * 64 * 64 floats (C order), or the bytes of a `.npy` file with `format: 'npy'` (SAM)
+   * or of a `.npz` file with `format: 'npz'` (SAM 2: image_embed, high_res_feats_0 and _1).
+   */
   data: D;
+  /** SAM 2's high-resolution features (f32 only): 32 * 256 * 256 and 64 * 128 * 128 floats. */
+  highRes?: [Float32Array, Float32Array];
   /** The original image size. */
   width: number;
   height: number;
 }
 
 export interface EmbeddingOptions {
-  /** "f32" (default): a Float32Array; "npy": the bytes of a `.npy` file. */
-  format?: 'f32' | 'npy';
+  /**
+   * "f32" (default): Float32Arrays; "npy": the bytes of a `.npy` file (SAM); "npz": the bytes of
+   * a `.npz` file (SAM 2).
+   */
+  format?: 'f32' | 'npy' | 'npz';
 }
 
 /** Options of `generate`: `SamAutomaticMaskGenerator`'s, in camelCase, with its defaults. */
@@ -147,7 +156,7 @@ export interface GenerateOptions {
   pointGrids?: Array<Array<[number, number]>> | null;
   /** Prompts per batch: one GPU submit, one progress step (default 64). */
   pointsPerBatch?: number;
-  /** Keep masks whose predicted IoU is above this (default 0.88). */
+  /** Keep masks whose predicted IoU is above this (default 0.88; SAM 2: 0.8). */
   predIouThresh?: number;
   /** Keep masks whose stability score is at least this (default 0.95). */
   stabilityScoreThresh?: number;
@@ -260,6 +269,8 @@ export interface SamPredictor {
   readonly backend: Backend;
   /** The WebGPU adapter's name; undefined on the CPU. */
   readonly adapterName: string | undefined;
+  /** "sam2" for a SAM 2 / 2.1 checkpoint (Hiera), else "sam" (SAM ViT, MobileSAM). */
+  readonly family: 'sam' | 'sam2';
   /** Why backend "auto" runs on the CPU; undefined otherwise. */
   readonly fallbackReason: string | undefined;
   /** Threads of the CPU path (see `LoadOptions.threads`). */
@@ -281,10 +292,11 @@ export interface SamPredictor {
   /** Masks for a prompt in original image pixels; needs an image or embedding set. */
   predict(prompt?: Prompt): Promise<Prediction>;
   getEmbedding(options?: { format?: 'f32' }): Promise<Embedding<Float32Array>>;
-  getEmbedding(options: { format: 'npy' }): Promise<Embedding<Uint8Array>>;
+  getEmbedding(options: { format: 'npy' | 'npz' }): Promise<Embedding<Uint8Array>>;
   /**
-   * Sets an embedding made elsewhere (a Float32Array of 256*64*64, `.npy` bytes, or an object
-   * from `getEmbedding`) for an image of `size` (optional with a `getEmbedding` object).
+   * Sets an embedding made elsewhere (an object from `getEmbedding`, a Float32Array of
+   * 256*64*64 for SAM, `.npy` bytes for SAM or `.npz` bytes for SAM 2) for an image of `size`
+   * (optional with a `getEmbedding` object).
    */
   setEmbedding(
     data: Float32Array | ArrayBuffer | Uint8Array | Embedding<Float32Array | Uint8Array>,

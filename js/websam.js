@@ -1,4 +1,4 @@
-// websam: Segment Anything (SAM, MobileSAM) in the browser, on WebGPU with a CPU fallback.
+// websam: Segment Anything (SAM, MobileSAM, SAM 2.1) in the browser, on WebGPU with a CPU fallback.
 // `Sam` runs in the thread that imports it; `SamWorker` (websam/worker) runs the same API in a
 // module worker. Both follow the official SamPredictor: set an image once, predict per prompt.
 import initWasm, { WebSam, __wbg_reset_state as resetWasm } from './websam_core.js';
@@ -8,7 +8,7 @@ import initThreaded, {
   WebSam as WebSamThreaded, initThreadPool, threadResources,
 } from './websam_core_mt.js';
 import {
-  CACHE_NAME, KERNELS_GLOBAL, abortReason, compileKernels, generateOptions, installKernels, loadOptions, panicMessage,
+  CACHE_NAME, KERNELS_GLOBAL, abortReason, compileKernels, embeddingFormat, generateOptions, installKernels, loadOptions, panicMessage,
   readWeights, recordsIn, toEmbedding, toPrompt, toRgba, trainObjects, withMaskLogits,
 } from './internal.js';
 
@@ -299,6 +299,11 @@ export class Sam {
     return this.#core.backend;
   }
 
+  /** "sam2" for a SAM 2 checkpoint, else "sam" (SAM, MobileSAM). */
+  get family() {
+    return this.#core.family;
+  }
+
   /** "f16" when the WebGPU model runs in f16 (asked for, and the adapter offers shader-f16), else "f32". */
   get precision() {
     return this.#core.precision;
@@ -370,20 +375,24 @@ export class Sam {
   }
 
   /**
-   * The embedding of the image set: `{ data: Float32Array(256*64*64), width, height }`, or with
-   * `{ format: 'npy' }` the bytes of a `.npy` file in `data`.
+   * The embedding of the image set: `{ data: Float32Array(256*64*64), width, height }`, SAM 2's
+   * with `highRes` (its two high-resolution maps, 32x256x256 and 64x128x128); or with
+   * `{ format: 'npy' }` (SAM) or `{ format: 'npz' }` (SAM 2) the bytes of that file in `data`.
    */
   getEmbedding(options = {}) {
-    const format = options?.format ?? 'f32';
-    if (format !== 'f32' && format !== 'npy') {
-      return Promise.reject(new TypeError(`getEmbedding: format ${JSON.stringify(format)}; use "f32" or "npy"`));
+    let format;
+    try {
+      format = embeddingFormat(options);
+    } catch (e) {
+      return Promise.reject(e);
     }
-    return this.#run('getEmbedding', (core) => (format === 'npy' ? core.getEmbeddingNpy() : core.getEmbedding()));
+    return this.#run('getEmbedding', (core) => (format === 'f32' ? core.getEmbedding() : core.getEmbeddingFile(format)));
   }
 
   /**
-   * Sets an embedding made elsewhere (decode-only use): a Float32Array of 256*64*64, the bytes
-   * of a `.npy` file, or an object from `getEmbedding`, for an image of `{ width, height }`.
+   * Sets an embedding made elsewhere (decode-only use): an object from `getEmbedding`, a
+   * Float32Array of 256*64*64 (SAM), or the bytes of a `.npy` (SAM) or `.npz` (SAM 2) file, for an
+   * image of `{ width, height }`.
    */
   setEmbedding(data, size) {
     let e;
@@ -392,18 +401,21 @@ export class Sam {
     } catch (err) {
       return Promise.reject(err);
     }
+    const call = e.kind === 'file'
+      ? ['setEmbeddingFile', e.data, e.width, e.height]
+      : ['setEmbedding', e.data, e.width, e.height, e.highRes?.[0], e.highRes?.[1]];
     return this.#run('setEmbedding', async (core) => {
-      const method = e.kind === 'npy' ? 'setEmbeddingNpy' : 'setEmbedding';
+      const [method, ...args] = call;
       this.#input = null;
-      await core[method](e.data, e.width, e.height);
-      this.#input = [method, e.data, e.width, e.height];
+      await core[method](...args);
+      this.#input = call;
     });
   }
 
   /**
-   * Segment everything: the official automatic mask generator (`SamAutomaticMaskGenerator`) on
-   * the image set. `options`: its options in camelCase (`pointsPerSide` 32, `pointsPerBatch` 64,
-   * `predIouThresh` 0.88, `stabilityScoreThresh` 0.95, ...; see docs/API.md) and `outputMode`
+   * Segment everything: the official automatic mask generator (`SamAutomaticMaskGenerator`;
+   * `SAM2AutomaticMaskGenerator` for SAM 2) on the image set. `options`: its options in camelCase (`pointsPerSide` 32, `pointsPerBatch` 64,
+   * `predIouThresh` 0.88 (SAM 2: 0.8), `stabilityScoreThresh` 0.95, ...; see docs/API.md) and `outputMode`
    * ("coco_rle", the default, "uncompressed_rle" or "binary_mask"). `onProgress` is called after
    * each step (a crop's embedding or a batch of prompts) with `{ done, total, crop, crops, masks }`
    * and `preview`, the records that batch kept (coco_rle, before de-duplication); `signal` (an

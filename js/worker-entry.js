@@ -11,6 +11,7 @@ function state() {
   return {
     backend: sam.backend,
     adapterName: sam.adapterName,
+    family: sam.family,
     fallbackReason: sam.fallbackReason,
     threads: sam.threads,
     relaxedSimd: sam.relaxedSimd,
@@ -80,7 +81,7 @@ const ops = {
   },
   async getEmbedding(id, { options }) {
     const e = await model().getEmbedding(options);
-    return [e, [e.data.buffer]];
+    return [e, [e.data.buffer, ...(e.highRes ?? []).map((m) => m.buffer)]];
   },
   async setEmbedding(id, { data, size }) {
     await model().setEmbedding(data, size);

@@ -164,6 +164,11 @@ export class SamWorker {
     return this.#state.adapterName;
   }
 
+  /** As `Sam.family`. */
+  get family() {
+    return this.#state.family;
+  }
+
   /** As `Sam.precision` (as of the last reply from the worker). */
   get precision() {
     return this.#state.precision;
@@ -288,7 +293,7 @@ export class SamWorker {
   /** As `Sam.setEmbedding`; the data is copied to the worker. */
   async setEmbedding(data, size) {
     const e = toEmbedding(data, size);
-    const args = { data: e.data, size: { width: e.width, height: e.height } };
+    const args = { data: { data: e.data, highRes: e.highRes }, size: { width: e.width, height: e.height } };
     try {
       await this.#call('setEmbedding', [args]);
     } catch (err) {

@@ -100,9 +100,29 @@ struct Shared {
     training_objects: RefCell<Vec<crate::train::Object>>,
     /// The training run in progress, between its steps.
     training: RefCell<Option<Run>>,
+    /// Whether the checkpoint is SAM 2's (its image frame is stretched to 1024x1024).
+    sam2: bool,
 }
 
 impl Shared {
+    /// The frame of an image of `width x height` for this model (SAM 2 stretches it).
+    fn frame(&self, width: u32, height: u32) -> Result<ImageFrame, JsValue> {
+        let (h, w) = (height as usize, width as usize);
+        if self.sam2 {
+            ImageFrame::stretched(h, w)
+        } else {
+            ImageFrame::new(h, w)
+        }
+        .map_err(js_err)
+    }
+
+    /// Sets an embedding made elsewhere, ending any generation on the image before.
+    async fn set_embedding(&self, embedding: ImageEmbedding) -> Result<(), JsValue> {
+        self.stop_generation().await;
+        *self.image.borrow_mut() = None;
+        self.call(async |p| p.set_embedding(embedding).await).await
+    }
+
     /// Takes the predictor for the duration of a call.
     fn take(&self) -> Result<Predictor, JsValue> {
         self.predictor.borrow_mut().take().ok_or_else(busy)
@@ -208,16 +228,11 @@ impl WebSam {
         };
         // The bytes stay in JavaScript; each tensor is copied in as the model takes it.
         let weights = Weights::from_source(Arc::new(JsBytes(weights))).map_err(js_err)?;
-        if crate::model::sam::is_sam2(&weights) {
-            return Err(js_err(
-                "a SAM 2 checkpoint: the package does not take SAM 2 yet (the Rust crate and the \
-                 CLI do)",
-            ));
-        }
         let (predictor, why_not) = Predictor::with_precision(weights, choice, precision)
             .await
             .map_err(js_err)?;
         let shared = Shared {
+            sam2: predictor.is_sam2(),
             backend: Cell::new(predictor.backend()),
             adapter: RefCell::new(predictor.adapter_name()),
             precision: Cell::new(predictor.precision()),
@@ -240,6 +255,12 @@ impl WebSam {
             Backend::Gpu => "webgpu".into(),
             Backend::Cpu => "cpu".into(),
         }
+    }
+
+    /// "sam2" for a SAM 2 checkpoint, else "sam" (SAM, MobileSAM).
+    #[wasm_bindgen(getter)]
+    pub fn family(&self) -> String {
+        if self.shared.sam2 { "sam2" } else { "sam" }.into()
     }
 
     /// "f16" when the WebGPU model runs in f16, else "f32".
@@ -296,61 +317,94 @@ impl WebSam {
     }
 
     /// Sets an embedding computed elsewhere: `1 * 256 * 64 * 64` floats, for an image of
-    /// `width x height` pixels.
+    /// `width x height` pixels; SAM 2's with its high-resolution features (`high_res_feats`:
+    /// `32 * 256 * 256` and `64 * 128 * 128` floats).
     #[wasm_bindgen(js_name = setEmbedding)]
-    pub fn set_embedding(&self, data: Vec<f32>, width: u32, height: u32) -> Promise {
+    pub fn set_embedding(
+        &self,
+        data: Vec<f32>,
+        width: u32,
+        height: u32,
+        high_res_0: Option<Vec<f32>>,
+        high_res_1: Option<Vec<f32>>,
+    ) -> Promise {
         let shared = Rc::clone(&self.shared);
         future_to_promise(async move {
-            let frame = ImageFrame::new(height as usize, width as usize).map_err(js_err)?;
-            let n = data.len();
-            let t = candle_core::Tensor::from_vec(data, n, &candle_core::Device::Cpu)
-                .and_then(|t| {
-                    let side = crate::model::config::EMBEDDING_SIDE;
-                    let dim = crate::model::config::EMBED_DIM;
-                    if n == dim * side * side {
-                        t.reshape((1, dim, side, side))
-                    } else {
-                        Ok(t)
-                    }
-                })
-                .map_err(js_err)?;
-            let embedding = ImageEmbedding::new(t, frame).map_err(js_err)?;
-            shared.stop_generation().await;
-            *shared.image.borrow_mut() = None;
-            shared
-                .call(async |p| p.set_embedding(embedding).await)
-                .await?;
+            let frame = shared.frame(width, height)?;
+            let side = crate::model::config::EMBEDDING_SIDE;
+            let dim = crate::model::config::EMBED_DIM;
+            let features = tensor_of(data, [1, dim, side, side])?;
+            let embedding = match (high_res_0, high_res_1) {
+                (None, None) => ImageEmbedding::new(features, frame),
+                (Some(s0), Some(s1)) => {
+                    let s0 = tensor_of(s0, [1, dim / 8, 4 * side, 4 * side])?;
+                    let s1 = tensor_of(s1, [1, dim / 4, 2 * side, 2 * side])?;
+                    ImageEmbedding::sam2(features, [s0, s1], frame)
+                }
+                _ => Err(crate::Error::invalid(
+                    "SAM 2's embedding has two high-resolution maps: give both or neither",
+                )),
+            }
+            .map_err(js_err)?;
+            shared.set_embedding(embedding).await?;
             Ok(JsValue::UNDEFINED)
         })
     }
 
-    /// Sets an embedding from `.npy` bytes (float32 or float16, `[1, 256, 64, 64]`), as the
-    /// official demo's files and `getEmbeddingNpy` hold it, for an image of `width x height`.
-    #[wasm_bindgen(js_name = setEmbeddingNpy)]
-    pub fn set_embedding_npy(&self, npy: Vec<u8>, width: u32, height: u32) -> Promise {
+    /// Sets an embedding from a file's bytes, for an image of `width x height`: `.npy`
+    /// (float32 or float16, `[1, 256, 64, 64]`, as the official demo's files and
+    /// `getEmbeddingFile` hold SAM's) or SAM 2's `.npz` (`image_embed`, `high_res_feats_0`,
+    /// `high_res_feats_1`, as `np.savez` and `websam embed` write it).
+    #[wasm_bindgen(js_name = setEmbeddingFile)]
+    pub fn set_embedding_file(&self, bytes: Vec<u8>, width: u32, height: u32) -> Promise {
         let shared = Rc::clone(&self.shared);
         future_to_promise(async move {
-            let frame = ImageFrame::new(height as usize, width as usize).map_err(js_err)?;
-            let embedding = ImageEmbedding::from_npy_bytes(&npy, frame).map_err(js_err)?;
-            shared.stop_generation().await;
-            *shared.image.borrow_mut() = None;
-            shared
-                .call(async |p| p.set_embedding(embedding).await)
-                .await?;
+            let frame = shared.frame(width, height)?;
+            let embedding = ImageEmbedding::from_file_bytes(&bytes, frame).map_err(js_err)?;
+            shared.set_embedding(embedding).await?;
             Ok(JsValue::UNDEFINED)
         })
     }
 
-    /// The embedding of the image set: `{ data: Float32Array(256*64*64), width, height }`.
+    /// The embedding of the image set: `{ data: Float32Array(256*64*64), width, height }`,
+    /// SAM 2's with `highRes: [Float32Array(32*256*256), Float32Array(64*128*128)]`.
     #[wasm_bindgen(js_name = getEmbedding)]
     pub fn get_embedding(&self) -> Result<JsValue, JsValue> {
-        self.with_embedding(|e| Ok(Float32Array::from(e.to_vec()?.as_slice()).into()))
+        let out = self.with_embedding(|e| Ok(Float32Array::from(e.to_vec()?.as_slice()).into()))?;
+        let guard = self.shared.predictor.borrow();
+        let p = guard.as_ref().ok_or_else(busy)?;
+        if let Some(maps) = &p.embedding().map_err(js_err)?.high_res {
+            let list = Array::new();
+            for m in maps {
+                let v: Vec<f32> = m.flatten_all().and_then(|t| t.to_vec1()).map_err(js_err)?;
+                list.push(&Float32Array::from(v.as_slice()));
+            }
+            set(out.unchecked_ref(), "highRes", &list)?;
+        }
+        Ok(out)
     }
 
-    /// The embedding of the image set as `.npy` bytes: `{ data: Uint8Array, width, height }`.
-    #[wasm_bindgen(js_name = getEmbeddingNpy)]
-    pub fn get_embedding_npy(&self) -> Result<JsValue, JsValue> {
-        self.with_embedding(|e| Ok(Uint8Array::from(e.to_npy_bytes()?.as_slice()).into()))
+    /// The embedding of the image set as a file's bytes: `{ data: Uint8Array, width, height }`,
+    /// `format` "npy" for SAM, "npz" for SAM 2 (what `setEmbeddingFile` and `websam decode`
+    /// read).
+    #[wasm_bindgen(js_name = getEmbeddingFile)]
+    pub fn get_embedding_file(&self, format: String) -> Result<JsValue, JsValue> {
+        let wanted = if self.shared.sam2 { "npz" } else { "npy" };
+        if format != wanted {
+            return Err(js_err(if self.shared.sam2 {
+                format!("format \"{format}\": SAM 2's embedding is three arrays, saved as \"npz\"")
+            } else {
+                format!("format \"{format}\": SAM's embedding is one array, saved as \"npy\"")
+            }));
+        }
+        self.with_embedding(|e| {
+            let bytes = if e.high_res.is_some() {
+                e.to_npz_bytes()?
+            } else {
+                e.to_npy_bytes()?
+            };
+            Ok(Uint8Array::from(bytes.as_slice()).into())
+        })
     }
 
     fn with_embedding(
@@ -744,6 +798,18 @@ impl WebSam {
             set(&out, "iou", &Float32Array::from(pred.iou.as_slice()).into())?;
             Ok(out.into())
         })
+    }
+}
+
+/// `data` as a tensor of `shape` when it has that many values; else as it is, for the
+/// embedding's own check to name its size.
+fn tensor_of(data: Vec<f32>, shape: [usize; 4]) -> Result<candle_core::Tensor, JsValue> {
+    let n = data.len();
+    let t = candle_core::Tensor::from_vec(data, n, &candle_core::Device::Cpu).map_err(js_err)?;
+    if n == shape.iter().product::<usize>() {
+        t.reshape(shape.as_slice()).map_err(js_err)
+    } else {
+        Ok(t)
     }
 }
 

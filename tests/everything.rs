@@ -1,7 +1,8 @@
 //! Segment everything against the official `SamAutomaticMaskGenerator` (`tests/fixtures/amg`,
 //! made by `tools/golden/make_amg.py`): the trained MobileSAM on real photographs with the
 //! default thresholds, and the fixture weights with thresholds lowered so that random weights
-//! keep masks. Each run starts from the photograph (our own embeddings of the image and its
+//! keep masks; and against sam2 1.1.0's `SAM2AutomaticMaskGenerator` on the SAM 2.1 fixture
+//! (tests/fixtures/sam2), its thresholds set for its random weights. Each run starts from the photograph (our own embeddings of the image and its
 //! crops). What must hold, per case:
 //! - the same records in the same order;
 //! - every mask identical to the reference's outside the pixels whose reference logit is within
@@ -47,11 +48,25 @@ fn golden(case: &str) -> Golden {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// `SAM2AutomaticMaskGenerator`'s options beyond `SamAutomaticMaskGenerator`'s, at the only
+/// values websam implements (its defaults): the mask threshold 0, no m2m refinement, multimask.
+const SAM2_ONLY: [(&str, f64); 3] = [
+    ("mask_threshold", 0.0),
+    ("use_m2m", 0.0),
+    ("multimask_output", 1.0),
+];
+
 /// The reference's options (Python names) as ours.
 pub fn options_of(python: &serde_json::Map<String, Value>) -> GeneratorOptions {
+    for (key, value) in SAM2_ONLY {
+        if let Some(v) = python.get(key) {
+            let v = v.as_f64().or(v.as_bool().map(|b| f64::from(u8::from(b))));
+            assert_eq!(v, Some(value), "{key}");
+        }
+    }
     let camel: serde_json::Map<String, Value> = python
         .iter()
-        .filter(|(k, _)| k.as_str() != "output_mode")
+        .filter(|(k, _)| k.as_str() != "output_mode" && !SAM2_ONLY.iter().any(|(s, _)| s == k))
         .map(|(k, v)| {
             let mut out = String::new();
             let mut upper = false;
@@ -74,6 +89,11 @@ pub fn options_of(python: &serde_json::Map<String, Value>) -> GeneratorOptions {
 fn weights_of(g: &Golden) -> Weights {
     match g.weights.as_str() {
         "real" => Weights::from_file(weights_path()).unwrap(),
+        // Its trunk named in the file's metadata, as the CLI and the package take it.
+        "sam2_fixture" => Weights::from_safetensors_bytes(
+            &common::sam2::checkpoint_naming_its_trunk(&common::sam2::fixture_hiera()),
+        )
+        .unwrap(),
         _ => Weights::from_file(Path::new(REPO).join("tests/fixtures/mobile_sam.pth")).unwrap(),
     }
 }
@@ -220,6 +240,17 @@ fn cpu_fixture_grid() {
 #[test]
 fn cpu_fixture_min_region() {
     check("fixture_min_region", BackendChoice::Cpu, CPU_SCORES);
+}
+
+// SAM 2.1: a 4x4 grid, and a crop layer (4 crop encodes) with a 2x2 grid.
+#[test]
+fn cpu_sam2_fixture_grid() {
+    check("sam2_fixture_grid", BackendChoice::Cpu, CPU_SCORES);
+}
+
+#[test]
+fn cpu_sam2_fixture_crop_layer() {
+    check("sam2_fixture_crop", BackendChoice::Cpu, CPU_SCORES);
 }
 
 // The GPU (lavapipe without one): small grids, lavapipe decodes take about 0.6 s each.

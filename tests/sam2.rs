@@ -24,7 +24,8 @@ mod gpu;
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
-use common::vit::{checkpoint_of, checkpoint_with_metadata, generate, manifest_at, Manifest};
+use common::sam2::{checkpoint_naming_its_trunk, fixture_hiera, manifest, weights};
+use common::vit::generate;
 use common::{fixture, max_abs_diff, npy_vec, Case};
 use serde::Deserialize;
 use websam::gpu::GpuSam;
@@ -34,44 +35,6 @@ use websam::model::sam::{
     EncoderKind, ImageEmbedding, Prediction, Prompt, Sam, SAM2_LOW_RES_CLAMP,
 };
 use websam::model::weights::Weights;
-
-const MANIFEST: &str = "sam2/manifest.json";
-
-fn manifest() -> Manifest {
-    manifest_at(MANIFEST)
-}
-
-/// The fixture's trunk, as the manifest records it (not an official configuration).
-fn fixture_hiera() -> HieraConfig {
-    #[derive(Deserialize)]
-    struct Head {
-        hiera: Hiera,
-    }
-    #[derive(Deserialize)]
-    struct Hiera {
-        embed_dim: usize,
-        num_heads: usize,
-        stages: [usize; 4],
-        global_att_blocks: Vec<usize>,
-        window_spec: [usize; 4],
-        window_pos_embed_bkg_spatial_size: [usize; 2],
-    }
-    let h: Head = serde_json::from_slice(&std::fs::read(fixture(MANIFEST)).unwrap()).unwrap();
-    let h = h.hiera;
-    HieraConfig {
-        name: "fixture".into(),
-        embed_dim: h.embed_dim,
-        num_heads: h.num_heads,
-        stages: h.stages,
-        global_att_blocks: h.global_att_blocks,
-        window_spec: h.window_spec,
-        pos_embed_size: h.window_pos_embed_bkg_spatial_size[0],
-    }
-}
-
-fn weights() -> Weights {
-    Weights::from_safetensors_bytes(&checkpoint_of(&manifest(), &|k| vec![k.to_owned()])).unwrap()
-}
 
 fn model() -> Sam {
     Sam::with_hiera(&(), &weights(), Some(&fixture_hiera())).unwrap()
@@ -402,20 +365,6 @@ fn decodes_match_from_generated_features() {
     check_decodes(&cpu_decode(&sam, &embedding), "features_", 2e-4, 0.01, true);
 }
 
-/// The fixture as a safetensors file that names its trunk in its metadata, as any checkpoint of
-/// a trunk other than SAM 2.1's four can.
-fn checkpoint_naming_its_trunk(hiera: &HieraConfig) -> Vec<u8> {
-    let metadata = [(
-        HieraConfig::METADATA_KEY.to_owned(),
-        serde_json::to_string(hiera).unwrap(),
-    )];
-    checkpoint_with_metadata(
-        &manifest(),
-        &|k| vec![k.to_owned()],
-        Some(metadata.into_iter().collect()),
-    )
-}
-
 fn websam_cli(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_websam"))
         .args(args)
@@ -509,12 +458,10 @@ fn the_predictor_and_the_cli_take_sam2() {
     assert_eq!(masks.len(), 3);
     let d = max_abs_diff(&pred.low_res_logits, &reference) / scale;
     assert!(d <= 1e-3, "predictor: {d:e}");
-    // Segment everything takes SAM 2 in a later step: refused by name.
-    let e = websam::amg::MaskGenerator::new(Default::default(), &p, None)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(e.contains("SAM 2"), "{e}");
+    // Segment everything takes SAM 2 with SAM2AutomaticMaskGenerator's default IoU threshold
+    // (its records: tests/everything.rs).
+    let g = websam::amg::MaskGenerator::new(Default::default(), &p, None).unwrap();
+    assert_eq!(g.options().pred_iou_thresh, Some(0.8));
     // .npz round trip; no .npy of three maps.
     let embedding = p.embedding().unwrap();
     let back = ImageEmbedding::from_file_bytes(&embedding.to_npz_bytes().unwrap(), embedding.frame)
@@ -529,7 +476,7 @@ fn the_predictor_and_the_cli_take_sam2() {
 
 #[test]
 fn sam2_is_refused_where_it_is_not_built_yet() {
-    // Segment everything and training take SAM 2 in a later step.
+    // Training takes SAM 2 in a later step.
     let bytes = checkpoint_naming_its_trunk(&fixture_hiera());
     let weights = Weights::from_safetensors_bytes(&bytes).unwrap();
     let Err(e) = websam::train::Trainer::new(&weights, Default::default(), Default::default())

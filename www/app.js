@@ -26,6 +26,10 @@ const CURRENT = [30, 144, 255];
 // libraries that load models from the hub rely on; the sizes are the official checkpoints'
 // (about 375 MB, 1.25 GB, 2.56 GB). The weights stream into the model one tensor at a time, so
 // even ViT-H fits the CPU path's 4 GB of wasm memory (3.1 GB at its peak, docs/PERFORMANCE.md).
+// SAM 2.1's official checkpoints come from Meta's repositories on the same hub (the files
+// `SAM2ImagePredictor.from_pretrained` reads, `{"model": state_dict}` with the video modules,
+// which the image path leaves unread); their sizes are the official files' (about 156 MB,
+// 185 MB, 324 MB, 898 MB).
 const MODELS = {
   local: { name: 'MobileSAM (this server)', url: 'models/mobile_sam.pt', bytes: 40728226 },
   github: {
@@ -49,6 +53,30 @@ const MODELS = {
     name: 'SAM ViT-H (Meta, Hugging Face)',
     url: 'https://huggingface.co/facebook/sam-vit-huge/resolve/main/model.safetensors',
     bytes: 2.56e9,
+    approximate: true,
+  },
+  sam21T: {
+    name: 'SAM 2.1 Hiera-T (Meta, Hugging Face)',
+    url: 'https://huggingface.co/facebook/sam2.1-hiera-tiny/resolve/main/sam2.1_hiera_tiny.pt',
+    bytes: 156e6,
+    approximate: true,
+  },
+  sam21S: {
+    name: 'SAM 2.1 Hiera-S (Meta, Hugging Face)',
+    url: 'https://huggingface.co/facebook/sam2.1-hiera-small/resolve/main/sam2.1_hiera_small.pt',
+    bytes: 185e6,
+    approximate: true,
+  },
+  sam21BPlus: {
+    name: 'SAM 2.1 Hiera-B+ (Meta, Hugging Face)',
+    url: 'https://huggingface.co/facebook/sam2.1-hiera-base-plus/resolve/main/sam2.1_hiera_base_plus.pt',
+    bytes: 324e6,
+    approximate: true,
+  },
+  sam21L: {
+    name: 'SAM 2.1 Hiera-L (Meta, Hugging Face)',
+    url: 'https://huggingface.co/facebook/sam2.1-hiera-large/resolve/main/sam2.1_hiera_large.pt',
+    bytes: 898e6,
     approximate: true,
   },
 };
@@ -629,8 +657,11 @@ function render() {
   $('#points-per-side').disabled = !!everything;
   $('#max-overlap').disabled = !!everything;
   const objects = s.objects.length + earlier.reduce((n, e) => n + e.masks.length, 0);
-  $('#adapt').disabled = !canDecode() || busy() || !objects;
-  $('#adapt').title = objects ? `Trains on ${objects} object${objects === 1 ? '' : 's'}` : 'Keep an object first';
+  // SAM 2's decoder is not trained here yet (websam refuses it by name): Adapt stays off.
+  const sam2 = sam?.family === 'sam2';
+  $('#adapt').disabled = !canDecode() || busy() || !objects || sam2;
+  $('#adapt').title = sam2 ? 'Adapting is for SAM and MobileSAM; not yet for SAM 2'
+    : objects ? `Trains on ${objects} object${objects === 1 ? '' : 's'}` : 'Keep an object first';
   $('#adapt-cancel').disabled = !adapting || adapting.controller.signal.aborted;
   $('#adapt-steps').disabled = !!adapting;
   $('#adapt-revert').disabled = !sam?.tuned || busy();
@@ -1136,17 +1167,17 @@ async function useEmbedding(bytes) {
   }
 }
 
-/** Routes files from the picker, a drop or a paste: weights, an image, a .npy embedding. */
+/** Routes files from the picker, a drop or a paste: weights, an image, a .npy or .npz embedding. */
 async function openFiles(files) {
   const list = [...files];
   const weights = list.find((f) => WEIGHT_FILE.test(f.name));
-  const npy = list.find((f) => /\.npy$/i.test(f.name));
+  const npy = list.find((f) => /\.np[yz]$/i.test(f.name));
   const img = list.find((f) => f.type.startsWith('image/'));
   if (weights) await loadModel(weights, weights.name);
   if (img) await openImage(img, img.name || 'pasted image', npy ? await npy.arrayBuffer() : null);
   else if (npy && image) await useEmbedding(await npy.arrayBuffer());
   else if (npy) message('Open the image before its embedding.', true);
-  if (!weights && !img && !npy && list.length) message(`${list[0].name || 'That'} is not an image, a checkpoint or a .npy embedding.`, true);
+  if (!weights && !img && !npy && list.length) message(`${list[0].name || 'That'} is not an image, a checkpoint or a .npy / .npz embedding.`, true);
 }
 
 // ---------------------------------------------------------------- export
@@ -1255,8 +1286,10 @@ function exportCoco(kind) {
 async function exportEmbedding() {
   setPending(1);
   try {
-    const e = await sam.getEmbedding({ format: 'npy' });
-    download(new Blob([e.data], { type: 'application/octet-stream' }), `${baseName()}.npy`);
+    // SAM's embedding is one array (.npy); SAM 2's three (.npz, as `websam embed` writes it).
+    const format = sam.family === 'sam2' ? 'npz' : 'npy';
+    const e = await sam.getEmbedding({ format });
+    download(new Blob([e.data], { type: 'application/octet-stream' }), `${baseName()}.${format}`);
   } catch (err) {
     message(err.message, true);
   } finally {

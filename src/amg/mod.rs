@@ -1,5 +1,6 @@
 //! "Segment everything": segment-anything's `SamAutomaticMaskGenerator` (and its helpers in
-//! `utils/amg.py`). A grid of single-point prompts is decoded in batches; candidates are kept
+//! `utils/amg.py`), and sam2's `SAM2AutomaticMaskGenerator` for a SAM 2 checkpoint (the same
+//! steps on SAM 2's predictor; its default `pred_iou_thresh` is 0.8). A grid of single-point prompts is decoded in batches; candidates are kept
 //! by predicted IoU and stability score, de-duplicated by box NMS, optionally also on crops of
 //! the image (each with its own embedding) and cleaned of small holes and islands. Masks are
 //! kept as run lengths from the batch that made them on, so memory stays bounded for any grid.
@@ -13,7 +14,7 @@ pub mod rle;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::image::{postprocess_logits, stability_score_at, threshold, ImageFrame, RgbImage};
+use crate::image::{stability_score_at, threshold, ImageFrame, RgbImage};
 use crate::model::sam::{ImageEmbedding, Point, PointLabel, Prediction, Prompt};
 use crate::predictor::Predictor;
 pub use regions::{remove_small_regions, Regions};
@@ -29,7 +30,8 @@ pub struct GeneratorOptions {
     pub point_grids: Option<Vec<Vec<[f64; 2]>>>,
     /// Prompts decoded per batch (one GPU submit each).
     pub points_per_batch: usize,
-    pub pred_iou_thresh: f64,
+    /// `None`: the reference's default for the model, 0.88 for SAM, 0.8 for SAM 2.
+    pub pred_iou_thresh: Option<f64>,
     pub stability_score_thresh: f64,
     pub stability_score_offset: f64,
     pub box_nms_thresh: f64,
@@ -46,7 +48,7 @@ impl Default for GeneratorOptions {
             points_per_side: Some(32),
             point_grids: None,
             points_per_batch: 64,
-            pred_iou_thresh: 0.88,
+            pred_iou_thresh: None,
             stability_score_thresh: 0.95,
             stability_score_offset: 1.0,
             box_nms_thresh: 0.7,
@@ -74,7 +76,9 @@ impl GeneratorOptions {
                 Err(Error::invalid(format!("{name} must be in [0, 1], got {v}")))
             }
         };
-        in_unit("predIouThresh", self.pred_iou_thresh)?;
+        if let Some(t) = self.pred_iou_thresh {
+            in_unit("predIouThresh", t)?;
+        }
         in_unit("stabilityScoreThresh", self.stability_score_thresh)?;
         in_unit("boxNmsThresh", self.box_nms_thresh)?;
         in_unit("cropNmsThresh", self.crop_nms_thresh)?;
@@ -396,12 +400,10 @@ impl MaskGenerator {
         predictor: &Predictor,
         image: Option<RgbImage>,
     ) -> Result<Self> {
-        if predictor.is_sam2() {
-            return Err(Error::UnsupportedModel(
-                "segment everything with SAM 2 (SAM2AutomaticMaskGenerator) is not built yet"
-                    .into(),
-            ));
-        }
+        let mut opts = opts;
+        // SamAutomaticMaskGenerator's default, or SAM2AutomaticMaskGenerator's.
+        let default_iou = if predictor.is_sam2() { 0.8 } else { 0.88 };
+        opts.pred_iou_thresh = Some(opts.pred_iou_thresh.unwrap_or(default_iou));
         let grids = opts.point_grids()?;
         let embedding = predictor.embedding()?.clone();
         let size = embedding.frame.original;
@@ -454,6 +456,11 @@ impl MaskGenerator {
             done: 0,
             records: None,
         })
+    }
+
+    /// The options it runs with (the model's defaults filled in).
+    pub fn options(&self) -> &GeneratorOptions {
+        &self.opts
     }
 
     /// Where the generation stands.
@@ -566,14 +573,12 @@ impl MaskGenerator {
             .collect();
         let predictions = predictor.predict_batch(&prompts).await?;
         // Candidates in the reference's order: by point, then by mask.
+        let iou_thresh = self.opts.pred_iou_thresh.unwrap_or_default();
         let candidates: Vec<(usize, usize)> = predictions
             .iter()
             .enumerate()
             .flat_map(|(p, pred)| (0..pred.num_masks()).map(move |m| (p, m)))
-            .filter(|&(p, m)| {
-                self.opts.pred_iou_thresh <= 0.0
-                    || predictions[p].iou[m] > self.opts.pred_iou_thresh as f32
-            })
+            .filter(|&(p, m)| iou_thresh <= 0.0 || predictions[p].iou[m] > iou_thresh as f32)
             .collect();
         let kept = crate::threads::map(candidates.len(), |i| {
             let (p, m) = candidates[i];
@@ -591,7 +596,8 @@ impl MaskGenerator {
         crop: [usize; 4],
     ) -> Result<Option<MaskRecord>> {
         let frame: &ImageFrame = &pred.frame;
-        let logits = postprocess_logits(pred.low_res(m), frame)?;
+        // SAM 2's from its unclamped low-res logits, as its predictor makes its masks.
+        let logits = pred.logits(m)?;
         let stability = stability_score_at(&logits, self.opts.stability_score_offset);
         // NaN (both thresholds empty) is dropped, as the reference's comparison drops it.
         let kept = stability >= self.opts.stability_score_thresh as f32;

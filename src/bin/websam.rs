@@ -297,15 +297,16 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     Ok((v, t.elapsed().as_secs_f64() * 1e3))
 }
 
-/// The generator's options (segment-anything's names and defaults).
+/// The generator's options (segment-anything's and sam2's names and defaults).
 #[derive(clap::Args, Debug)]
 struct GeneratorArgs {
     #[arg(long, default_value_t = 32)]
     points_per_side: usize,
     #[arg(long, default_value_t = 64)]
     points_per_batch: usize,
-    #[arg(long, default_value_t = 0.88)]
-    pred_iou_thresh: f64,
+    /// Default: 0.88 for SAM, 0.8 for SAM 2 (the reference generators').
+    #[arg(long)]
+    pred_iou_thresh: Option<f64>,
     #[arg(long, default_value_t = 0.95)]
     stability_score_thresh: f64,
     #[arg(long, default_value_t = 1.0)]

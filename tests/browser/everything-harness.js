@@ -8,7 +8,7 @@ import { decodeMask } from '/pkg/websam.js';
 const AMG = '/tests/fixtures/amg/';
 
 /** The reference's option names (Python) in the API's camelCase; output_mode stays as given. */
-function camelOptions(python) {
+export function camelOptions(python) {
   const out = {};
   for (const [k, v] of Object.entries(python)) {
     if (k === 'output_mode') continue;
@@ -25,7 +25,7 @@ async function photo(path) {
 }
 
 /** Our records against the golden's: the same checks as tests/everything.rs. */
-function compare(golden, ours) {
+export function compare(golden, ours) {
   const bad = [];
   if (ours.length !== golden.records.length) {
     bad.push(`${ours.length} records, the reference has ${golden.records.length}`);

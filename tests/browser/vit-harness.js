@@ -1,6 +1,6 @@
 // Runs in the test page: SAM's ViT encoder through the package's public API, against the
 // PyTorch goldens of tests/fixtures/vit/ (two blocks of ViT-B's structure; the checkpoint is
-// written to target/fixtures/ by `cargo run --example vit_checkpoint`, see vit.test.mjs).
+// written to target/fixtures/ by `cargo run --example fixture_checkpoint -- vit`, see vit.test.mjs).
 import { apis, f16npy, fetchOk, fixtureImage, maxAbsDiff, npy, promptOf, FIXTURES } from './harness.js';
 
 export const CHECKPOINT = '/target/fixtures/vit_b2.safetensors';

@@ -1,6 +1,6 @@
 // SAM's ViT encoder in headless Chromium, through the package's public API: the checkpoint of
 // tests/fixtures/vit/ (ViT-B's structure, two blocks; weights generated from its manifest by
-// `cargo run --example vit_checkpoint`, run here when target/fixtures/ lacks it) encodes the
+// `cargo run --example fixture_checkpoint -- vit`, run here when target/fixtures/ lacks it) encodes the
 // 640x480 fixture on WebGPU and on the CPU path, against the PyTorch goldens.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,7 +19,7 @@ let browser;
 before(async () => {
   const checkpoint = `${root}target/fixtures/vit_b2.safetensors`;
   if (!existsSync(checkpoint)) {
-    execFileSync('cargo', ['run', '-q', '--example', 'vit_checkpoint', '--', checkpoint], { cwd: root, stdio: 'inherit' });
+    execFileSync('cargo', ['run', '-q', '--example', 'fixture_checkpoint', '--', 'vit', checkpoint], { cwd: root, stdio: 'inherit' });
   }
   server = await serve(root);
   isolated = await serve(root, { isolated: true });

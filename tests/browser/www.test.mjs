@@ -10,6 +10,7 @@
 // the PyTorch golden.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,12 +32,20 @@ let bare; // the page deployed without models/: no default model to load
 let browser;
 let downloads;
 
+// The SAM 2.1 fixture (tests/fixtures/sam2) as a checkpoint that names its trunk, as
+// tests/browser/sam2.test.mjs writes it.
+const SAM2_CHECKPOINT = join(root, 'target/fixtures/sam2_fixture.safetensors');
+
 before(async () => {
   assert.ok(existsSync(join(models, 'mobile_sam.pt')), 'models/mobile_sam.pt is missing: run ./build.sh setup');
+  if (!existsSync(SAM2_CHECKPOINT)) {
+    execFileSync('cargo', ['run', '-q', '--example', 'fixture_checkpoint', '--', 'sam2', SAM2_CHECKPOINT], { cwd: root, stdio: 'inherit' });
+  }
   downloads = mkdtempSync(join(tmpdir(), 'websam-www-'));
   const mounts = {
     '/': join(root, 'www'), '/pkg/': join(root, 'pkg'), '/fixtures/': fixtures,
     '/test/': join(root, 'tests/browser'), '/downloads/': downloads,
+    '/target-fixtures/': join(root, 'target/fixtures'),
   };
   // As ./build.sh serve: the trained model at /models/, cross-origin isolated (so the CPU path
   // has threads).
@@ -205,7 +214,10 @@ describe('the trained MobileSAM, by default', () => {
     assert.deepEqual(await page.$$eval('#model-preset option', (os) => os.map((o) => o.textContent)), [
       'MobileSAM (this server) · 40.7 MB', 'MobileSAM (official, GitHub) · 40.7 MB',
       'SAM ViT-B (Meta, Hugging Face) · about 375.0 MB', 'SAM ViT-L (Meta, Hugging Face) · about 1.25 GB',
-      'SAM ViT-H (Meta, Hugging Face) · about 2.56 GB', 'Custom URL…',
+      'SAM ViT-H (Meta, Hugging Face) · about 2.56 GB',
+      'SAM 2.1 Hiera-T (Meta, Hugging Face) · about 156.0 MB', 'SAM 2.1 Hiera-S (Meta, Hugging Face) · about 185.0 MB',
+      'SAM 2.1 Hiera-B+ (Meta, Hugging Face) · about 324.0 MB', 'SAM 2.1 Hiera-L (Meta, Hugging Face) · about 898.0 MB',
+      'Custom URL…',
     ]);
     assert.equal(await page.inputValue('#weights-url'), `${server.url}${DEFAULT_MODEL}`);
     assert.equal(requests() - before, 1, 'the default model fetched once from the page\'s server');
@@ -370,6 +382,42 @@ describe('the trained MobileSAM, by default', () => {
     assert.equal(s.selected, cat.best);
     const d = await againstGolden(page, cat, cat.best, 0.05);
     assert.equal(d.off, 0, `pixels off the reference's mask with |logit| >= 0.05 (${d.inBand} within the band)`);
+    await page.context().close();
+  });
+});
+
+describe('the demo page with SAM 2.1', () => {
+  test('a SAM 2.1 checkpoint: a click segments, the embedding goes out as .npz and back in, everything runs, Adapt is off', async () => {
+    const page = await newPage();
+    await page.goto(`${server.url}/?weights=/target-fixtures/sam2_fixture.safetensors&backend=cpu&nosw`);
+    await page.waitForSelector('body[data-backend=cpu]', { timeout: 60000 });
+    assert.match(await page.textContent('#model-status'), /sam2_fixture\.safetensors loaded on CPU/);
+    const chelsea = join(root, 'www/samples/chelsea.png');
+    await page.setInputFiles('#image-file', chelsea);
+    await page.waitForSelector('body[data-image=ready]', { timeout: 120000 });
+    await page.mouse.click(...(await at(page, 250, 170)));
+    await idle(page);
+    assert.equal((await state(page)).candidates, 3, 'a click gives three candidates');
+    // Kept: an object, yet Adapt stays off for SAM 2, saying why.
+    await page.keyboard.press('Enter');
+    await idle(page);
+    assert.equal((await state(page)).objects.length, 1);
+    assert.equal(await page.isDisabled('#adapt'), true);
+    assert.match(await page.getAttribute('#adapt', 'title'), /not yet for SAM 2/);
+    // SAM 2's embedding is exported as .npz (a zip of its three arrays) ...
+    const exported = await download(page, '#export-embedding');
+    assert.equal(exported.name, 'chelsea.npz');
+    assert.deepEqual([...exported.bytes.subarray(0, 4)], [0x50, 0x4b, 0x03, 0x04]);
+    // ... and opened with its image, it is used instead of an encode.
+    await page.setInputFiles('#image-file', [chelsea, exported.path]);
+    await page.waitForFunction(() => /embedding imported/.test(document.getElementById('image-status').textContent), null, { timeout: 60000 });
+    // Segment everything: with SAM2AutomaticMaskGenerator's default IoU threshold (0.8) the
+    // fixture's random weights (predicted IoU 0.50 to 0.70 on this image) keep no mask, and the
+    // run ends as any other does (its records: tests/everything.rs, tests/browser/sam2.test.mjs).
+    await page.selectOption('#points-per-side', '8');
+    await page.click('#everything');
+    await page.waitForSelector('body[data-everything=done]', { timeout: 120000 });
+    assert.match(await page.textContent('#everything-status'), /^Everything found no masks \(/);
     await page.context().close();
   });
 });

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod real;
+pub mod sam2;
 pub mod vit;
 
 use std::path::{Path, PathBuf};

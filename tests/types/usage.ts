@@ -23,6 +23,15 @@ async function demo(canvas: HTMLCanvasElement, file: File): Promise<number> {
   const bytes: Uint8Array = npy.data;
   await sam.setEmbedding(f32, { width: e.width, height: e.height });
   await sam.setEmbedding(npy);
+  // SAM 2: three arrays, and its file is .npz.
+  const family: 'sam' | 'sam2' = sam.family;
+  if (family === 'sam2') {
+    const highRes: [Float32Array, Float32Array] | undefined = e.highRes;
+    await sam.setEmbedding({ data: f32, highRes, width: e.width, height: e.height });
+    const npz = await sam.getEmbedding({ format: 'npz' });
+    const npzBytes: Uint8Array = npz.data;
+    await sam.setEmbedding(npzBytes, { width: npz.width, height: npz.height });
+  }
   const controller = new AbortController();
   const records = await sam.generate({ pointsPerSide: 16, minMaskRegionArea: 100 }, {
     signal: controller.signal,

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Automatic-mask-generator goldens for websam: the official `SamAutomaticMaskGenerator`
-("segment everything") on MobileSAM, as tests/fixtures/amg/<case>.json.
+("segment everything") on MobileSAM, and sam2 1.1.0's `SAM2AutomaticMaskGenerator` on the SAM 2.1
+fixture, as tests/fixtures/amg/<case>.json.
 
 Model: the official segment_anything `Sam` / `PromptEncoder` / `MaskDecoder` with mobile_sam's
 `TinyViT` (make_fixtures.build_mobile_sam), loaded strictly with either
@@ -8,11 +9,17 @@ Model: the official segment_anything `Sam` / `PromptEncoder` / `MaskDecoder` wit
 - "fixture": the seeded random weights tests/fixtures/mobile_sam.pth (official key names, f16
   values that are exact in f16/bf16; widened to f32 here, which is exact).
 `train()` then `eval()` after loading (TinyViT caches its attention biases on entering eval).
+- "sam2_fixture": the SAM2Base of tools/golden/make_sam2.py (SAM 2.1-T's Hiera cut to stages
+  [1, 2, 3, 2] at half its widths, its image path's weights generated from its manifest), run by
+  `SAM2AutomaticMaskGenerator` (its defaults: pred_iou_thresh 0.8, mask_threshold 0, no m2m,
+  multimask), its band recomputed with `SAM2ImagePredictor.predict` (float32 points, as the
+  generator's batches).
 
 Images (RGB uint8 HWC, read with PIL): www/samples/chelsea.png (451x300),
 www/samples/coffee.png (600x400), tests/fixtures/image.png (640x480, fixture cases).
 
-Every case runs `SamAutomaticMaskGenerator(model, output_mode="coco_rle", **options)` and
+Every case runs the family's generator (`SamAutomaticMaskGenerator`, or
+`SAM2AutomaticMaskGenerator` for sam2_fixture) `(model, output_mode="coco_rle", **options)` and
 `generate(image)`; all options not listed in CASES are the official defaults. The random
 fixture weights predict a fine texture over the whole image, so every one of their candidate
 masks has a (near) full-image box: with the default box_nms_thresh 0.7 each fixture case keeps
@@ -104,6 +111,8 @@ FIXTURE_IMAGE = "tests/fixtures/image.png"
 # Lowered for the random weights; NMS 0.9999 removes exact duplicate boxes only (see above).
 FIXTURE_OPTIONS = dict(pred_iou_thresh=0.05, stability_score_thresh=0.1,
                        box_nms_thresh=0.9999, crop_nms_thresh=0.9999)
+SAM2_FIXTURE_OPTIONS = dict(pred_iou_thresh=0.6, stability_score_thresh=0.5,
+                            box_nms_thresh=1.0, crop_nms_thresh=1.0)
 
 CASES = [
     dict(case="real_default", weights="real", image=CHELSEA, options={}),
@@ -127,13 +136,64 @@ CASES = [
     # 16: all 3 records lose islands but keep most pixels (>= 50 leaves one ~25-pixel island).
     dict(case="fixture_min_region", weights="fixture", image=FIXTURE_IMAGE,
          options=dict(points_per_side=8, min_mask_region_area=16, **FIXTURE_OPTIONS)),
+    # SAM 2.1 (the fixture of make_sam2.py) with SAM2AutomaticMaskGenerator's defaults but for
+    # the lowered filters (its random weights predict IoU about SAM2_IOU, stability below 0.5).
+    dict(case="sam2_fixture_grid", weights="sam2_fixture", image=CHELSEA,
+         options=dict(points_per_side=4, **SAM2_FIXTURE_OPTIONS)),
+    dict(case="sam2_fixture_crop", weights="sam2_fixture", image=CHELSEA,
+         options=dict(crop_n_layers=1, points_per_side=2, **SAM2_FIXTURE_OPTIONS)),
 ]
 
 
 # --------------------------------------------------------------------------
 # Models, images, RLE
 # --------------------------------------------------------------------------
+class Family:
+    """What differs between SAM's generator and SAM 2's: the generator class, the module whose
+    batched_nms and calculate_stability_score it calls, the predictor method it decodes through,
+    and one point's logits at the image's size for the band."""
+
+    def __init__(self, is_sam2: bool):
+        self.sam2 = is_sam2
+        if is_sam2:
+            import sam2.automatic_mask_generator as module
+            from sam2.sam2_image_predictor import SAM2ImagePredictor
+            self.generator, self.module = module.SAM2AutomaticMaskGenerator, module
+            self.predictor, self.predict_name = SAM2ImagePredictor, "_predict"
+        else:
+            self.generator, self.module = SamAutomaticMaskGenerator, amg_module
+            self.predictor, self.predict_name = SamPredictor, "predict_torch"
+
+    def point_logits(self, model):
+        """f(crop_key, crop_image, point) -> (logits at the crop's size, predicted IoU), one
+        positive point, multimask, each crop's features computed once."""
+        predictor, cache = self.predictor(model), {}
+        attrs = (("_features", "_orig_hw", "_is_image_set") if self.sam2
+                 else ("features", "original_size", "input_size", "is_image_set"))
+
+        def run(key, crop, point):
+            if key not in cache:
+                with torch.no_grad():
+                    predictor.set_image(crop)
+                cache[key] = [getattr(predictor, a) for a in attrs]
+            for a, v in zip(attrs, cache[key]):
+                setattr(predictor, a, v)
+            with torch.no_grad():
+                logits, iou, _ = predictor.predict(point_coords=point, point_labels=np.array([1]),
+                                                   multimask_output=True, return_logits=True)
+            return logits, iou
+        return run
+
+
+def family(kind: str) -> Family:
+    return Family(kind.startswith("sam2"))
+
+
 def load_model(kind: str):
+    if kind == "sam2_fixture":
+        import make_sam2
+        model, _ = make_sam2.make_model()
+        return model
     model = build_mobile_sam()
     if kind == "real":
         path = os.path.join(REPO, "models", "mobile_sam.pt")
@@ -163,12 +223,12 @@ def decode(rle: dict) -> np.ndarray:
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}) > 0
 
 
-def all_options(options: dict) -> dict:
+def all_options(options: dict, fam: Family) -> dict:
     """Every __init__ option of the generator by name, the official default unless given."""
-    params = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
+    params = inspect.signature(fam.generator.__init__).parameters
     out = {}
     for name, p in params.items():
-        if name in ("self", "model"):
+        if name in ("self", "model") or p.kind == p.VAR_KEYWORD:
             continue
         out[name] = p.default
     unknown = set(options) - set(out)
@@ -236,9 +296,10 @@ def check_nms_ties() -> None:
 class NmsRecorder:
     """Pass-through wrapper around the generator module's batched_nms."""
 
-    def __init__(self):
+    def __init__(self, module):
         self.calls = []
-        self.original = amg_module.batched_nms
+        self.module = module
+        self.original = module.batched_nms
 
     def __call__(self, boxes, scores, idxs, iou_threshold):
         keep = self.original(boxes, scores, idxs, iou_threshold)
@@ -255,21 +316,21 @@ class NmsRecorder:
             call["stable"] = call["keep"] == stable_greedy_nms(boxes, scores, thresh)
 
     def __enter__(self):
-        amg_module.batched_nms = self
+        self.module.batched_nms = self
         return self
 
     def __exit__(self, *exc):
-        amg_module.batched_nms = self.original
+        self.module.batched_nms = self.original
 
 
 class ScoreRecorder:
-    """Pass-through wrappers that keep every candidate's predicted IoU (predict_torch) and
-    every stability score (of the candidates that passed the IoU filter)."""
+    """Pass-through wrappers that keep every candidate's predicted IoU (the predictor's decode)
+    and every stability score (of the candidates that passed the IoU filter)."""
 
-    def __init__(self, gen):
-        self.gen, self.ious, self.stabs = gen, [], []
-        self.predict_torch = gen.predictor.predict_torch
-        self.stability = amg_module.calculate_stability_score
+    def __init__(self, gen, fam: Family):
+        self.gen, self.fam, self.ious, self.stabs = gen, fam, [], []
+        self.predict_torch = getattr(gen.predictor, fam.predict_name)
+        self.stability = fam.module.calculate_stability_score
 
     def _predict(self, *args, **kwargs):
         masks, iou, low = self.predict_torch(*args, **kwargs)
@@ -282,13 +343,13 @@ class ScoreRecorder:
         return out
 
     def __enter__(self):
-        self.gen.predictor.predict_torch = self._predict
-        amg_module.calculate_stability_score = self._stability
+        setattr(self.gen.predictor, self.fam.predict_name, self._predict)
+        self.fam.module.calculate_stability_score = self._stability
         return self
 
     def __exit__(self, *exc):
-        del self.gen.predictor.predict_torch
-        amg_module.calculate_stability_score = self.stability
+        delattr(self.gen.predictor, self.fam.predict_name)
+        self.fam.module.calculate_stability_score = self.stability
 
     def margins(self) -> dict:
         """Distance of the nearest kept and of the nearest dropped candidate to each threshold
@@ -327,27 +388,17 @@ def label_nms_calls(calls: list, image_size, options: dict) -> list:
 # --------------------------------------------------------------------------
 # Band and min-region bookkeeping
 # --------------------------------------------------------------------------
-def bands(model, image: np.ndarray, records: list, changed: set) -> tuple:
+def bands(model, fam: Family, image: np.ndarray, records: list, changed: set) -> tuple:
     """Per record the |logit| < BAND mask (original frame), the largest predicted-IoU mismatch
     and the largest count of pixels where the recomputed mask > 0 disagrees with the record
     outside the band (records changed by the small-region removal excluded)."""
     h, w = image.shape[:2]
-    predictor = SamPredictor(model)
-    cache = {}
+    point_logits = fam.point_logits(model)
     out, max_diff, max_outside, flips = [], 0.0, 0, 0
     for idx, rec in enumerate(records):
         x0, y0, cw, ch = [int(v) for v in rec["crop_box"]]
-        key = (x0, y0, cw, ch)
-        if key not in cache:
-            with torch.no_grad():
-                predictor.set_image(image[y0:y0 + ch, x0:x0 + cw])
-            cache[key] = (predictor.features, predictor.original_size, predictor.input_size)
-        predictor.features, predictor.original_size, predictor.input_size = cache[key]
-        predictor.is_image_set = True
         point = np.array(rec["point_coords"], dtype=np.float64) - np.array([[x0, y0]], np.float64)
-        with torch.no_grad():
-            logits, iou, _ = predictor.predict(point_coords=point, point_labels=np.array([1]),
-                                               multimask_output=True, return_logits=True)
+        logits, iou = point_logits((x0, y0, cw, ch), image[y0:y0 + ch, x0:x0 + cw], point)
         diffs = np.abs(iou.astype(np.float64) - rec["predicted_iou"])
         best = int(np.argmin(diffs))
         assert diffs[best] < IOU_MATCH, (idx, iou, rec["predicted_iou"])
@@ -364,11 +415,12 @@ def bands(model, image: np.ndarray, records: list, changed: set) -> tuple:
     return out, max_diff, max_outside, flips
 
 
-def min_region_changes(model, image: np.ndarray, options: dict, records: list) -> set:
+def min_region_changes(model, fam: Family, image: np.ndarray, options: dict,
+                       records: list) -> set:
     """Indices of the returned records that the small-region removal altered, from the official
     _generate_masks + postprocess_small_regions with an extra index column (asserted to give
     the same records as generate())."""
-    gen = SamAutomaticMaskGenerator(model, **options)
+    gen = fam.generator(model, **options)
     with torch.no_grad():
         data = gen._generate_masks(image)
     n = len(data["rles"])
@@ -402,9 +454,10 @@ def run_case(spec: dict, model, out_dir: str, timings: dict) -> dict:
     name = spec["case"]
     image = load_image(spec["image"])
     h, w = image.shape[:2]
-    options = all_options(spec["options"])
-    gen = SamAutomaticMaskGenerator(model, **options)
-    with NmsRecorder() as rec, ScoreRecorder(gen) as scores:
+    fam = family(spec["weights"])
+    options = all_options(spec["options"], fam)
+    gen = fam.generator(model, **options)
+    with NmsRecorder(fam.module) as rec, ScoreRecorder(gen, fam) as scores:
         load = os.getloadavg()[0]
         t0, c0 = time.perf_counter(), time.process_time()
         records = gen.generate(image)
@@ -428,13 +481,19 @@ def run_case(spec: dict, model, out_dir: str, timings: dict) -> dict:
               f"== stable greedy {call['stable']}")
         assert call["stable"], (name, entry)
     print(f"  threshold margins [nearest kept, nearest dropped]: {margins}")
+    for what, values in (("predicted IoU", scores.ious), ("stability", scores.stabs)):
+        v = torch.cat(values).double() if values else torch.zeros(0, dtype=torch.float64)
+        if len(v):
+            q = torch.quantile(v, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
+            print(f"  {what} of the {len(v)} candidates, quartiles: "
+                  + ", ".join(f"{x:.4f}" for x in q.tolist()))
     per_crop = Counter(tuple(r["crop_box"]) for r in records)
     print("  records per crop (XYWH): " + ", ".join(f"{list(k)}: {v}" for k, v in per_crop.items()))
 
     changed, pixels = set(), 0
     if options["min_mask_region_area"] > 0:
-        changed, pixels = min_region_changes(model, image, options, records)
-    band, max_diff, max_outside, flips = bands(model, image, records, changed)
+        changed, pixels = min_region_changes(model, fam, image, options, records)
+    band, max_diff, max_outside, flips = bands(model, fam, image, records, changed)
     stab = np.array([r["stability_score"] for r in records], dtype=np.float64)
     areas = [r["area"] for r in records]
     print(f"  band: max |predicted IoU diff| {max_diff:.2e}; recomputed masks differ from the "
@@ -452,6 +511,8 @@ def run_case(spec: dict, model, out_dir: str, timings: dict) -> dict:
         doc["pixels_changed_by_min_region"] = pixels
     doc["versions"] = dict(versions(), pycocotools=metadata.version("pycocotools"),
                            opencv=metadata.version("opencv-python-headless"))
+    if fam.sam2:
+        doc["versions"]["sam2"] = metadata.version("sam2")
     path = os.path.join(out_dir, f"{name}.json")
     with open(path, "w") as f:
         f.write(json.dumps(doc, separators=(",", ":"), allow_nan=False))
