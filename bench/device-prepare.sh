@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run here, in the checkout the device tool sends, before the device call (bench/DEVICE.md):
-# fetches what the device machine lacks into ignored folders (.whl: mobilesam-mirror, a pure
-# Python wheel; .gl: the Vulkan and GL loaders as Debian packages), packs the release CLI into
-# .cli/websam.xz (about a third of its size: the working tree and the carried paths share 64
-# MiB), checks what would travel, and prints the call.
+# fetches what the device machine lacks into ignored folders (.whl: mobilesam-mirror, sam2 and
+# their needs, pure Python wheels; .gl: the Vulkan and GL loaders as Debian packages), packs the
+# release CLI into .cli/websam.xz and examples/sam2_bench into .cli/sam2_bench.xz (about a third
+# of their size: the working tree and the carried paths share 64 MiB), checks what would travel,
+# and prints the call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WEBSAM=target/release/websam
@@ -21,6 +22,16 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux1_x86_64 -d .whl mobilesam-mirror==1.0.0 segment-anything==1.0
+# For bench/sam2_gpu_peer.py: sam2 1.1.0 and what it needs beyond the machine's packages, pure
+# Python wheels built by the bench venv's pip (sam2, iopath and antlr4 come as sources only;
+# sam2's build imports torch, hence that venv and no build isolation).
+VENV_PIP=target/bench-venv/bin/pip
+if [[ -x $VENV_PIP ]]; then
+    SAM2_BUILD_CUDA=0 "$VENV_PIP" wheel -q --no-deps --no-build-isolation -w .whl sam2==1.1.0 \
+        hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 iopath==0.1.10
+else
+    echo "warning: no $VENV_PIP (bench/sam2_native.py's venv): no SAM 2 wheels, its step will fail"
+fi
 
 # The loaders, as the device tool's notes fetch them.
 rm -rf .gl
@@ -43,6 +54,17 @@ newer=$(find src Cargo.toml Cargo.lock -newer "$WEBSAM" -type f | head -3)
 rm -rf .cli
 mkdir -p .cli
 xz -T0 -6 -c "$WEBSAM" >.cli/websam.xz
+# SAM 2.1's native bench (cargo build --release --example sam2_bench), about 3.3 MB packed.
+SAM2_BENCH=target/release/examples/sam2_bench
+if [[ -x $SAM2_BENCH ]]; then
+    newer=$(find src Cargo.toml Cargo.lock examples/sam2_bench.rs -newer "$SAM2_BENCH" -type f |
+        head -3)
+    [[ -z $newer ]] || echo "warning: sources newer than $SAM2_BENCH (rebuild?): $newer"
+    xz -T0 -6 -c "$SAM2_BENCH" >.cli/sam2_bench.xz
+else
+    echo "warning: no $SAM2_BENCH (cargo build --release --example sam2_bench):" \
+        "the SAM 2.1 step will fail"
+fi
 
 # What travels: tracked and untracked-not-ignored files, plus the carried paths.
 tree=$(git ls-files -z -co --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)

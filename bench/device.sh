@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The device machine's job (bench/DEVICE.md): websam's native GPU bench in f32 and f16, then the
-# PyTorch peer (bench/gpu_peer.py) on the same card. Every step runs even when an earlier one
-# fails; the failures are listed at the end and set the exit status. Output goes to the terminal
-# and to $OUT/device.log; the peer writes $OUT/torch.json.
+# PyTorch peer (bench/gpu_peer.py) on the same card, segment everything on both, then SAM 2.1
+# tiny on both (bench/sam2_gpu_peer.py). Every step runs even when an earlier one fails; the
+# failures are listed at the end and set the exit status. Output goes to the terminal and to
+# $OUT/device.log; the peers write $OUT/torch.json and $OUT/sam2.json.
 #
 # Overrides for a dry run elsewhere: OUT, PYTHON (python3), WEBSAM (.cli/websam.xz unpacked, else
-# target/release/websam),
-# RUNS (20), PEER_ARGS (appended to the peer's arguments, e.g. "--device cpu --no-compile").
+# target/release/websam), SAM2_BENCH (.cli/sam2_bench.xz unpacked, else
+# target/release/examples/sam2_bench), RUNS (20), PEER_ARGS (appended to the peer's arguments,
+# e.g. "--device cpu --no-compile"), SAM2_ARGS (likewise for bench/sam2_gpu_peer.py, e.g.
+# "--device cpu --backend cpu"), STEPS (all; "sam2": the SAM 2.1 step alone).
 # Each step has a time limit so that the whole job stays under 9 minutes.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +22,17 @@ if [[ -z ${WEBSAM:-} && -f .cli/websam.xz ]]; then
     "${PYTHON:-python3}" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
         .cli/websam.xz "$WEBSAM" && chmod +x "$WEBSAM"
 fi
+if [[ -z ${SAM2_BENCH:-} && -f .cli/sam2_bench.xz ]]; then
+    SAM2_BENCH=/tmp/sam2_bench
+    "$PYTHON" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+        .cli/sam2_bench.xz "$SAM2_BENCH" && chmod +x "$SAM2_BENCH"
+fi
 WEBSAM=${WEBSAM:-target/release/websam}
+SAM2_BENCH=${SAM2_BENCH:-target/release/examples/sam2_bench}
 RUNS=${RUNS:-20}
 PEER_ARGS=${PEER_ARGS:-}
+SAM2_ARGS=${SAM2_ARGS:-}
+STEPS=${STEPS:-all}
 SITE=/tmp/site
 
 failed=()
@@ -94,19 +105,30 @@ everything() {
         --image tests/fixtures/image.png --out "$OUT/everything.json" --backend gpu
 }
 
+# SAM 2.1 tiny: the seeded weights made there (bench/sam2_gpu_peer.py), websam's engine through
+# examples/sam2_bench and the official sam2 on the card (sam2 and its needs carried as wheels).
+sam2() {
+    # shellcheck disable=SC2086  # SAM2_ARGS holds several arguments
+    timeout -k 10 180 "$PYTHON" bench/sam2_gpu_peer.py --websam "$SAM2_BENCH" --runs "$RUNS" \
+        --json "$OUT/sam2.json" $SAM2_ARGS
+}
+
 main() {
     [[ -d .whl ]] && step "wheels" wheels
     [[ -d .gl ]] && step "vulkan loader" vulkan
     info
-    step "websam gpu f32" websam f32
-    step "websam gpu f16" websam f16
-    # shellcheck disable=SC2086  # PEER_ARGS holds several arguments
-    step "torch peer" timeout -k 10 300 "$PYTHON" bench/gpu_peer.py --device cuda --runs "$RUNS" \
-        --json "$OUT/torch.json" $PEER_ARGS
-    step "websam everything" everything
-    step "torch everything" timeout -k 10 180 "$PYTHON" bench/amg_reference.py --device cuda \
-        --grids 32,16 --runs 3 --weights tests/fixtures/mobile_sam.pth \
-        --image tests/fixtures/image.png --json "$OUT/everything_torch.json"
+    if [[ $STEPS != sam2 ]]; then
+        step "websam gpu f32" websam f32
+        step "websam gpu f16" websam f16
+        # shellcheck disable=SC2086  # PEER_ARGS holds several arguments
+        step "torch peer" timeout -k 10 300 "$PYTHON" bench/gpu_peer.py --device cuda --runs "$RUNS" \
+            --json "$OUT/torch.json" $PEER_ARGS
+        step "websam everything" everything
+        step "torch everything" timeout -k 10 180 "$PYTHON" bench/amg_reference.py --device cuda \
+            --grids 32,16 --runs 3 --weights tests/fixtures/mobile_sam.pth \
+            --image tests/fixtures/image.png --json "$OUT/everything_torch.json"
+    fi
+    step "sam2.1 tiny" sam2
     if ((${#failed[@]})); then
         printf 'FAILED: %s\n' "${failed[@]}"
         return 1

@@ -355,12 +355,12 @@ function finiteNumbers(value, n, what) {
   return value;
 }
 
-const PROMPT_KEYS = ['points', 'box', 'maskInput', 'multimask'];
+const PROMPT_KEYS = ['points', 'box', 'maskInput', 'multimask', 'maxHoleArea', 'maxSprinkleArea'];
 
 /**
  * Checks a prompt and flattens it for the wasm module: `{ points: Float32Array([x, y, label,
  * ...]) | undefined, box: Float32Array(4) | undefined, maskInput: Float32Array(65536) |
- * undefined, multimask: boolean }`.
+ * undefined, multimask: boolean, maxHoleArea: number, maxSprinkleArea: number }`.
  */
 export function toPrompt(prompt) {
   if (prompt === undefined) prompt = {};
@@ -372,7 +372,7 @@ export function toPrompt(prompt) {
       throw new TypeError(`predict: unknown prompt field "${key}"; the fields are ${PROMPT_KEYS.join(', ')}`);
     }
   }
-  const { points, box, maskInput, multimask = true } = prompt;
+  const { points, box, maskInput, multimask = true, maxHoleArea = 0, maxSprinkleArea = 0 } = prompt;
   let flatPoints;
   if (points !== undefined && points !== null) {
     if (!Array.isArray(points)) {
@@ -399,7 +399,12 @@ export function toPrompt(prompt) {
   if (typeof multimask !== 'boolean') {
     throw new TypeError(`predict: multimask must be true or false, not ${describe(multimask)}`);
   }
-  return { points: flatPoints, box: flatBox, maskInput: mask, multimask };
+  for (const [name, area] of [['maxHoleArea', maxHoleArea], ['maxSprinkleArea', maxSprinkleArea]]) {
+    if (typeof area !== 'number' || !Number.isFinite(area) || area < 0) {
+      throw new TypeError(`predict: ${name} must be a number of low-res pixels, 0 or more (0: off), not ${describe(area)}`);
+    }
+  }
+  return { points: flatPoints, box: flatBox, maskInput: mask, multimask, maxHoleArea, maxSprinkleArea };
 }
 
 /** Adds to each mask its own channel of the low-res logits (a view, no copy). */

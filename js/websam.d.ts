@@ -101,6 +101,14 @@ export interface Prompt {
   maskInput?: Float32Array;
   /** Three candidate masks (true, the default) or one. */
   multimask?: boolean;
+  /**
+   * SAM2ImagePredictor's `max_hole_area` (default 0: off): before the masks are made at the
+   * image's size, regions outside a mask of at most this many low-res (256x256) pixels are filled.
+   * The low-res logits returned are not changed. Any model.
+   */
+  maxHoleArea?: number;
+  /** SAM2ImagePredictor's `max_sprinkle_area` (default 0: off): regions of a mask of at most this many low-res pixels are dropped. */
+  maxSprinkleArea?: number;
 }
 
 export interface MaskResult {

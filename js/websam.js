@@ -371,7 +371,7 @@ export class Sam {
       return Promise.reject(e);
     }
     return this.#run('predict', async (core) =>
-      withMaskLogits(await core.predict(p.points, p.box, p.maskInput, p.multimask)));
+      withMaskLogits(await core.predict(p.points, p.box, p.maskInput, p.multimask, p.maxHoleArea, p.maxSprinkleArea)));
   }
 
   /**

@@ -596,6 +596,91 @@ pub fn postprocess_logits(low_res: &[f32], frame: &ImageFrame) -> Result<Vec<f32
     ))
 }
 
+/// The 8-connected components of the set pixels of a row-major `height x width` mask
+/// (imageproc's labelling): each pixel's label (0: not set; components 1..=n) and each label's
+/// area (`areas[0]` counts the unset pixels).
+pub fn label_components(set: &[bool], height: usize, width: usize) -> (Vec<u32>, Vec<u64>) {
+    use imageproc::region_labelling::{connected_components, Connectivity};
+    let working: Vec<u8> = set.iter().map(|&s| u8::from(s)).collect();
+    let Some(working) = image::GrayImage::from_raw(width as u32, height as u32, working) else {
+        return (vec![0; set.len()], vec![set.len() as u64]);
+    };
+    let labels = connected_components(&working, Connectivity::Eight, image::Luma([0u8]));
+    let labels: Vec<u32> = labels.into_raw();
+    let n = labels.iter().copied().max().unwrap_or(0) as usize;
+    let mut areas = vec![0u64; n + 1];
+    for &l in &labels {
+        areas[l as usize] += 1;
+    }
+    (labels, areas)
+}
+
+/// `SAM2ImagePredictor`'s post-processing of a mask's low-res logits before they are upsampled
+/// to the image's size (its `max_hole_area`, `max_sprinkle_area`; off at 0): the 8-connected
+/// regions at or below the threshold (holes) of at most `max_hole_area` low-res pixels become
+/// `+10`, then the regions above it (sprinkles, as they were before the holes were filled) of
+/// at most `max_sprinkle_area` become `-10`. It changes the masks and their stability, not the
+/// low-res logits a prediction returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MaskCleanup {
+    pub max_hole_area: f64,
+    pub max_sprinkle_area: f64,
+}
+
+impl MaskCleanup {
+    /// Checks that both areas are finite and not negative.
+    pub fn new(max_hole_area: f64, max_sprinkle_area: f64) -> Result<Self> {
+        for (name, v) in [
+            ("maxHoleArea", max_hole_area),
+            ("maxSprinkleArea", max_sprinkle_area),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::invalid(format!(
+                    "{name} must be a number of low-res pixels, 0 or more (0: off), not {v}"
+                )));
+            }
+        }
+        Ok(Self {
+            max_hole_area,
+            max_sprinkle_area,
+        })
+    }
+
+    /// Whether it changes nothing (both areas 0).
+    pub fn is_off(&self) -> bool {
+        self.max_hole_area <= 0.0 && self.max_sprinkle_area <= 0.0
+    }
+
+    /// The low-res plane (`256 x 256`) cleaned.
+    pub fn apply(&self, low_res: &[f32]) -> Vec<f32> {
+        let mut out = low_res.to_vec();
+        let side = LOW_RES_SIDE;
+        let mut set = |inside: fn(f32) -> bool, most: f64, value: f32| {
+            if most <= 0.0 {
+                return;
+            }
+            let region: Vec<bool> = low_res.iter().map(|&v| inside(v)).collect();
+            let (labels, areas) = label_components(&region, side, side);
+            for (o, &l) in out.iter_mut().zip(&labels) {
+                if l > 0 && areas[l as usize] as f64 <= most {
+                    *o = value;
+                }
+            }
+        };
+        set(
+            |v| v <= MASK_THRESHOLD,
+            self.max_hole_area,
+            MASK_THRESHOLD + 10.0,
+        );
+        set(
+            |v| v > MASK_THRESHOLD,
+            self.max_sprinkle_area,
+            MASK_THRESHOLD - 10.0,
+        );
+        out
+    }
+}
+
 /// Binary mask (0/1) of logits above the mask threshold.
 pub fn threshold(logits: &[f32]) -> Vec<u8> {
     logits
@@ -632,6 +717,44 @@ pub fn stability_score_at(logits: &[f32], offset: f64) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mask_cleanup_fills_small_holes_and_drops_small_sprinkles() {
+        let side = LOW_RES_SIDE;
+        // A square mask with a 2x2 hole, a 3-pixel sprinkle far from it, and a 9x9 hole.
+        let mut plane = vec![-5.0f32; side * side];
+        let mut set = |y0: usize, y1: usize, x0: usize, x1: usize, v: f32| {
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    plane[y * side + x] = v;
+                }
+            }
+        };
+        set(50, 150, 50, 150, 5.0);
+        set(60, 62, 60, 62, -5.0);
+        set(100, 109, 100, 109, -5.0);
+        set(200, 201, 200, 203, 5.0);
+        let off = MaskCleanup::default();
+        assert!(off.is_off());
+        let c = MaskCleanup::new(4.0, 3.0).unwrap();
+        let out = c.apply(&plane);
+        let at = |y: usize, x: usize| out[y * side + x];
+        assert_eq!(
+            at(60, 61),
+            MASK_THRESHOLD + 10.0,
+            "the 4-pixel hole is filled"
+        );
+        assert_eq!(at(104, 104), -5.0, "the 81-pixel hole stays");
+        assert_eq!(
+            at(200, 201),
+            MASK_THRESHOLD - 10.0,
+            "the 3-pixel sprinkle goes"
+        );
+        assert_eq!(at(70, 70), 5.0);
+        assert_eq!(at(0, 0), -5.0, "the background is one large region");
+        assert!(MaskCleanup::new(-1.0, 0.0).is_err());
+        assert!(MaskCleanup::new(0.0, f64::NAN).is_err());
+    }
 
     #[test]
     fn preprocess_shape_matches_reference_rounding() {

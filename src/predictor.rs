@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::context::Precision;
 use crate::gpu::{GpuContext, GpuEmbedding, GpuSam};
-use crate::image::{ImageFrame, RgbImage};
+use crate::image::{ImageFrame, MaskCleanup, RgbImage};
 use crate::model::sam::{ImageEmbedding, Mask, Prediction, Prompt, Sam};
 use crate::model::weights::Weights;
 
@@ -211,12 +211,28 @@ impl Predictor {
 
     /// Low-res logits and IoU predictions for `prompt`.
     pub async fn predict_low_res(&mut self, prompt: &Prompt) -> Result<Prediction> {
-        Ok(self.run(prompt, false).await?.0)
+        Ok(self.run(prompt, Masks::None).await?.0)
     }
 
     /// Low-res logits, IoU predictions and the masks at the image's size.
     pub async fn predict(&mut self, prompt: &Prompt) -> Result<(Prediction, Vec<Mask>)> {
-        let (pred, masks) = self.run(prompt, true).await?;
+        self.predict_with(prompt, &MaskCleanup::default()).await
+    }
+
+    /// [`Self::predict`] with `SAM2ImagePredictor`'s post-processing of the masks (holes and
+    /// sprinkles of the low-res logits up to an area; the low-res logits returned are not
+    /// changed).
+    pub async fn predict_with(
+        &mut self,
+        prompt: &Prompt,
+        cleanup: &MaskCleanup,
+    ) -> Result<(Prediction, Vec<Mask>)> {
+        let masks = if cleanup.is_off() {
+            Masks::Full
+        } else {
+            Masks::Cleaned(*cleanup)
+        };
+        let (pred, masks) = self.run(prompt, masks).await?;
         Ok((pred, masks.unwrap_or_default()))
     }
 
@@ -239,11 +255,11 @@ impl Predictor {
     async fn run(
         &mut self,
         prompt: &Prompt,
-        with_masks: bool,
+        masks: Masks,
     ) -> Result<(Prediction, Option<Vec<Mask>>)> {
         self.decoding(async |model, state| match model {
-            Model::Gpu(gpu, g) => gpu_predict(gpu, g, prompt, with_masks).await,
-            Model::Cpu(cpu) => cpu_predict(cpu, &state.embedding, prompt, with_masks),
+            Model::Gpu(gpu, g) => gpu_predict(gpu, g, prompt, masks).await,
+            Model::Cpu(cpu) => cpu_predict(cpu, &state.embedding, prompt, masks),
         })
         .await
     }
@@ -415,14 +431,32 @@ fn no_image() -> Error {
     Error::invalid("no image set: set an image or an embedding before predicting")
 }
 
+/// The masks a prediction is asked for.
+#[derive(Debug, Clone, Copy)]
+enum Masks {
+    /// The low-res logits only.
+    None,
+    /// The masks at the image's size (on the GPU where the decoder runs there).
+    Full,
+    /// The masks at the image's size from the low-res logits after a clean-up (on the CPU).
+    Cleaned(MaskCleanup),
+}
+
 async fn gpu_predict(
     gpu: &GpuSam,
     embedding: &GpuEmbedding,
     prompt: &Prompt,
-    with_masks: bool,
+    masks: Masks,
 ) -> Result<(Prediction, Option<Vec<Mask>>)> {
-    if !with_masks {
-        return Ok((gpu.decode(embedding, prompt).await?, None));
+    match masks {
+        Masks::None => return Ok((gpu.decode(embedding, prompt).await?, None)),
+        Masks::Cleaned(cleanup) => {
+            // The clean-up labels the low-res logits' regions: on the CPU, from those read back.
+            let pred = gpu.decode(embedding, prompt).await?;
+            let masks = pred.masks_with(&cleanup)?;
+            return Ok((pred, Some(masks)));
+        }
+        Masks::Full => {}
     }
     let (pred, planes) = gpu.decode_with_logits(embedding, prompt).await?;
     let masks = planes
@@ -437,13 +471,13 @@ fn cpu_predict(
     sam: &Sam,
     embedding: &ImageEmbedding,
     prompt: &Prompt,
-    with_masks: bool,
+    masks: Masks,
 ) -> Result<(Prediction, Option<Vec<Mask>>)> {
     let pred = sam.decode(embedding, prompt)?;
-    let masks = if with_masks {
-        Some(pred.masks()?)
-    } else {
-        None
+    let masks = match masks {
+        Masks::None => None,
+        Masks::Full => Some(pred.masks()?),
+        Masks::Cleaned(cleanup) => Some(pred.masks_with(&cleanup)?),
     };
     Ok((pred, masks))
 }

@@ -18,7 +18,7 @@ use wasm_bindgen_futures::future_to_promise;
 
 use crate::amg::{records_to_json, step_to_json, GeneratorOptions, MaskGenerator};
 use crate::gpu::context::Precision;
-use crate::image::{ImageFrame, RgbImage};
+use crate::image::{ImageFrame, MaskCleanup, RgbImage};
 use crate::model::sam::{ImageEmbedding, Prompt};
 use crate::model::source::{check_range, ByteSource};
 use crate::model::weights::Weights;
@@ -763,20 +763,30 @@ impl WebSam {
     }
 
     /// Masks for a prompt in image pixels: `points` flat `[x, y, label, ...]` (label 1, 0 or
-    /// -1), `box` `[x0, y0, x1, y1]`, `mask_input` a previous `lowResLogits` channel (256*256).
-    /// Resolves to `{ masks: [{data, width, height, score, stabilityScore}], best,
-    /// lowResLogits, iou }`.
+    /// -1), `box` `[x0, y0, x1, y1]`, `mask_input` a previous `lowResLogits` channel (256*256),
+    /// the masks cleaned of holes and sprinkles up to `max_hole_area` / `max_sprinkle_area`
+    /// low-res pixels (0: off; `SAM2ImagePredictor`'s). Resolves to `{ masks: [{data, width,
+    /// height, score, stabilityScore}], best, lowResLogits, iou }`.
     pub fn predict(
         &self,
         points: Option<Vec<f32>>,
         bbox: Option<Vec<f32>>,
         mask_input: Option<Vec<f32>>,
         multimask: bool,
+        max_hole_area: Option<f64>,
+        max_sprinkle_area: Option<f64>,
     ) -> Promise {
         let shared = Rc::clone(&self.shared);
         future_to_promise(async move {
             let prompt = Prompt::from_flat(points, bbox, mask_input, multimask).map_err(js_err)?;
-            let (pred, masks) = shared.call(async |p| p.predict(&prompt).await).await?;
+            let cleanup = MaskCleanup::new(
+                max_hole_area.unwrap_or(0.0),
+                max_sprinkle_area.unwrap_or(0.0),
+            )
+            .map_err(js_err)?;
+            let (pred, masks) = shared
+                .call(async |p| p.predict_with(&prompt, &cleanup).await)
+                .await?;
             let out = Object::new();
             let list = Array::new();
             for m in &masks {

@@ -253,6 +253,13 @@ fn cpu_sam2_fixture_crop_layer() {
     check("sam2_fixture_crop", BackendChoice::Cpu, CPU_SCORES);
 }
 
+// min_mask_region_area: SAM 2's predictor cleans the masks' low-res logits of holes and
+// sprinkles up to that area (and the records are not post-processed).
+#[test]
+fn cpu_sam2_fixture_min_region() {
+    check("sam2_fixture_min_region", BackendChoice::Cpu, CPU_SCORES);
+}
+
 // The GPU (lavapipe without one): small grids, lavapipe decodes take about 0.6 s each.
 #[test]
 fn gpu_real_small_grid() {

@@ -29,7 +29,7 @@ use common::vit::generate;
 use common::{fixture, max_abs_diff, npy_vec, Case};
 use serde::Deserialize;
 use websam::gpu::GpuSam;
-use websam::image::{preprocess_sam2, ImageFrame, RgbImage};
+use websam::image::{preprocess_sam2, ImageFrame, MaskCleanup, RgbImage};
 use websam::model::hiera::HieraConfig;
 use websam::model::sam::{
     EncoderKind, ImageEmbedding, Prediction, Prompt, Sam, SAM2_LOW_RES_CLAMP,
@@ -363,6 +363,61 @@ fn gpu_decodes_match_from_generated_features() {
 fn decodes_match_from_generated_features() {
     let (sam, embedding) = (model(), generated_embedding());
     check_decodes(&cpu_decode(&sam, &embedding), "features_", 2e-4, 0.01, true);
+}
+
+/// SAM2ImagePredictor's max_hole_area / max_sprinkle_area (the `fill_` cases, from the generated
+/// features): the low-res logits as returned unchanged, the masks at the image's size made from
+/// them after the clean-up, flipped only where the reference's logit is within 0.01 of 0. Without
+/// the clean-up, thousands of the masks' pixels differ (make_sam2.py checks that it changes them).
+#[test]
+fn the_mask_cleanup_matches_sam2_image_predictor() {
+    let (sam, embedding) = (model(), generated_embedding());
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("sam2/cases.json")).unwrap()).unwrap();
+    let fill = cases("fill_");
+    assert_eq!(fill.len(), 2);
+    for case in &fill {
+        let row = rows["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == case.name.as_str())
+            .unwrap();
+        let cleanup = MaskCleanup::new(
+            row["max_hole_area"].as_f64().unwrap(),
+            row["max_sprinkle_area"].as_f64().unwrap(),
+        )
+        .unwrap();
+        let pred = sam.decode(&embedding, &case.prompt()).unwrap();
+        let reference = npy_vec(&case.low_res_logits);
+        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = max_abs_diff(&pred.low_res_logits, &reference) / scale;
+        assert!(d <= 2e-4, "{}: low-res logits {d:e}", case.name);
+        let full = npy_vec(case.logits.as_ref().unwrap());
+        let (h, w) = (case.orig_size[0], case.orig_size[1]);
+        for i in 0..pred.num_masks() {
+            let plane = &full[i * h * w..(i + 1) * h * w];
+            let flipped = |ours: &[f32]| {
+                ours.iter()
+                    .zip(plane)
+                    .filter(|(a, b)| (**a > 0.0) != (**b > 0.0) && b.abs() >= 0.01)
+                    .count()
+            };
+            let cleaned = flipped(&pred.logits_with(i, &cleanup).unwrap());
+            let plain = flipped(&pred.logits(i).unwrap());
+            println!(
+                "{} mask {i}: {cleaned} pixels flipped outside the band ({plain} without the \
+                 clean-up)",
+                case.name
+            );
+            assert_eq!(cleaned, 0, "{} mask {i}", case.name);
+            assert!(
+                plain > 0,
+                "{} mask {i}: the clean-up changed nothing",
+                case.name
+            );
+        }
+    }
 }
 
 fn websam_cli(args: &[&str]) -> std::process::Output {

@@ -285,3 +285,136 @@ export async function firstMask(name) {
   sys.dispose();
   return ms;
 }
+
+// ------------------------------------------------------------------ SAM 2.1 (bench/sam2_browser.mjs)
+
+const IMAGENET_MEAN = [0.485, 0.456, 0.406];
+const IMAGENET_STD = [0.229, 0.224, 0.225];
+
+async function imageAt(url) {
+  const blob = await (await fetch(url)).blob();
+  return createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+}
+
+/**
+ * onnxruntime-web's wasm backend on the SAM 2 exports (bench/sam2_export_onnx.py), used as the
+ * peers' web demos use them. The encode is the preprocessing and `encoder.run`: SAM 2 resizes to
+ * 1024x1024 without keeping the aspect ratio (bilinear, antialiased, as torchvision's Resize);
+ * here, as in those demos, a canvas drawImage to 1024x1024 does it (the canvas's default
+ * bilinear filter, to 8-bit pixels: the embeddings differ from websam's by that; where the image
+ * is enlarged, as chelsea is, torchvision's antialiasing changes nothing), then /255 and
+ * ImageNet's mean and std, planar. The decode is `decoder.run` on one prompt (masks bilinear to
+ * the image size inside the graph), then the best of the three candidates by predicted IoU
+ * thresholded at 0, as websam's `predict` returns it.
+ */
+async function onnxSam2(threads, encoderUrl, decoderUrl) {
+  const ort = await ortLoad();
+  ort.env.wasm.numThreads = threads;
+  const options = { executionProviders: ['wasm'], graphOptimizationLevel: 'all' };
+  const bytes = async (url) => new Uint8Array(await (await fetch(url)).arrayBuffer());
+  const encoder = await ort.InferenceSession.create(await bytes(encoderUrl), options);
+  const decoder = decoderUrl ? await ort.InferenceSession.create(await bytes(decoderUrl), options) : null;
+  const S = 1024;
+  let features = null;
+  let w = 0;
+  let h = 0;
+  return {
+    info: `onnxruntime-web ${ort.env.versions?.web ?? ''} wasm, ${threads} thread${threads > 1 ? 's' : ''}`,
+    encode: async (bitmap) => {
+      w = bitmap.width;
+      h = bitmap.height;
+      const canvas = new OffscreenCanvas(S, S);
+      const ctx = canvas.getContext('2d');
+      ctx.drawImage(bitmap, 0, 0, S, S);
+      const px = ctx.getImageData(0, 0, S, S).data;
+      const input = new Float32Array(3 * S * S);
+      for (let i = 0; i < S * S; i++) {
+        for (let c = 0; c < 3; c++) input[c * S * S + i] = (px[i * 4 + c] / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+      }
+      features = await encoder.run({ image: new ort.Tensor('float32', input, [1, 3, S, S]) });
+    },
+    embedding: async () => features.image_embed.getData(),
+    decode: async ({ points }) => {
+      const coords = Float32Array.from(points.flatMap(([x, y]) => [(x * S) / w, (y * S) / h]));
+      const labels = Float32Array.from(points.map((p) => p[2]));
+      const n = labels.length;
+      const out = await decoder.run({
+        image_embed: features.image_embed,
+        high_res_feats_0: features.high_res_feats_0,
+        high_res_feats_1: features.high_res_feats_1,
+        point_coords: new ort.Tensor('float32', coords, [1, n, 2]),
+        point_labels: new ort.Tensor('float32', labels, [1, n]),
+        mask_input: new ort.Tensor('float32', new Float32Array(256 * 256), [1, 1, 256, 256]),
+        has_mask_input: new ort.Tensor('float32', new Float32Array([0]), [1]),
+        orig_im_size: new ort.Tensor('float32', new Float32Array([h, w]), [2]),
+      });
+      const iou = await out.iou_predictions.getData();
+      let pick = 0;
+      for (let i = 1; i < iou.length; i++) if (iou[i] > iou[pick]) pick = i;
+      const logits = await out.masks.getData();
+      const plane = w * h;
+      const mask = new Uint8Array(plane);
+      for (let i = 0; i < plane; i++) mask[i] = logits[pick * plane + i] > 0 ? 1 : 0;
+      return { mask, iou: Array.from(iou), best: pick };
+    },
+    dispose: () => {
+      encoder.release?.();
+      decoder?.release?.();
+    },
+  };
+}
+
+/**
+ * SAM 2.1 on the CPU path (bench/sam2_browser.mjs): websam (`Sam` on 1 thread, `SamWorker` on
+ * the machine's threads) on the checkpoint `weights`, or onnxruntime-web's wasm backend (1
+ * thread, or the machine's) on the ONNX exports `encoder` and `decoder` of the same weights.
+ * The image at `image`: a warm-up encode, `runs` timed encodes; then, where there is a decoder
+ * (websam always), a warm-up decode of `prompt` and `runs` timed ones. Returns the times, every
+ * 97th value of image_embed, and the decode's best mask (its pixel count, predicted IoUs, and
+ * every 7th pixel, to compare the systems).
+ */
+export async function sam2Only(name, { weights, encoder, decoder, image, prompt, runs = 3 }) {
+  const bitmap = await imageAt(image);
+  const t = performance.now();
+  let sys;
+  if (name.startsWith('websam')) {
+    const mt = name === 'websam-cpu-mt';
+    const threads = mt ? navigator.hardwareConcurrency : 1;
+    const sam = mt
+      ? await SamWorker.load({ weights, backend: 'cpu', cache: false, threads })
+      : await Sam.load({ weights, backend: 'cpu', cache: false, threads });
+    if (sam.family !== 'sam2') throw new Error(`websam loaded a ${sam.family} model from ${weights}`);
+    sys = {
+      info: `websam wasm${mt ? ', SamWorker' : ''}, ${sam.threads} thread${sam.threads > 1 ? 's' : ''}`,
+      encode: (b) => sam.setImage(b),
+      embedding: async () => (await sam.getEmbedding()).data,
+      decode: async (p) => {
+        const r = await sam.predict(p);
+        return { mask: r.masks[r.best].data, iou: r.masks.map((m) => m.score), best: r.best };
+      },
+      dispose: () => sam.dispose(),
+    };
+  } else {
+    sys = await onnxSam2(name === 'ort-wasm-mt' ? navigator.hardwareConcurrency : 1, encoder, decoder);
+  }
+  const loadMs = performance.now() - t;
+  await sys.encode(bitmap); // warm-up
+  const encodes = [];
+  for (let i = 0; i < runs; i++) encodes.push((await timed(() => sys.encode(bitmap)))[0]);
+  const data = await sys.embedding();
+  const sample = [];
+  for (let i = 0; i < data.length; i += 97) sample.push(data[i]);
+  let decode = null;
+  let mask = null;
+  if (name.startsWith('websam') || decoder) {
+    const first = await sys.decode(prompt); // warm-up
+    const decodes = [];
+    for (let i = 0; i < runs; i++) decodes.push((await timed(() => sys.decode(prompt)))[0]);
+    decode = stats(decodes);
+    const pixels = [];
+    for (let i = 0; i < first.mask.length; i += 7) pixels.push(first.mask[i]);
+    mask = { ones: first.mask.reduce((a, b) => a + b, 0), iou: first.iou, best: first.best, pixels };
+  }
+  sys.dispose();
+  return { name, info: sys.info.trim(), loadMs, encode: stats(encodes), decode, sample, mask };
+}

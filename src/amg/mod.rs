@@ -14,7 +14,7 @@ pub mod rle;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::image::{stability_score_at, threshold, ImageFrame, RgbImage};
+use crate::image::{stability_score_at, threshold, ImageFrame, MaskCleanup, RgbImage};
 use crate::model::sam::{ImageEmbedding, Point, PointLabel, Prediction, Prompt};
 use crate::predictor::Predictor;
 pub use regions::{remove_small_regions, Regions};
@@ -374,6 +374,11 @@ struct Crop {
 pub struct MaskGenerator {
     opts: GeneratorOptions,
     grids: Vec<Vec<[f64; 2]>>,
+    /// The masks' clean-up before their stability (SAM 2's, with a minimum region area).
+    cleanup: MaskCleanup,
+    /// SAM 2's generator: its minimum region area is the clean-up's alone (sam2's
+    /// `SAM2AutomaticMaskGenerator` does not post-process the records' small regions).
+    sam2: bool,
     /// The image's pixels, for the crops (not needed without crop layers).
     image: Option<RgbImage>,
     /// The embedding of the whole image, set back on the predictor after the crops.
@@ -405,6 +410,14 @@ impl MaskGenerator {
         let default_iou = if predictor.is_sam2() { 0.8 } else { 0.88 };
         opts.pred_iou_thresh = Some(opts.pred_iou_thresh.unwrap_or(default_iou));
         let grids = opts.point_grids()?;
+        // SAM2AutomaticMaskGenerator's min_mask_region_area sets its predictor's clean-up of each
+        // mask's low-res logits (holes and sprinkles up to that area, before its stability is
+        // measured), and only that.
+        let cleanup = if predictor.is_sam2() && opts.min_mask_region_area > 0.0 {
+            MaskCleanup::new(opts.min_mask_region_area, opts.min_mask_region_area)?
+        } else {
+            MaskCleanup::default()
+        };
         let embedding = predictor.embedding()?.clone();
         let size = embedding.frame.original;
         if opts.crop_n_layers > 0 {
@@ -444,6 +457,8 @@ impl MaskGenerator {
         Ok(Self {
             opts,
             grids,
+            cleanup,
+            sam2: predictor.is_sam2(),
             image,
             embedding,
             size,
@@ -597,7 +612,7 @@ impl MaskGenerator {
     ) -> Result<Option<MaskRecord>> {
         let frame: &ImageFrame = &pred.frame;
         // SAM 2's from its unclamped low-res logits, as its predictor makes its masks.
-        let logits = pred.logits(m)?;
+        let logits = pred.logits_with(m, &self.cleanup)?;
         let stability = stability_score_at(&logits, self.opts.stability_score_offset);
         // NaN (both thresholds empty) is dropped, as the reference's comparison drops it.
         let kept = stability >= self.opts.stability_score_thresh as f32;
@@ -651,7 +666,7 @@ impl MaskGenerator {
             let keep = nms(&boxes, &scores, self.opts.crop_nms_thresh);
             masks = select(masks, &keep);
         }
-        if self.opts.min_mask_region_area > 0.0 {
+        if self.opts.min_mask_region_area > 0.0 && !self.sam2 {
             masks = postprocess_small_regions(
                 masks,
                 self.opts.min_mask_region_area,

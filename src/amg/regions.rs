@@ -2,8 +2,7 @@
 //! an area removed from a mask, by 8-connected components (imageproc's labelling, where the
 //! reference calls OpenCV's `connectedComponentsWithStats`).
 
-use image::{GrayImage, Luma};
-use imageproc::region_labelling::{connected_components, Connectivity};
+use crate::image::label_components;
 
 /// Which regions [`remove_small_regions`] removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,19 +23,14 @@ pub fn remove_small_regions(
     mode: Regions,
 ) -> bool {
     let holes = mode == Regions::Holes;
-    // The working mask: the regions to label are its non-zero pixels.
-    let working: Vec<u8> = mask.iter().map(|&m| u8::from((m != 0) ^ holes)).collect();
-    let Some(working) = GrayImage::from_raw(width as u32, height as u32, working) else {
+    if mask.len() != height * width {
         return false;
-    };
-    let labels = connected_components(&working, Connectivity::Eight, Luma([0u8]));
-    let labels: Vec<u32> = labels.into_raw();
-    let n = labels.iter().copied().max().unwrap_or(0) as usize;
-    // Sizes of regions 1..=n (index 0: the unlabelled pixels).
-    let mut sizes = vec![0u64; n + 1];
-    for &l in &labels {
-        sizes[l as usize] += 1;
     }
+    // The regions to label: the mask's pixels, or the pixels outside it.
+    let working: Vec<bool> = mask.iter().map(|&m| (m != 0) ^ holes).collect();
+    // Sizes of regions 1..=n (index 0: the unlabelled pixels).
+    let (labels, sizes) = label_components(&working, height, width);
+    let n = sizes.len() - 1;
     let small: Vec<bool> = sizes.iter().map(|&s| (s as f64) < area).collect();
     if !(1..=n).any(|l| small[l]) {
         return false;

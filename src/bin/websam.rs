@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sha2::{Digest, Sha256};
 use websam::amg::{records_to_json, GeneratorOptions, MaskGenerator, MaskRecord};
 use websam::gpu::context::Precision;
-use websam::image::{ImageFrame, RgbImage};
+use websam::image::{ImageFrame, MaskCleanup, RgbImage};
 use websam::model::config::{IMAGE_SIZE, LOW_RES_SIDE};
 use websam::model::sam::Sam;
 use websam::model::sam::{read_npy_f32, ImageEmbedding, Point, PointLabel, Prediction, Prompt};
@@ -372,9 +372,21 @@ struct PromptArgs {
     /// Three candidate masks instead of one.
     #[arg(long)]
     multimask: bool,
+    /// SAM2ImagePredictor's max_hole_area: regions outside a mask of at most this many low-res
+    /// (256x256) pixels are filled before the mask is made at the image's size (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    max_hole_area: f64,
+    /// SAM2ImagePredictor's max_sprinkle_area: regions of a mask of at most this many low-res
+    /// pixels are dropped (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    max_sprinkle_area: f64,
 }
 
 impl PromptArgs {
+    fn cleanup(&self) -> Result<MaskCleanup> {
+        MaskCleanup::new(self.max_hole_area, self.max_sprinkle_area)
+    }
+
     fn to_prompt(&self) -> Result<Prompt> {
         let mask_input = match &self.mask_input {
             None => None,
@@ -532,7 +544,7 @@ fn run(cli: Cli) -> Result<()> {
             out_dir,
         } => {
             let mut sam = load(&weights, &engine)?;
-            let prompt = prompt.to_prompt()?;
+            let (cleanup, prompt) = (prompt.cleanup()?, prompt.to_prompt()?);
             let (h, w) = orig_size.unwrap_or((IMAGE_SIZE, IMAGE_SIZE));
             let bytes = std::fs::read(&embedding).map_err(io_err(&embedding))?;
             let emb = ImageEmbedding::from_file_bytes(&bytes, sam.frame(h, w)?)
@@ -541,7 +553,7 @@ fn run(cli: Cli) -> Result<()> {
             pollster::block_on(sam.set_embedding(emb))?;
             // Masks only exist in an image's frame.
             let (pred, masks) = if orig_size.is_some() {
-                let (pred, masks) = pollster::block_on(sam.predict(&prompt))?;
+                let (pred, masks) = pollster::block_on(sam.predict_with(&prompt, &cleanup))?;
                 (pred, Some(masks))
             } else {
                 (pollster::block_on(sam.predict_low_res(&prompt))?, None)
@@ -577,13 +589,13 @@ fn run(cli: Cli) -> Result<()> {
             out,
         } => {
             let mut sam = load(&weights, &engine)?;
-            let prompt = prompt.to_prompt()?;
+            let (cleanup, prompt) = (prompt.cleanup()?, prompt.to_prompt()?);
             let img = RgbImage::open(&image)?;
             let t = Instant::now();
             pollster::block_on(sam.set_image(&img))?;
             eprintln!("embedded in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            let (pred, masks) = pollster::block_on(sam.predict(&prompt))?;
+            let (pred, masks) = pollster::block_on(sam.predict_with(&prompt, &cleanup))?;
             eprintln!("decoded in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
             report(&pred);
             let best = &masks[pred.best()];

@@ -11,7 +11,7 @@ use crate::gpu::kernels::resize::resize_bilinear;
 use crate::gpu::{GpuContext, GpuTensor, Recorder};
 use crate::image::{
     postprocess_logits, preprocess, preprocess_sam2, stability_score, threshold, Fit, ImageFrame,
-    RgbImage,
+    MaskCleanup, RgbImage,
 };
 use crate::model::backend::{dims4, Backend, Cpu};
 use crate::model::config::{
@@ -451,6 +451,12 @@ impl Prediction {
     /// Logits of mask `i` at the original image size (`Sam.postprocess_masks`; SAM 2's from
     /// the unclamped low-res logits).
     pub fn logits(&self, i: usize) -> Result<Vec<f32>> {
+        self.logits_with(i, &MaskCleanup::default())
+    }
+
+    /// [`Self::logits`] after `cleanup` (SAM2ImagePredictor's holes and sprinkles) on the
+    /// low-res logits.
+    pub fn logits_with(&self, i: usize, cleanup: &MaskCleanup) -> Result<Vec<f32>> {
         if i >= self.num_masks() {
             return Err(Error::invalid(format!(
                 "mask index {i} out of range ({} masks)",
@@ -462,13 +468,22 @@ impl Prediction {
             Some(u) => &u[i * n..(i + 1) * n],
             None => self.low_res(i),
         };
-        postprocess_logits(low_res, &self.frame)
+        if cleanup.is_off() {
+            postprocess_logits(low_res, &self.frame)
+        } else {
+            postprocess_logits(&cleanup.apply(low_res), &self.frame)
+        }
     }
 
     /// Every mask at the original image size, thresholded at 0, with its scores.
     pub fn masks(&self) -> Result<Vec<Mask>> {
+        self.masks_with(&MaskCleanup::default())
+    }
+
+    /// [`Self::masks`] after `cleanup` on the low-res logits.
+    pub fn masks_with(&self, cleanup: &MaskCleanup) -> Result<Vec<Mask>> {
         crate::threads::map(self.num_masks(), |i| {
-            self.mask_from_logits(i, &self.logits(i)?)
+            self.mask_from_logits(i, &self.logits_with(i, cleanup)?)
         })
     }
 

@@ -48,6 +48,9 @@ async function decodes(sam, names, band) {
     const c = all.find((x) => x.name === name);
     const prompt = promptOf(c);
     if (c.mask_input) prompt.maskInput = await npy('sam2/' + c.mask_input);
+    // SAM2ImagePredictor's max_hole_area / max_sprinkle_area (the `imagefill_` cases).
+    if (c.max_hole_area) prompt.maxHoleArea = c.max_hole_area;
+    if (c.max_sprinkle_area) prompt.maxSprinkleArea = c.max_sprinkle_area;
     const t = performance.now();
     const r = await sam.predict(prompt);
     const ms = performance.now() - t;
@@ -79,10 +82,12 @@ async function decodes(sam, names, band) {
   return out;
 }
 
-const CPU_CASES = ['image_click', 'image_click_single', 'image_box', 'image_box_points', 'image_points', 'image_refine'];
+const CPU_CASES = ['image_click', 'image_click_single', 'image_box', 'image_box_points', 'image_points', 'image_refine',
+  'imagefill_click', 'imagefill_box'];
 // SwiftShader takes seconds per decode: a multimask click (with its masks at the image's size),
-// a single-mask click (the dynamic fallback) and a refinement with a mask input.
-const GPU_CASES = ['image_click', 'image_click_single', 'image_refine'];
+// a single-mask click (the dynamic fallback), a refinement with a mask input, and a box with the
+// holes of its mask filled.
+const GPU_CASES = ['image_click', 'image_click_single', 'image_refine', 'imagefill_box'];
 
 /**
  * `cpuApi` on the CPU path (`threads`) encodes chelsea: its three maps, every golden case and

@@ -4,7 +4,8 @@
 // `cargo run --example fixture_checkpoint -- sam2`, run here when target/fixtures/ lacks it; its
 // trunk named in the file's metadata) against sam2 1.1.0's goldens (tools/golden/make_sam2.py):
 // SamWorker on the CPU path with 2 threads encodes chelsea (the three maps within 1e-4 of each
-// map's largest magnitude, every golden case; segment everything against sam2's
+// map's largest magnitude, every golden case, with SAM2ImagePredictor's max_hole_area and
+// max_sprinkle_area too; segment everything against sam2's
 // SAM2AutomaticMaskGenerator, tests/fixtures/amg/sam2_fixture_grid.json), and its embedding, exported as .npz, decodes on
 // WebGPU in Sam (the GPU's criteria, as tests/sam2.rs).
 import { after, before, describe, test } from 'node:test';
@@ -61,8 +62,8 @@ describe('SAM 2.1', () => {
     assert.deepEqual(cpu.size, [451, 300]);
     assert.deepEqual(cpu.highResLengths, [32 * 256 * 256, 64 * 128 * 128]);
     for (const [name, rel] of Object.entries(cpu.maps)) assert.ok(rel <= 1e-4, `${name}: ${rel} of its largest magnitude`);
-    checkCases('cpu', cpu.cases, 1e-3,
-      ['image_click', 'image_click_single', 'image_box', 'image_box_points', 'image_points', 'image_refine']);
+    checkCases('cpu', cpu.cases, 1e-3, ['image_click', 'image_click_single', 'image_box', 'image_box_points',
+      'image_points', 'image_refine', 'imagefill_click', 'imagefill_box']);
     const ev = r.everything;
     console.log(`  segment everything: ${ev.count} records (reference ${ev.reference}) in ${ev.ms.toFixed(0)} ms; ` +
       `${ev.flips} pixels differ, all in the band; predicted_iou within ${ev.worstIou.toExponential(2)}, ` +
@@ -81,6 +82,6 @@ describe('SAM 2.1', () => {
     console.log(`Sam webgpu (${gpu.adapter}): load ${gpu.loadMs.toFixed(0)} ms`);
     assert.equal(gpu.family, 'sam2');
     assert.equal(gpu.backend, 'webgpu');
-    checkCases('webgpu', gpu.cases, 2e-3, ['image_click', 'image_click_single', 'image_refine']);
+    checkCases('webgpu', gpu.cases, 2e-3, ['image_click', 'image_click_single', 'image_refine', 'imagefill_box']);
   });
 });

@@ -142,6 +142,10 @@ CASES = [
          options=dict(points_per_side=4, **SAM2_FIXTURE_OPTIONS)),
     dict(case="sam2_fixture_crop", weights="sam2_fixture", image=CHELSEA,
          options=dict(crop_n_layers=1, points_per_side=2, **SAM2_FIXTURE_OPTIONS)),
+    # min_mask_region_area only sets the predictor's max_hole_area and max_sprinkle_area
+    # (sam2 1.1.0's generator does not remove small regions from the records at the end).
+    dict(case="sam2_fixture_min_region", weights="sam2_fixture", image=CHELSEA,
+         options=dict(points_per_side=4, min_mask_region_area=40, **SAM2_FIXTURE_OPTIONS)),
 ]
 
 
@@ -157,17 +161,30 @@ class Family:
         self.sam2 = is_sam2
         if is_sam2:
             import sam2.automatic_mask_generator as module
+            import sam2.utils.misc
             from sam2.sam2_image_predictor import SAM2ImagePredictor
+            import make_sam2
+
+            # The generator's predictor cleans masks of holes and sprinkles (min_mask_region_area)
+            # with a CUDA kernel that is not built without CUDA (it would skip the step): scipy's
+            # 8-connected labelling stands in for it (make_sam2.connected_components_8).
+            sam2.utils.misc.get_connected_components = make_sam2.connected_components_8
             self.generator, self.module = module.SAM2AutomaticMaskGenerator, module
             self.predictor, self.predict_name = SAM2ImagePredictor, "_predict"
         else:
             self.generator, self.module = SamAutomaticMaskGenerator, amg_module
             self.predictor, self.predict_name = SamPredictor, "predict_torch"
 
-    def point_logits(self, model):
+    def point_logits(self, model, options: dict):
         """f(crop_key, crop_image, point) -> (logits at the crop's size, predicted IoU), one
-        positive point, multimask, each crop's features computed once."""
-        predictor, cache = self.predictor(model), {}
+        positive point, multimask, each crop's features computed once; SAM 2's predictor with
+        the generator's clean-up (max_hole_area = max_sprinkle_area = min_mask_region_area)."""
+        if self.sam2:
+            area = options["min_mask_region_area"]
+            predictor = self.predictor(model, max_hole_area=area, max_sprinkle_area=area)
+        else:
+            predictor = self.predictor(model)
+        cache = {}
         attrs = (("_features", "_orig_hw", "_is_image_set") if self.sam2
                  else ("features", "original_size", "input_size", "is_image_set"))
 
@@ -364,13 +381,15 @@ class ScoreRecorder:
                 "stability": near(self.stabs, st, lambda v: v >= st)}
 
 
-def label_nms_calls(calls: list, image_size, options: dict) -> list:
+def label_nms_calls(calls: list, image_size, options: dict, fam: Family) -> list:
     crop_boxes, _ = generate_crop_boxes(image_size, options["crop_n_layers"],
                                         options["crop_overlap_ratio"])
     stages = [("crop", box) for box in crop_boxes]
     if len(crop_boxes) > 1:
         stages.append(("crops", None))
-    if options["min_mask_region_area"] > 0:
+    # SAM2AutomaticMaskGenerator (sam2 1.1.0) never calls its postprocess_small_regions: its
+    # min_mask_region_area only sets its predictor's max_hole_area and max_sprinkle_area.
+    if options["min_mask_region_area"] > 0 and not fam.sam2:
         stages.append(("min_region", None))
     # postprocess_small_regions returns early (no NMS) when there is nothing to process.
     assert len(calls) == len(stages) or (len(calls) == len(stages) - 1
@@ -388,12 +407,13 @@ def label_nms_calls(calls: list, image_size, options: dict) -> list:
 # --------------------------------------------------------------------------
 # Band and min-region bookkeeping
 # --------------------------------------------------------------------------
-def bands(model, fam: Family, image: np.ndarray, records: list, changed: set) -> tuple:
+def bands(model, fam: Family, options: dict, image: np.ndarray, records: list,
+          changed: set) -> tuple:
     """Per record the |logit| < BAND mask (original frame), the largest predicted-IoU mismatch
     and the largest count of pixels where the recomputed mask > 0 disagrees with the record
     outside the band (records changed by the small-region removal excluded)."""
     h, w = image.shape[:2]
-    point_logits = fam.point_logits(model)
+    point_logits = fam.point_logits(model, options)
     out, max_diff, max_outside, flips = [], 0.0, 0, 0
     for idx, rec in enumerate(records):
         x0, y0, cw, ch = [int(v) for v in rec["crop_box"]]
@@ -471,7 +491,7 @@ def run_case(spec: dict, model, out_dir: str, timings: dict) -> dict:
         again = gen.generate(image)
         timings[name].append((time.perf_counter() - t0, time.process_time() - c0, load))
         assert json.dumps(again) == json.dumps(records), "generate() is not repeatable"
-    nms = label_nms_calls(calls, (h, w), options)
+    nms = label_nms_calls(calls, (h, w), options, fam)
     print(f"== {name}: {len(records)} records, generate " + "; again ".join(
         f"{wall:.2f} s (CPU {cpu:.2f} s, load average before {load:.2f})"
         for wall, cpu, load in timings[name]))
@@ -491,9 +511,10 @@ def run_case(spec: dict, model, out_dir: str, timings: dict) -> dict:
     print("  records per crop (XYWH): " + ", ".join(f"{list(k)}: {v}" for k, v in per_crop.items()))
 
     changed, pixels = set(), 0
-    if options["min_mask_region_area"] > 0:
+    small_regions = options["min_mask_region_area"] > 0 and not fam.sam2
+    if small_regions:
         changed, pixels = min_region_changes(model, fam, image, options, records)
-    band, max_diff, max_outside, flips = bands(model, fam, image, records, changed)
+    band, max_diff, max_outside, flips = bands(model, fam, options, image, records, changed)
     stab = np.array([r["stability_score"] for r in records], dtype=np.float64)
     areas = [r["area"] for r in records]
     print(f"  band: max |predicted IoU diff| {max_diff:.2e}; recomputed masks differ from the "
@@ -506,7 +527,7 @@ def run_case(spec: dict, model, out_dir: str, timings: dict) -> dict:
     doc = {"case": name, "weights": spec["weights"], "image": spec["image"],
            "image_size": [h, w], "options": options, "records": records, "band": band,
            "nms": nms, "threshold_margins": margins}
-    if options["min_mask_region_area"] > 0:
+    if small_regions:
         doc["changed_by_min_region"] = len(changed)
         doc["pixels_changed_by_min_region"] = pixels
     doc["versions"] = dict(versions(), pycocotools=metadata.version("pycocotools"),

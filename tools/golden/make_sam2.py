@@ -31,7 +31,10 @@ Writes into tests/fixtures/sam2/:
   case_<name>_low_res_logits.npy, case_<name>_iou.npy, and for some case_<name>_logits.npy
                         (f16: the logits at the image's size, return_logits=True)
   cases.json            the cases: `features` ones decode the manifest's generated features (an
-                        image of 300x451), `image` ones decode chelsea's own features
+                        image of 300x451), `image` ones decode chelsea's own features, `fill`
+                        (and `imagefill`) ones the generated (chelsea's) features with
+                        SAM2ImagePredictor's max_hole_area / max_sprinkle_area (scipy's 8-connected labelling standing in for the
+                        CUDA kernel sam2 calls for it, which is not built without CUDA)
   resize.json, resize_sample.npy
                         SAM2Transforms on a synthetic 1300x1100 image (antialiased downscale):
                         SAMPLE values of the normalised 1024x1024 input
@@ -206,6 +209,72 @@ CASES = [
 ]
 
 
+# SAM2ImagePredictor's post-processing (max_hole_area, max_sprinkle_area): on the features'
+# decoder, the low-res logits' holes (8-connected components of <= 0) and sprinkles (of > 0, found
+# in the logits before the holes were filled) up to that area set to +10 / -10 before the
+# upscaling to the image's size. The low-res logits the predictor returns are not touched.
+FILL_CASES = [
+    dict(name="click", points=[[250.0, 170.0]], labels=[1], multimask=True, full=True,
+         max_hole_area=40.0, max_sprinkle_area=40.0),
+    dict(name="box", box=[60.0, 40.0, 330.0, 260.0], multimask=False, full=True,
+         max_hole_area=300.0, max_sprinkle_area=0.0),
+]
+
+
+def connected_components_8(mask: torch.Tensor):
+    """What sam2's CUDA kernel `_C.get_connected_componnets` returns (sam2.utils.misc
+    .get_connected_components): per pixel of each (N, 1, H, W) plane, its 8-connected
+    component's label (0 outside) and the component's area (0 outside). The kernel is not built
+    without CUDA, and the predictor then skips the post-processing with a warning; this stands
+    in for it, scipy's labelling with a 3x3 structure."""
+    from scipy import ndimage
+
+    m = mask.to(torch.uint8).numpy()
+    labels = np.zeros(m.shape, np.int32)
+    areas = np.zeros(m.shape, np.int32)
+    for i in range(m.shape[0]):
+        lab, _ = ndimage.label(m[i, 0], structure=np.ones((3, 3), dtype=int))
+        sizes = np.bincount(lab.ravel())
+        labels[i, 0] = lab
+        areas[i, 0] = np.where(lab > 0, sizes[lab], 0)
+    return torch.from_numpy(labels), torch.from_numpy(areas)
+
+
+def run_fill_cases(model, features, out, prefix, plain_prefix):
+    """FILL_CASES on `features`, each with a predictor of its own areas; checks that the
+    post-processing changed some of the masks' pixels, and that the low-res logits and IoU are
+    those of the same prompt without it (case `plain_prefix` + name), whose files the row names."""
+    import sam2.utils.misc as misc
+
+    misc.get_connected_components = connected_components_8
+    plain = SAM2ImagePredictor(model)
+    plain._features, plain._orig_hw, plain._is_image_set = features, [(300, 451)], True
+    rows = []
+    for c in FILL_CASES:
+        areas = dict(max_hole_area=c["max_hole_area"], max_sprinkle_area=c["max_sprinkle_area"])
+        fill = SAM2ImagePredictor(model, **areas)
+        fill._features, fill._orig_hw, fill._is_image_set = features, [(300, 451)], True
+        row, _ = predict(fill, c, out, prefix)
+        for key in ("low_res_logits", "iou"):
+            same = f"case_{plain_prefix}{c['name']}_{key}.npy"
+            assert np.array_equal(np.load(os.path.join(out, row[key])),
+                                  np.load(os.path.join(out, same))), (row[key], same)
+            os.remove(os.path.join(out, row[key]))
+            row[key] = same
+        with torch.no_grad():
+            kw = dict(point_coords=np.array(c["points"], np.float32) if c.get("points") else None,
+                      point_labels=np.array(c["labels"]) if c.get("labels") else None,
+                      box=np.array(c["box"], np.float32) if c.get("box") else None,
+                      multimask_output=c["multimask"], return_logits=True)
+            before, _, _ = plain.predict(**kw)
+            after, _, _ = fill.predict(**kw)
+        changed = [int(((before[i] > 0) != (after[i] > 0)).sum()) for i in range(len(after))]
+        print(f"  {prefix}{c['name']}: {changed} pixels of the masks changed by the post-processing")
+        assert all(n > 0 for n in changed), changed
+        rows.append(row)
+    return rows
+
+
 def run_cases(predictor, out, prefix):
     rows = []
     best_click = None
@@ -300,17 +369,19 @@ def main():
         print(make_fixtures.stats(k, a))
     write(os.path.join(out, "image.json"), json.dumps(image_rows, indent=1) + "\n")
     image_cases = run_cases(predictor, out, "image_")
+    image_fill_cases = run_fill_cases(model, predictor._features, out, "imagefill_", "image_")
 
     # ---- decode only: the generated features, in chelsea's frame ---------------------------
     predictor._features = {"image_embed": features["image_embed"],
                            "high_res_feats": [features["high_res_feats_0"],
                                               features["high_res_feats_1"]]}
     feature_cases = run_cases(predictor, out, "features_")
-    for r in image_cases + feature_cases:
+    fill_cases = run_fill_cases(model, predictor._features, out, "fill_", "features_")
+    rows = feature_cases + image_cases + fill_cases + image_fill_cases
+    for r in rows:
         r["orig_size"] = [300, 451]
     cases_head = {"image": IMAGE, "reference": versions()}
-    write(os.path.join(out, "cases.json"), make_vit.one_per_line(
-        cases_head, "cases", feature_cases + image_cases))
+    write(os.path.join(out, "cases.json"), make_vit.one_per_line(cases_head, "cases", rows))
 
     # ---- the transforms on an image larger than 1024 (antialiased downscale) ---------------
     big = synthetic_image()
