@@ -14,7 +14,10 @@
 //!   magnitude (1e-3 from our features), IoU within 2e-4, masks at the image's size flipped
 //!   only where the reference's logit is within 0.01 of 0; SAM 2's single-mask request picks
 //!   the reference's mask (the dynamic fallback to multimask).
-//! - configuration detection on the official T / S / B+ / L key sets.
+//! - configuration detection on the official T / S / B+ / L key sets;
+//! - the GPU in f16 (shader-f16): the maps within 2e-2, a click's masks as tests/gpu_f16.rs
+//!   states for that path;
+//! - SAM2ImagePredictor's max_hole_area / max_sprinkle_area (`fill_` cases).
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
@@ -346,6 +349,56 @@ fn gpu_features_and_decodes_match() {
     check_map(&s, "high_res_feats_0", &flat(s0), 2e-3);
     check_map(&s, "high_res_feats_1", &flat(s1), 2e-3);
     check_decodes(&gpu_decode(&sam, &prepared), "image_", 2e-3, 0.05, false);
+}
+
+/// In f16 (`Precision::F16`, where the adapter offers shader-f16: GEMM weights stored as f16),
+/// with the f16 path's tolerances (tests/gpu_f16.rs): the three maps within 2e-2 of their largest
+/// magnitude; from them, the click's three masks flip at most 0.5% of the pixels and only where
+/// the reference's logit is within 0.1 of 0, low-res logits within 1e-2 of their largest
+/// magnitude (SAM 2's reach +-32), IoU within 5e-2.
+#[test]
+fn gpu_f16_features_and_decodes_match() {
+    let ctx = gpu::ctx()
+        .with_precision(websam::gpu::context::Precision::F16)
+        .unwrap_or_else(|e| panic!("the f16 test needs shader-f16: {e}"));
+    let sam = pollster::block_on(GpuSam::upload_with_hiera(
+        &ctx,
+        &weights(),
+        Some(&fixture_hiera()),
+    ))
+    .unwrap();
+    let s = sampled();
+    let (embedding, prepared) = pollster::block_on(sam.embed(&chelsea())).unwrap();
+    check_map(&s, "image_embed", &flat(&embedding.features), 2e-2);
+    let [s0, s1] = embedding.high_res.as_ref().unwrap();
+    check_map(&s, "high_res_feats_0", &flat(s0), 2e-2);
+    check_map(&s, "high_res_feats_1", &flat(s1), 2e-2);
+    let case = &cases("image_click")[0];
+    let (pred, planes) = gpu_decode(&sam, &prepared)(&case.prompt());
+    let reference = npy_vec(&case.low_res_logits);
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let logits = max_abs_diff(&pred.low_res_logits, &reference) / scale;
+    let iou = max_abs_diff(&pred.iou, &npy_vec(&case.iou));
+    println!(
+        "f16 image_click: low-res logits within {logits:.2e} of their largest magnitude {scale}, \
+         IoU {iou:.2e}"
+    );
+    assert!(
+        logits <= 1e-2 && iou <= 5e-2,
+        "logits {logits:e}, IoU {iou:e}"
+    );
+    let reference = npy_vec(case.logits.as_ref().unwrap());
+    let (h, w) = (case.orig_size[0], case.orig_size[1]);
+    for (i, ours) in planes.iter().enumerate() {
+        let plane = &reference[i * h * w..(i + 1) * h * w];
+        let flipped = common::mask_mismatches(ours, plane, 0.0);
+        let outside = common::mask_mismatches(ours, plane, 0.1);
+        println!(
+            "f16 image_click mask {i}: {flipped} of {} pixels flip, {outside} outside +-0.1",
+            h * w
+        );
+        assert!(flipped as f64 <= 5e-3 * (h * w) as f64 && outside == 0);
+    }
 }
 
 // The decode-only cases on the GPU, with which way the fallback went: about a minute more on
