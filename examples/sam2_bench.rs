@@ -82,6 +82,8 @@ fn main() -> websam::Result<()> {
         median(encodes.clone())
     );
     println!("decode median {:.4} s of {runs}", median(decodes));
-    std::fs::write(&args[4], embedding.to_npy_bytes()?).expect("write the embedding");
+    // image_embed alone (the .npy of one array; SAM 2's whole embedding is an .npz).
+    let image_embed = websam::model::sam::ImageEmbedding::new(embedding.features, embedding.frame)?;
+    std::fs::write(&args[4], image_embed.to_npy_bytes()?).expect("write the embedding");
     Ok(())
 }

@@ -78,6 +78,18 @@ fn sampled() -> Sampled {
     serde_json::from_slice(&std::fs::read(fixture("sam2/image.json")).unwrap()).unwrap()
 }
 
+/// Checks the three maps of `e` against the script's samples, within `tol` of each map's
+/// largest magnitude.
+fn check_maps(s: &Sampled, e: &ImageEmbedding, tol: f32) {
+    check_map(s, "image_embed", &flat(&e.features), tol);
+    let [s0, s1] = e
+        .high_res
+        .as_ref()
+        .expect("SAM 2's high-resolution features");
+    check_map(s, "high_res_feats_0", &flat(s0), tol);
+    check_map(s, "high_res_feats_1", &flat(s1), tol);
+}
+
 /// Checks `ours` against the script's sample of map `name`: within `tol` of the map's largest
 /// magnitude. Returns the error relative to it.
 fn check_map(s: &Sampled, name: &str, ours: &[f32], tol: f32) -> f32 {
@@ -175,10 +187,7 @@ fn image_features_and_decodes_match_on_the_cpu() {
     let sam = model();
     assert_eq!(sam.encoder_kind(), EncoderKind::Hiera);
     let e = sam.embed(&chelsea()).unwrap();
-    check_map(&s, "image_embed", &flat(&e.features), 1e-4);
-    let [s0, s1] = e.high_res.as_ref().unwrap();
-    check_map(&s, "high_res_feats_0", &flat(s0), 1e-4);
-    check_map(&s, "high_res_feats_1", &flat(s1), 1e-4);
+    check_maps(&s, &e, 1e-4);
     check_decodes(&cpu_decode(&sam, &e), "image_", 1e-3, 0.01, true);
 }
 
@@ -326,9 +335,9 @@ fn gpu_decode<'a>(
     move |prompt| pollster::block_on(sam.decode_with_logits(image, prompt)).unwrap()
 }
 
-fn gpu_model() -> GpuSam {
+fn gpu_model(ctx: &websam::gpu::GpuContext) -> GpuSam {
     pollster::block_on(GpuSam::upload_with_hiera(
-        gpu::ctx(),
+        ctx,
         &weights(),
         Some(&fixture_hiera()),
     ))
@@ -342,12 +351,9 @@ fn gpu_model() -> GpuSam {
 #[test]
 fn gpu_features_and_decodes_match() {
     let s = sampled();
-    let sam = gpu_model();
+    let sam = gpu_model(gpu::ctx());
     let (embedding, prepared) = pollster::block_on(sam.embed(&chelsea())).unwrap();
-    check_map(&s, "image_embed", &flat(&embedding.features), 2e-3);
-    let [s0, s1] = embedding.high_res.as_ref().unwrap();
-    check_map(&s, "high_res_feats_0", &flat(s0), 2e-3);
-    check_map(&s, "high_res_feats_1", &flat(s1), 2e-3);
+    check_maps(&s, &embedding, 2e-3);
     check_decodes(&gpu_decode(&sam, &prepared), "image_", 2e-3, 0.05, false);
 }
 
@@ -361,18 +367,10 @@ fn gpu_f16_features_and_decodes_match() {
     let ctx = gpu::ctx()
         .with_precision(websam::gpu::context::Precision::F16)
         .unwrap_or_else(|e| panic!("the f16 test needs shader-f16: {e}"));
-    let sam = pollster::block_on(GpuSam::upload_with_hiera(
-        &ctx,
-        &weights(),
-        Some(&fixture_hiera()),
-    ))
-    .unwrap();
+    let sam = gpu_model(&ctx);
     let s = sampled();
     let (embedding, prepared) = pollster::block_on(sam.embed(&chelsea())).unwrap();
-    check_map(&s, "image_embed", &flat(&embedding.features), 2e-2);
-    let [s0, s1] = embedding.high_res.as_ref().unwrap();
-    check_map(&s, "high_res_feats_0", &flat(s0), 2e-2);
-    check_map(&s, "high_res_feats_1", &flat(s1), 2e-2);
+    check_maps(&s, &embedding, 2e-2);
     let case = &cases("image_click")[0];
     let (pred, planes) = gpu_decode(&sam, &prepared)(&case.prompt());
     let reference = npy_vec(&case.low_res_logits);
@@ -407,7 +405,7 @@ fn gpu_f16_features_and_decodes_match() {
 #[test]
 #[ignore = "about a minute on lavapipe; run with --ignored"]
 fn gpu_decodes_match_from_generated_features() {
-    let sam = gpu_model();
+    let sam = gpu_model(gpu::ctx());
     let generated = pollster::block_on(sam.upload_embedding(&generated_embedding())).unwrap();
     check_decodes(&gpu_decode(&sam, &generated), "features_", 2e-4, 0.01, true);
 }

@@ -93,9 +93,10 @@ const GPU_CASES = ['image_click', 'image_click_single', 'image_refine', 'imagefi
  * `cpuApi` on the CPU path (`threads`) encodes chelsea: its three maps, every golden case and
  * segment everything (the sam2_fixture_grid golden);
  * its embedding goes out as `.npz` and into `Sam` on WebGPU (`gpu`: false leaves it out), which
- * decodes GPU_CASES from it. Also: the format errors, and the memory after each step.
+ * decodes GPU_CASES from it (with `gpuEncode`, it also encodes chelsea). Also: the format errors,
+ * and the memory after each step.
  */
-export async function sam2Parity(cpuApi, threads, gpu = true) {
+export async function sam2Parity(cpuApi, threads, gpu = true, gpuEncode = false) {
   const out = {};
   let t = performance.now();
   const sam = await apis[cpuApi].load({ weights: CHECKPOINT, backend: 'cpu', cache: false, threads });
@@ -130,6 +131,14 @@ export async function sam2Parity(cpuApi, threads, gpu = true) {
   out.gpu = { family: g.family, backend: g.backend, adapter: g.adapterName ?? null, loadMs: performance.now() - t };
   await g.setEmbedding(npz.data, SIZE);
   out.gpu.cases = await decodes(g, GPU_CASES, 0.05);
+  if (gpuEncode) {
+    // The encoder on WebGPU too (minutes on SwiftShader): its maps, and a click from them.
+    t = performance.now();
+    await g.setImage(await chelsea());
+    out.gpu.setImageMs = performance.now() - t;
+    out.gpu.maps = await maps(await g.getEmbedding());
+    out.gpu.fromImage = await decodes(g, ['image_click'], 0.05);
+  }
   g.dispose();
   return out;
 }
