@@ -74,8 +74,9 @@ impl EncoderKind {
 /// The CPU backend's working memory for one encode, beyond the model's weights: measured in
 /// Chromium on ViT-B (342 MB with 2 threads, docs/PERFORMANCE.md), it scales with the tokens'
 /// width (the 64x64 tokens times `embed_dim`, about 27 such tensors at the peak; 32 counted);
-/// TinyViT's 200 MB, 256 counted; SAM 2's Hiera as 32 tensors of its first stage (256x256
-/// tokens of `embed_dim`). Used to refuse a model that cannot fit before building it.
+/// TinyViT's 200 MB, 256 counted; SAM 2's Hiera as tensors of its first stage (256x256 tokens
+/// of `embed_dim`): measured in Chromium on Hiera-L (2 threads), 358 MB above the loaded model,
+/// about 9.5 such tensors; 16 counted. Used to refuse a model that cannot fit before building it.
 pub fn cpu_encode_working_bytes(weights: &Weights) -> u64 {
     const TOKENS: u64 = 64 * 64;
     match EncoderKind::detect(weights) {
@@ -85,10 +86,10 @@ pub fn cpu_encode_working_bytes(weights: &Weights) -> u64 {
             32 * TOKENS * dim * 4
         }
         // Hiera's first stage holds 256x256 tokens of its width; a block's intermediates
-        // (qkv, the MLP's 4x hidden, the q-pool's doubled width) stay under 32 of them.
+        // (qkv, the MLP's 4x hidden, the q-pool's doubled width) stay under 16 of them.
         EncoderKind::Hiera => {
             let dim = HieraConfig::of(weights).map_or(144, |c| c.embed_dim) as u64;
-            32 * 16 * TOKENS * dim * 4
+            16 * 16 * TOKENS * dim * 4
         }
         EncoderKind::TinyVit => 256 << 20,
         EncoderKind::None => 0,
