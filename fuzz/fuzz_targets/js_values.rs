@@ -1,13 +1,14 @@
 //! The values that cross from JS, through the conversion code the wasm surface (src/web.rs)
 //! runs on them: `predict`'s flat prompt arrays against the image's frame, `generateStart`'s
-//! options JSON, `setImage`'s RGBA bytes with their claimed size, `setEmbedding`'s floats.
+//! options JSON, `setImage`'s RGBA bytes with their claimed size, `setEmbedding`'s floats (SAM 2's
+//! high-resolution maps too, in a stretched frame), `predict`'s mask clean-up areas.
 //! Nothing is capped here: a claimed size must be refused by the code itself.
 #![no_main]
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use websam::amg::{generate_crop_boxes, GeneratorOptions};
-use websam::image::{ImageFrame, RgbImage};
+use websam::image::{ImageFrame, MaskCleanup, RgbImage};
 use websam::model::sam::{ImageEmbedding, Prompt, PromptTensors};
 
 /// A JSON value for one option: mostly numbers near and far from the valid ranges.
@@ -154,6 +155,12 @@ struct Input {
     rgba: Vec<u8>,
     /// `setEmbedding(data, width, height)`: data of any length.
     embedding: Option<Vec<f32>>,
+    /// `setEmbedding`'s SAM 2 high-resolution maps (any lengths) and a SAM 2 model's frame.
+    high_res: Option<(Vec<f32>, Vec<f32>)>,
+    sam2: bool,
+    /// `predict`'s `maxHoleArea`, `maxSprinkleArea`.
+    max_hole_area: f64,
+    max_sprinkle_area: f64,
 }
 
 fuzz_target!(|input: Input| {
@@ -162,7 +169,12 @@ fuzz_target!(|input: Input| {
     if std::env::var_os("FUZZ_PRINT").is_some() {
         eprintln!("{input:#?}\noptions JSON: {options}");
     }
-    let frame = ImageFrame::new(input.height as usize, input.width as usize);
+    let (h, w) = (input.height as usize, input.width as usize);
+    let frame = if input.sam2 {
+        ImageFrame::stretched(h, w)
+    } else {
+        ImageFrame::new(h, w)
+    };
 
     // predict(points, box, maskInput, multimask)
     let mask_input = input.mask_input.map(|m| match m {
@@ -175,6 +187,13 @@ fuzz_target!(|input: Input| {
         }
         MaskInput::Any(v) => v,
     });
+    // The mask clean-up of predict(..., maxHoleArea, maxSprinkleArea), on the mask input's
+    // plane when it is one.
+    if let Ok(cleanup) = MaskCleanup::new(input.max_hole_area, input.max_sprinkle_area) {
+        if let Some(plane) = mask_input.as_ref().filter(|m| m.len() == 256 * 256) {
+            assert_eq!(cleanup.apply(plane).len(), plane.len());
+        }
+    }
     if let (Ok(prompt), Ok(frame)) = (
         Prompt::from_flat(input.points, input.bbox, mask_input, input.multimask),
         frame.as_ref(),
@@ -213,16 +232,30 @@ fuzz_target!(|input: Input| {
         assert_eq!(img.data.len() * 4, input.rgba.len() * 3);
     }
 
-    // setEmbedding(data, width, height), as src/web.rs builds it.
+    // setEmbedding(data, width, height, highRes0, highRes1), as src/web.rs builds it.
     if let (Some(data), Ok(frame)) = (input.embedding, frame) {
-        let n = data.len();
-        if let Ok(t) = candle_core::Tensor::from_vec(data, n, &candle_core::Device::Cpu) {
-            let t = if n == 256 * 64 * 64 {
-                t.reshape((1, 256, 64, 64)).unwrap()
+        let tensor = |data: Vec<f32>, shape: [usize; 4]| {
+            let n = data.len();
+            let t = candle_core::Tensor::from_vec(data, n, &candle_core::Device::Cpu).ok()?;
+            Some(if n == shape.iter().product::<usize>() {
+                t.reshape(shape.as_slice()).unwrap()
             } else {
                 t
-            };
-            let _ = ImageEmbedding::new(t, frame);
+            })
+        };
+        if let Some(t) = tensor(data, [1, 256, 64, 64]) {
+            match input.high_res {
+                None => {
+                    let _ = ImageEmbedding::new(t, frame);
+                }
+                Some((s0, s1)) => {
+                    if let (Some(s0), Some(s1)) =
+                        (tensor(s0, [1, 32, 256, 256]), tensor(s1, [1, 64, 128, 128]))
+                    {
+                        let _ = ImageEmbedding::sam2(t, [s0, s1], frame);
+                    }
+                }
+            }
         }
     }
 });
