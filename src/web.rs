@@ -370,18 +370,22 @@ impl WebSam {
     /// SAM 2's with `highRes: [Float32Array(32*256*256), Float32Array(64*128*128)]`.
     #[wasm_bindgen(js_name = getEmbedding)]
     pub fn get_embedding(&self) -> Result<JsValue, JsValue> {
-        let out = self.with_embedding(|e| Ok(Float32Array::from(e.to_vec()?.as_slice()).into()))?;
-        let guard = self.shared.predictor.borrow();
-        let p = guard.as_ref().ok_or_else(busy)?;
-        if let Some(maps) = &p.embedding().map_err(js_err)?.high_res {
-            let list = Array::new();
-            for m in maps {
-                let v: Vec<f32> = m.flatten_all().and_then(|t| t.to_vec1()).map_err(js_err)?;
-                list.push(&Float32Array::from(v.as_slice()));
+        self.with_embedding(|e, obj| {
+            set(
+                obj,
+                "data",
+                &Float32Array::from(e.to_vec().map_err(js_err)?.as_slice()),
+            )?;
+            if let Some(maps) = &e.high_res {
+                let list = Array::new();
+                for m in maps {
+                    let v: Vec<f32> = m.flatten_all().and_then(|t| t.to_vec1()).map_err(js_err)?;
+                    list.push(&Float32Array::from(v.as_slice()));
+                }
+                set(obj, "highRes", &list)?;
             }
-            set(out.unchecked_ref(), "highRes", &list)?;
-        }
-        Ok(out)
+            Ok(())
+        })
     }
 
     /// The embedding of the image set as a file's bytes: `{ data: Uint8Array, width, height }`,
@@ -397,26 +401,31 @@ impl WebSam {
                 format!("format \"{format}\": SAM's embedding is one array, saved as \"npy\"")
             }));
         }
-        self.with_embedding(|e| {
-            let bytes = if e.high_res.is_some() {
-                e.to_npz_bytes()?
+        self.with_embedding(|e, obj| {
+            let bytes = if self.shared.sam2 {
+                e.to_npz_bytes()
             } else {
-                e.to_npy_bytes()?
+                e.to_npy_bytes()
             };
-            Ok(Uint8Array::from(bytes.as_slice()).into())
+            set(
+                obj,
+                "data",
+                &Uint8Array::from(bytes.map_err(js_err)?.as_slice()),
+            )
         })
     }
 
+    /// `{ width, height }` of the image set, with what `fill` adds from its embedding.
     fn with_embedding(
         &self,
-        data: impl FnOnce(&ImageEmbedding) -> crate::Result<JsValue>,
+        fill: impl FnOnce(&ImageEmbedding, &Object) -> Result<(), JsValue>,
     ) -> Result<JsValue, JsValue> {
         let guard = self.shared.predictor.borrow();
         let p = guard.as_ref().ok_or_else(busy)?;
         let e = p.embedding().map_err(js_err)?;
         let (h, w) = e.frame.original;
         let obj = Object::new();
-        set(&obj, "data", &data(e).map_err(js_err)?)?;
+        fill(e, &obj)?;
         set(&obj, "width", &JsValue::from(w as u32))?;
         set(&obj, "height", &JsValue::from(h as u32))?;
         Ok(obj.into())

@@ -1,9 +1,9 @@
 //! "Segment everything": segment-anything's `SamAutomaticMaskGenerator` (and its helpers in
 //! `utils/amg.py`), and sam2's `SAM2AutomaticMaskGenerator` for a SAM 2 checkpoint (the same
-//! steps on SAM 2's predictor; its default `pred_iou_thresh` is 0.8). A grid of single-point prompts is decoded in batches; candidates are kept
-//! by predicted IoU and stability score, de-duplicated by box NMS, optionally also on crops of
-//! the image (each with its own embedding) and cleaned of small holes and islands. Masks are
-//! kept as run lengths from the batch that made them on, so memory stays bounded for any grid.
+//! steps on SAM 2's predictor; its default `pred_iou_thresh` is 0.8). A grid of single-point
+//! prompts is decoded in batches; candidates are kept by predicted IoU and stability score,
+//! de-duplicated by box NMS, optionally also on crops of the image (each with its own
+//! embedding) and cleaned of small holes and islands. Masks are kept as run lengths from the batch that made them on, so memory stays bounded for any grid.
 //!
 //! [`MaskGenerator`] runs in steps (a crop's embedding, or one batch of prompts), so that a
 //! caller can report progress and stop between them; [`MaskGenerator::run`] runs them all.
@@ -406,14 +406,15 @@ impl MaskGenerator {
         image: Option<RgbImage>,
     ) -> Result<Self> {
         let mut opts = opts;
+        let sam2 = predictor.is_sam2();
         // SamAutomaticMaskGenerator's default, or SAM2AutomaticMaskGenerator's.
-        let default_iou = if predictor.is_sam2() { 0.8 } else { 0.88 };
+        let default_iou = if sam2 { 0.8 } else { 0.88 };
         opts.pred_iou_thresh = Some(opts.pred_iou_thresh.unwrap_or(default_iou));
         let grids = opts.point_grids()?;
         // SAM2AutomaticMaskGenerator's min_mask_region_area sets its predictor's clean-up of each
         // mask's low-res logits (holes and sprinkles up to that area, before its stability is
         // measured), and only that.
-        let cleanup = if predictor.is_sam2() && opts.min_mask_region_area > 0.0 {
+        let cleanup = if sam2 && opts.min_mask_region_area > 0.0 {
             MaskCleanup::new(opts.min_mask_region_area, opts.min_mask_region_area)?
         } else {
             MaskCleanup::default()
@@ -458,7 +459,7 @@ impl MaskGenerator {
             opts,
             grids,
             cleanup,
-            sam2: predictor.is_sam2(),
+            sam2,
             image,
             embedding,
             size,

@@ -99,6 +99,11 @@ pub struct Case {
     pub iou: String,
     /// Full-resolution logits (f16), for the cases in a real image's frame.
     pub logits: Option<String>,
+    /// SAM2ImagePredictor's `max_hole_area` / `max_sprinkle_area` (SAM 2's `fill_` cases).
+    #[serde(default)]
+    pub max_hole_area: f64,
+    #[serde(default)]
+    pub max_sprinkle_area: f64,
 }
 
 impl Case {
